@@ -1,0 +1,1 @@
+//! Kinde Management API client.
