@@ -7,5 +7,8 @@
 
 pub mod crd;
 pub mod emulator;
+pub mod http;
 pub mod kinde;
+pub mod leader;
+pub mod secret;
 pub mod telemetry;
