@@ -132,6 +132,7 @@ pub fn is_ready_for(conditions: &[Condition], generation: Option<i64>) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -6,6 +6,8 @@ use kube::{CustomResource, KubeSchema, ResourceExt};
 use serde::{Deserialize, Serialize};
 
 /// Authorizes one M2MApplication for one ApiRegistration with scopes.
+// Every `printcolumn(...)` repeats `type_ = ..`: not a mistake.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "m2m.kinde-operator.io",
@@ -132,6 +134,7 @@ impl ApiGrant {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -16,6 +16,8 @@ use super::DeletionPolicy;
 ///
 /// `audience` and `displayName` are immutable (Kinde cannot update an API): changing them
 /// needs a delete and re-create of the resource.
+// Every `printcolumn(...)` repeats `type_ = ..`: not a mistake.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "m2m.kinde-operator.io",
@@ -205,6 +207,7 @@ impl GrantPolicy {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

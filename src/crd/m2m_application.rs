@@ -13,6 +13,8 @@ use super::DeletionPolicy;
 pub const DEFAULT_ROTATION_OVERLAP: &str = "1h";
 
 /// One Kinde machine-to-machine application and the Secret holding its credentials.
+// Every `printcolumn(...)` repeats `type_ = ..`: not a mistake.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "m2m.kinde-operator.io",
@@ -240,6 +242,7 @@ impl M2MApplication {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
