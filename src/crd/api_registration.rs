@@ -90,8 +90,9 @@ pub struct ApiScope {
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^\S+$"))]
     pub key: String,
 
-    /// Human-readable description shown in the Kinde dashboard.
-    #[serde(default)]
+    /// Human-readable description shown in the Kinde dashboard. Defaults to empty.
+    // No schema default: kube-apiserver v1.20 rejects `default: ""` ("must be of type string").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
 }
 
