@@ -375,3 +375,50 @@ fn every_rule_is_covered() {
         "new CEL rule? add cases for it: {in_schema:?}"
     );
 }
+
+/// Every rule compiles, refers only to CRD-validation variables, and fits the apiserver's
+/// cost budget with the schema's bounds (kube-cel's static analysis).
+#[test]
+fn rules_compile_within_scope_and_budget() {
+    use kube::core::cel::{CompiledSchema, ScopeContext, analyze_rule, compile_schema};
+
+    fn check(path: &str, node: &CompiledSchema, seen: &mut usize, problems: &mut Vec<String>) {
+        for compiled in &node.validations {
+            match compiled {
+                Ok(result) => {
+                    *seen += 1;
+                    for w in analyze_rule(&result.rule.rule, node, ScopeContext::CrdValidation) {
+                        problems.push(format!("{path}: {}: {}", result.rule.rule, w.message));
+                    }
+                    if result.rule.message.as_deref().is_none_or(str::is_empty) {
+                        problems.push(format!("{path}: {}: no message", result.rule.rule));
+                    }
+                }
+                Err(e) => problems.push(format!("{path}: does not compile: {e:?}")),
+            }
+        }
+        for (name, child) in &node.properties {
+            check(&format!("{path}.{name}"), child, seen, problems);
+        }
+        if let Some(items) = &node.items {
+            check(&format!("{path}[]"), items, seen, problems);
+        }
+    }
+
+    let mut seen = 0;
+    let mut problems = vec![];
+    for plural in ["apiregistrations", "m2mapplications", "apigrants"] {
+        check(
+            plural,
+            &compile_schema(&schema(plural)),
+            &mut seen,
+            &mut problems,
+        );
+    }
+    assert!(
+        problems.is_empty(),
+        "CEL rule problems:\n  {}",
+        problems.join("\n  ")
+    );
+    assert_eq!(seen, 4);
+}
