@@ -2,7 +2,9 @@
 //! ApiRegistration with scopes. Deleting it cuts access.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{CustomResource, KubeSchema, ResourceExt};
+use kube::{CustomResource, KubeSchema, ResourceExt, runtime::reflector::ObjectRef};
+
+use super::{ApiRegistration, M2MApplication};
 use serde::{Deserialize, Serialize};
 
 /// Authorizes one M2MApplication for one ApiRegistration with scopes.
@@ -35,6 +37,12 @@ use serde::{Deserialize, Serialize};
         name = "Synced",
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Synced")].status"#
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#,
+        priority = 1
     ),
     printcolumn(
         name = "Age",
@@ -122,6 +130,24 @@ pub struct ApiGrantStatus {
 }
 
 impl ApiGrant {
+    /// The referenced M2MApplication (in the grant's namespace).
+    pub fn application_object_ref(&self) -> ObjectRef<M2MApplication> {
+        let r = ObjectRef::new(&self.spec.application_ref.name);
+        match self.namespace() {
+            Some(ns) => r.within(&ns),
+            None => r,
+        }
+    }
+
+    /// The referenced ApiRegistration (namespace resolved by [`Self::api_namespace`]).
+    pub fn api_object_ref(&self) -> ObjectRef<ApiRegistration> {
+        let r = ObjectRef::new(&self.spec.api_ref.name);
+        match self.api_namespace() {
+            Some(ns) => r.within(&ns),
+            None => r,
+        }
+    }
+
     /// Namespace of the referenced ApiRegistration: `spec.apiRef.namespace`, defaulting to
     /// the grant's own namespace (`None` only for an object without a namespace).
     pub fn api_namespace(&self) -> Option<String> {
@@ -155,7 +181,19 @@ mod tests {
         );
         grant.metadata.namespace = Some("acme".into());
         assert_eq!(grant.api_namespace().as_deref(), Some("acme"));
+        assert_eq!(
+            grant.api_object_ref(),
+            ObjectRef::new("example-api").within("acme")
+        );
+        assert_eq!(
+            grant.application_object_ref(),
+            ObjectRef::new("acme").within("acme")
+        );
         grant.spec.api_ref.namespace = Some("platform".into());
         assert_eq!(grant.api_namespace().as_deref(), Some("platform"));
+        assert_eq!(
+            grant.api_object_ref(),
+            ObjectRef::new("example-api").within("platform")
+        );
     }
 }
