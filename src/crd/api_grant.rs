@@ -62,7 +62,7 @@ pub struct ApiGrantSpec {
     /// Scope keys to grant; each must exist on the ApiRegistration. Adding and removing
     /// converge in Kinde.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(length(min = 1, max = 64), regex(pattern = r"^\S+$")))]
+    #[schemars(inner(length(min = 1, max = 64), regex(pattern = crate::crd::SCOPE_KEY_PATTERN)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub scopes: Vec<String>,
 }
@@ -74,7 +74,7 @@ pub struct ApplicationReference {
     /// Name of the M2MApplication.
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(pattern = crate::crd::DNS1123_SUBDOMAIN_PATTERN)
     )]
     pub name: String,
 }
@@ -86,7 +86,7 @@ pub struct ApiReference {
     /// Name of the ApiRegistration.
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(pattern = crate::crd::DNS1123_SUBDOMAIN_PATTERN)
     )]
     pub name: String,
 
@@ -94,7 +94,7 @@ pub struct ApiReference {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        regex(pattern = crate::crd::DNS1123_LABEL_PATTERN)
     )]
     pub namespace: Option<String>,
 }

@@ -93,7 +93,7 @@ pub struct ApiRegistrationSpec {
 pub struct ApiScope {
     /// The scope key as it appears in tokens' `scope` claim, e.g. `read:users`
     /// (1-64 characters, no whitespace).
-    #[schemars(length(min = 1, max = 64), regex(pattern = r"^\S+$"))]
+    #[schemars(length(min = 1, max = 64), regex(pattern = crate::crd::SCOPE_KEY_PATTERN))]
     pub key: String,
 
     /// Human-readable description shown in the Kinde dashboard. Defaults to empty.
