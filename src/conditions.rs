@@ -71,6 +71,10 @@ pub mod reasons {
 }
 
 /// Build a condition stamped `now`. `status` true maps to `"True"`, false to `"False"`.
+///
+/// An empty `message` is replaced by `reason`: the message is for humans, and the project's
+/// v1.20 test apiserver (built with a swapped `reflect2`) decodes `""` inside custom
+/// resources as `null`, refusing the whole status write ("must be of type string").
 pub fn new_condition(
     type_: &str,
     status: bool,
@@ -79,11 +83,16 @@ pub fn new_condition(
     observed_generation: Option<i64>,
     now: Time,
 ) -> Condition {
+    let message = message.into();
     Condition {
         type_: type_.to_owned(),
         status: if status { TRUE } else { FALSE }.to_owned(),
         reason: reason.to_owned(),
-        message: message.into(),
+        message: if message.is_empty() {
+            reason.to_owned()
+        } else {
+            message
+        },
         observed_generation,
         last_transition_time: now,
     }
@@ -132,6 +141,7 @@ pub fn is_ready_for(conditions: &[Condition], generation: Option<i64>) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -225,6 +235,13 @@ mod tests {
             new_condition(READY, true, reasons::RECONCILED, "ok", Some(3), at(99))
         ));
         assert_eq!(conds, before);
+    }
+
+    #[test]
+    fn empty_message_becomes_reason() {
+        let c = new_condition(SYNCED, true, reasons::RECONCILED, "", None, at(1));
+        assert_eq!(c.message, reasons::RECONCILED);
+        assert_eq!(c.status, TRUE);
     }
 
     #[test]

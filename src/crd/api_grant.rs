@@ -2,10 +2,14 @@
 //! ApiRegistration with scopes. Deleting it cuts access.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{CustomResource, KubeSchema, ResourceExt};
+use kube::{CustomResource, KubeSchema, ResourceExt, runtime::reflector::ObjectRef};
+
+use super::{ApiRegistration, M2MApplication};
 use serde::{Deserialize, Serialize};
 
 /// Authorizes one M2MApplication for one ApiRegistration with scopes.
+// Every `printcolumn(...)` repeats `type_ = ..`: not a mistake.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "m2m.kinde-operator.io",
@@ -35,6 +39,12 @@ use serde::{Deserialize, Serialize};
         json_path = r#".status.conditions[?(@.type=="Synced")].status"#
     ),
     printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#,
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -52,7 +62,7 @@ pub struct ApiGrantSpec {
     /// Scope keys to grant; each must exist on the ApiRegistration. Adding and removing
     /// converge in Kinde.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(length(min = 1, max = 64), regex(pattern = r"^\S+$")))]
+    #[schemars(inner(length(min = 1, max = 64), regex(pattern = crate::crd::SCOPE_KEY_PATTERN)))]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub scopes: Vec<String>,
 }
@@ -64,7 +74,7 @@ pub struct ApplicationReference {
     /// Name of the M2MApplication.
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(pattern = crate::crd::DNS1123_SUBDOMAIN_PATTERN)
     )]
     pub name: String,
 }
@@ -76,7 +86,7 @@ pub struct ApiReference {
     /// Name of the ApiRegistration.
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(pattern = crate::crd::DNS1123_SUBDOMAIN_PATTERN)
     )]
     pub name: String,
 
@@ -84,7 +94,7 @@ pub struct ApiReference {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 63),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+        regex(pattern = crate::crd::DNS1123_LABEL_PATTERN)
     )]
     pub namespace: Option<String>,
 }
@@ -120,6 +130,24 @@ pub struct ApiGrantStatus {
 }
 
 impl ApiGrant {
+    /// The referenced M2MApplication (in the grant's namespace).
+    pub fn application_object_ref(&self) -> ObjectRef<M2MApplication> {
+        let r = ObjectRef::new(&self.spec.application_ref.name);
+        match self.namespace() {
+            Some(ns) => r.within(&ns),
+            None => r,
+        }
+    }
+
+    /// The referenced ApiRegistration (namespace resolved by [`Self::api_namespace`]).
+    pub fn api_object_ref(&self) -> ObjectRef<ApiRegistration> {
+        let r = ObjectRef::new(&self.spec.api_ref.name);
+        match self.api_namespace() {
+            Some(ns) => r.within(&ns),
+            None => r,
+        }
+    }
+
     /// Namespace of the referenced ApiRegistration: `spec.apiRef.namespace`, defaulting to
     /// the grant's own namespace (`None` only for an object without a namespace).
     pub fn api_namespace(&self) -> Option<String> {
@@ -132,6 +160,7 @@ impl ApiGrant {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -152,7 +181,19 @@ mod tests {
         );
         grant.metadata.namespace = Some("acme".into());
         assert_eq!(grant.api_namespace().as_deref(), Some("acme"));
+        assert_eq!(
+            grant.api_object_ref(),
+            ObjectRef::new("example-api").within("acme")
+        );
+        assert_eq!(
+            grant.application_object_ref(),
+            ObjectRef::new("acme").within("acme")
+        );
         grant.spec.api_ref.namespace = Some("platform".into());
         assert_eq!(grant.api_namespace().as_deref(), Some("platform"));
+        assert_eq!(
+            grant.api_object_ref(),
+            ObjectRef::new("example-api").within("platform")
+        );
     }
 }

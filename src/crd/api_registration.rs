@@ -16,6 +16,8 @@ use super::DeletionPolicy;
 ///
 /// `audience` and `displayName` are immutable (Kinde cannot update an API): changing them
 /// needs a delete and re-create of the resource.
+// Every `printcolumn(...)` repeats `type_ = ..`: not a mistake.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "m2m.kinde-operator.io",
@@ -37,6 +39,12 @@ use super::DeletionPolicy;
         name = "Synced",
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Synced")].status"#
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#,
+        priority = 1
     ),
     printcolumn(
         name = "Age",
@@ -85,11 +93,12 @@ pub struct ApiRegistrationSpec {
 pub struct ApiScope {
     /// The scope key as it appears in tokens' `scope` claim, e.g. `read:users`
     /// (1-64 characters, no whitespace).
-    #[schemars(length(min = 1, max = 64), regex(pattern = r"^\S+$"))]
+    #[schemars(length(min = 1, max = 64), regex(pattern = crate::crd::SCOPE_KEY_PATTERN))]
     pub key: String,
 
-    /// Human-readable description shown in the Kinde dashboard.
-    #[serde(default)]
+    /// Human-readable description shown in the Kinde dashboard. Defaults to empty.
+    // No schema default: kube-apiserver v1.20 rejects `default: ""` ("must be of type string").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
 }
 
@@ -205,6 +214,7 @@ impl GrantPolicy {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -13,6 +13,8 @@ use super::DeletionPolicy;
 pub const DEFAULT_ROTATION_OVERLAP: &str = "1h";
 
 /// One Kinde machine-to-machine application and the Secret holding its credentials.
+// Every `printcolumn(...)` repeats `type_ = ..`: not a mistake.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "m2m.kinde-operator.io",
@@ -35,6 +37,12 @@ pub const DEFAULT_ROTATION_OVERLAP: &str = "1h";
         name = "Synced",
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Synced")].status"#
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#,
+        priority = 1
     ),
     printcolumn(
         name = "Age",
@@ -83,7 +91,7 @@ pub struct SecretSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        regex(pattern = crate::crd::DNS1123_SUBDOMAIN_PATTERN)
     )]
     pub name: Option<String>,
 
@@ -104,13 +112,13 @@ pub struct RotationSpec {
     /// How long the previous credentials keep working after a rotation, as a Go duration
     /// (`30m`, `1h`, `0s` for none). Defaults to `1h`.
     #[serde(default = "default_overlap")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = crate::crd::DURATION_PATTERN))]
     pub overlap: String,
 
     /// Rotate on a schedule, this long after the previous rotation (or creation), as a Go
     /// duration (`720h`). Unset: rotate only on request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    #[schemars(regex(pattern = crate::crd::DURATION_PATTERN))]
     pub every: Option<String>,
 }
 
@@ -225,12 +233,13 @@ impl M2MApplication {
             .unwrap_or_else(|| format!("{}-credentials", self.name_any()))
     }
 
-    /// The rotate request not handled yet: the `rotate-requested-at` annotation when set and
-    /// different from `status.lastHandledRotateRequest`.
+    /// The rotate request not handled yet: the `rotate-requested-at` annotation when set,
+    /// not blank, and different from `status.lastHandledRotateRequest`.
     pub fn pending_rotate_request(&self) -> Option<&str> {
         let requested = self
             .annotations()
-            .get(super::ROTATE_REQUESTED_AT_ANNOTATION)?;
+            .get(super::ROTATE_REQUESTED_AT_ANNOTATION)
+            .filter(|v| !v.trim().is_empty())?;
         let handled = self
             .status
             .as_ref()
@@ -240,6 +249,7 @@ impl M2MApplication {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -287,6 +297,11 @@ mod tests {
     #[test]
     fn pending_rotate_request() {
         let mut app = M2MApplication::new("acme", M2MApplicationSpec::default());
+        assert_eq!(app.pending_rotate_request(), None);
+        app.annotations_mut().insert(
+            super::super::ROTATE_REQUESTED_AT_ANNOTATION.into(),
+            " ".into(),
+        );
         assert_eq!(app.pending_rotate_request(), None);
         app.annotations_mut().insert(
             super::super::ROTATE_REQUESTED_AT_ANNOTATION.into(),

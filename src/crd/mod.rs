@@ -159,6 +159,7 @@ pub fn write_crd_files(dir: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
