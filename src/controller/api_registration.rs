@@ -12,11 +12,13 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
 use super::{
-    Context, Error, Managed, Outcome, Result, apply_status, effective_deletion_policy,
-    external_id, finish, is_paused, record_change,
+    Context, Error, Managed, Outcome, Result, apply_status, effective_deletion_policy, finish,
+    record_change,
 };
 use crate::conditions::reasons;
-use crate::crd::{ApiGrant, ApiRegistration, ApiRegistrationStatus, DeletionPolicy, ScopeStatus};
+use crate::crd::{
+    ApiGrant, ApiRegistration, ApiRegistrationStatus, DeletionPolicy, KindeAnnotations, ScopeStatus,
+};
 use crate::kinde::KindeError;
 use crate::kinde::types::ApiScope as KindeScope;
 
@@ -54,7 +56,7 @@ impl Managed for ApiRegistration {
                 return Err(Error::Blocked { reason: reasons::IN_USE, message });
             }
         }
-        if is_paused(obj.as_ref()) {
+        if obj.is_paused() {
             return Err(Error::Blocked {
                 reason: reasons::PAUSED,
                 message: "deletion waits until the paused annotation is removed".into(),
@@ -112,7 +114,7 @@ async fn converge(obj: &ApiRegistration, ctx: &Context, status: &mut ApiRegistra
     if audience.trim_end_matches('/') == ctx.kinde.management_audience() {
         return Ok(refuse_management(audience));
     }
-    let paused = is_paused(obj);
+    let paused = obj.is_paused();
 
     // Find, adopt or create the Kinde API. A second pass handles an API deleted in Kinde.
     let mut recreated = false;
@@ -124,7 +126,7 @@ async fn converge(obj: &ApiRegistration, ctx: &Context, status: &mut ApiRegistra
         match ctx.kinde.list_api_scopes(&api_id).await {
             Ok(scopes) => break (api_id, scopes),
             Err(e) if e.is_not_found() && !recreated => {
-                if external_id(obj).is_some() {
+                if obj.external_id().is_some() {
                     return Ok(Outcome::not_ready(
                         reasons::EXTERNAL_NOT_FOUND,
                         format!("the adopted Kinde API {api_id} no longer exists in Kinde"),
@@ -172,7 +174,7 @@ async fn ensure_api(
     paused: bool,
 ) -> Result<std::result::Result<String, Outcome>> {
     let audience = obj.spec.audience.as_str();
-    let external = external_id(obj);
+    let external = obj.external_id();
     if let Some(id) = status.api_id.clone()
         && external.is_none_or(|e| e == id)
     {
@@ -250,7 +252,7 @@ async fn converge_scopes(
 ) -> Result<Vec<KindeScope>> {
     let mut changes = Vec::new();
     for want in &obj.spec.scopes {
-        let description = want.description.as_deref().unwrap_or_default();
+        let description = want.description.as_str();
         match kinde.iter_mut().find(|s| s.key == want.key) {
             None if !paused => {
                 let id = ctx.kinde.create_api_scope(api_id, &want.key, description).await?;

@@ -21,7 +21,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -40,7 +40,7 @@ pub use kinde_state::{ApiSnapshots, AuthorizeBatcher};
 pub use stores::{Router, StoreSet};
 
 use crate::conditions::{self, reasons};
-use crate::crd::{ApiGrant, ApiRegistration, M2MApplication, PAUSED_ANNOTATION};
+use crate::crd::{ApiGrant, ApiRegistration, KindeAnnotations, M2MApplication, PAUSED_ANNOTATION};
 use crate::kinde::KindeClient;
 use crate::metrics::Metrics;
 
@@ -69,7 +69,8 @@ pub struct Context {
 
 /// A kind this operator reconciles.
 pub trait Managed:
-    Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static
 {
     /// Kind name for metrics and logs.
     const KIND: &'static str;
@@ -146,15 +147,6 @@ pub fn resync(ctx: &Context) -> Action {
 
 fn with_jitter(d: Duration) -> Duration {
     d + d.mul_f64(fastrand::f64() * 0.1)
-}
-
-/// `m2m.kinde-operator.io/paused: "true"` stops Kinde writes for the object.
-pub fn is_paused(obj: &impl Resource) -> bool {
-    obj.meta()
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(PAUSED_ANNOTATION))
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 /// Publishes an Event; failures are logged, never fatal (an Event is a courtesy).
@@ -274,7 +266,7 @@ impl Scope {
     }
 }
 
-fn api_for<K>(client: &Client, ns: &Option<String>) -> Api<K>
+pub(crate) fn api_for<K>(client: &Client, ns: &Option<String>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
 {
@@ -293,8 +285,7 @@ struct Built<K: Managed> {
 
 fn build<K>(client: &Client, scope: &Scope) -> Built<K>
 where
-    K: Managed + Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    K: Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Managed,
 {
     let mut controllers = Vec::new();
     let mut stores = Vec::new();
@@ -317,17 +308,23 @@ where
     Built { controllers, stores: StoreSet::new(stores), router: Router::new(senders) }
 }
 
-/// Runs all controllers until `shutdown` resolves.
+/// What the controllers run with.
+pub struct Settings {
+    pub client: Client,
+    pub kinde: KindeClient,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub scope: Scope,
+    pub resync: Duration,
+}
+
+/// Runs all controllers until `shutdown` resolves; calls `ready` once the caches are filled.
 pub async fn run(
-    client: Client,
-    kinde: KindeClient,
-    recorder: Recorder,
-    metrics: Metrics,
-    scope: Scope,
-    resync: Duration,
-    ready: impl Fn(bool) + Send + Sync + 'static,
+    settings: Settings,
+    ready: impl FnOnce() + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
+    let Settings { client, kinde, recorder, metrics, scope, resync } = settings;
     let apps = build::<M2MApplication>(&client, &scope);
     let apis = build::<ApiRegistration>(&client, &scope);
     let grants = build::<ApiGrant>(&client, &scope);
@@ -366,7 +363,7 @@ pub async fn run(
     let waits = ctx.apps.wait_ready().then(|()| ctx.apis.wait_ready()).then(|()| ctx.grants.wait_ready());
     let readiness = async move {
         waits.await;
-        ready(true);
+        ready();
     };
     futures::future::join(futures::future::join_all(runs), readiness).await;
 }
@@ -491,21 +488,11 @@ pub async fn record_change(ctx: &Context, obj: &impl Resource<DynamicType = ()>,
 /// created and `Orphan` for adopted ones.
 pub fn effective_deletion_policy(
     spec: Option<crate::crd::DeletionPolicy>,
-    obj: &impl Resource,
+    obj: &impl KindeAnnotations,
 ) -> crate::crd::DeletionPolicy {
-    spec.unwrap_or(if external_id(obj).is_some() {
+    spec.unwrap_or(if obj.external_id().is_some() {
         crate::crd::DeletionPolicy::Orphan
     } else {
         crate::crd::DeletionPolicy::Delete
     })
-}
-
-/// The `external-id` annotation: adopt this Kinde object instead of creating one.
-pub fn external_id(obj: &impl Resource) -> Option<&str> {
-    obj.meta()
-        .annotations
-        .as_ref()?
-        .get(crate::crd::EXTERNAL_ID_ANNOTATION)
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
 }

@@ -61,9 +61,11 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> StoreSet<K> {
     }
 }
 
+type Senders<K> = Arc<Vec<(Option<String>, UnboundedSender<ObjectRef<K>>)>>;
+
 /// Wakes reconciles of `K` objects (e.g. the grants of an API that turned Ready).
 pub struct Router<K: Resource<DynamicType = ()> + 'static> {
-    slots: Arc<Vec<(Option<String>, UnboundedSender<ObjectRef<K>>)>>,
+    slots: Senders<K>,
 }
 
 impl<K: Resource<DynamicType = ()> + 'static> Clone for Router<K> {
