@@ -180,11 +180,12 @@ impl Shared {
     }
 
     /// Back to the initial state, keeping the signing key, the management client's
-    /// credentials and the revocation ledger (a revoked token stays revoked).
+    /// credentials, the management API's id and the revocation ledger (a revoked token
+    /// stays revoked).
     pub fn reset(&self) {
         {
             let mut inner = self.inner();
-            inner.store = Store::new(
+            inner.store = inner.store.reset(
                 &self.domain,
                 &self.management_client_id,
                 &self.management_client_secret,
@@ -303,6 +304,7 @@ async fn observe(
         },
         _ => {
             harness.count_status(op, response.status().as_str());
+            tracing::debug!(operation = op, status = %response.status(), peer = %conn.peer, "handled");
             response
         }
     }
@@ -410,7 +412,6 @@ type KillSwitch = Arc<AtomicBool>;
 /// Per-connection info handed to the middleware.
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
-    #[allow(dead_code)]
     pub peer: SocketAddr,
     kill: KillSwitch,
 }

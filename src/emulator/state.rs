@@ -250,6 +250,19 @@ impl Store {
         store
     }
 
+    /// A fresh initial state that keeps the management API's id (clients may have
+    /// cached it).
+    pub fn reset(&self, domain: &str, client_id: &str, client_secret: &str) -> Self {
+        let mut fresh = Self::new(domain, client_id, client_secret);
+        let new_id =
+            std::mem::replace(&mut fresh.management_api_id, self.management_api_id.clone());
+        if let Some(mut api) = fresh.apis.remove(&new_id) {
+            api.id = self.management_api_id.clone();
+            fresh.apis.insert(api.id.clone(), api);
+        }
+        fresh
+    }
+
     /// Makes a loaded store agree with the current configuration: the management API's
     /// audience follows the domain, and the configured management client exists with the
     /// configured secret (keeping its grants if it already existed).
@@ -788,6 +801,17 @@ mod tests {
         let stored = s.application(&app.id).unwrap();
         assert!(stored.secret_matches(&newer));
         assert!(!stored.secret_matches(&new) && !stored.secret_matches(&app.client_secret));
+    }
+
+    #[test]
+    fn reset_keeps_management_api_id() {
+        let mut s = store();
+        s.create_application("a".into(), AppType::M2m, None);
+        let r = s.reset("http://kinde.test", "mgmt", "secret");
+        assert_eq!(r.management_api_id, s.management_api_id);
+        assert_eq!(r.management_api().unwrap().id, s.management_api_id);
+        assert_eq!(r.applications.len(), 1);
+        assert_eq!(r.management_scopes().len(), DEFAULT_MANAGEMENT_SCOPES.len());
     }
 
     #[test]
