@@ -42,7 +42,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::faults::{FaultSpec, RateLimit};
-use super::server::{AppState, changed};
+use super::server::{AppState, changed, json_body};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -73,12 +73,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Box<Response>> {
-    let bytes: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
-    };
-    serde_json::from_slice(bytes)
+    json_body(body)
         .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("invalid body: {e}"))))
 }
 

@@ -21,8 +21,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::server::{AppState, Shared, changed};
-use super::state::{AppSort, AppType, KindeError, management_audience};
+use super::server::{AppState, Shared, changed, json_body};
+use super::state::{AppSort, AppType, KindeError, SortKey, management_audience};
 
 /// Largest accepted `page_size` (NOTES: `PAGE_SIZE_LIMIT_EXCEEDED`, "cannot be greater than 100").
 const MAX_PAGE_SIZE: usize = 100;
@@ -187,14 +187,9 @@ fn authorize(shared: &Shared, headers: &HeaderMap, op: &str) -> Result<(), ApiEr
 // ---- request parsing ----
 
 /// Parses a JSON body, answering 400 `INVALID_REQUEST_BODY` instead of axum's plain-text
-/// rejection. An empty body parses as `{}`.
+/// rejection.
 fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    let bytes: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
-    };
-    serde_json::from_slice(bytes)
+    json_body(body)
         .map_err(|e| bad_request("INVALID_REQUEST_BODY", format!("Invalid request body: {e}")))
 }
 
@@ -235,7 +230,7 @@ struct Paging {
 #[derive(Serialize, Deserialize, PartialEq)]
 struct Cursor {
     s: String,
-    k: (String, String, String),
+    k: SortKey,
 }
 
 fn paging(q: &HashMap<String, String>, sort: &str) -> Result<Paging, ApiError> {
@@ -274,16 +269,13 @@ fn paging(q: &HashMap<String, String>, sort: &str) -> Result<Paging, ApiError> {
 
 /// One page of `items` (already in order, with their sort keys) and the token for the
 /// next page, if there are more items.
-fn page<'a, T>(
-    items: Vec<(T, (String, String, String))>,
+fn page<T>(
+    items: Vec<(T, SortKey)>,
     paging: &Paging,
     sort: &str,
     descending: bool,
-) -> (Vec<T>, Option<String>)
-where
-    T: 'a,
-{
-    let mut rest: Vec<(T, (String, String, String))> = match &paging.after {
+) -> (Vec<T>, Option<String>) {
+    let mut rest: Vec<(T, SortKey)> = match &paging.after {
         None => items,
         Some(c) => items
             .into_iter()
@@ -305,10 +297,6 @@ where
         None
     };
     (rest.into_iter().map(|(t, _)| t).collect(), next)
-}
-
-fn name_key(name: &str, id: &str) -> (String, String, String) {
-    (name.to_lowercase(), name.to_owned(), id.to_owned())
 }
 
 // ---- applications ----
@@ -434,13 +422,9 @@ async fn get_applications(
         .sorted_applications(sort)
         .into_iter()
         .map(|a| {
-            let key = match sort {
-                AppSort::Created => (format!("{:020}", a.seq), String::new(), a.id.clone()),
-                _ => name_key(&a.name, &a.id),
-            };
             (
                 json!({"id": a.id, "name": a.name, "type": a.app_type.as_str()}),
-                key,
+                a.sort_key(sort),
             )
         })
         .collect();
@@ -614,7 +598,7 @@ async fn get_apis(
                     .map(|s| json!({"id": s.id, "key": s.key}))
                     .collect();
             }
-            (item, name_key(&api.name, &api.id))
+            (item, api.sort_key())
         })
         .collect();
     let (apis, next) = page(items, &paging, "name", false);

@@ -50,13 +50,23 @@ pub struct Inner {
     version: u64,
 }
 
-/// On-disk format of the state file.
-#[derive(Serialize, Deserialize)]
+/// On-disk format of the state file, as read.
+#[derive(Deserialize)]
 struct PersistedState {
     format: u32,
     signing_key_pem: String,
     store: Store,
     ledger: TokenLedger,
+    token_ttl_secs: i64,
+}
+
+/// On-disk format of the state file, as written (borrowing, so saving copies nothing).
+#[derive(Serialize)]
+struct PersistedStateRef<'a> {
+    format: u32,
+    signing_key_pem: &'a str,
+    store: &'a Store,
+    ledger: &'a TokenLedger,
     token_ttl_secs: i64,
 }
 
@@ -155,11 +165,11 @@ impl Shared {
         let (version, bytes) = {
             let mut inner = self.inner();
             inner.version += 1;
-            let snapshot = PersistedState {
+            let snapshot = PersistedStateRef {
                 format: STATE_FORMAT,
-                signing_key_pem: self.key.pem().to_owned(),
-                store: inner.store.clone(),
-                ledger: inner.ledger.clone(),
+                signing_key_pem: self.key.pem(),
+                store: &inner.store,
+                ledger: &inner.ledger,
                 token_ttl_secs: inner.token_ttl_secs,
             };
             (inner.version, serde_json::to_vec_pretty(&snapshot)?)
@@ -206,6 +216,16 @@ async fn write_private(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
     let mut file = options.open(path).await?;
     tokio::io::AsyncWriteExt::write_all(&mut file, bytes).await?;
     file.sync_all().await
+}
+
+/// Parses a JSON request body; an empty or blank body counts as `{}` (a PATCH or POST
+/// without a body).
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> serde_json::Result<T> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::from_slice(b"{}")
+    } else {
+        serde_json::from_slice(body)
+    }
 }
 
 /// Marker a handler puts in its response extensions when it changed state; `write` says

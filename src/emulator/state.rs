@@ -147,6 +147,14 @@ pub struct Application {
 }
 
 impl Application {
+    /// Position in a listing sorted by `sort` (ascending; `NameDesc` reverses it).
+    pub fn sort_key(&self, sort: AppSort) -> SortKey {
+        match sort {
+            AppSort::Created => (format!("{:020}", self.seq), String::new(), self.id.clone()),
+            AppSort::NameAsc | AppSort::NameDesc => name_sort_key(&self.name, &self.id),
+        }
+    }
+
     /// Whether `secret` authenticates this client (current or retained secret).
     pub fn secret_matches(&self, secret: &str) -> bool {
         constant_time_eq(&self.client_secret, secret)
@@ -177,6 +185,12 @@ pub struct Api {
 }
 
 impl Api {
+    /// Position in the name-sorted listing.
+    pub fn sort_key(&self) -> SortKey {
+        name_sort_key(&self.name, &self.id)
+    }
+
+    /// Keys of the given scope ids, in the API's scope order.
     pub fn scope_keys(&self, ids: &BTreeSet<String>) -> Vec<String> {
         self.scopes
             .iter()
@@ -404,14 +418,9 @@ impl Store {
     /// Applications in the requested order.
     pub fn sorted_applications(&self, sort: AppSort) -> Vec<&Application> {
         let mut apps: Vec<&Application> = self.applications.values().collect();
-        match sort {
-            AppSort::Created => apps.sort_by_key(|a| a.seq),
-            AppSort::NameAsc => {
-                apps.sort_by(|a, b| name_key(&a.name, &a.id).cmp(&name_key(&b.name, &b.id)))
-            }
-            AppSort::NameDesc => {
-                apps.sort_by(|a, b| name_key(&b.name, &b.id).cmp(&name_key(&a.name, &a.id)))
-            }
+        apps.sort_by_cached_key(|a| a.sort_key(sort));
+        if sort == AppSort::NameDesc {
+            apps.reverse();
         }
         apps
     }
@@ -488,7 +497,7 @@ impl Store {
     /// APIs sorted by name (then id, for a stable order among equal names).
     pub fn sorted_apis(&self) -> Vec<&Api> {
         let mut apis: Vec<&Api> = self.apis.values().collect();
-        apis.sort_by(|a, b| name_key(&a.name, &a.id).cmp(&name_key(&b.name, &b.id)));
+        apis.sort_by_cached_key(|a| a.sort_key());
         apis
     }
 
@@ -639,8 +648,13 @@ pub fn management_audience(domain: &str) -> String {
     format!("{}/api", domain.trim_end_matches('/'))
 }
 
-fn name_key<'a>(name: &'a str, id: &'a str) -> (String, &'a str, &'a str) {
-    (name.to_lowercase(), name, id)
+/// Where an item sits in a listing, compared as a tuple; a `next_token` carries the key
+/// of the last item of a page.
+pub type SortKey = (String, String, String);
+
+/// Name order: case-insensitive, then exact name, then id (so equal names are stable).
+fn name_sort_key(name: &str, id: &str) -> SortKey {
+    (name.to_lowercase(), name.to_owned(), id.to_owned())
 }
 
 fn new_scope_id() -> String {
