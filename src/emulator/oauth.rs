@@ -48,6 +48,7 @@ async fn discovery(State(shared): State<AppState>) -> Response {
 }
 
 /// An OAuth2 error response.
+#[derive(Debug)]
 struct OAuthError {
     status: StatusCode,
     error: &'static str,
@@ -329,4 +330,47 @@ fn issue(
     // Recording the token id is persisted (so revocation survives a restart) but is
     // not a business write.
     Ok(changed(response, false))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn basic(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let encoded = STANDARD.encode("my%20id:s%3Acret+x");
+        let creds = basic_credentials(&basic(&format!("Basic {encoded}"))).unwrap();
+        assert_eq!(creds, Some(("my id".to_owned(), "s:cret x".to_owned())));
+        assert!(basic_credentials(&HeaderMap::new()).unwrap().is_none());
+        let e = basic_credentials(&basic("Basic !!!")).err().unwrap();
+        assert_eq!(
+            (e.error, e.status),
+            ("invalid_client", StatusCode::UNAUTHORIZED)
+        );
+        let e = basic_credentials(&basic("Bearer abc")).err().unwrap();
+        assert_eq!(e.error, "invalid_request");
+    }
+
+    #[test]
+    fn params_from_form_and_json() {
+        let form = parse_params(&HeaderMap::new(), &Bytes::from_static(b"a=1&b=x+y")).unwrap();
+        assert_eq!(form["b"], "x y");
+        let repeated = parse_params(&HeaderMap::new(), &Bytes::from_static(b"a=1&a=2"));
+        assert!(repeated.is_err());
+        let mut json = HeaderMap::new();
+        json.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let p = parse_params(&json, &Bytes::from_static(br#"{"a":"1","n":null}"#)).unwrap();
+        assert_eq!(p.len(), 1);
+        assert!(parse_params(&json, &Bytes::from_static(br#"{"a":1}"#)).is_err());
+    }
 }

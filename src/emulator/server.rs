@@ -178,7 +178,9 @@ impl Shared {
         if *written >= version {
             return Ok(());
         }
-        let tmp = persister.path.with_extension("tmp");
+        let mut tmp = persister.path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
         write_private(&tmp, &bytes)
             .await
             .with_context(|| format!("writing {}", tmp.display()))?;
