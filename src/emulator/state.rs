@@ -34,24 +34,19 @@ pub const MANAGEMENT_SCOPE_CATALOGUE: &[&str] = &[
     "delete:apis_application_scopes",
 ];
 
+/// The spec's typo'd spellings (from the descriptions of `deleteAPIScope` and
+/// `deleteAPIApplicationScope`): accepted, but not granted by default.
+pub const TYPO_SCOPES: &[&str] = &["delete:apis_scopes", "delete:apis_application_scopes"];
+
 /// Scopes granted to the management client in the initial state: everything the operator
-/// needs, with the corrected spelling of the two typo'd scopes.
-pub const DEFAULT_MANAGEMENT_SCOPES: &[&str] = &[
-    "read:applications",
-    "create:applications",
-    "update:applications",
-    "delete:applications",
-    "read:apis",
-    "create:apis",
-    "update:apis",
-    "delete:apis",
-    "read:api_scopes",
-    "create:api_scopes",
-    "update:api_scopes",
-    "delete:api_scopes",
-    "create:api_application_scopes",
-    "delete:api_application_scopes",
-];
+/// needs, i.e. the catalogue with the corrected spelling of the two typo'd scopes.
+pub fn default_management_scopes() -> Vec<String> {
+    MANAGEMENT_SCOPE_CATALOGUE
+        .iter()
+        .filter(|s| !TYPO_SCOPES.contains(s))
+        .map(|s| (*s).to_owned())
+        .collect()
+}
 
 /// A management API failure: HTTP status plus the `errors[0]` code and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,11 +299,7 @@ impl Store {
                 seq,
             },
         );
-        let defaults: Vec<String> = DEFAULT_MANAGEMENT_SCOPES
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-        self.set_management_scopes(&defaults);
+        self.set_management_scopes(&default_management_scopes());
     }
 
     fn seq(&mut self) -> u64 {
@@ -715,12 +706,12 @@ mod tests {
         assert!(api.is_management_api);
         let mut scopes = s.management_scopes();
         scopes.sort();
-        let mut expected: Vec<String> = DEFAULT_MANAGEMENT_SCOPES
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut expected = default_management_scopes();
         expected.sort();
         assert_eq!(scopes, expected);
+        assert_eq!(scopes.len(), 14);
+        assert!(scopes.contains(&"delete:api_scopes".to_owned()));
+        assert!(!scopes.contains(&"delete:apis_scopes".to_owned()));
         assert!(s.application("mgmt").unwrap().secret_matches("secret"));
     }
 
@@ -825,7 +816,10 @@ mod tests {
         assert_eq!(r.management_api_id, s.management_api_id);
         assert_eq!(r.management_api().unwrap().id, s.management_api_id);
         assert_eq!(r.applications.len(), 1);
-        assert_eq!(r.management_scopes().len(), DEFAULT_MANAGEMENT_SCOPES.len());
+        assert_eq!(
+            r.management_scopes().len(),
+            default_management_scopes().len()
+        );
     }
 
     #[test]
