@@ -65,7 +65,9 @@ async fn main() -> anyhow::Result<()> {
 
 /// `run --kinde-emulator`: starts the emulator in-process and points the operator at it.
 /// The wiring lives here so that the operator library never depends on the emulator.
-async fn start_embedded_emulator(args: &mut run::RunArgs) -> anyhow::Result<emulator::RunningEmulator> {
+async fn start_embedded_emulator(
+    args: &mut run::RunArgs,
+) -> anyhow::Result<emulator::RunningEmulator> {
     use secrecy::ExposeSecret;
     let defaults = emulator::EmulatorConfig::default();
     let client_id = args

@@ -73,16 +73,24 @@ impl Metrics {
             "Unix time the current credentials of each M2MApplication were issued (credential age = now - this)",
             m.credential_issued.clone(),
         );
-        registry.register("rotations", "Credential rotations by result", m.rotations.clone());
+        registry.register(
+            "rotations",
+            "Credential rotations by result",
+            m.rotations.clone(),
+        );
         m
     }
 
     pub fn reconciled(&self, kind: &'static str, took: Duration) {
         self.reconciles.get_or_create(&KindLabels { kind }).inc();
-        self.duration.get_or_create(&KindLabels { kind }).observe(took.as_secs_f64());
+        self.duration
+            .get_or_create(&KindLabels { kind })
+            .observe(took.as_secs_f64());
     }
 
     pub fn failed(&self, kind: &'static str, reason: &'static str) {
-        self.failures.get_or_create(&FailureLabels { kind, reason }).inc();
+        self.failures
+            .get_or_create(&FailureLabels { kind, reason })
+            .inc();
     }
 }

@@ -55,10 +55,18 @@ pub struct KindeArgs {
 impl KindeArgs {
     /// The client configuration; names the missing flag when something is absent.
     pub fn config(&self) -> anyhow::Result<KindeConfig> {
-        let domain = self.kinde_domain.clone().context("--kinde-domain (KINDE_DOMAIN) is required")?;
-        let id = self.kinde_client_id.clone().context("--kinde-client-id (KINDE_CLIENT_ID) is required")?;
-        let secret =
-            self.kinde_client_secret.clone().context("--kinde-client-secret (KINDE_CLIENT_SECRET) is required")?;
+        let domain = self
+            .kinde_domain
+            .clone()
+            .context("--kinde-domain (KINDE_DOMAIN) is required")?;
+        let id = self
+            .kinde_client_id
+            .clone()
+            .context("--kinde-client-id (KINDE_CLIENT_ID) is required")?;
+        let secret = self
+            .kinde_client_secret
+            .clone()
+            .context("--kinde-client-secret (KINDE_CLIENT_SECRET) is required")?;
         let mut config = KindeConfig::new(domain, id, secret);
         config.requests_per_second = self.kinde_requests_per_second;
         config.burst = self.kinde_burst;
@@ -123,16 +131,27 @@ async fn shutdown_signal() {
 /// Fails early with a clear message when the CRDs are not installed.
 async fn check_crds(client: &kube::Client) -> anyhow::Result<()> {
     let lp = ListParams::default().limit(1);
-    Api::<ApiRegistration>::all(client.clone()).list(&lp).await.context("ApiRegistration CRD not queryable; install crds/")?;
-    Api::<M2MApplication>::all(client.clone()).list(&lp).await.context("M2MApplication CRD not queryable; install crds/")?;
-    Api::<ApiGrant>::all(client.clone()).list(&lp).await.context("ApiGrant CRD not queryable; install crds/")?;
+    Api::<ApiRegistration>::all(client.clone())
+        .list(&lp)
+        .await
+        .context("ApiRegistration CRD not queryable; install crds/")?;
+    Api::<M2MApplication>::all(client.clone())
+        .list(&lp)
+        .await
+        .context("M2MApplication CRD not queryable; install crds/")?;
+    Api::<ApiGrant>::all(client.clone())
+        .list(&lp)
+        .await
+        .context("ApiGrant CRD not queryable; install crds/")?;
     Ok(())
 }
 
 /// Runs the operator until SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let kinde_config = args.kinde.config()?;
-    let client = kube::Client::try_default().await.context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
 
     let mut registry = Registry::with_prefix("kinde_m2m_operator");
     let kinde_metrics = KindeMetrics::register(&mut registry);
@@ -148,7 +167,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let identity = format!(
         "{}-{:08x}",
-        std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "kinde-m2m-operator".into()),
+        std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "kinde-m2m-operator".into()),
         fastrand::u32(..)
     );
     let elector = args.leader_election.then(|| {
@@ -177,12 +198,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         state.set_ready(false);
     }
 
-    let scope = if args.namespaces.is_empty() { Scope::All } else { Scope::Namespaces(args.namespaces.clone()) };
+    let scope = if args.namespaces.is_empty() {
+        Scope::All
+    } else {
+        Scope::Namespaces(args.namespaces.clone())
+    };
     tracing::info!(?scope, resync = ?args.resync_period, domain = %kinde.domain(), "starting controllers");
     let settings = Settings {
         recorder: Recorder::new(
             client.clone(),
-            Reporter { controller: "kinde-m2m-operator".into(), instance: Some(identity) },
+            Reporter {
+                controller: "kinde-m2m-operator".into(),
+                instance: Some(identity),
+            },
         ),
         client,
         kinde,
@@ -191,7 +219,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync: args.resync_period,
     };
     let ready_state = state.clone();
-    let controllers = controller::run(settings, move || ready_state.set_ready(true), shutdown.clone());
+    let controllers = controller::run(
+        settings,
+        move || ready_state.set_ready(true),
+        shutdown.clone(),
+    );
     let lost = async {
         match &elector {
             Some(e) => e.keep().await,

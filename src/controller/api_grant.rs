@@ -14,7 +14,9 @@ use kube::{Resource, ResourceExt};
 
 use super::{Context, Error, Managed, Outcome, Result, finish, record_change};
 use crate::conditions::{self, reasons};
-use crate::crd::{ApiGrant, ApiGrantStatus, ApiRegistration, GrantFrom, KindeAnnotations, M2MApplication};
+use crate::crd::{
+    ApiGrant, ApiGrantStatus, ApiRegistration, GrantFrom, KindeAnnotations, M2MApplication,
+};
 use crate::kinde::types::Authorization;
 
 impl Managed for ApiGrant {
@@ -23,7 +25,8 @@ impl Managed for ApiGrant {
     async fn apply(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
         let mut status = obj.status.clone().unwrap_or_default();
         let outcome = converge(&obj, &ctx, &mut status).await;
-        let (action, changed) = finish(&ctx, obj.as_ref(), status, outcome, |o| o.status.as_ref()).await?;
+        let (action, changed) =
+            finish(&ctx, obj.as_ref(), status, outcome, |o| o.status.as_ref()).await?;
         if changed {
             wake_neighbours(&ctx, &obj);
         }
@@ -44,7 +47,8 @@ impl Managed for ApiGrant {
         wake_neighbours(&ctx, &obj);
         // A grant that lost a conflict to this one may take over now.
         for other in conflicting(&ctx, &obj) {
-            ctx.wake_grants.wake(&other.namespace().unwrap_or_default(), &other.name_any());
+            ctx.wake_grants
+                .wake(&other.namespace().unwrap_or_default(), &other.name_any());
         }
         Ok(Action::await_change())
     }
@@ -62,13 +66,25 @@ fn wake_neighbours(ctx: &Context, grant: &ApiGrant) {
 
 /// De-authorizes `app_id` for `api_id` (Kinde app ids are their client ids).
 async fn revoke(ctx: &Context, grant: &ApiGrant, api_id: &str, app_id: &str) -> Result<()> {
-    match ctx.authorizer.submit(api_id, app_id, Authorization::Deauthorize).await {
+    match ctx
+        .authorizer
+        .submit(api_id, app_id, Authorization::Deauthorize)
+        .await
+    {
         Ok(()) => {}
         Err(e) if e.is_not_found() => {}
         Err(e) => return Err(e.into()),
     }
-    ctx.kinde_apis.note(api_id, app_id, Authorization::Deauthorize).await;
-    record_change(ctx, grant, "Revoked", format!("de-authorized application {app_id} for Kinde API {api_id}")).await;
+    ctx.kinde_apis
+        .note(api_id, app_id, Authorization::Deauthorize)
+        .await;
+    record_change(
+        ctx,
+        grant,
+        "Revoked",
+        format!("de-authorized application {app_id} for Kinde API {api_id}"),
+    )
+    .await;
     Ok(())
 }
 
@@ -87,7 +103,12 @@ fn conflicting(ctx: &Context, grant: &ApiGrant) -> Vec<Arc<ApiGrant>> {
 
 /// Older grants win: creation time, then name.
 fn is_older(a: &ApiGrant, b: &ApiGrant) -> bool {
-    let key = |g: &ApiGrant| (g.meta().creation_timestamp.clone().map(|t| t.0), g.name_any());
+    let key = |g: &ApiGrant| {
+        (
+            g.meta().creation_timestamp.clone().map(|t| t.0),
+            g.name_any(),
+        )
+    };
     key(a) < key(b)
 }
 
@@ -102,8 +123,13 @@ struct Resolved {
     scopes: Vec<(String, String)>,
 }
 
-async fn resolve(grant: &ApiGrant, ctx: &Context) -> Result<std::result::Result<Resolved, Outcome>> {
-    let ns = grant.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+async fn resolve(
+    grant: &ApiGrant,
+    ctx: &Context,
+) -> Result<std::result::Result<Resolved, Outcome>> {
+    let ns = grant
+        .namespace()
+        .ok_or(Error::MissingMetadata("namespace"))?;
     let app_name = &grant.spec.application_ref.name;
     let Some(app) = ctx.apps.get(&ns, app_name) else {
         return Ok(Err(Outcome::not_ready(
@@ -114,7 +140,11 @@ async fn resolve(grant: &ApiGrant, ctx: &Context) -> Result<std::result::Result<
     let api_ns = grant.api_namespace().unwrap_or_else(|| ns.clone());
     let api_name = &grant.spec.api_ref.name;
     let Some(api) = ctx.apis.get(&api_ns, api_name) else {
-        let watched = if ctx.apis.covers(&api_ns) { "" } else { " (the operator does not watch that namespace)" };
+        let watched = if ctx.apis.covers(&api_ns) {
+            ""
+        } else {
+            " (the operator does not watch that namespace)"
+        };
         return Ok(Err(Outcome::not_ready(
             reasons::API_NOT_FOUND,
             format!("ApiRegistration {api_ns}/{api_name} (spec.apiRef) does not exist{watched}"),
@@ -123,14 +153,25 @@ async fn resolve(grant: &ApiGrant, ctx: &Context) -> Result<std::result::Result<
     if !permitted(ctx, &api, &api_ns, &ns).await? {
         return Ok(Err(Outcome::not_ready(
             reasons::REF_NOT_PERMITTED,
-            format!("the grantPolicy of ApiRegistration {api_ns}/{api_name} does not admit ApiGrants from namespace {ns}"),
+            format!(
+                "the grantPolicy of ApiRegistration {api_ns}/{api_name} does not admit ApiGrants from namespace {ns}"
+            ),
         )));
     }
-    let missing: Vec<&str> = grant.spec.scopes.iter().filter(|k| !api.has_scope(k)).map(String::as_str).collect();
+    let missing: Vec<&str> = grant
+        .spec
+        .scopes
+        .iter()
+        .filter(|k| !api.has_scope(k))
+        .map(String::as_str)
+        .collect();
     if !missing.is_empty() {
         return Ok(Err(Outcome::not_ready(
             reasons::SCOPE_NOT_FOUND,
-            format!("ApiRegistration {api_ns}/{api_name} declares no scope {}", missing.join(", ")),
+            format!(
+                "ApiRegistration {api_ns}/{api_name} declares no scope {}",
+                missing.join(", ")
+            ),
         )));
     }
     let older: Vec<String> = conflicting(ctx, grant)
@@ -141,7 +182,9 @@ async fn resolve(grant: &ApiGrant, ctx: &Context) -> Result<std::result::Result<
     if let Some(winner) = older.first() {
         return Ok(Err(Outcome::not_ready(
             reasons::CONFLICT,
-            format!("ApiGrant {ns}/{winner} already grants {app_name} access to {api_ns}/{api_name}; delete one of them"),
+            format!(
+                "ApiGrant {ns}/{winner} already grants {app_name} access to {api_ns}/{api_name}; delete one of them"
+            ),
         )));
     }
     let app_status = app.status.clone().unwrap_or_default();
@@ -156,8 +199,11 @@ async fn resolve(grant: &ApiGrant, ctx: &Context) -> Result<std::result::Result<
     };
     let api_status = api.status.clone().unwrap_or_default();
     let ready = conditions::is_true(&api_status.conditions, conditions::READY);
-    let (Some(api_id), Some(audience), true) = (api_status.api_id.clone(), api_status.audience.clone(), ready)
-    else {
+    let (Some(api_id), Some(audience), true) = (
+        api_status.api_id.clone(),
+        api_status.audience.clone(),
+        ready,
+    ) else {
         return Ok(Err(Outcome::not_ready(
             reasons::WAITING_FOR_API,
             format!("ApiRegistration {api_ns}/{api_name} is not Ready yet"),
@@ -170,20 +216,38 @@ async fn resolve(grant: &ApiGrant, ctx: &Context) -> Result<std::result::Result<
             None => {
                 return Ok(Err(Outcome::not_ready(
                     reasons::WAITING_FOR_API,
-                    format!("scope {key} is not in Kinde yet (ApiRegistration {api_ns}/{api_name})"),
+                    format!(
+                        "scope {key} is not in Kinde yet (ApiRegistration {api_ns}/{api_name})"
+                    ),
                 )));
             }
         }
     }
-    Ok(Ok(Resolved { app, api, app_id, api_id, audience, scopes }))
+    Ok(Ok(Resolved {
+        app,
+        api,
+        app_id,
+        api_id,
+        audience,
+        scopes,
+    }))
 }
 
 /// Whether the API's grant policy admits grants from `grant_ns`.
-async fn permitted(ctx: &Context, api: &ApiRegistration, api_ns: &str, grant_ns: &str) -> Result<bool> {
+async fn permitted(
+    ctx: &Context,
+    api: &ApiRegistration,
+    api_ns: &str,
+    grant_ns: &str,
+) -> Result<bool> {
     let policy = &api.spec.grant_policy;
     let labels = if policy.from == GrantFrom::Selector {
         let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-        namespaces.get_metadata_opt(grant_ns).await?.map(|n| n.labels().clone()).unwrap_or_default()
+        namespaces
+            .get_metadata_opt(grant_ns)
+            .await?
+            .map(|n| n.labels().clone())
+            .unwrap_or_default()
     } else {
         Default::default()
     };
@@ -219,20 +283,35 @@ async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) 
         Err(e) if e.is_not_found() => {
             // Deleted in Kinde: the ApiRegistration re-creates it; wait for that.
             ctx.kinde_apis.forget(&r.api_id).await;
-            ctx.wake_apis.wake(&r.api.namespace().unwrap_or_default(), &r.api.name_any());
-            return Ok(Outcome::not_ready(reasons::WAITING_FOR_API, format!("Kinde API {} is gone; waiting for it to be re-created", r.api_id)));
+            ctx.wake_apis
+                .wake(&r.api.namespace().unwrap_or_default(), &r.api.name_any());
+            return Ok(Outcome::not_ready(
+                reasons::WAITING_FOR_API,
+                format!(
+                    "Kinde API {} is gone; waiting for it to be re-created",
+                    r.api_id
+                ),
+            ));
         }
         Err(e) => return Err(e.into()),
     };
     let authorized = snapshot.authorized_client_ids().any(|id| id == r.app_id);
     let desired: BTreeSet<&str> = r.scopes.iter().map(|(k, _)| k.as_str()).collect();
-    let applied: BTreeSet<String> = if authorized && status.application_id.as_deref() == Some(r.app_id.as_str()) {
-        status.granted_scopes.iter().cloned().collect()
-    } else {
-        BTreeSet::new()
-    };
-    let to_add: Vec<&(String, String)> = r.scopes.iter().filter(|(k, _)| !applied.contains(k)).collect();
-    let to_remove: Vec<&String> = applied.iter().filter(|k| !desired.contains(k.as_str())).collect();
+    let applied: BTreeSet<String> =
+        if authorized && status.application_id.as_deref() == Some(r.app_id.as_str()) {
+            status.granted_scopes.iter().cloned().collect()
+        } else {
+            BTreeSet::new()
+        };
+    let to_add: Vec<&(String, String)> = r
+        .scopes
+        .iter()
+        .filter(|(k, _)| !applied.contains(k))
+        .collect();
+    let to_remove: Vec<&String> = applied
+        .iter()
+        .filter(|k| !desired.contains(k.as_str()))
+        .collect();
     if paused {
         let in_sync = authorized && to_add.is_empty() && to_remove.is_empty();
         return Ok(Outcome::Paused { ready: in_sync });
@@ -240,22 +319,40 @@ async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) 
 
     let mut changes = Vec::new();
     if !authorized {
-        ctx.authorizer.submit(&r.api_id, &r.app_id, Authorization::Authorize).await?;
-        ctx.kinde_apis.note(&r.api_id, &r.app_id, Authorization::Authorize).await;
-        changes.push(format!("authorized application {} for Kinde API {}", r.app_id, r.api_id));
+        ctx.authorizer
+            .submit(&r.api_id, &r.app_id, Authorization::Authorize)
+            .await?;
+        ctx.kinde_apis
+            .note(&r.api_id, &r.app_id, Authorization::Authorize)
+            .await;
+        changes.push(format!(
+            "authorized application {} for Kinde API {}",
+            r.app_id, r.api_id
+        ));
     }
     status.application_id = Some(r.app_id.clone());
     status.api_id = Some(r.api_id.clone());
     status.audience = Some(r.audience.clone());
     for (key, id) in &to_add {
-        ctx.kinde.add_api_application_scope(&r.api_id, &r.app_id, id).await?;
+        ctx.kinde
+            .add_api_application_scope(&r.api_id, &r.app_id, id)
+            .await?;
         changes.push(format!("granted {key}"));
     }
     for key in &to_remove {
         // The scope id comes from the API's status; a scope removed there is gone in Kinde.
-        let id = r.api.status.as_ref().and_then(|s| s.scopes.iter().find(|s| &&s.key == key)).map(|s| s.id.clone());
+        let id = r
+            .api
+            .status
+            .as_ref()
+            .and_then(|s| s.scopes.iter().find(|s| &&s.key == key))
+            .map(|s| s.id.clone());
         if let Some(id) = id {
-            match ctx.kinde.remove_api_application_scope(&r.api_id, &r.app_id, &id).await {
+            match ctx
+                .kinde
+                .remove_api_application_scope(&r.api_id, &r.app_id, &id)
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e.into()),
@@ -265,7 +362,13 @@ async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) 
     }
     status.granted_scopes = desired.iter().map(|s| (*s).to_owned()).collect();
     if !changes.is_empty() {
-        record_change(ctx, grant, "Granted", format!("{} ({})", changes.join(", "), r.app.name_any())).await;
+        record_change(
+            ctx,
+            grant,
+            "Granted",
+            format!("{} ({})", changes.join(", "), r.app.name_any()),
+        )
+        .await;
     }
     Ok(Outcome::Ready)
 }

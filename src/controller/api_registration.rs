@@ -28,7 +28,8 @@ impl Managed for ApiRegistration {
     async fn apply(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
         let mut status = obj.status.clone().unwrap_or_default();
         let outcome = converge(&obj, &ctx, &mut status).await;
-        let (action, changed) = finish(&ctx, obj.as_ref(), status, outcome, |o| o.status.as_ref()).await?;
+        let (action, changed) =
+            finish(&ctx, obj.as_ref(), status, outcome, |o| o.status.as_ref()).await?;
         if changed {
             ctx.wake_grants.wake_all(&grants_referencing(&ctx, &obj));
         }
@@ -52,8 +53,18 @@ impl Managed for ApiRegistration {
                 );
                 let mut status = obj.status.clone().unwrap_or_default();
                 let outcome = Ok(Outcome::not_ready(reasons::IN_USE, message.clone()));
-                finish(&ctx, obj.as_ref(), std::mem::take(&mut status), outcome, |o| o.status.as_ref()).await?;
-                return Err(Error::Blocked { reason: reasons::IN_USE, message });
+                finish(
+                    &ctx,
+                    obj.as_ref(),
+                    std::mem::take(&mut status),
+                    outcome,
+                    |o| o.status.as_ref(),
+                )
+                .await?;
+                return Err(Error::Blocked {
+                    reason: reasons::IN_USE,
+                    message,
+                });
             }
         }
         if obj.is_paused() {
@@ -64,7 +75,15 @@ impl Managed for ApiRegistration {
         }
         if let (DeletionPolicy::Delete, Some(id)) = (policy, api_id) {
             match ctx.kinde.delete_api(&id).await {
-                Ok(()) => record_change(&ctx, obj.as_ref(), "Deleted", format!("deleted Kinde API {id}")).await,
+                Ok(()) => {
+                    record_change(
+                        &ctx,
+                        obj.as_ref(),
+                        "Deleted",
+                        format!("deleted Kinde API {id}"),
+                    )
+                    .await
+                }
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e.into()),
             }
@@ -79,7 +98,13 @@ pub fn grants_referencing(ctx: &Context, api: &ApiRegistration) -> Vec<Arc<ApiGr
     let (ns, name) = (api.namespace().unwrap_or_default(), api.name_any());
     ctx.grants.find(|g| {
         g.spec.api_ref.name == name
-            && g.spec.api_ref.namespace.clone().or_else(|| g.namespace()).as_deref() == Some(ns.as_str())
+            && g.spec
+                .api_ref
+                .namespace
+                .clone()
+                .or_else(|| g.namespace())
+                .as_deref()
+                == Some(ns.as_str())
     })
 }
 
@@ -88,7 +113,10 @@ fn validate(obj: &ApiRegistration) -> Option<String> {
     let len = |s: &str| s.chars().count();
     let audience = &obj.spec.audience;
     if audience.trim().is_empty() || len(audience) > 64 {
-        return Some(format!("spec.audience must be 1-64 characters, got {}", len(audience)));
+        return Some(format!(
+            "spec.audience must be 1-64 characters, got {}",
+            len(audience)
+        ));
     }
     let display = obj.display_name();
     if display.is_empty() || len(&display) > 64 {
@@ -97,7 +125,10 @@ fn validate(obj: &ApiRegistration) -> Option<String> {
     let mut seen = std::collections::BTreeSet::new();
     for s in &obj.spec.scopes {
         if s.key.is_empty() || len(&s.key) > 64 || s.key.chars().any(char::is_whitespace) {
-            return Some(format!("spec.scopes key {:?} must be 1-64 characters without whitespace", s.key));
+            return Some(format!(
+                "spec.scopes key {:?} must be 1-64 characters without whitespace",
+                s.key
+            ));
         }
         if !seen.insert(s.key.as_str()) {
             return Some(format!("spec.scopes key {:?} appears twice", s.key));
@@ -106,7 +137,11 @@ fn validate(obj: &ApiRegistration) -> Option<String> {
     None
 }
 
-async fn converge(obj: &ApiRegistration, ctx: &Context, status: &mut ApiRegistrationStatus) -> Result<Outcome> {
+async fn converge(
+    obj: &ApiRegistration,
+    ctx: &Context,
+    status: &mut ApiRegistrationStatus,
+) -> Result<Outcome> {
     if let Some(problem) = validate(obj) {
         return Ok(Outcome::not_ready(reasons::INVALID_SPEC, problem));
     }
@@ -132,7 +167,13 @@ async fn converge(obj: &ApiRegistration, ctx: &Context, status: &mut ApiRegistra
                         format!("the adopted Kinde API {api_id} no longer exists in Kinde"),
                     ));
                 }
-                record_change(ctx, obj, "Recreating", format!("Kinde API {api_id} was deleted in Kinde; creating it again")).await;
+                record_change(
+                    ctx,
+                    obj,
+                    "Recreating",
+                    format!("Kinde API {api_id} was deleted in Kinde; creating it again"),
+                )
+                .await;
                 ctx.kinde_apis.forget(&api_id).await;
                 status.api_id = None;
                 status.scopes.clear();
@@ -148,7 +189,13 @@ async fn converge(obj: &ApiRegistration, ctx: &Context, status: &mut ApiRegistra
         .scopes
         .iter()
         .filter_map(|want| {
-            scopes.iter().find(|s| s.key == want.key).map(|s| ScopeStatus { key: s.key.clone(), id: s.id.clone() })
+            scopes
+                .iter()
+                .find(|s| s.key == want.key)
+                .map(|s| ScopeStatus {
+                    key: s.key.clone(),
+                    id: s.id.clone(),
+                })
         })
         .collect();
     let complete = status.scopes.len() == obj.spec.scopes.len();
@@ -162,7 +209,9 @@ async fn converge(obj: &ApiRegistration, ctx: &Context, status: &mut ApiRegistra
 fn refuse_management(audience: &str) -> Outcome {
     Outcome::not_ready(
         reasons::MANAGEMENT_API_REFUSED,
-        format!("audience {audience} is the Kinde Management API's; the operator never manages or grants it"),
+        format!(
+            "audience {audience} is the Kinde Management API's; the operator never manages or grants it"
+        ),
     )
 }
 
@@ -197,13 +246,22 @@ async fn ensure_api(
         if api.audience != audience {
             return Ok(Err(Outcome::not_ready(
                 reasons::INVALID_SPEC,
-                format!("Kinde API {ext} has audience {:?} but spec.audience is {audience:?}", api.audience),
+                format!(
+                    "Kinde API {ext} has audience {:?} but spec.audience is {audience:?}",
+                    api.audience
+                ),
             )));
         }
         status.api_id = Some(ext.to_owned());
         status.audience = Some(audience.to_owned());
         apply_status(ctx, obj, obj.status.as_ref(), status).await?;
-        record_change(ctx, obj, "Adopted", format!("adopted Kinde API {ext} ({audience})")).await;
+        record_change(
+            ctx,
+            obj,
+            "Adopted",
+            format!("adopted Kinde API {ext} ({audience})"),
+        )
+        .await;
         return Ok(Ok(ext.to_owned()));
     }
 
@@ -224,7 +282,13 @@ async fn ensure_api(
         // Our own create from before a crash or a lost response.
         status.api_id = Some(found.id.clone());
         apply_status(ctx, obj, obj.status.as_ref(), status).await?;
-        record_change(ctx, obj, "Created", format!("created Kinde API {} for {audience}", found.id)).await;
+        record_change(
+            ctx,
+            obj,
+            "Created",
+            format!("created Kinde API {} for {audience}", found.id),
+        )
+        .await;
         return Ok(Ok(found.id.clone()));
     }
     if paused {
@@ -236,9 +300,19 @@ async fn ensure_api(
     apply_status(ctx, obj, obj.status.as_ref(), status).await?;
     let id = ctx.kinde.create_api(&obj.display_name(), audience).await?;
     status.api_id = Some(id.clone());
-    let marked = ApiRegistrationStatus { audience: Some(audience.to_owned()), api_id: None, ..status.clone() };
+    let marked = ApiRegistrationStatus {
+        audience: Some(audience.to_owned()),
+        api_id: None,
+        ..status.clone()
+    };
     apply_status(ctx, obj, Some(&marked), status).await?;
-    record_change(ctx, obj, "Created", format!("created Kinde API {id} for {audience}")).await;
+    record_change(
+        ctx,
+        obj,
+        "Created",
+        format!("created Kinde API {id} for {audience}"),
+    )
+    .await;
     Ok(Ok(id))
 }
 
@@ -255,12 +329,23 @@ async fn converge_scopes(
         let description = want.description.as_str();
         match kinde.iter_mut().find(|s| s.key == want.key) {
             None if !paused => {
-                let id = ctx.kinde.create_api_scope(api_id, &want.key, description).await?;
-                kinde.push(KindeScope { id, key: want.key.clone(), description: Some(description.to_owned()) });
+                let id = ctx
+                    .kinde
+                    .create_api_scope(api_id, &want.key, description)
+                    .await?;
+                kinde.push(KindeScope {
+                    id,
+                    key: want.key.clone(),
+                    description: Some(description.to_owned()),
+                });
                 changes.push(format!("added scope {}", want.key));
             }
-            Some(have) if !paused && have.description.as_deref().unwrap_or_default() != description => {
-                ctx.kinde.update_api_scope(api_id, &have.id, description).await?;
+            Some(have)
+                if !paused && have.description.as_deref().unwrap_or_default() != description =>
+            {
+                ctx.kinde
+                    .update_api_scope(api_id, &have.id, description)
+                    .await?;
                 have.description = Some(description.to_owned());
                 changes.push(format!("updated description of scope {}", want.key));
             }
@@ -268,8 +353,11 @@ async fn converge_scopes(
         }
     }
     if !paused {
-        let extra: Vec<KindeScope> =
-            kinde.iter().filter(|s| !obj.spec.scopes.iter().any(|w| w.key == s.key)).cloned().collect();
+        let extra: Vec<KindeScope> = kinde
+            .iter()
+            .filter(|s| !obj.spec.scopes.iter().any(|w| w.key == s.key))
+            .cloned()
+            .collect();
         for s in extra {
             match ctx.kinde.delete_api_scope(api_id, &s.id).await {
                 Ok(()) => {}
@@ -281,7 +369,13 @@ async fn converge_scopes(
         }
     }
     if !changes.is_empty() {
-        record_change(ctx, obj, "ScopesUpdated", format!("Kinde API {api_id}: {}", changes.join(", "))).await;
+        record_change(
+            ctx,
+            obj,
+            "ScopesUpdated",
+            format!("Kinde API {api_id}: {}", changes.join(", ")),
+        )
+        .await;
     }
     Ok(kinde)
 }

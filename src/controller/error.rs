@@ -24,7 +24,10 @@ pub enum Error {
 
     /// Progress waits on something outside this object (a reason constant and a message).
     #[error("{message}")]
-    Blocked { reason: &'static str, message: String },
+    Blocked {
+        reason: &'static str,
+        message: String,
+    },
 
     /// The object lacks something Kubernetes always sets (namespace, uid).
     #[error("object has no {0}")]

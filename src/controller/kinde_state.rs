@@ -24,7 +24,11 @@ pub struct ApiSnapshots {
 
 impl ApiSnapshots {
     pub fn new(kinde: KindeClient, ttl: Duration) -> Self {
-        Self { kinde, ttl, slots: Mutex::default() }
+        Self {
+            kinde,
+            ttl,
+            slots: Mutex::default(),
+        }
     }
 
     fn slot(&self, api_id: &str) -> Slot {
@@ -94,7 +98,11 @@ pub struct AuthorizeBatcher {
 
 impl AuthorizeBatcher {
     pub fn new(kinde: KindeClient) -> Self {
-        Self { kinde, window: Duration::from_millis(150), pending: Arc::default() }
+        Self {
+            kinde,
+            window: Duration::from_millis(150),
+            pending: Arc::default(),
+        }
     }
 
     /// (De)authorizes `client_id` for `api_id`, sharing the Kinde call with others
@@ -109,7 +117,11 @@ impl AuthorizeBatcher {
         let first = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             let queue = pending.entry(api_id.to_owned()).or_default();
-            queue.push(Pending { client_id: client_id.to_owned(), change, done });
+            queue.push(Pending {
+                client_id: client_id.to_owned(),
+                change,
+                done,
+            });
             queue.len() == 1
         };
         if first {
@@ -118,7 +130,9 @@ impl AuthorizeBatcher {
             tokio::spawn(async move { this.flush(api_id).await });
         }
         result.await.unwrap_or_else(|_| {
-            Err(Arc::new(KindeError::Config("authorization batch was dropped".into())))
+            Err(Arc::new(KindeError::Config(
+                "authorization batch was dropped".into(),
+            )))
         })
     }
 
@@ -134,8 +148,17 @@ impl AuthorizeBatcher {
             changes.retain(|(id, _)| *id != p.client_id);
             changes.push((p.client_id.as_str(), p.change));
         }
-        tracing::debug!(api_id, applications = changes.len(), "updating API authorizations");
-        let result = self.kinde.update_api_applications(&api_id, &changes).await.map(drop).map_err(Arc::new);
+        tracing::debug!(
+            api_id,
+            applications = changes.len(),
+            "updating API authorizations"
+        );
+        let result = self
+            .kinde
+            .update_api_applications(&api_id, &changes)
+            .await
+            .map(drop)
+            .map_err(Arc::new);
         for p in batch {
             let _ = p.done.send(result.clone());
         }

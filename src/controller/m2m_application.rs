@@ -35,7 +35,8 @@ impl Managed for M2MApplication {
     async fn apply(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
         let mut status = obj.status.clone().unwrap_or_default();
         let outcome = converge(&obj, &ctx, &mut status).await;
-        let (action, changed) = finish(&ctx, obj.as_ref(), status, outcome, |o| o.status.as_ref()).await?;
+        let (action, changed) =
+            finish(&ctx, obj.as_ref(), status, outcome, |o| o.status.as_ref()).await?;
         if changed {
             ctx.wake_grants.wake_all(&grants_of(&ctx, &obj));
         }
@@ -50,7 +51,9 @@ impl Managed for M2MApplication {
             });
         }
         let status = obj.status.clone().unwrap_or_default();
-        if effective_deletion_policy(obj.spec.deletion_policy, obj.as_ref()) == DeletionPolicy::Delete {
+        if effective_deletion_policy(obj.spec.deletion_policy, obj.as_ref())
+            == DeletionPolicy::Delete
+        {
             let mut ids: Vec<String> = status.application_id.iter().cloned().collect();
             ids.extend(status.retiring.iter().map(|r| r.application_id.clone()));
             if status.application_id.is_none() && obj.external_id().is_none() {
@@ -62,7 +65,13 @@ impl Managed for M2MApplication {
             for id in ids {
                 match ctx.kinde.delete_application(&id).await {
                     Ok(()) => {
-                        record_change(&ctx, obj.as_ref(), "Deleted", format!("deleted Kinde application {id}")).await;
+                        record_change(
+                            &ctx,
+                            obj.as_ref(),
+                            "Deleted",
+                            format!("deleted Kinde application {id}"),
+                        )
+                        .await;
                     }
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e.into()),
@@ -77,7 +86,8 @@ impl Managed for M2MApplication {
 /// The grants in the application's namespace that name it.
 pub fn grants_of(ctx: &Context, app: &M2MApplication) -> Vec<Arc<ApiGrant>> {
     let (ns, name) = (app.namespace(), app.name_any());
-    ctx.grants.find(|g| g.namespace() == ns && g.spec.application_ref.name == name)
+    ctx.grants
+        .find(|g| g.namespace() == ns && g.spec.application_ref.name == name)
 }
 
 /// Watches of the operator's Secrets, metadata only (their data never sits in memory),
@@ -85,13 +95,18 @@ pub fn grants_of(ctx: &Context, app: &M2MApplication) -> Vec<Arc<ApiGrant>> {
 pub(super) fn secret_triggers(
     client: &kube::Client,
     scope: &Scope,
-) -> Vec<impl Stream<Item = std::result::Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static> {
+) -> Vec<
+    impl Stream<Item = std::result::Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static,
+> {
     scope
         .slots()
         .into_iter()
         .map(|slot| {
-            let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-            watcher(api_for::<PartialObjectMeta<Secret>>(client, &slot), config).default_backoff().touched_objects()
+            let config = watcher::Config::default()
+                .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+            watcher(api_for::<PartialObjectMeta<Secret>>(client, &slot), config)
+                .default_backoff()
+                .touched_objects()
         })
         .collect()
 }
@@ -106,7 +121,10 @@ fn creation_marker(obj: &M2MApplication) -> Result<String> {
 /// The id of the application whose name carries `marker`, if any.
 async fn find_marked(ctx: &Context, marker: &str) -> Result<Option<String>> {
     let apps = ctx.kinde.list_applications().await?;
-    Ok(apps.into_iter().find(|a| a.name.ends_with(marker)).map(|a| a.id))
+    Ok(apps
+        .into_iter()
+        .find(|a| a.name.ends_with(marker))
+        .map(|a| a.id))
 }
 
 /// What the operator knows of its Kinde application after finding or creating it.
@@ -133,7 +151,11 @@ fn validate(obj: &M2MApplication) -> Option<String> {
     None
 }
 
-async fn converge(obj: &M2MApplication, ctx: &Context, status: &mut M2MApplicationStatus) -> Result<Outcome> {
+async fn converge(
+    obj: &M2MApplication,
+    ctx: &Context,
+    status: &mut M2MApplicationStatus,
+) -> Result<Outcome> {
     if let Some(problem) = validate(obj) {
         return Ok(Outcome::not_ready(reasons::INVALID_SPEC, problem));
     }
@@ -162,10 +184,20 @@ async fn converge(obj: &M2MApplication, ctx: &Context, status: &mut M2MApplicati
         if app.name.ends_with(&creation_marker(obj)?) {
             tracing::debug!(application = %app.id, "removed the creation marker from the name");
         } else {
-            record_change(ctx, obj, "Renamed", format!("renamed Kinde application {} to {display:?}", app.id)).await;
+            record_change(
+                ctx,
+                obj,
+                "Renamed",
+                format!("renamed Kinde application {} to {display:?}", app.id),
+            )
+            .await;
         }
     }
-    Ok(if paused { Outcome::Paused { ready: true } } else { Outcome::Ready })
+    Ok(if paused {
+        Outcome::Paused { ready: true }
+    } else {
+        Outcome::Ready
+    })
 }
 
 /// The Kinde application, read, adopted, found by marker or created; or why there is none.
@@ -185,7 +217,13 @@ async fn ensure_app(
                 if external.is_some() {
                     return Ok(Err(external_gone(&id)));
                 }
-                record_change(ctx, obj, "Recreating", format!("Kinde application {id} was deleted in Kinde; creating it again")).await;
+                record_change(
+                    ctx,
+                    obj,
+                    "Recreating",
+                    format!("Kinde application {id} was deleted in Kinde; creating it again"),
+                )
+                .await;
                 status.application_id = None;
                 status.client_id = None;
             }
@@ -199,29 +237,57 @@ async fn ensure_app(
             }
             Err(e) => return Err(e.into()),
         };
-        record_change(ctx, obj, "Adopted", format!("adopted Kinde application {ext}")).await;
+        record_change(
+            ctx,
+            obj,
+            "Adopted",
+            format!("adopted Kinde application {ext}"),
+        )
+        .await;
         return Ok(Ok(app));
     }
 
     let marker = creation_marker(obj)?;
     if let Some(id) = find_marked(ctx, &marker).await? {
         let app = read_app(ctx, &id).await?;
-        record_change(ctx, obj, "Created", format!("created Kinde application {id}")).await;
+        record_change(
+            ctx,
+            obj,
+            "Created",
+            format!("created Kinde application {id}"),
+        )
+        .await;
         return Ok(Ok(app));
     }
     if paused {
         return Ok(Err(Outcome::Paused { ready: false }));
     }
     let name = format!("{} {marker}", obj.display_name());
-    let created = ctx.kinde.create_application(&name, obj.spec.organization_code.as_deref()).await?;
-    record_change(ctx, obj, "Created", format!("created Kinde application {}", created.id)).await;
-    Ok(Ok(KindeApp { id: created.id, client_id: created.client_id, name, secret: created.client_secret }))
+    let created = ctx
+        .kinde
+        .create_application(&name, obj.spec.organization_code.as_deref())
+        .await?;
+    record_change(
+        ctx,
+        obj,
+        "Created",
+        format!("created Kinde application {}", created.id),
+    )
+    .await;
+    Ok(Ok(KindeApp {
+        id: created.id,
+        client_id: created.client_id,
+        name,
+        secret: created.client_secret,
+    }))
 }
 
 fn external_gone(id: &str) -> Outcome {
     Outcome::not_ready(
         reasons::EXTERNAL_NOT_FOUND,
-        format!("no Kinde application with id {id:?} (adopted with the external-id annotation); it is not re-created"),
+        format!(
+            "no Kinde application with id {id:?} (adopted with the external-id annotation); it is not re-created"
+        ),
     )
 }
 
@@ -231,7 +297,12 @@ async fn read_app(ctx: &Context, id: &str) -> std::result::Result<KindeApp, Kind
         operation: "getApplication",
         detail: "response lacks `application.client_secret`".into(),
     })?;
-    Ok(KindeApp { id: app.id, client_id: app.client_id, name: app.name, secret })
+    Ok(KindeApp {
+        id: app.id,
+        client_id: app.client_id,
+        name: app.name,
+        secret,
+    })
 }
 
 /// Audiences of the application's Ready grants, for `KINDE_AUDIENCE`.
@@ -254,7 +325,9 @@ async fn ensure_secret(
     name: &str,
 ) -> Result<std::result::Result<(), Outcome>> {
     let ns = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
-    let owner = obj.controller_owner_ref(&()).ok_or(Error::MissingMetadata("uid"))?;
+    let owner = obj
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingMetadata("uid"))?;
     let domain = ctx.kinde.domain();
     let token_url = ctx.kinde.token_url();
     let desired = secret::build(
@@ -292,14 +365,37 @@ async fn ensure_secret(
             if old_client.as_deref() == Some(app.client_id.as_str())
                 && old_secret.is_some_and(|o| o.expose_secret() != app.secret.expose_secret())
             {
-                ("CredentialsUpdated", format!("client secret of Kinde application {} changed in Kinde; Secret {name} updated", app.id))
+                (
+                    "CredentialsUpdated",
+                    format!(
+                        "client secret of Kinde application {} changed in Kinde; Secret {name} updated",
+                        app.id
+                    ),
+                )
             } else {
-                ("SecretRestored", format!("Secret {name} brought back in line with Kinde application {}", app.id))
+                (
+                    "SecretRestored",
+                    format!(
+                        "Secret {name} brought back in line with Kinde application {}",
+                        app.id
+                    ),
+                )
             }
         }
-        None => ("SecretCreated", format!("wrote credentials of Kinde application {} to Secret {name}", app.id)),
+        None => (
+            "SecretCreated",
+            format!(
+                "wrote credentials of Kinde application {} to Secret {name}",
+                app.id
+            ),
+        ),
     };
-    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired)).await?;
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&desired),
+    )
+    .await?;
     record_change(ctx, obj, note.0, note.1).await;
     Ok(Ok(()))
 }

@@ -70,7 +70,13 @@ pub struct Context {
 /// A kind this operator reconciles.
 pub trait Managed:
     Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-    + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + Debug
+    + Send
+    + Sync
+    + 'static
 {
     /// Kind name for metrics and logs.
     const KIND: &'static str;
@@ -101,7 +107,15 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Act
     if let Err(e) = &result {
         let note = error_note(e);
         tracing::warn!(kind = K::KIND, namespace = %ns, name = %name, reason = e.reason(), error = %note, "reconcile failed");
-        publish(&ctx, &object_ref, EventType::Warning, e.reason(), note, "Reconcile").await;
+        publish(
+            &ctx,
+            &object_ref,
+            EventType::Warning,
+            e.reason(),
+            note,
+            "Reconcile",
+        )
+        .await;
     }
     result
 }
@@ -123,7 +137,8 @@ pub fn error_policy<K: Managed>(_obj: Arc<K>, err: &Error, ctx: Arc<Context>) ->
 pub fn error_note(e: &Error) -> String {
     let inner: &Error = match e {
         Error::Finalizer(f) => match f.as_ref() {
-            kube::runtime::finalizer::Error::ApplyFailed(i) | kube::runtime::finalizer::Error::CleanupFailed(i) => i,
+            kube::runtime::finalizer::Error::ApplyFailed(i)
+            | kube::runtime::finalizer::Error::CleanupFailed(i) => i,
             _ => e,
         },
         _ => e,
@@ -188,8 +203,12 @@ pub async fn apply_status<K: Managed, S: Serialize + PartialEq>(
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(&obj.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -203,37 +222,83 @@ pub fn set_conditions(
     let now = Time(jiff::Timestamp::now());
     conditions::set_condition(
         conds,
-        conditions::new_condition(conditions::READY, ready.0, ready.1, ready.2, generation, now.clone()),
+        conditions::new_condition(
+            conditions::READY,
+            ready.0,
+            ready.1,
+            ready.2,
+            generation,
+            now.clone(),
+        ),
     );
     conditions::set_condition(
         conds,
-        conditions::new_condition(conditions::SYNCED, synced.0, synced.1, synced.2, generation, now),
+        conditions::new_condition(
+            conditions::SYNCED,
+            synced.0,
+            synced.1,
+            synced.2,
+            generation,
+            now,
+        ),
     );
 }
 
 /// Conditions for a reconcile that could not finish: Synced says why; Ready keeps its
 /// status unless `not_ready` (the object is not usable, e.g. its Kinde object is gone).
-pub fn set_failure(conds: &mut Vec<Condition>, generation: Option<i64>, err: &Error, not_ready: bool) {
+pub fn set_failure(
+    conds: &mut Vec<Condition>,
+    generation: Option<i64>,
+    err: &Error,
+    not_ready: bool,
+) {
     let now = Time(jiff::Timestamp::now());
     let note = error_note(err);
     let ready_now = conditions::is_true(conds, conditions::READY) && !not_ready;
     if !ready_now {
         conditions::set_condition(
             conds,
-            conditions::new_condition(conditions::READY, false, err.reason(), note.clone(), generation, now.clone()),
+            conditions::new_condition(
+                conditions::READY,
+                false,
+                err.reason(),
+                note.clone(),
+                generation,
+                now.clone(),
+            ),
         );
     }
     conditions::set_condition(
         conds,
-        conditions::new_condition(conditions::SYNCED, false, err.reason(), note, generation, now),
+        conditions::new_condition(
+            conditions::SYNCED,
+            false,
+            err.reason(),
+            note,
+            generation,
+            now,
+        ),
     );
 }
 
 /// The status message for a paused object.
 pub fn paused_conditions(conds: &mut Vec<Condition>, generation: Option<i64>, ready: bool) {
     let msg = format!("{PAUSED_ANNOTATION} is set: no Kinde writes until it is removed");
-    let ready_reason = if ready { reasons::RECONCILED } else { reasons::PAUSED };
-    set_conditions(conds, generation, (ready, ready_reason, if ready { "ready".into() } else { msg.clone() }), (false, reasons::PAUSED, msg));
+    let ready_reason = if ready {
+        reasons::RECONCILED
+    } else {
+        reasons::PAUSED
+    };
+    set_conditions(
+        conds,
+        generation,
+        (
+            ready,
+            ready_reason,
+            if ready { "ready".into() } else { msg.clone() },
+        ),
+        (false, reasons::PAUSED, msg),
+    );
 }
 
 /// Which objects changes are worth a reconcile: spec (generation), labels, annotations
@@ -246,7 +311,10 @@ fn meaningful_change<K: Resource>(obj: &K) -> Option<u64> {
     m.labels.hash(&mut h);
     m.annotations.hash(&mut h);
     m.finalizers.hash(&mut h);
-    m.deletion_timestamp.as_ref().map(|t| t.0.as_second()).hash(&mut h);
+    m.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut h);
     Some(h.finish())
 }
 
@@ -292,20 +360,29 @@ where
     let mut senders = Vec::new();
     for slot in scope.slots() {
         let (reader, writer) = reflector::store();
-        let stream = watcher(api_for::<K>(client, &slot), watcher::Config::default().any_semantic())
-            .default_backoff()
-            .reflect(writer)
-            .applied_objects()
-            .predicate_filter(meaningful_change::<K>, Default::default());
+        let stream = watcher(
+            api_for::<K>(client, &slot),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(meaningful_change::<K>, Default::default());
         let (tx, rx) = futures::channel::mpsc::unbounded::<ObjectRef<K>>();
         let controller = Controller::for_stream(stream, reader.clone())
             .reconcile_on(rx)
-            .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)));
+            .with_config(
+                kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)),
+            );
         controllers.push(controller);
         stores.push((slot.clone(), reader));
         senders.push((slot, tx));
     }
-    Built { controllers, stores: StoreSet::new(stores), router: Router::new(senders) }
+    Built {
+        controllers,
+        stores: StoreSet::new(stores),
+        router: Router::new(senders),
+    }
 }
 
 /// What the controllers run with.
@@ -324,7 +401,14 @@ pub async fn run(
     ready: impl FnOnce() + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
-    let Settings { client, kinde, recorder, metrics, scope, resync } = settings;
+    let Settings {
+        client,
+        kinde,
+        recorder,
+        metrics,
+        scope,
+        resync,
+    } = settings;
     let apps = build::<M2MApplication>(&client, &scope);
     let apis = build::<ApiRegistration>(&client, &scope);
     let grants = build::<ApiGrant>(&client, &scope);
@@ -348,19 +432,41 @@ pub async fn run(
 
     let mut runs = Vec::new();
     for (c, secret_stream) in apps.controllers.into_iter().zip(secrets) {
-        let c = c.owns_stream(secret_stream).graceful_shutdown_on(shutdown.clone());
-        runs.push(drain(c.run(reconcile::<M2MApplication>, error_policy::<M2MApplication>, ctx.clone())).boxed());
+        let c = c
+            .owns_stream(secret_stream)
+            .graceful_shutdown_on(shutdown.clone());
+        runs.push(
+            drain(c.run(
+                reconcile::<M2MApplication>,
+                error_policy::<M2MApplication>,
+                ctx.clone(),
+            ))
+            .boxed(),
+        );
     }
     for c in apis.controllers {
         let c = c.graceful_shutdown_on(shutdown.clone());
-        runs.push(drain(c.run(reconcile::<ApiRegistration>, error_policy::<ApiRegistration>, ctx.clone())).boxed());
+        runs.push(
+            drain(c.run(
+                reconcile::<ApiRegistration>,
+                error_policy::<ApiRegistration>,
+                ctx.clone(),
+            ))
+            .boxed(),
+        );
     }
     for c in grants.controllers {
         let c = c.graceful_shutdown_on(shutdown.clone());
-        runs.push(drain(c.run(reconcile::<ApiGrant>, error_policy::<ApiGrant>, ctx.clone())).boxed());
+        runs.push(
+            drain(c.run(reconcile::<ApiGrant>, error_policy::<ApiGrant>, ctx.clone())).boxed(),
+        );
     }
     // Ready once every store has seen its first full list.
-    let waits = ctx.apps.wait_ready().then(|()| ctx.apis.wait_ready()).then(|()| ctx.grants.wait_ready());
+    let waits = ctx
+        .apps
+        .wait_ready()
+        .then(|()| ctx.apis.wait_ready())
+        .then(|()| ctx.grants.wait_ready());
     let readiness = async move {
         waits.await;
         ready();
@@ -391,12 +497,20 @@ pub enum Outcome {
     Paused { ready: bool },
     /// Cannot converge now: waiting on another object, or refused (bad input); the
     /// reason is a condition reason, the message tells the user what to do.
-    NotReady { reason: &'static str, message: String, requeue: Duration },
+    NotReady {
+        reason: &'static str,
+        message: String,
+        requeue: Duration,
+    },
 }
 
 impl Outcome {
     pub fn not_ready(reason: &'static str, message: impl Into<String>) -> Self {
-        Outcome::NotReady { reason, message: message.into(), requeue: Duration::from_secs(60) }
+        Outcome::NotReady {
+            reason,
+            message: message.into(),
+            requeue: Duration::from_secs(60),
+        }
     }
 }
 
@@ -451,11 +565,19 @@ where
         Ok(Outcome::Ready) => set_conditions(
             status.conditions_mut(),
             generation,
-            (true, reasons::RECONCILED, format!("{} is in sync with Kinde", K::KIND)),
+            (
+                true,
+                reasons::RECONCILED,
+                format!("{} is in sync with Kinde", K::KIND),
+            ),
             (true, reasons::RECONCILED, "last reconcile converged".into()),
         ),
-        Ok(Outcome::Paused { ready }) => paused_conditions(status.conditions_mut(), generation, *ready),
-        Ok(Outcome::NotReady { reason, message, .. }) => set_conditions(
+        Ok(Outcome::Paused { ready }) => {
+            paused_conditions(status.conditions_mut(), generation, *ready)
+        }
+        Ok(Outcome::NotReady {
+            reason, message, ..
+        }) => set_conditions(
             status.conditions_mut(),
             generation,
             (false, reason, message.clone()),
@@ -466,22 +588,47 @@ where
     status.set_observed_generation(generation);
     let changed = old != Some(&status);
     apply_status(ctx, obj, old, &status).await?;
-    if let Ok(Outcome::NotReady { reason, message, .. }) = &outcome
+    if let Ok(Outcome::NotReady {
+        reason, message, ..
+    }) = &outcome
         && old_ready != Some((conditions::FALSE.to_owned(), (*reason).to_owned()))
     {
-        publish(ctx, &obj.object_ref(&()), EventType::Warning, reason, message.clone(), "Reconcile").await;
+        publish(
+            ctx,
+            &obj.object_ref(&()),
+            EventType::Warning,
+            reason,
+            message.clone(),
+            "Reconcile",
+        )
+        .await;
     }
     match outcome {
         Ok(Outcome::Ready) | Ok(Outcome::Paused { .. }) => Ok((resync(ctx), changed)),
-        Ok(Outcome::NotReady { requeue, .. }) => Ok((Action::requeue(with_jitter(requeue)), changed)),
+        Ok(Outcome::NotReady { requeue, .. }) => {
+            Ok((Action::requeue(with_jitter(requeue)), changed))
+        }
         Err(e) => Err(e),
     }
 }
 
 /// Publishes a Normal Event about a change made in Kinde.
-pub async fn record_change(ctx: &Context, obj: &impl Resource<DynamicType = ()>, reason: &str, note: String) {
+pub async fn record_change(
+    ctx: &Context,
+    obj: &impl Resource<DynamicType = ()>,
+    reason: &str,
+    note: String,
+) {
     tracing::info!(reason, "{note}");
-    publish(ctx, &obj.object_ref(&()), EventType::Normal, reason, note, reason).await;
+    publish(
+        ctx,
+        &obj.object_ref(&()),
+        EventType::Normal,
+        reason,
+        note,
+        reason,
+    )
+    .await;
 }
 
 /// The deletion policy in force: the spec's, else `Delete` for objects the operator

@@ -17,13 +17,17 @@ pub struct StoreSet<K: Resource<DynamicType = ()> + Clone + 'static> {
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> Clone for StoreSet<K> {
     fn clone(&self) -> Self {
-        Self { slots: self.slots.clone() }
+        Self {
+            slots: self.slots.clone(),
+        }
     }
 }
 
 impl<K: Resource<DynamicType = ()> + Clone + 'static> StoreSet<K> {
     pub fn new(slots: Vec<(Option<String>, Store<K>)>) -> Self {
-        Self { slots: Arc::new(slots) }
+        Self {
+            slots: Arc::new(slots),
+        }
     }
 
     fn slot(&self, namespace: &str) -> Option<&Store<K>> {
@@ -40,7 +44,8 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> StoreSet<K> {
 
     /// The cached object `namespace/name`.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
-        self.slot(namespace)?.get(&ObjectRef::new(name).within(namespace))
+        self.slot(namespace)?
+            .get(&ObjectRef::new(name).within(namespace))
     }
 
     /// Every cached object that matches `pred`.
@@ -70,13 +75,17 @@ pub struct Router<K: Resource<DynamicType = ()> + 'static> {
 
 impl<K: Resource<DynamicType = ()> + 'static> Clone for Router<K> {
     fn clone(&self) -> Self {
-        Self { slots: self.slots.clone() }
+        Self {
+            slots: self.slots.clone(),
+        }
     }
 }
 
 impl<K: Resource<DynamicType = ()> + 'static> Router<K> {
     pub fn new(slots: Vec<(Option<String>, UnboundedSender<ObjectRef<K>>)>) -> Self {
-        Self { slots: Arc::new(slots) }
+        Self {
+            slots: Arc::new(slots),
+        }
     }
 
     /// Queues a reconcile of `namespace/name` (dropped if that namespace is not watched).
