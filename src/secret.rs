@@ -124,6 +124,15 @@ pub fn read_key(secret: &Secret, key: &str) -> Option<String> {
     String::from_utf8(value.0.clone()).ok()
 }
 
+/// Whether a key of a Secret holds exactly `value` (compares bytes; copies nothing).
+pub fn key_is(secret: &Secret, key: &str, value: &str) -> bool {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .is_some_and(|v| v.0 == value.as_bytes())
+}
+
 fn bytes(s: &str) -> ByteString {
     ByteString(s.as_bytes().to_vec())
 }

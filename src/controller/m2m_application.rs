@@ -360,25 +360,36 @@ async fn ensure_secret(
         }
         Some(s) if !secret::needs_update(s, &desired) => return Ok(Ok(())),
         Some(s) => {
-            let old_secret = secret::read_key(s, secret::KEY_CLIENT_SECRET).map(SecretString::from);
-            let old_client = secret::read_key(s, secret::KEY_CLIENT_ID);
-            if old_client.as_deref() == Some(app.client_id.as_str())
-                && old_secret.is_some_and(|o| o.expose_secret() != app.secret.expose_secret())
-            {
+            let same_client = secret::key_is(s, secret::KEY_CLIENT_ID, &app.client_id);
+            let same_secret =
+                secret::key_is(s, secret::KEY_CLIENT_SECRET, app.secret.expose_secret());
+            let want_audience =
+                secret::read_key(&desired, secret::KEY_AUDIENCE).unwrap_or_default();
+            if same_client && !same_secret {
                 (
                     "CredentialsUpdated",
                     format!(
-                        "client secret of Kinde application {} changed in Kinde; Secret {name} updated",
+                        "client secret of Kinde application {} changed; Secret {name} updated",
                         app.id
                     ),
+                )
+            } else if !same_client {
+                (
+                    "CredentialsUpdated",
+                    format!(
+                        "Secret {name} now holds the credentials of Kinde application {}",
+                        app.id
+                    ),
+                )
+            } else if !secret::key_is(s, secret::KEY_AUDIENCE, &want_audience) {
+                (
+                    "AudienceUpdated",
+                    format!("Secret {name}: KINDE_AUDIENCE is now {want_audience:?}"),
                 )
             } else {
                 (
                     "SecretRestored",
-                    format!(
-                        "Secret {name} brought back in line with Kinde application {}",
-                        app.id
-                    ),
+                    format!("Secret {name} was edited or incomplete; restored"),
                 )
             }
         }
