@@ -436,11 +436,11 @@ impl Emulator {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("KINDE_EMULATOR_URL=") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(url.trim().to_string());
-                        continue;
-                    }
+                if let Some(url) = line.strip_prefix("KINDE_EMULATOR_URL=")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(url.trim().to_string());
+                    continue;
                 }
                 if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&log_path) {
                     let _ = writeln!(f, "[stdout] {line}");
