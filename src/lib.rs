@@ -5,6 +5,7 @@
 //! trial): nothing outside `emulator` and `main.rs` may import it.
 #![forbid(unsafe_code)]
 
+pub mod conditions;
 pub mod crd;
 pub mod emulator;
 pub mod kinde;

@@ -21,8 +21,14 @@ struct Cli {
 enum Command {
     /// Run the Kinde emulator as an HTTP server.
     Emulator(emulator::EmulatorArgs),
-    /// Print the CustomResourceDefinitions as a multi-document YAML stream.
-    Crdgen,
+    /// Print the CustomResourceDefinitions as a multi-document YAML stream, or write one
+    /// file per CRD into each `--out-dir`.
+    Crdgen {
+        /// Write `<plural>.<group>.yaml` files into this directory instead of printing
+        /// (repeatable).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Vec<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -31,8 +37,16 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(cli.log_format, &cli.log_level);
     match cli.command {
         Command::Emulator(args) => emulator::run(args).await,
-        Command::Crdgen => {
+        Command::Crdgen { out_dir } if out_dir.is_empty() => {
             print!("{}", crd::crds_yaml()?);
+            Ok(())
+        }
+        Command::Crdgen { out_dir } => {
+            for dir in out_dir {
+                for path in crd::write_crd_files(&dir)? {
+                    eprintln!("wrote {}", path.display());
+                }
+            }
             Ok(())
         }
     }

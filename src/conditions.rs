@@ -1,0 +1,262 @@
+//! Status conditions: types, reasons and a pure updater.
+//!
+//! Every kind reports two conditions (SPEC section 2):
+//! - [`READY`]: the Kinde object exists and matches the spec (for a grant: access works).
+//! - [`SYNCED`]: the last reconcile reached Kinde and converged, or says why not.
+//!
+//! Both carry a reason from [`reasons`], a human message and `observedGeneration`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// Condition type: the object is usable.
+pub const READY: &str = "Ready";
+/// Condition type: the last reconcile converged with Kinde.
+pub const SYNCED: &str = "Synced";
+
+/// `status` of a condition that holds.
+pub const TRUE: &str = "True";
+/// `status` of a condition that does not hold.
+pub const FALSE: &str = "False";
+/// `status` of a condition whose state is not known yet.
+pub const UNKNOWN: &str = "Unknown";
+
+/// Condition reasons (UpperCamelCase, stable: users and alerts match on them).
+pub mod reasons {
+    /// Everything converged.
+    pub const RECONCILED: &str = "Reconciled";
+    /// The `m2m.kinde-operator.io/paused` annotation stops Kinde writes.
+    pub const PAUSED: &str = "Paused";
+    /// Work in progress (first reconcile, creation in Kinde under way).
+    pub const PROGRESSING: &str = "Progressing";
+    /// A Kinde call failed (transport, 5xx, rate limit after retries, unexpected answer).
+    pub const KINDE_ERROR: &str = "KindeError";
+    /// The spec cannot be acted on (checked again by the operator, e.g. on servers without CEL).
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// An adopted (`external-id`) Kinde object does not exist in Kinde.
+    pub const EXTERNAL_NOT_FOUND: &str = "ExternalNotFound";
+    /// Deletion is under way (finalizer running).
+    pub const DELETING: &str = "Deleting";
+
+    // ApiRegistration
+    /// The audience already exists in Kinde and the API is not adopted; the message names
+    /// the Kinde API id to adopt.
+    pub const AUDIENCE_IN_USE: &str = "AudienceInUse";
+    /// The audience is the Kinde Management API's (or a Kinde API flagged
+    /// `is_management_api`): refused without any Kinde write.
+    pub const MANAGEMENT_API_REFUSED: &str = "ManagementApiRefused";
+    /// Deletion (policy `Delete`) waits while ApiGrants still reference the API.
+    pub const IN_USE: &str = "InUse";
+
+    // M2MApplication
+    /// The credentials Secret exists and is not owned by this M2MApplication.
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
+    /// A credential rotation is in progress.
+    pub const ROTATING: &str = "Rotating";
+
+    // ApiGrant
+    /// `spec.applicationRef` names no M2MApplication.
+    pub const APPLICATION_NOT_FOUND: &str = "ApplicationNotFound";
+    /// `spec.apiRef` names no ApiRegistration.
+    pub const API_NOT_FOUND: &str = "ApiNotFound";
+    /// A scope of `spec.scopes` is not declared on the ApiRegistration.
+    pub const SCOPE_NOT_FOUND: &str = "ScopeNotFound";
+    /// The ApiRegistration's `grantPolicy` does not admit the grant's namespace.
+    pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
+    /// An older ApiGrant already grants the same application access to the same API.
+    pub const CONFLICT: &str = "Conflict";
+    /// The referenced M2MApplication is not Ready yet.
+    pub const WAITING_FOR_APPLICATION: &str = "WaitingForApplication";
+    /// The referenced ApiRegistration is not Ready yet.
+    pub const WAITING_FOR_API: &str = "WaitingForApi";
+}
+
+/// Build a condition stamped `now`. `status` true maps to `"True"`, false to `"False"`.
+///
+/// An empty `message` is replaced by `reason`: the message is for humans, and the project's
+/// v1.20 test apiserver (built with a swapped `reflect2`) decodes `""` inside custom
+/// resources as `null`, refusing the whole status write ("must be of type string").
+pub fn new_condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    observed_generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    let message = message.into();
+    Condition {
+        type_: type_.to_owned(),
+        status: if status { TRUE } else { FALSE }.to_owned(),
+        reason: reason.to_owned(),
+        message: if message.is_empty() {
+            reason.to_owned()
+        } else {
+            message
+        },
+        observed_generation,
+        last_transition_time: now,
+    }
+}
+
+/// Insert or replace the condition of `new.type_`.
+///
+/// `lastTransitionTime` is the time the *status* last changed: when a condition of the same
+/// type with the same `status` is present, its timestamp is kept (reason, message and
+/// observedGeneration are still updated). Returns whether anything other than the timestamp
+/// changed, so a caller can skip a no-op status write. Order of existing conditions is kept;
+/// a new type is appended.
+pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) -> bool {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(existing) => {
+            if existing.status == new.status {
+                new.last_transition_time = existing.last_transition_time.clone();
+            }
+            let changed = *existing != new;
+            *existing = new;
+            changed
+        }
+        None => {
+            conditions.push(new);
+            true
+        }
+    }
+}
+
+/// The condition of this type, if present.
+pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether the condition of this type is present with status `"True"`.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    find_condition(conditions, type_).is_some_and(|c| c.status == TRUE)
+}
+
+/// Whether the `Ready` condition is `"True"` and was computed for `generation` (a Ready
+/// condition for an older spec does not count).
+pub fn is_ready_for(conditions: &[Condition], generation: Option<i64>) -> bool {
+    find_condition(conditions, READY).is_some_and(|c| {
+        c.status == TRUE && (generation.is_none() || c.observed_generation == generation)
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Time {
+        Time(jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn appends_new_type() {
+        let mut conds = vec![];
+        assert!(set_condition(
+            &mut conds,
+            new_condition(
+                READY,
+                false,
+                reasons::PROGRESSING,
+                "creating",
+                Some(1),
+                at(10)
+            )
+        ));
+        assert!(set_condition(
+            &mut conds,
+            new_condition(SYNCED, true, reasons::RECONCILED, "", Some(1), at(10))
+        ));
+        assert_eq!(conds.len(), 2);
+        assert_eq!(conds[0].type_, READY);
+        assert_eq!(conds[1].type_, SYNCED);
+    }
+
+    #[test]
+    fn keeps_transition_time_when_status_unchanged() {
+        let mut conds = vec![new_condition(
+            READY,
+            false,
+            reasons::PROGRESSING,
+            "creating",
+            Some(1),
+            at(10),
+        )];
+        let changed = set_condition(
+            &mut conds,
+            new_condition(
+                READY,
+                false,
+                reasons::WAITING_FOR_API,
+                "waiting for platform/example-api",
+                Some(2),
+                at(20),
+            ),
+        );
+        assert!(changed);
+        assert_eq!(conds.len(), 1);
+        assert_eq!(conds[0].last_transition_time, at(10));
+        assert_eq!(conds[0].reason, reasons::WAITING_FOR_API);
+        assert_eq!(conds[0].message, "waiting for platform/example-api");
+        assert_eq!(conds[0].observed_generation, Some(2));
+    }
+
+    #[test]
+    fn bumps_transition_time_when_status_flips() {
+        let mut conds = vec![new_condition(
+            READY,
+            false,
+            reasons::PROGRESSING,
+            "creating",
+            Some(1),
+            at(10),
+        )];
+        assert!(set_condition(
+            &mut conds,
+            new_condition(READY, true, reasons::RECONCILED, "", Some(1), at(20))
+        ));
+        assert_eq!(conds[0].status, TRUE);
+        assert_eq!(conds[0].last_transition_time, at(20));
+    }
+
+    #[test]
+    fn identical_condition_is_not_a_change() {
+        let mut conds = vec![new_condition(
+            READY,
+            true,
+            reasons::RECONCILED,
+            "ok",
+            Some(3),
+            at(10),
+        )];
+        let before = conds.clone();
+        assert!(!set_condition(
+            &mut conds,
+            new_condition(READY, true, reasons::RECONCILED, "ok", Some(3), at(99))
+        ));
+        assert_eq!(conds, before);
+    }
+
+    #[test]
+    fn empty_message_becomes_reason() {
+        let c = new_condition(SYNCED, true, reasons::RECONCILED, "", None, at(1));
+        assert_eq!(c.message, reasons::RECONCILED);
+        assert_eq!(c.status, TRUE);
+    }
+
+    #[test]
+    fn readiness_helpers() {
+        let mut conds = vec![];
+        assert!(!is_true(&conds, READY));
+        assert!(!is_ready_for(&conds, Some(1)));
+        set_condition(
+            &mut conds,
+            new_condition(READY, true, reasons::RECONCILED, "", Some(1), at(1)),
+        );
+        assert!(is_true(&conds, READY));
+        assert!(is_ready_for(&conds, Some(1)));
+        assert!(!is_ready_for(&conds, Some(2)));
+        assert!(is_ready_for(&conds, None));
+        assert_eq!(find_condition(&conds, SYNCED), None);
+    }
+}
