@@ -1,0 +1,843 @@
+//! The emulated Kinde business: applications, APIs, scopes and grants, plus the pure
+//! operations on them.
+//!
+//! Everything here is synchronous and free of HTTP so it can be unit-tested directly and
+//! serialised to the state file as is. Operations return [`KindeError`] carrying the
+//! status code and `error_response` code the management API answers with.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rsa::rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+
+/// Name of the always-present Kinde Management API.
+pub const MANAGEMENT_API_NAME: &str = "Kinde Management API";
+
+/// Every management scope the emulator knows, i.e. the scope list of the Kinde Management
+/// API. Includes the two spellings that only appear (typo'd) in the spec's descriptions.
+pub const MANAGEMENT_SCOPE_CATALOGUE: &[&str] = &[
+    "read:applications",
+    "create:applications",
+    "update:applications",
+    "delete:applications",
+    "read:apis",
+    "create:apis",
+    "update:apis",
+    "delete:apis",
+    "read:api_scopes",
+    "create:api_scopes",
+    "update:api_scopes",
+    "delete:api_scopes",
+    "delete:apis_scopes",
+    "create:api_application_scopes",
+    "delete:api_application_scopes",
+    "delete:apis_application_scopes",
+];
+
+/// The spec's typo'd spellings (from the descriptions of `deleteAPIScope` and
+/// `deleteAPIApplicationScope`): accepted, but not granted by default.
+pub const TYPO_SCOPES: &[&str] = &["delete:apis_scopes", "delete:apis_application_scopes"];
+
+/// Scopes granted to the management client in the initial state: everything the operator
+/// needs, i.e. the catalogue with the corrected spelling of the two typo'd scopes.
+pub fn default_management_scopes() -> Vec<String> {
+    MANAGEMENT_SCOPE_CATALOGUE
+        .iter()
+        .filter(|s| !TYPO_SCOPES.contains(s))
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+
+/// A management API failure: HTTP status plus the `errors[0]` code and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KindeError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl KindeError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status: 400,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn app_not_found() -> Self {
+        Self::bad_request("APPLICATION_NOT_FOUND", "Application not found")
+    }
+
+    fn api_not_found() -> Self {
+        Self::bad_request("API_NOT_FOUND", "API not found")
+    }
+
+    fn scope_not_found() -> Self {
+        Self::bad_request("API_SCOPE_NOT_FOUND", "API scope not found")
+    }
+
+    fn management_api_read_only() -> Self {
+        Self::bad_request(
+            "MANAGEMENT_API_NOT_MODIFIABLE",
+            "The Kinde Management API cannot be modified or deleted",
+        )
+    }
+}
+
+/// Application types as the create/get endpoints spell them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppType {
+    Reg,
+    Spa,
+    M2m,
+    Device,
+}
+
+impl AppType {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "reg" => Some(Self::Reg),
+            "spa" => Some(Self::Spa),
+            "m2m" => Some(Self::M2m),
+            "device" => Some(Self::Device),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reg => "reg",
+            Self::Spa => "spa",
+            Self::M2m => "m2m",
+            Self::Device => "device",
+        }
+    }
+
+    /// The human-readable label `GET /api/v1/apis/{id}` uses in `applications[].type`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Reg => "Back-end web",
+            Self::Spa => "Front-end and mobile",
+            Self::M2m => "Machine to machine (M2M)",
+            Self::Device => "Device and IoT",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Application {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub app_type: AppType,
+    pub org_code: Option<String>,
+    pub client_secret: String,
+    /// Secrets kept working by a dashboard-style rotation with "retain old secret".
+    #[serde(default)]
+    pub retained_secrets: Vec<String>,
+    /// Creation order; the default (unsorted) listing order.
+    pub seq: u64,
+}
+
+impl Application {
+    /// Position in a listing sorted by `sort` (ascending; `NameDesc` reverses it).
+    pub fn sort_key(&self, sort: AppSort) -> SortKey {
+        match sort {
+            AppSort::Created => (format!("{:020}", self.seq), String::new(), self.id.clone()),
+            AppSort::NameAsc | AppSort::NameDesc => name_sort_key(&self.name, &self.id),
+        }
+    }
+
+    /// Whether `secret` authenticates this client (current or retained secret).
+    pub fn secret_matches(&self, secret: &str) -> bool {
+        constant_time_eq(&self.client_secret, secret)
+            || self
+                .retained_secrets
+                .iter()
+                .any(|s| constant_time_eq(s, secret))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiScope {
+    pub id: String,
+    pub key: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Api {
+    pub id: String,
+    pub name: String,
+    pub audience: String,
+    pub is_management_api: bool,
+    pub scopes: Vec<ApiScope>,
+    /// Authorized applications (by id) and the scope ids each was given on this API.
+    pub grants: BTreeMap<String, BTreeSet<String>>,
+    pub seq: u64,
+}
+
+impl Api {
+    /// Position in the name-sorted listing.
+    pub fn sort_key(&self) -> SortKey {
+        name_sort_key(&self.name, &self.id)
+    }
+
+    /// Keys of the given scope ids, in the API's scope order.
+    pub fn scope_keys(&self, ids: &BTreeSet<String>) -> Vec<String> {
+        self.scopes
+            .iter()
+            .filter(|s| ids.contains(&s.id))
+            .map(|s| s.key.clone())
+            .collect()
+    }
+}
+
+/// The whole business. Serialised verbatim into the state file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Store {
+    pub applications: BTreeMap<String, Application>,
+    pub apis: BTreeMap<String, Api>,
+    pub management_client_id: String,
+    pub management_api_id: String,
+    next_seq: u64,
+}
+
+/// Outcome of `PATCH /api/v1/apis/{id}/applications`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AuthorizationChange {
+    pub connected: Vec<String>,
+    pub disconnected: Vec<String>,
+    pub changed: bool,
+}
+
+/// Sort orders of `GET /api/v1/applications`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AppSort {
+    Created,
+    NameAsc,
+    NameDesc,
+}
+
+impl Store {
+    /// The initial state: the Kinde Management API, and the management client authorized
+    /// on it with the default scopes.
+    pub fn new(domain: &str, client_id: &str, client_secret: &str) -> Self {
+        let mut store = Self {
+            applications: BTreeMap::new(),
+            apis: BTreeMap::new(),
+            management_client_id: client_id.to_owned(),
+            management_api_id: String::new(),
+            next_seq: 0,
+        };
+        let api_id = random_hex(32);
+        let seq = store.seq();
+        let scopes = MANAGEMENT_SCOPE_CATALOGUE
+            .iter()
+            .map(|key| ApiScope {
+                id: new_scope_id(),
+                key: (*key).to_owned(),
+                description: String::new(),
+            })
+            .collect();
+        store.apis.insert(
+            api_id.clone(),
+            Api {
+                id: api_id.clone(),
+                name: MANAGEMENT_API_NAME.to_owned(),
+                audience: management_audience(domain),
+                is_management_api: true,
+                scopes,
+                grants: BTreeMap::new(),
+                seq,
+            },
+        );
+        store.management_api_id = api_id;
+        store.ensure_management_client(domain, client_id, client_secret);
+        store
+    }
+
+    /// A fresh initial state that keeps the management API's id (clients may have
+    /// cached it).
+    pub fn reset(&self, domain: &str, client_id: &str, client_secret: &str) -> Self {
+        let mut fresh = Self::new(domain, client_id, client_secret);
+        let new_id =
+            std::mem::replace(&mut fresh.management_api_id, self.management_api_id.clone());
+        if let Some(mut api) = fresh.apis.remove(&new_id) {
+            api.id = self.management_api_id.clone();
+            fresh.apis.insert(api.id.clone(), api);
+        }
+        fresh
+    }
+
+    /// Makes a loaded store agree with the current configuration: the management API's
+    /// audience follows the domain, and the configured management client exists with the
+    /// configured secret (keeping its grants if it already existed).
+    pub fn ensure_management_client(&mut self, domain: &str, client_id: &str, secret: &str) {
+        let audience = management_audience(domain);
+        let mgmt_api_id = self.management_api_id.clone();
+        if let Some(api) = self.apis.get_mut(&mgmt_api_id) {
+            api.audience = audience;
+        }
+        self.management_client_id = client_id.to_owned();
+        if let Some(app) = self.applications.get_mut(client_id) {
+            app.client_secret = secret.to_owned();
+            return;
+        }
+        let seq = self.seq();
+        self.applications.insert(
+            client_id.to_owned(),
+            Application {
+                id: client_id.to_owned(),
+                name: "Kinde emulator management client".to_owned(),
+                app_type: AppType::M2m,
+                org_code: None,
+                client_secret: secret.to_owned(),
+                retained_secrets: Vec::new(),
+                seq,
+            },
+        );
+        self.set_management_scopes(&default_management_scopes());
+    }
+
+    fn seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    pub fn management_api(&self) -> Option<&Api> {
+        self.apis.get(&self.management_api_id)
+    }
+
+    /// Replaces the management client's scopes on the management API (authorizing it if
+    /// needed). Unknown keys are added to the management API's scope list first.
+    pub fn set_management_scopes(&mut self, keys: &[String]) {
+        let client = self.management_client_id.clone();
+        let Some(api) = self.apis.get_mut(&self.management_api_id) else {
+            return;
+        };
+        let mut ids = BTreeSet::new();
+        for key in keys {
+            let id = match api.scopes.iter().find(|s| &s.key == key) {
+                Some(s) => s.id.clone(),
+                None => {
+                    let id = new_scope_id();
+                    api.scopes.push(ApiScope {
+                        id: id.clone(),
+                        key: key.clone(),
+                        description: String::new(),
+                    });
+                    id
+                }
+            };
+            ids.insert(id);
+        }
+        api.grants.insert(client, ids);
+    }
+
+    pub fn management_scopes(&self) -> Vec<String> {
+        self.management_api()
+            .and_then(|api| {
+                api.grants
+                    .get(&self.management_client_id)
+                    .map(|ids| api.scope_keys(ids))
+            })
+            .unwrap_or_default()
+    }
+
+    // ---- applications ----
+
+    pub fn create_application(
+        &mut self,
+        name: String,
+        app_type: AppType,
+        org_code: Option<String>,
+    ) -> Application {
+        let id = random_hex(32);
+        let seq = self.seq();
+        let app = Application {
+            id: id.clone(),
+            name,
+            app_type,
+            org_code,
+            client_secret: random_alnum(48),
+            retained_secrets: Vec::new(),
+            seq,
+        };
+        self.applications.insert(id, app.clone());
+        app
+    }
+
+    pub fn application(&self, id: &str) -> Result<&Application, KindeError> {
+        self.applications
+            .get(id)
+            .ok_or_else(KindeError::app_not_found)
+    }
+
+    /// Renames; returns whether anything changed.
+    pub fn rename_application(
+        &mut self,
+        id: &str,
+        name: Option<String>,
+    ) -> Result<bool, KindeError> {
+        let app = self
+            .applications
+            .get_mut(id)
+            .ok_or_else(KindeError::app_not_found)?;
+        match name {
+            Some(name) if name != app.name => {
+                app.name = name;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Deletes the application and every grant it had.
+    pub fn delete_application(&mut self, id: &str) -> Result<(), KindeError> {
+        self.applications
+            .remove(id)
+            .ok_or_else(KindeError::app_not_found)?;
+        for api in self.apis.values_mut() {
+            api.grants.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Applications in the requested order.
+    pub fn sorted_applications(&self, sort: AppSort) -> Vec<&Application> {
+        let mut apps: Vec<&Application> = self.applications.values().collect();
+        apps.sort_by_cached_key(|a| a.sort_key(sort));
+        if sort == AppSort::NameDesc {
+            apps.reverse();
+        }
+        apps
+    }
+
+    /// Rotates the client secret as the dashboard does; returns the new secret.
+    pub fn rotate_secret(&mut self, id: &str, retain_old: bool) -> Result<String, KindeError> {
+        let app = self
+            .applications
+            .get_mut(id)
+            .ok_or_else(KindeError::app_not_found)?;
+        let new_secret = random_alnum(48);
+        let old = std::mem::replace(&mut app.client_secret, new_secret.clone());
+        if retain_old {
+            // The dashboard keeps one previous secret; rotating again drops the older one.
+            app.retained_secrets = vec![old];
+        } else {
+            app.retained_secrets.clear();
+        }
+        Ok(new_secret)
+    }
+
+    // ---- APIs ----
+
+    pub fn create_api(&mut self, name: String, audience: String) -> Result<String, KindeError> {
+        if self.apis.values().any(|a| a.audience == audience) {
+            return Err(KindeError::bad_request(
+                "API_AUDIENCE_ALREADY_EXISTS",
+                format!("An API with audience \"{audience}\" already exists"),
+            ));
+        }
+        let id = random_hex(32);
+        let seq = self.seq();
+        self.apis.insert(
+            id.clone(),
+            Api {
+                id: id.clone(),
+                name,
+                audience,
+                is_management_api: false,
+                scopes: Vec::new(),
+                grants: BTreeMap::new(),
+                seq,
+            },
+        );
+        Ok(id)
+    }
+
+    pub fn api(&self, id: &str) -> Result<&Api, KindeError> {
+        self.apis.get(id).ok_or_else(KindeError::api_not_found)
+    }
+
+    pub fn api_by_audience(&self, audience: &str) -> Option<&Api> {
+        self.apis.values().find(|a| a.audience == audience)
+    }
+
+    /// An API that the management API may change (exists and is not the management API).
+    fn modifiable_api(&mut self, id: &str) -> Result<&mut Api, KindeError> {
+        let api = self
+            .apis
+            .get_mut(id)
+            .ok_or_else(KindeError::api_not_found)?;
+        if api.is_management_api {
+            return Err(KindeError::management_api_read_only());
+        }
+        Ok(api)
+    }
+
+    pub fn delete_api(&mut self, id: &str) -> Result<(), KindeError> {
+        self.modifiable_api(id)?;
+        self.apis.remove(id);
+        Ok(())
+    }
+
+    /// APIs sorted by name (then id, for a stable order among equal names).
+    pub fn sorted_apis(&self) -> Vec<&Api> {
+        let mut apis: Vec<&Api> = self.apis.values().collect();
+        apis.sort_by_cached_key(|a| a.sort_key());
+        apis
+    }
+
+    pub fn create_scope(
+        &mut self,
+        api_id: &str,
+        key: String,
+        description: String,
+    ) -> Result<String, KindeError> {
+        let api = self.modifiable_api(api_id)?;
+        if api.scopes.iter().any(|s| s.key == key) {
+            return Err(KindeError::bad_request(
+                "API_SCOPE_ALREADY_EXISTS",
+                format!("A scope with key \"{key}\" already exists on this API"),
+            ));
+        }
+        let id = new_scope_id();
+        api.scopes.push(ApiScope {
+            id: id.clone(),
+            key,
+            description,
+        });
+        Ok(id)
+    }
+
+    pub fn scope(&self, api_id: &str, scope_id: &str) -> Result<&ApiScope, KindeError> {
+        self.api(api_id)?
+            .scopes
+            .iter()
+            .find(|s| s.id == scope_id)
+            .ok_or_else(KindeError::scope_not_found)
+    }
+
+    /// Updates the description; returns whether anything changed.
+    pub fn update_scope(
+        &mut self,
+        api_id: &str,
+        scope_id: &str,
+        description: Option<String>,
+    ) -> Result<bool, KindeError> {
+        let api = self.modifiable_api(api_id)?;
+        let scope = api
+            .scopes
+            .iter_mut()
+            .find(|s| s.id == scope_id)
+            .ok_or_else(KindeError::scope_not_found)?;
+        match description {
+            Some(d) if d != scope.description => {
+                scope.description = d;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Deletes the scope and removes it from every application's grant on the API.
+    pub fn delete_scope(&mut self, api_id: &str, scope_id: &str) -> Result<(), KindeError> {
+        let api = self.modifiable_api(api_id)?;
+        let before = api.scopes.len();
+        api.scopes.retain(|s| s.id != scope_id);
+        if api.scopes.len() == before {
+            return Err(KindeError::scope_not_found());
+        }
+        for ids in api.grants.values_mut() {
+            ids.remove(scope_id);
+        }
+        Ok(())
+    }
+
+    /// Authorizes (`delete == false`) or de-authorizes applications, all or nothing:
+    /// every id is checked before anything changes. De-authorizing drops the app's
+    /// scopes on the API.
+    pub fn update_api_applications(
+        &mut self,
+        api_id: &str,
+        ops: &[(String, bool)],
+    ) -> Result<AuthorizationChange, KindeError> {
+        self.api(api_id)?;
+        for (app_id, _) in ops {
+            self.application(app_id)?;
+        }
+        let api = self
+            .apis
+            .get_mut(api_id)
+            .ok_or_else(KindeError::api_not_found)?;
+        let mut change = AuthorizationChange::default();
+        for (app_id, delete) in ops {
+            if *delete {
+                change.changed |= api.grants.remove(app_id).is_some();
+                change.disconnected.push(app_id.clone());
+            } else {
+                if !api.grants.contains_key(app_id) {
+                    api.grants.insert(app_id.clone(), BTreeSet::new());
+                    change.changed = true;
+                }
+                change.connected.push(app_id.clone());
+            }
+        }
+        Ok(change)
+    }
+
+    /// Gives an authorized application a scope on an API; returns whether it changed.
+    pub fn add_application_scope(
+        &mut self,
+        api_id: &str,
+        app_id: &str,
+        scope_id: &str,
+    ) -> Result<bool, KindeError> {
+        self.scope(api_id, scope_id)?;
+        self.application(app_id)?;
+        let api = self
+            .apis
+            .get_mut(api_id)
+            .ok_or_else(KindeError::api_not_found)?;
+        let grant = api.grants.get_mut(app_id).ok_or_else(|| {
+            KindeError::bad_request(
+                "APPLICATION_NOT_AUTHORIZED",
+                "The application is not authorized for this API",
+            )
+        })?;
+        Ok(grant.insert(scope_id.to_owned()))
+    }
+
+    /// Takes a scope away from an application on an API; returns whether it changed.
+    /// Removing a scope the application does not have (or from an application not
+    /// authorized for the API) is a successful no-op.
+    pub fn remove_application_scope(
+        &mut self,
+        api_id: &str,
+        app_id: &str,
+        scope_id: &str,
+    ) -> Result<bool, KindeError> {
+        self.scope(api_id, scope_id)?;
+        self.application(app_id)?;
+        let api = self
+            .apis
+            .get_mut(api_id)
+            .ok_or_else(KindeError::api_not_found)?;
+        Ok(api
+            .grants
+            .get_mut(app_id)
+            .is_some_and(|grant| grant.remove(scope_id)))
+    }
+}
+
+/// Audience of the Kinde Management API for a domain.
+pub fn management_audience(domain: &str) -> String {
+    format!("{}/api", domain.trim_end_matches('/'))
+}
+
+/// Where an item sits in a listing, compared as a tuple; a `next_token` carries the key
+/// of the last item of a page.
+pub type SortKey = (String, String, String);
+
+/// Name order: case-insensitive, then exact name, then id (so equal names are stable).
+fn name_sort_key(name: &str, id: &str) -> SortKey {
+    (name.to_lowercase(), name.to_owned(), id.to_owned())
+}
+
+fn new_scope_id() -> String {
+    format!("api_scope_{}", random_hex(32))
+}
+
+/// `len` lowercase hex characters from the OS RNG.
+pub fn random_hex(len: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    random_from(HEX, len)
+}
+
+/// `len` alphanumeric characters from the OS RNG (client secrets).
+pub fn random_alnum(len: usize) -> String {
+    const ALNUM: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    random_from(ALNUM, len)
+}
+
+fn random_from(alphabet: &[u8], len: usize) -> String {
+    // Rejection sampling keeps the distribution uniform.
+    let limit = 256 - (256 % alphabet.len());
+    let mut out = String::with_capacity(len);
+    let mut buf = [0u8; 64];
+    while out.len() < len {
+        OsRng.fill_bytes(&mut buf);
+        for b in buf {
+            if (b as usize) < limit && out.len() < len {
+                out.push(char::from(alphabet[b as usize % alphabet.len()]));
+            }
+        }
+    }
+    out
+}
+
+/// Comparison whose time does not depend on where the strings differ.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn store() -> Store {
+        Store::new("http://kinde.test", "mgmt", "secret")
+    }
+
+    #[test]
+    fn initial_state_has_management_api_and_client() {
+        let s = store();
+        let api = s.management_api().unwrap();
+        assert_eq!(api.audience, "http://kinde.test/api");
+        assert!(api.is_management_api);
+        let mut scopes = s.management_scopes();
+        scopes.sort();
+        let mut expected = default_management_scopes();
+        expected.sort();
+        assert_eq!(scopes, expected);
+        assert_eq!(scopes.len(), 14);
+        assert!(scopes.contains(&"delete:api_scopes".to_owned()));
+        assert!(!scopes.contains(&"delete:apis_scopes".to_owned()));
+        assert!(s.application("mgmt").unwrap().secret_matches("secret"));
+    }
+
+    #[test]
+    fn ids_and_secrets_have_kinde_shapes() {
+        let mut s = store();
+        let app = s.create_application("a".into(), AppType::M2m, None);
+        assert_eq!(app.id.len(), 32);
+        assert!(
+            app.id
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
+        assert_eq!(app.client_secret.len(), 48);
+        assert!(app.client_secret.chars().all(|c| c.is_ascii_alphanumeric()));
+        let api = s.create_api("x".into(), "https://x".into()).unwrap();
+        let scope = s.create_scope(&api, "read".into(), String::new()).unwrap();
+        assert!(scope.starts_with("api_scope_"));
+    }
+
+    #[test]
+    fn management_api_is_read_only() {
+        let mut s = store();
+        let id = s.management_api_id.clone();
+        assert_eq!(
+            s.delete_api(&id).unwrap_err().code,
+            "MANAGEMENT_API_NOT_MODIFIABLE"
+        );
+        assert_eq!(
+            s.create_scope(&id, "k".into(), String::new())
+                .unwrap_err()
+                .code,
+            "MANAGEMENT_API_NOT_MODIFIABLE"
+        );
+    }
+
+    #[test]
+    fn duplicate_audience_and_scope_key_are_refused() {
+        let mut s = store();
+        let api = s.create_api("x".into(), "aud".into()).unwrap();
+        assert_eq!(
+            s.create_api("y".into(), "aud".into()).unwrap_err().code,
+            "API_AUDIENCE_ALREADY_EXISTS"
+        );
+        s.create_scope(&api, "k".into(), String::new()).unwrap();
+        assert_eq!(
+            s.create_scope(&api, "k".into(), String::new())
+                .unwrap_err()
+                .code,
+            "API_SCOPE_ALREADY_EXISTS"
+        );
+    }
+
+    #[test]
+    fn deauthorizing_drops_scopes_and_is_atomic() {
+        let mut s = store();
+        let app = s.create_application("a".into(), AppType::M2m, None).id;
+        let api = s.create_api("x".into(), "aud".into()).unwrap();
+        let scope = s.create_scope(&api, "k".into(), String::new()).unwrap();
+        assert_eq!(
+            s.add_application_scope(&api, &app, &scope)
+                .unwrap_err()
+                .code,
+            "APPLICATION_NOT_AUTHORIZED"
+        );
+        let err = s
+            .update_api_applications(&api, &[(app.clone(), false), ("nope".into(), false)])
+            .unwrap_err();
+        assert_eq!(err.code, "APPLICATION_NOT_FOUND");
+        assert!(s.api(&api).unwrap().grants.is_empty());
+        let change = s
+            .update_api_applications(&api, &[(app.clone(), false)])
+            .unwrap();
+        assert!(change.changed);
+        assert!(s.add_application_scope(&api, &app, &scope).unwrap());
+        assert!(!s.add_application_scope(&api, &app, &scope).unwrap());
+        s.update_api_applications(&api, &[(app.clone(), true)])
+            .unwrap();
+        s.update_api_applications(&api, &[(app.clone(), false)])
+            .unwrap();
+        assert!(s.api(&api).unwrap().grants[&app].is_empty());
+    }
+
+    #[test]
+    fn rotate_secret_retains_only_when_asked() {
+        let mut s = store();
+        let app = s.create_application("a".into(), AppType::M2m, None);
+        let new = s.rotate_secret(&app.id, true).unwrap();
+        let stored = s.application(&app.id).unwrap();
+        assert!(stored.secret_matches(&new) && stored.secret_matches(&app.client_secret));
+        let newer = s.rotate_secret(&app.id, false).unwrap();
+        let stored = s.application(&app.id).unwrap();
+        assert!(stored.secret_matches(&newer));
+        assert!(!stored.secret_matches(&new) && !stored.secret_matches(&app.client_secret));
+    }
+
+    #[test]
+    fn reset_keeps_management_api_id() {
+        let mut s = store();
+        s.create_application("a".into(), AppType::M2m, None);
+        let r = s.reset("http://kinde.test", "mgmt", "secret");
+        assert_eq!(r.management_api_id, s.management_api_id);
+        assert_eq!(r.management_api().unwrap().id, s.management_api_id);
+        assert_eq!(r.applications.len(), 1);
+        assert_eq!(
+            r.management_scopes().len(),
+            default_management_scopes().len()
+        );
+    }
+
+    #[test]
+    fn sorting_by_name() {
+        let mut s = Store::new("d", "m", "s");
+        s.create_application("b".into(), AppType::M2m, None);
+        s.create_application("A".into(), AppType::M2m, None);
+        let names: Vec<_> = s
+            .sorted_applications(AppSort::NameAsc)
+            .iter()
+            .map(|a| a.name.clone())
+            .collect();
+        assert_eq!(names, ["A", "b", "Kinde emulator management client"]);
+        let created: Vec<_> = s
+            .sorted_applications(AppSort::Created)
+            .iter()
+            .map(|a| a.name.clone())
+            .collect();
+        assert_eq!(created, ["Kinde emulator management client", "b", "A"]);
+    }
+}
