@@ -1,0 +1,847 @@
+//! End-to-end test harness: one real control plane (etcd + kube-apiserver +
+//! kube-controller-manager, see `scripts/control-plane`) per test run, a fresh namespace per
+//! test, the Kinde emulator as a subprocess of the real binary, and helpers.
+//!
+//! Include it from an e2e test binary (`harness = false`) with
+//! `#[path = "../support/mod.rs"] mod support;` and hand the tests to [`run`]:
+//!
+//! ```ignore
+//! fn main() -> std::process::ExitCode {
+//!     support::run([support::test("crds_install", |ctx| async move {
+//!         ctx.kubectl(&["get", "ns"]).await?;
+//!         Ok(())
+//!     })])
+//! }
+//! ```
+//!
+//! Lifecycle: the control plane starts lazily at the first test that needs it (so
+//! `--list` or a filter matching nothing costs nothing) and is stopped when [`run`] returns,
+//! whether tests passed, failed or panicked; on Ctrl-C/SIGTERM; and, should the test process
+//! be killed outright, by the control plane's own watchdog (it watches our pid). A later run
+//! also stops anything a crashed run left recorded under `CARGO_TARGET_TMPDIR/e2e`.
+//!
+//! Environment knobs:
+//! - `E2E_KEEP=1`: leave the control plane running after the run (prints how to use/stop it).
+//! - `E2E_TEST_TIMEOUT` (seconds, default 180): per-test timeout.
+//! - `KUBECTL`: kubectl binary (default: `scripts/fetch-tools`, cached).
+//! - `AUTHZ`, `CONTROL_PLANE_BIN`: passed through to `scripts/control-plane`.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// Repository root (the crate's manifest dir).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A path relative to the repository root.
+pub fn repo_path(rel: &str) -> PathBuf {
+    repo_root().join(rel)
+}
+
+/// The operator binary under test, built by cargo for this test run.
+pub const OPERATOR_BIN: &str = env!("CARGO_BIN_EXE_kinde-m2m-operator");
+
+/// Credentials the emulator accepts for the operator's management client.
+pub const KINDE_CLIENT_ID: &str = "e2e-operator-client";
+pub const KINDE_CLIENT_SECRET: &str = "e2e-operator-secret-0123456789abcdef";
+
+/// Label put on every namespace the harness creates.
+pub const E2E_LABEL: &str = "e2e.kinde-operator.io/test";
+
+// ---------------------------------------------------------------------------------------
+// Running tests
+// ---------------------------------------------------------------------------------------
+
+type TestFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// One e2e test: a name and an async body that gets its own [`Ctx`].
+pub struct E2eTest {
+    name: String,
+    body: Box<dyn FnOnce(Ctx) -> TestFuture + Send>,
+}
+
+/// Declares an e2e test. The body runs on the harness's tokio runtime with a fresh namespace
+/// (`ctx.ns`), deleted afterwards.
+pub fn test<F, Fut>(name: &str, body: F) -> E2eTest
+where
+    F: FnOnce(Ctx) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    E2eTest {
+        name: name.to_string(),
+        body: Box::new(move |ctx| Box::pin(body(ctx))),
+    }
+}
+
+/// Runs the tests with libtest-mimic (all its flags work: filters, `--list`,
+/// `--test-threads`, ...) and stops every process the harness started before returning.
+pub fn run(tests: impl IntoIterator<Item = E2eTest>) -> ExitCode {
+    let mut args = Arguments::from_args();
+    // The tests mostly wait on the API server: run more of them than there are cores.
+    if args.test_threads.is_none() {
+        args.test_threads = Some(8);
+    }
+    let _guard = ShutdownGuard;
+    install_signal_handler();
+    let trials = tests
+        .into_iter()
+        .map(|t| {
+            let name = t.name.clone();
+            let body = t.body;
+            Trial::test(t.name, move || run_one(&name, body)).with_kind("e2e")
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    shutdown();
+    conclusion.exit_code()
+}
+
+fn run_one(name: &str, body: Box<dyn FnOnce(Ctx) -> TestFuture + Send>) -> Result<(), Failed> {
+    let h = harness().map_err(|e| Failed::from(format!("e2e harness unavailable: {e}")))?;
+    let timeout = std::env::var("E2E_TEST_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(180));
+    h.runtime.block_on(async {
+        let ctx = Ctx::new(h, name)
+            .await
+            .map_err(|e| format!("creating the test namespace: {e:#}"))?;
+        let ns = ctx.ns.clone();
+        let client = ctx.client.clone();
+        let result = tokio::time::timeout(timeout, body(ctx)).await;
+        // Best effort: do not wait for the namespace to go (that needs the namespace
+        // controller to empty it, and whatever else the test left behind may block it).
+        let _ = Api::<Namespace>::all(client)
+            .delete(&ns, &DeleteParams::background())
+            .await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Failed::from(format!("{e:#}\n(namespace {ns})"))),
+            Err(_) => Err(Failed::from(format!(
+                "timed out after {timeout:?} (E2E_TEST_TIMEOUT) (namespace {ns})"
+            ))),
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The shared harness
+// ---------------------------------------------------------------------------------------
+
+/// What all tests of one run share.
+pub struct Harness {
+    pub runtime: tokio::runtime::Runtime,
+    pub control_plane: ControlPlane,
+    /// Admin client for the control plane (bearer token, created on `runtime`).
+    pub client: kube::Client,
+    pub run_dir: PathBuf,
+    emulator: OnceLock<Result<Emulator, String>>,
+    tools: OnceLock<Result<PathBuf, String>>,
+    crds: tokio::sync::OnceCell<()>,
+}
+
+static HARNESS: OnceLock<Result<Harness, String>> = OnceLock::new();
+
+/// The run's harness, started on first use (concurrent callers wait for the first).
+pub fn harness() -> Result<&'static Harness, String> {
+    HARNESS
+        .get_or_init(|| Harness::start().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+struct ShutdownGuard;
+impl Drop for ShutdownGuard {
+    fn drop(&mut self) {
+        shutdown();
+    }
+}
+
+/// Stops everything the harness started. Idempotent.
+fn shutdown() {
+    let Some(Ok(h)) = HARNESS.get() else { return };
+    if let Some(Ok(e)) = h.emulator.get() {
+        e.stop();
+    }
+    if std::env::var_os("E2E_KEEP").is_some() {
+        eprintln!(
+            "E2E_KEEP: control plane left running.\n  export KUBECONFIG={}\n  scripts/control-plane stop {}",
+            h.control_plane.kubeconfig.display(),
+            h.control_plane.dir.display()
+        );
+        return;
+    }
+    h.control_plane.stop();
+    let _ = std::fs::remove_dir_all(&h.run_dir);
+}
+
+fn install_signal_handler() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        std::thread::spawn(|| {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                let terminated = async {
+                    match term.as_mut() {
+                        Some(t) => {
+                            t.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminated => {}
+                }
+            });
+            eprintln!("e2e: interrupted, stopping the control plane");
+            shutdown();
+            std::process::exit(130);
+        });
+    });
+}
+
+impl Harness {
+    fn start() -> anyhow::Result<Self> {
+        let t0 = Instant::now();
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e");
+        std::fs::create_dir_all(&base)?;
+        reap_stale_runs(&base);
+        let run_dir = base.join(format!("run-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&run_dir);
+        std::fs::create_dir_all(&run_dir)?;
+        std::fs::write(run_dir.join("owner"), std::process::id().to_string())?;
+
+        let control_plane = ControlPlane::start(&run_dir.join("cp"), Some(std::process::id()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let client = runtime.block_on(control_plane.client())?;
+        eprintln!(
+            "e2e: control plane ready in {:.1?} (KUBECONFIG={})",
+            t0.elapsed(),
+            control_plane.kubeconfig.display()
+        );
+        Ok(Self {
+            runtime,
+            control_plane,
+            client,
+            run_dir,
+            emulator: OnceLock::new(),
+            tools: OnceLock::new(),
+            crds: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The Kinde emulator of this run, started on first use.
+    pub fn emulator(&self) -> anyhow::Result<&Emulator> {
+        self.emulator
+            .get_or_init(|| Emulator::start(&self.run_dir).map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow!("starting the Kinde emulator: {e}"))
+    }
+
+    /// Directory holding the fetched `kubectl` and `helm` (`scripts/fetch-tools`).
+    pub fn tools_dir(&self) -> anyhow::Result<&Path> {
+        self.tools
+            .get_or_init(|| {
+                let out = Command::new(repo_path("scripts/fetch-tools"))
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .map_err(|e| format!("running scripts/fetch-tools: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!("scripts/fetch-tools failed: {}", out.status));
+                }
+                Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+            })
+            .as_deref()
+            .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// The kubectl binary (`$KUBECTL`, else the fetched one; never the machine's).
+    pub fn kubectl_bin(&self) -> anyhow::Result<PathBuf> {
+        match std::env::var_os("KUBECTL") {
+            Some(k) => Ok(PathBuf::from(k)),
+            None => Ok(self.tools_dir()?.join("kubectl")),
+        }
+    }
+
+    /// The helm binary (`$HELM`, else the fetched one).
+    pub fn helm_bin(&self) -> anyhow::Result<PathBuf> {
+        match std::env::var_os("HELM") {
+            Some(k) => Ok(PathBuf::from(k)),
+            None => Ok(self.tools_dir()?.join("helm")),
+        }
+    }
+
+    /// Installs `crds/*.yaml` once per run (server-side, so v1.20 ignores what it does not
+    /// know, e.g. CEL rules) and waits until every CRD is `Established`. Later calls return at
+    /// once; a failure is reported to every caller.
+    pub async fn ensure_crds(&self) -> anyhow::Result<()> {
+        self.crds
+            .get_or_try_init(|| async {
+                let names = install_crds(self).await?;
+                wait_crds_established(&self.client, &names, Duration::from_secs(60)).await
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Stops control planes recorded by earlier runs whose test process is gone.
+fn reap_stale_runs(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let owner = std::fs::read_to_string(dir.join("owner"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        let alive = owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if alive {
+            continue;
+        }
+        eprintln!(
+            "e2e: stopping leftovers of a previous run in {}",
+            dir.display()
+        );
+        let _ = Command::new(repo_path("scripts/control-plane"))
+            .arg("stop")
+            .arg(dir.join("cp"))
+            .status();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Control plane
+// ---------------------------------------------------------------------------------------
+
+/// A control plane started by `scripts/control-plane start DIR`.
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+}
+
+impl ControlPlane {
+    /// Starts a control plane in `dir`. With `owner`, it stops itself when that pid exits.
+    pub fn start(dir: &Path, owner: Option<u32>) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut cmd = Command::new(repo_path("scripts/control-plane"));
+        cmd.arg("start").arg(dir).stdin(Stdio::null());
+        if let Some(pid) = owner {
+            cmd.env("CONTROL_PLANE_OWNER_PID", pid.to_string());
+        }
+        let out = cmd.output().context("running scripts/control-plane")?;
+        if !out.status.success() {
+            bail!(
+                "scripts/control-plane start {} failed ({}):\n{}",
+                dir.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            kubeconfig: dir.join("kubeconfig"),
+        })
+    }
+
+    /// Stops it (idempotent).
+    pub fn stop(&self) {
+        match Command::new(repo_path("scripts/control-plane"))
+            .arg("stop")
+            .arg(&self.dir)
+            .status()
+        {
+            Ok(s) if s.success() => {}
+            other => eprintln!("e2e: stopping the control plane: {other:?}"),
+        }
+    }
+
+    /// A new client from the kubeconfig (create it on the runtime that will use it).
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// The tail of one of its logs (`etcd`, `kube-apiserver`, `kube-controller-manager`).
+    pub fn log_tail(&self, name: &str, lines: usize) -> String {
+        log_tail(&self.dir.join(format!("{name}.log")), lines)
+    }
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------
+// Kinde emulator
+// ---------------------------------------------------------------------------------------
+
+/// The Kinde emulator, `kinde-m2m-operator emulator --listen 127.0.0.1:0`, as a subprocess.
+pub struct Emulator {
+    /// Base URL, e.g. `http://127.0.0.1:41234` (what it printed as `KINDE_EMULATOR_URL=`).
+    pub url: String,
+    pub log: PathBuf,
+    child: Mutex<Child>,
+}
+
+impl Emulator {
+    /// Starts an emulator logging to `dir/emulator-<port>.log`. Waits (30 s at most) for its
+    /// `KINDE_EMULATOR_URL=` line.
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        let stderr_path = dir.join(format!("emulator-{}.log", fastrand::u32(..)));
+        let stderr = std::fs::File::create(&stderr_path)?;
+        let mut child = Command::new(OPERATOR_BIN)
+            .args(["emulator", "--listen", "127.0.0.1:0"])
+            .env("KINDE_CLIENT_ID", KINDE_CLIENT_ID)
+            .env("KINDE_CLIENT_SECRET", KINDE_CLIENT_SECRET)
+            .env("LOG_FORMAT", "text")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .context("spawning the emulator")?;
+        let stdout = child.stdout.take().context("emulator stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let log_path = stderr_path.clone();
+        // Reads the URL line, then keeps draining stdout into the log so the emulator never
+        // blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("KINDE_EMULATOR_URL=")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(url.trim().to_string());
+                    continue;
+                }
+                if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&log_path) {
+                    let _ = writeln!(f, "[stdout] {line}");
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => Ok(Self {
+                url,
+                log: stderr_path,
+                child: Mutex::new(child),
+            }),
+            Err(_) => {
+                let status = child.try_wait().ok().flatten();
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "the emulator printed no KINDE_EMULATOR_URL= line (exit status: {status:?}); log tail:\n{}",
+                    log_tail(&stderr_path, 30)
+                )
+            }
+        }
+    }
+
+    /// Kills it (idempotent).
+    pub fn stop(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Per-test context
+// ---------------------------------------------------------------------------------------
+
+/// What one test gets: its own namespace, a client, and helpers bound to both.
+#[derive(Clone)]
+pub struct Ctx {
+    pub harness: &'static Harness,
+    /// This test's namespace (created for it, deleted after it).
+    pub ns: String,
+    pub client: kube::Client,
+    pub test_name: String,
+}
+
+impl Ctx {
+    async fn new(harness: &'static Harness, test_name: &str) -> anyhow::Result<Self> {
+        let ns = create_namespace(&harness.client, test_name, &[]).await?;
+        Ok(Self {
+            harness,
+            ns,
+            client: harness.client.clone(),
+            test_name: test_name.to_string(),
+        })
+    }
+
+    /// A namespaced API in this test's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Creates another namespace for this test (e.g. for cross-namespace references),
+    /// labelled like the test's own plus `labels`. Deleted with the control plane only:
+    /// delete it in the test if it matters.
+    pub async fn extra_namespace(&self, labels: &[(&str, &str)]) -> anyhow::Result<String> {
+        create_namespace(&self.client, &self.test_name, labels).await
+    }
+
+    /// `kubectl --namespace <ns> ARGS` with the control plane's kubeconfig.
+    pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<KubectlOutput> {
+        let mut full = vec!["--namespace", self.ns.as_str()];
+        full.extend_from_slice(args);
+        kubectl(self.harness, &full, None).await
+    }
+
+    /// Like [`Ctx::kubectl`], with `stdin` fed to the command (e.g. `apply -f -`).
+    pub async fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> anyhow::Result<KubectlOutput> {
+        let mut full = vec!["--namespace", self.ns.as_str()];
+        full.extend_from_slice(args);
+        kubectl(self.harness, &full, Some(stdin)).await
+    }
+
+    /// `kubectl apply -f PATH` into this namespace (relative paths from the repo root);
+    /// fails with kubectl's stderr.
+    pub async fn apply_file(&self, path: impl AsRef<Path>) -> anyhow::Result<String> {
+        let path = repo_root().join(path);
+        let path = path.to_string_lossy();
+        self.kubectl(&["apply", "-f", &path]).await?.success()
+    }
+
+    /// `kubectl apply -f -` of `yaml` into this namespace; fails with kubectl's stderr.
+    pub async fn apply_yaml(&self, yaml: &str) -> anyhow::Result<String> {
+        self.kubectl_stdin(&["apply", "-f", "-"], yaml)
+            .await?
+            .success()
+    }
+
+    /// Starts `kinde-m2m-operator ARGS` (e.g. `["run", "--namespace", &ctx.ns]`) against
+    /// this run's control plane and emulator; killed when the handle drops.
+    pub fn start_operator(&self, args: &[&str]) -> anyhow::Result<Operator> {
+        Operator::start(self.harness, &self.test_name, args)
+    }
+}
+
+/// Creates a uniquely named namespace for `test_name`, labelled `E2E_LABEL=<test>` + `labels`.
+pub async fn create_namespace(
+    client: &kube::Client,
+    test_name: &str,
+    labels: &[(&str, &str)],
+) -> anyhow::Result<String> {
+    let slug: String = test_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let slug = slug.trim_matches('-');
+    let slug = &slug[..slug.len().min(40)];
+    let suffix: String = (0..5).map(|_| fastrand::lowercase()).collect();
+    let name = format!("e2e-{}-{suffix}", slug.trim_end_matches('-'));
+    let mut all_labels = std::collections::BTreeMap::new();
+    all_labels.insert(E2E_LABEL.to_string(), label_value(slug));
+    for (k, v) in labels {
+        all_labels.insert(k.to_string(), v.to_string());
+    }
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(all_labels),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .with_context(|| format!("creating namespace {name}"))?;
+    Ok(name)
+}
+
+fn label_value(s: &str) -> String {
+    let v: String = s.chars().take(63).collect();
+    v.trim_matches('-').to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// kubectl
+// ---------------------------------------------------------------------------------------
+
+/// Result of a kubectl run.
+#[derive(Debug)]
+pub struct KubectlOutput {
+    pub command: String,
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl KubectlOutput {
+    /// Stdout when kubectl succeeded, else an error with the command and its stderr.
+    pub fn success(self) -> anyhow::Result<String> {
+        if self.status.success() {
+            Ok(self.stdout)
+        } else {
+            bail!(
+                "`{}` failed ({}):\n{}{}",
+                self.command,
+                self.status,
+                self.stderr,
+                self.stdout
+            )
+        }
+    }
+
+    /// Stderr when kubectl failed, else an error (for commands that must be refused).
+    pub fn failure(self) -> anyhow::Result<String> {
+        if self.status.success() {
+            bail!(
+                "`{}` succeeded but was expected to fail; stdout:\n{}",
+                self.command,
+                self.stdout
+            )
+        } else {
+            Ok(self.stderr)
+        }
+    }
+}
+
+/// `kubectl ARGS` with the run's kubeconfig (no namespace added).
+pub async fn kubectl(
+    harness: &Harness,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> anyhow::Result<KubectlOutput> {
+    use tokio::io::AsyncWriteExt;
+    let bin = harness.kubectl_bin()?;
+    let mut child = tokio::process::Command::new(&bin)
+        .args(args)
+        .env("KUBECONFIG", &harness.control_plane.kubeconfig)
+        .env_remove("KUBECTL_EXTERNAL_DIFF")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawning {}", bin.display()))?;
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().context("kubectl stdin")?;
+        pipe.write_all(input.as_bytes()).await?;
+        drop(pipe);
+    }
+    let out = child.wait_with_output().await?;
+    Ok(KubectlOutput {
+        command: format!("kubectl {}", args.join(" ")),
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Waiting
+// ---------------------------------------------------------------------------------------
+
+/// Polls `check` (every 200 ms) until it returns `Ok(Some(v))`, then returns `v`.
+/// `Ok(None)` and `Err(_)` both mean "not yet"; on timeout the error names `what` and
+/// carries the last error or "still not" state, so a failure says what was observed.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(match last {
+                Some(e) => e.context(format!("timed out after {timeout:?} waiting for {what}")),
+                None => anyhow!("timed out after {timeout:?} waiting for {what}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// CRDs
+// ---------------------------------------------------------------------------------------
+
+/// The CRD manifests shipped in `crds/`, sorted.
+pub fn crd_files() -> anyhow::Result<Vec<PathBuf>> {
+    yaml_files(&repo_path("crds"))
+}
+
+/// `*.yaml`/`*.yml` files under `dir` (recursively), sorted.
+pub fn yaml_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let p = entry?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Applies every CRD in `crds/` server-side (field manager `e2e`) and returns their names.
+async fn install_crds(h: &Harness) -> anyhow::Result<Vec<String>> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Patch, PatchParams};
+    let api = Api::<CustomResourceDefinition>::all(h.client.clone());
+    let mut names = Vec::new();
+    for file in crd_files()? {
+        let text = std::fs::read_to_string(&file)?;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_json::to_value(serde_yaml::Value::deserialize(doc)?)?;
+            if value.is_null() {
+                continue;
+            }
+            let crd: CustomResourceDefinition = serde_json::from_value(value)
+                .with_context(|| format!("{} is not a CRD", file.display()))?;
+            let name = crd.metadata.name.clone().context("CRD without a name")?;
+            api.patch(
+                &name,
+                &PatchParams::apply("e2e").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .with_context(|| format!("applying CRD {name} from {}", file.display()))?;
+            names.push(name);
+        }
+    }
+    if names.is_empty() {
+        bail!("no CRDs found in {}", repo_path("crds").display());
+    }
+    Ok(names)
+}
+
+use serde::Deserialize as _;
+
+/// Waits until every named CRD has `Established=True`.
+pub async fn wait_crds_established(
+    client: &kube::Client,
+    names: &[String],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    for name in names {
+        wait_for(&format!("CRD {name} Established"), timeout, || async {
+            let crd = api.get(name).await?;
+            let conds = crd.status.and_then(|s| s.conditions).unwrap_or_default();
+            let established = conds
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                Ok(Some(()))
+            } else {
+                Err(anyhow!("conditions: {conds:?}"))
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The operator (for later issues: `kinde-m2m-operator run` is not written yet)
+// ---------------------------------------------------------------------------------------
+
+/// A running `kinde-m2m-operator` subprocess; killed on drop. Logs go to
+/// `<run dir>/operator-<test>-<n>.log`.
+pub struct Operator {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts `kinde-m2m-operator ARGS` with `KUBECONFIG` set to the run's control plane and,
+    /// when the first argument is `run`, `KINDE_DOMAIN`/`KINDE_CLIENT_ID`/`KINDE_CLIENT_SECRET`
+    /// pointing at the run's emulator.
+    pub fn start(harness: &Harness, test_name: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let log = harness
+            .run_dir
+            .join(format!("operator-{test_name}-{}.log", fastrand::u32(..)));
+        let file = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(OPERATOR_BIN);
+        cmd.args(args)
+            .env("KUBECONFIG", &harness.control_plane.kubeconfig)
+            .env("LOG_FORMAT", "text")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        if args.first() == Some(&"run") {
+            let emulator = harness.emulator()?;
+            cmd.env("KINDE_DOMAIN", &emulator.url)
+                .env("KINDE_CLIENT_ID", KINDE_CLIENT_ID)
+                .env("KINDE_CLIENT_SECRET", KINDE_CLIENT_SECRET);
+        }
+        let child = cmd.spawn().context("spawning the operator")?;
+        Ok(Self { child, log })
+    }
+
+    /// The last `lines` lines of its log (for failure messages).
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&self.log, lines)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
