@@ -554,6 +554,38 @@ impl Ctx {
     pub fn start_operator(&self, args: &[&str]) -> anyhow::Result<Operator> {
         Operator::start(self.harness, &self.test_name, args)
     }
+
+    /// A Kinde emulator of this test's own (isolated state and call counters).
+    pub fn own_emulator(&self) -> anyhow::Result<Emulator> {
+        Emulator::start(&self.harness.run_dir)
+    }
+
+    /// `kinde-m2m-operator run` against `emulator`, watching this test's namespace plus
+    /// `extra_namespaces`, without leader election, metrics on a free port, resync
+    /// `resync`; `extra_args` are appended. Killed when the handle drops.
+    pub fn run_operator(
+        &self,
+        emulator: &Emulator,
+        extra_namespaces: &[&str],
+        resync: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Operator> {
+        let mut args = vec![
+            "run",
+            "--leader-election=false",
+            "--listen",
+            "127.0.0.1:0",
+            "--resync-period",
+            resync,
+            "--namespace",
+            self.ns.as_str(),
+        ];
+        for ns in extra_namespaces {
+            args.extend(["--namespace", ns]);
+        }
+        args.extend_from_slice(extra_args);
+        Operator::start_with(self.harness, &self.test_name, &emulator.url, &args)
+    }
 }
 
 /// Creates a uniquely named namespace for `test_name`, labelled `E2E_LABEL=<test>` + `labels`.
@@ -812,6 +844,30 @@ impl Operator {
     /// when the first argument is `run`, `KINDE_DOMAIN`/`KINDE_CLIENT_ID`/`KINDE_CLIENT_SECRET`
     /// pointing at the run's emulator.
     pub fn start(harness: &Harness, test_name: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let url = if args.first() == Some(&"run") {
+            Some(harness.emulator()?.url.clone())
+        } else {
+            None
+        };
+        Self::spawn(harness, test_name, url.as_deref(), args)
+    }
+
+    /// Like [`Operator::start`], with the operator pointed at `emulator_url`.
+    pub fn start_with(
+        harness: &Harness,
+        test_name: &str,
+        emulator_url: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::spawn(harness, test_name, Some(emulator_url), args)
+    }
+
+    fn spawn(
+        harness: &Harness,
+        test_name: &str,
+        emulator_url: Option<&str>,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let log = harness
             .run_dir
             .join(format!("operator-{test_name}-{}.log", fastrand::u32(..)));
@@ -823,11 +879,11 @@ impl Operator {
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
-        if args.first() == Some(&"run") {
-            let emulator = harness.emulator()?;
-            cmd.env("KINDE_DOMAIN", &emulator.url)
+        if let Some(url) = emulator_url {
+            cmd.env("KINDE_DOMAIN", url)
                 .env("KINDE_CLIENT_ID", KINDE_CLIENT_ID)
-                .env("KINDE_CLIENT_SECRET", KINDE_CLIENT_SECRET);
+                .env("KINDE_CLIENT_SECRET", KINDE_CLIENT_SECRET)
+                .env("RUST_LOG", "info,kinde_m2m_operator=debug");
         }
         let child = cmd.spawn().context("spawning the operator")?;
         Ok(Self { child, log })
@@ -839,9 +895,26 @@ impl Operator {
     }
 }
 
-impl Drop for Operator {
-    fn drop(&mut self) {
+impl Operator {
+    /// SIGKILLs the operator (crash tests) and reaps it.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Its process id (for SIGTERM tests).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
