@@ -473,6 +473,91 @@ impl Emulator {
     }
 }
 
+impl Emulator {
+    /// Calls the emulator's control surface (`/_emulator/<path>`); returns the JSON answer.
+    pub async fn control(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}/_emulator/{}", self.url, path.trim_start_matches('/'));
+        let mut req = reqwest::Client::new().request(method, &url);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.with_context(|| format!("calling {url}"))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("{url}: HTTP {status}: {text}");
+        }
+        Ok(if text.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text)?
+        })
+    }
+
+    /// `GET /_emulator/calls`: `{operation: {calls, writes, statuses}}`.
+    pub async fn calls(&self) -> anyhow::Result<serde_json::Value> {
+        self.control(reqwest::Method::GET, "calls", None).await
+    }
+
+    /// Calls made of `operation` so far.
+    pub async fn call_count(&self, operation: &str) -> anyhow::Result<u64> {
+        Ok(self.calls().await?[operation]["calls"].as_u64().unwrap_or(0))
+    }
+
+    /// Mutations performed so far, all operations together.
+    pub async fn total_writes(&self) -> anyhow::Result<u64> {
+        let calls = self.calls().await?;
+        Ok(calls
+            .as_object()
+            .map(|m| m.values().filter_map(|v| v["writes"].as_u64()).sum())
+            .unwrap_or(0))
+    }
+
+    /// `GET /_emulator/state`: applications and APIs (no secrets).
+    pub async fn state(&self) -> anyhow::Result<serde_json::Value> {
+        self.control(reqwest::Method::GET, "state", None).await
+    }
+
+    /// Injects a fault: `{operation, status?, times?, latency_ms?, drop_response?, body?}`.
+    pub async fn fault(&self, fault: serde_json::Value) -> anyhow::Result<()> {
+        self.control(reqwest::Method::POST, "faults", Some(fault)).await.map(drop)
+    }
+
+    /// Requests a client-credentials token; `Ok(claims)` on 200, `Err` with Kinde's answer.
+    pub async fn token_claims(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+        audience: &str,
+    ) -> anyhow::Result<std::result::Result<serde_json::Value, String>> {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/oauth2/token", self.url))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id),
+                ("client_secret", client_secret),
+                ("audience", audience),
+            ])
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await?;
+        if !status.is_success() {
+            return Ok(Err(format!("HTTP {status}: {body}")));
+        }
+        let token = body["access_token"].as_str().context("no access_token")?;
+        let payload = token.split('.').nth(1).context("not a JWT")?;
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?;
+        Ok(Ok(serde_json::from_slice(&bytes)?))
+    }
+}
+
 impl Drop for Emulator {
     fn drop(&mut self) {
         self.stop();
