@@ -13,6 +13,7 @@ pub mod http;
 pub mod kinde;
 pub mod leader;
 pub mod metrics;
+pub mod rotate;
 pub mod run;
 pub mod secret;
 pub mod telemetry;

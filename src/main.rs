@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use kinde_m2m_operator::{crd, emulator, run, telemetry};
+use kinde_m2m_operator::{crd, emulator, rotate, run, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(name = "kinde-m2m-operator", version, about)]
@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the operator.
     Run(run::RunArgs),
+    /// Rotate an M2MApplication's credentials now (sets its rotate-requested-at annotation).
+    Rotate(rotate::RotateArgs),
     /// Run the Kinde emulator as an HTTP server.
     Emulator(emulator::EmulatorArgs),
     /// Print the CustomResourceDefinitions as a multi-document YAML stream, or write one
@@ -47,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
             };
             run::run(args).await
         }
+        Command::Rotate(args) => rotate::run(args).await,
         Command::Emulator(args) => emulator::run(args).await,
         Command::Crdgen { out_dir } if out_dir.is_empty() => {
             print!("{}", crd::crds_yaml()?);

@@ -43,6 +43,12 @@ impl Managed for ApiGrant {
         let status = obj.status.clone().unwrap_or_default();
         if let (Some(api_id), Some(app_id)) = (&status.api_id, &status.application_id) {
             revoke(&ctx, obj.as_ref(), api_id, app_id).await?;
+            // During a rotation overlap the predecessor is cut too.
+            for retiring in retiring_clients(&ctx, &obj) {
+                if &retiring != app_id {
+                    revoke(&ctx, obj.as_ref(), api_id, &retiring).await?;
+                }
+            }
         }
         wake_neighbours(&ctx, &obj);
         // A grant that lost a conflict to this one may take over now.
@@ -86,6 +92,16 @@ async fn revoke(ctx: &Context, grant: &ApiGrant, api_id: &str, app_id: &str) -> 
     )
     .await;
     Ok(())
+}
+
+/// Client IDs of the referenced application's predecessors still in their overlap.
+fn retiring_clients(ctx: &Context, grant: &ApiGrant) -> Vec<String> {
+    let ns = grant.namespace().unwrap_or_default();
+    ctx.apps
+        .get(&ns, &grant.spec.application_ref.name)
+        .and_then(|app| app.status.clone())
+        .map(|s| s.retiring.into_iter().map(|r| r.client_id).collect())
+        .unwrap_or_default()
 }
 
 /// Other live grants for the same application and API.
@@ -272,7 +288,12 @@ async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) 
         if paused {
             return Ok(Outcome::Paused { ready: false });
         }
-        revoke(ctx, grant, &old_api, &old_app).await?;
+        // A rotation's predecessor keeps its access for the overlap; the application's
+        // controller retires it.
+        let rotated = old_api == r.api_id && retiring_clients(ctx, grant).contains(&old_app);
+        if !rotated {
+            revoke(ctx, grant, &old_api, &old_app).await?;
+        }
         status.api_id = None;
         status.application_id = None;
         status.granted_scopes.clear();

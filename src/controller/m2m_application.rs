@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use futures::Stream;
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
@@ -17,6 +18,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::rotation;
 use super::{
     Context, Error, FIELD_MANAGER, Managed, Outcome, Result, Scope, api_for, apply_status,
     effective_deletion_policy, finish, record_change,
@@ -27,6 +29,7 @@ use crate::crd::{
     MANAGED_BY_LABEL, MANAGED_BY_VALUE,
 };
 use crate::kinde::KindeError;
+use crate::metrics::AppLabels;
 use crate::secret;
 
 impl Managed for M2MApplication {
@@ -111,11 +114,20 @@ pub(super) fn secret_triggers(
         .collect()
 }
 
-/// The name suffix that identifies an application created for this object.
-fn creation_marker(obj: &M2MApplication) -> Result<String> {
+/// The object's UID, compacted: the stable part of every marker.
+fn uid_marker_body(obj: &M2MApplication) -> Result<String> {
     let uid = obj.uid().ok_or(Error::MissingMetadata("uid"))?;
-    let compact: String = uid.chars().filter(|c| *c != '-').take(16).collect();
-    Ok(format!("[kmo:{compact}]"))
+    Ok(uid.chars().filter(|c| *c != '-').take(16).collect())
+}
+
+/// The name suffix that identifies the application first created for this object.
+fn creation_marker(obj: &M2MApplication) -> Result<String> {
+    Ok(format!("[kmo:{}]", uid_marker_body(obj)?))
+}
+
+/// Whether a name still carries an operator marker (creation or rotation).
+fn is_marked(name: &str) -> bool {
+    name.trim_end().ends_with(']') && name.contains(" [kmo:")
 }
 
 /// The id of the application whose name carries `marker`, if any.
@@ -128,11 +140,11 @@ async fn find_marked(ctx: &Context, marker: &str) -> Result<Option<String>> {
 }
 
 /// What the operator knows of its Kinde application after finding or creating it.
-struct KindeApp {
-    id: String,
-    client_id: String,
-    name: String,
-    secret: SecretString,
+pub(super) struct KindeApp {
+    pub id: String,
+    pub client_id: String,
+    pub name: String,
+    pub secret: SecretString,
 }
 
 fn validate(obj: &M2MApplication) -> Option<String> {
@@ -160,12 +172,37 @@ async fn converge(
         return Ok(Outcome::not_ready(reasons::INVALID_SPEC, problem));
     }
     let paused = obj.is_paused();
-    let app = match ensure_app(obj, ctx, status, paused).await? {
+    let mut app = match ensure_app(obj, ctx, status, paused).await? {
         Ok(app) => app,
         Err(outcome) => return Ok(outcome),
     };
+
+    // Rotation: a new rotate-requested-at value, or the schedule.
+    let now = Timestamp::now();
+    let every = obj.spec.rotation.every().ok().flatten();
+    let base = status
+        .last_rotation_time
+        .clone()
+        .or_else(|| obj.meta().creation_timestamp.clone());
+    status.next_rotation_time = rotation::next_scheduled(every, base.as_ref(), now);
+    if let Some(due) = rotation::due(obj, status, now)
+        && !paused
+    {
+        let overlap = obj.spec.rotation.overlap().unwrap_or_default();
+        app = rotation::rotate(
+            obj,
+            ctx,
+            status,
+            &app,
+            &due,
+            &uid_marker_body(obj)?,
+            overlap,
+        )
+        .await?;
+    }
     status.application_id = Some(app.id.clone());
     status.client_id = Some(app.client_id.clone());
+    record_credential_issue(ctx, obj, status);
 
     let secret_name = obj.secret_name();
     if let Err(outcome) = ensure_secret(obj, ctx, &app, &secret_name).await? {
@@ -181,7 +218,7 @@ async fn converge(
             return Ok(Outcome::Paused { ready: true });
         }
         ctx.kinde.rename_application(&app.id, &display).await?;
-        if app.name.ends_with(&creation_marker(obj)?) {
+        if is_marked(&app.name) {
             tracing::debug!(application = %app.id, "removed the creation marker from the name");
         } else {
             record_change(
@@ -193,11 +230,33 @@ async fn converge(
             .await;
         }
     }
-    Ok(if paused {
-        Outcome::Paused { ready: true }
-    } else {
-        Outcome::Ready
+    if paused {
+        return Ok(Outcome::Paused { ready: true });
+    }
+    let next_retire = rotation::retire_due(obj, ctx, status).await?;
+    let next_rotation = rotation::until_next(status, Timestamp::now());
+    Ok(match next_retire.into_iter().chain(next_rotation).min() {
+        Some(d) => Outcome::ReadyFor(d),
+        None => Outcome::Ready,
     })
+}
+
+/// Credential age for the metric: issued at the last rotation, else at creation.
+fn record_credential_issue(ctx: &Context, obj: &M2MApplication, status: &M2MApplicationStatus) {
+    let issued = status
+        .last_rotation_time
+        .as_ref()
+        .or(obj.meta().creation_timestamp.as_ref())
+        .map(|t| t.0.as_second());
+    if let Some(issued) = issued {
+        ctx.metrics
+            .credential_issued
+            .get_or_create(&AppLabels {
+                namespace: obj.namespace().unwrap_or_default(),
+                name: obj.name_any(),
+            })
+            .set(issued);
+    }
 }
 
 /// The Kinde application, read, adopted, found by marker or created; or why there is none.
@@ -247,8 +306,21 @@ async fn ensure_app(
         return Ok(Ok(app));
     }
 
-    let marker = creation_marker(obj)?;
-    if let Some(id) = find_marked(ctx, &marker).await? {
+    if paused {
+        // Even a marked app left by a crash is only picked up once writes are allowed.
+        return Ok(Err(Outcome::Paused { ready: false }));
+    }
+    Ok(Ok(create_marked(obj, ctx, &creation_marker(obj)?).await?))
+}
+
+/// The application carrying `marker` in its name: found (created before a crash or a lost
+/// response) or created now. Never creates a second one for the same marker.
+pub(super) async fn create_marked(
+    obj: &M2MApplication,
+    ctx: &Context,
+    marker: &str,
+) -> Result<KindeApp> {
+    if let Some(id) = find_marked(ctx, marker).await? {
         let app = read_app(ctx, &id).await?;
         record_change(
             ctx,
@@ -257,10 +329,7 @@ async fn ensure_app(
             format!("created Kinde application {id}"),
         )
         .await;
-        return Ok(Ok(app));
-    }
-    if paused {
-        return Ok(Err(Outcome::Paused { ready: false }));
+        return Ok(app);
     }
     let name = format!("{} {marker}", obj.display_name());
     let created = ctx
@@ -274,12 +343,12 @@ async fn ensure_app(
         format!("created Kinde application {}", created.id),
     )
     .await;
-    Ok(Ok(KindeApp {
+    Ok(KindeApp {
         id: created.id,
         client_id: created.client_id,
         name,
         secret: created.client_secret,
-    }))
+    })
 }
 
 fn external_gone(id: &str) -> Outcome {
@@ -306,13 +375,12 @@ async fn read_app(ctx: &Context, id: &str) -> std::result::Result<KindeApp, Kind
 }
 
 /// Audiences of the application's Ready grants, for `KINDE_AUDIENCE`.
-fn audiences(ctx: &Context, obj: &M2MApplication, app_id: &str) -> Vec<String> {
+fn audiences(ctx: &Context, obj: &M2MApplication) -> Vec<String> {
     grants_of(ctx, obj)
         .iter()
         .filter(|g| g.meta().deletion_timestamp.is_none())
         .filter_map(|g| g.status.as_ref())
         .filter(|s| conditions::is_true(&s.conditions, conditions::READY))
-        .filter(|s| s.application_id.as_deref() == Some(app_id))
         .filter_map(|s| s.audience.clone())
         .collect()
 }
@@ -344,7 +412,7 @@ async fn ensure_secret(
             application_id: &app.id,
             client_id: &app.client_id,
             client_secret: &app.secret,
-            audiences: audiences(ctx, obj, &app.id),
+            audiences: audiences(ctx, obj),
         },
     );
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);

@@ -12,6 +12,7 @@ pub mod api_registration;
 mod error;
 mod kinde_state;
 pub mod m2m_application;
+mod rotation;
 mod stores;
 
 use std::collections::hash_map::DefaultHasher;
@@ -493,6 +494,9 @@ where
 pub enum Outcome {
     /// Converged: Kinde matches the spec.
     Ready,
+    /// Converged, with work due within this long (retiring credentials, a scheduled
+    /// rotation): requeue then at the latest.
+    ReadyFor(Duration),
     /// Paused by annotation; `ready` tells whether the object is usable as it stands.
     Paused { ready: bool },
     /// Cannot converge now: waiting on another object, or refused (bad input); the
@@ -562,7 +566,7 @@ where
         .and_then(|s| conditions::find_condition(s.conditions(), conditions::READY))
         .map(|c| (c.status.clone(), c.reason.clone()));
     match &outcome {
-        Ok(Outcome::Ready) => set_conditions(
+        Ok(Outcome::Ready | Outcome::ReadyFor(_)) => set_conditions(
             status.conditions_mut(),
             generation,
             (
@@ -605,6 +609,11 @@ where
     }
     match outcome {
         Ok(Outcome::Ready) | Ok(Outcome::Paused { .. }) => Ok((resync(ctx), changed)),
+        Ok(Outcome::ReadyFor(d)) if d < ctx.resync => {
+            // A second past the due time, so the work is really due when we look.
+            Ok((Action::requeue(d + Duration::from_secs(1)), changed))
+        }
+        Ok(Outcome::ReadyFor(_)) => Ok((resync(ctx), changed)),
         Ok(Outcome::NotReady { requeue, .. }) => {
             Ok((Action::requeue(with_jitter(requeue)), changed))
         }
