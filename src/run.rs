@@ -128,22 +128,35 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-/// Fails early with a clear message when the CRDs are not installed.
-async fn check_crds(client: &kube::Client) -> anyhow::Result<()> {
-    let lp = ListParams::default().limit(1);
-    Api::<ApiRegistration>::all(client.clone())
-        .list(&lp)
-        .await
-        .context("ApiRegistration CRD not queryable; install crds/")?;
-    Api::<M2MApplication>::all(client.clone())
-        .list(&lp)
-        .await
-        .context("M2MApplication CRD not queryable; install crds/")?;
-    Api::<ApiGrant>::all(client.clone())
-        .list(&lp)
-        .await
-        .context("ApiGrant CRD not queryable; install crds/")?;
-    Ok(())
+/// Fails early with a clear message when the CRDs are not installed or not readable
+/// (listing where the operator will watch: with `--namespace`, RBAC may be per namespace).
+async fn check_crds(client: &kube::Client, scope: &Scope) -> anyhow::Result<()> {
+    async fn check<K>(client: &kube::Client, scope: &Scope) -> anyhow::Result<()>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let lp = ListParams::default().limit(1);
+        let apis: Vec<Api<K>> = match scope {
+            Scope::All => vec![Api::all(client.clone())],
+            Scope::Namespaces(ns) => ns
+                .iter()
+                .map(|n| Api::namespaced(client.clone(), n))
+                .collect(),
+        };
+        for api in apis {
+            api.list(&lp).await.with_context(|| {
+                format!(
+                    "{} not queryable: are the CRDs in crds/ installed, and may the operator list them?",
+                    K::kind(&())
+                )
+            })?;
+        }
+        Ok(())
+    }
+    check::<ApiRegistration>(client, scope).await?;
+    check::<M2MApplication>(client, scope).await?;
+    check::<ApiGrant>(client, scope).await
 }
 
 /// Runs the operator until SIGTERM.
@@ -162,7 +175,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let shutdown = shutdown_signal().shared();
     let server = tokio::spawn(http::serve(args.listen, state.clone(), shutdown.clone()));
 
-    check_crds(&client).await?;
+    let scope = if args.namespaces.is_empty() {
+        Scope::All
+    } else {
+        Scope::Namespaces(args.namespaces.clone())
+    };
+    check_crds(&client, &scope).await?;
     state.set_ready(true);
 
     let identity = format!(
@@ -198,11 +216,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         state.set_ready(false);
     }
 
-    let scope = if args.namespaces.is_empty() {
-        Scope::All
-    } else {
-        Scope::Namespaces(args.namespaces.clone())
-    };
     tracing::info!(?scope, resync = ?args.resync_period, domain = %kinde.domain(), "starting controllers");
     let settings = Settings {
         recorder: Recorder::new(
