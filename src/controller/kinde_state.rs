@@ -153,14 +153,34 @@ impl AuthorizeBatcher {
             applications = changes.len(),
             "updating API authorizations"
         );
-        let result = self
-            .kinde
-            .update_api_applications(&api_id, &changes)
-            .await
-            .map(drop)
-            .map_err(Arc::new);
-        for p in batch {
-            let _ = p.done.send(result.clone());
+        let result = self.kinde.update_api_applications(&api_id, &changes).await;
+        match result {
+            Ok(_) => {
+                for p in batch {
+                    let _ = p.done.send(Ok(()));
+                }
+            }
+            // Kinde applies a batch all or nothing: one bad entry (an application deleted
+            // meanwhile) must not fail, or worse pass as "not found", the others. Retry
+            // each alone so every caller gets its own answer.
+            Err(e) if changes.len() > 1 && !e.is_transient() => {
+                tracing::debug!(api_id, error = %e, "batch refused; retrying one by one");
+                for p in batch {
+                    let single = self
+                        .kinde
+                        .update_api_applications(&api_id, &[(p.client_id.as_str(), p.change)])
+                        .await
+                        .map(drop)
+                        .map_err(Arc::new);
+                    let _ = p.done.send(single);
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for p in batch {
+                    let _ = p.done.send(Err(e.clone()));
+                }
+            }
         }
     }
 }
