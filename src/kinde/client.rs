@@ -424,30 +424,27 @@ impl KindeClient {
         application_id: &str,
         scope_id: &str,
     ) -> Result<()> {
-        let path = [
-            "api",
-            "v1",
-            "apis",
-            api_id,
-            "applications",
-            application_id,
-            "scopes",
-            scope_id,
-        ];
-        self.send(
-            Operation::AddApiApplicationScope,
-            Method::POST,
-            &path,
-            &[],
-            None::<&()>,
-        )
-        .await
-        .map(drop)
+        let op = Operation::AddApiApplicationScope;
+        self.application_scope(op, Method::POST, api_id, application_id, scope_id)
+            .await
     }
 
     /// Takes one scope of an API away from an application.
     pub async fn remove_api_application_scope(
         &self,
+        api_id: &str,
+        application_id: &str,
+        scope_id: &str,
+    ) -> Result<()> {
+        let op = Operation::DeleteApiApplicationScope;
+        self.application_scope(op, Method::DELETE, api_id, application_id, scope_id)
+            .await
+    }
+
+    async fn application_scope(
+        &self,
+        op: Operation,
+        method: Method,
         api_id: &str,
         application_id: &str,
         scope_id: &str,
@@ -462,15 +459,9 @@ impl KindeClient {
             "scopes",
             scope_id,
         ];
-        self.send(
-            Operation::DeleteApiApplicationScope,
-            Method::DELETE,
-            &path,
-            &[],
-            None::<&()>,
-        )
-        .await
-        .map(drop)
+        self.send(op, method, &path, &[], None::<&()>)
+            .await
+            .map(drop)
     }
 
     // ---- plumbing ----
