@@ -586,6 +586,69 @@ async fn expired_or_revoked_token_is_refreshed_once() {
 }
 
 #[tokio::test]
+async fn http_401_gets_one_new_token() {
+    let env = Emu::start().await;
+    let client = env.client();
+    client.list_apis(false).await.unwrap();
+    env.reset_calls().await;
+    // Kinde's docs mention 401 for expired tokens: one refresh, then success.
+    env.fault(json!({"operation": "getAPIs", "status": 401}))
+        .await;
+    client.list_apis(false).await.unwrap();
+    assert_eq!(env.calls_of("token").await, 1);
+    assert_eq!(env.calls_of("getAPIs").await, 2);
+    // Refused again with the new token: Unauthorized, and no second refresh.
+    env.reset_calls().await;
+    env.fault(json!({"operation": "getAPIs", "status": 401, "times": 5}))
+        .await;
+    let err = client.list_apis(false).await.unwrap_err();
+    assert!(
+        matches!(err, KindeError::Unauthorized { status: 401, .. }),
+        "{err:?}"
+    );
+    assert_eq!(env.calls_of("token").await, 1);
+    assert_eq!(env.calls_of("getAPIs").await, 2);
+}
+
+#[tokio::test]
+async fn every_kinde_error_shape_is_understood() {
+    let env = Emu::start().await;
+    let client = env.client();
+    client.list_apis(false).await.unwrap();
+    // Not found as 404 (what real Kinde may send), as the object-shaped
+    // not_found_response, and as a bare {code, message}.
+    for (status, body) in [
+        (
+            404,
+            r#"{"errors":{"code":"ROUTE_NOT_FOUND","message":"gone"}}"#,
+        ),
+        (
+            400,
+            r#"{"errors":{"code":"APPLICATION_NOT_FOUND","message":"gone"}}"#,
+        ),
+        (400, r#"{"code":"APPLICATION_NOT_FOUND","message":"gone"}"#),
+        (404, ""),
+    ] {
+        env.fault(json!({"operation": "getApplication", "status": status, "body": body}))
+            .await;
+        let err = client.get_application("app_x").await.unwrap_err();
+        assert!(err.is_not_found(), "{status} {body}: {err:?}");
+    }
+    env.fault(json!({"operation": "getApplication", "status": 400,
+        "body": r#"{"errors":[{"code":"INVALID_THING","message":"nope"}]}"#}))
+        .await;
+    match client.get_application("app_x").await.unwrap_err() {
+        KindeError::Invalid {
+            status: 400, body, ..
+        } => {
+            assert_eq!(body.code.as_deref(), Some("INVALID_THING"));
+            assert_eq!(body.message.as_deref(), Some("nope"));
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn refused_credentials_are_unauthorized() {
     let env = Emu::start().await;
 
@@ -691,7 +754,7 @@ async fn malformed_success_bodies_are_decode_errors() {
 async fn slow_responses_time_out() {
     let env = Emu::start().await;
     let mut config = env.config();
-    config.request_timeout = Duration::from_millis(1000);
+    config.request_timeout = Duration::from_millis(1500);
     let client = env.client_with(config);
     client.list_apis(false).await.unwrap();
     env.reset_calls().await;

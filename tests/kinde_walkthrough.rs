@@ -198,7 +198,7 @@ async fn no_secret_in_logs_or_errors() {
     })
     .await;
     let mut config = env.config_with(emulator::DEFAULT_CLIENT_ID, mgmt_secret);
-    config.request_timeout = Duration::from_millis(1000);
+    config.request_timeout = Duration::from_millis(2000);
     let client = env.client_with(config);
 
     let mut errors: Vec<KindeError> = Vec::new();
