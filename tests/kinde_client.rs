@@ -620,7 +620,7 @@ async fn every_kinde_error_shape_is_understood() {
     for (status, body) in [
         (
             404,
-            r#"{"errors":{"code":"ROUTE_NOT_FOUND","message":"gone"}}"#,
+            r#"{"errors":[{"code":"APPLICATION_NOT_FOUND","message":"gone"}]}"#,
         ),
         (
             400,
@@ -634,6 +634,20 @@ async fn every_kinde_error_shape_is_understood() {
         let err = client.get_application("app_x").await.unwrap_err();
         assert!(err.is_not_found(), "{status} {body}: {err:?}");
     }
+    // A wrong URL (ROUTE_NOT_FOUND) says nothing about the object: a delete must not
+    // count it as done.
+    let app = client.create_application("still here", None).await.unwrap();
+    env.fault(json!({"operation": "deleteApplication", "status": 404,
+        "body": r#"{"errors":{"code":"ROUTE_NOT_FOUND","message":"no such route"}}"#}))
+        .await;
+    let err = client.delete_application(&app.id).await.unwrap_err();
+    assert!(
+        matches!(err, KindeError::Invalid { status: 404, .. }),
+        "{err:?}"
+    );
+    assert!(!err.is_not_found());
+    assert_eq!(apps_named(&env.state().await, "still here").len(), 1);
+
     env.fault(json!({"operation": "getApplication", "status": 400,
         "body": r#"{"errors":[{"code":"INVALID_THING","message":"nope"}]}"#}))
         .await;
