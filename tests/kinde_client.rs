@@ -834,4 +834,19 @@ async fn concurrent_calls_share_one_token() {
     assert_eq!(env.calls_of("getAPIs").await, 20);
     assert_eq!(client.metrics().calls("token", "200"), 1);
     assert_eq!(client.metrics().calls("getAPIs", "200"), 20);
+
+    // All 20 find the shared token revoked: still one refresh between them.
+    env.control(Method::POST, "/tokens/revoke", None).await;
+    env.reset_calls().await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move { c.list_apis(false).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(env.calls_of("token").await, 1);
+    assert_eq!(env.status_count("getAPIs", "200").await, 20);
 }
