@@ -819,10 +819,12 @@ fn classify(op: Operation, status: StatusCode, headers: &HeaderMap, body: &[u8])
             scope: op.scope(),
             body: parsed,
         }),
-        StatusCode::NOT_FOUND => Attempt::Fail(KindeError::NotFound {
-            operation: name,
-            body: parsed,
-        }),
+        StatusCode::NOT_FOUND if !parsed.is_route_not_found() => {
+            Attempt::Fail(KindeError::NotFound {
+                operation: name,
+                body: parsed,
+            })
+        }
         StatusCode::BAD_REQUEST if parsed.is_not_found_code() => {
             Attempt::Fail(KindeError::NotFound {
                 operation: name,
@@ -970,6 +972,16 @@ mod tests {
         assert!(matches!(
             classify(Operation::GetApplication, StatusCode::NOT_FOUND, &h, b""),
             Attempt::Fail(KindeError::NotFound { .. })
+        ));
+        let route = br#"{"errors":{"code":"ROUTE_NOT_FOUND","message":"x"}}"#;
+        assert!(matches!(
+            classify(
+                Operation::DeleteApplication,
+                StatusCode::NOT_FOUND,
+                &h,
+                route
+            ),
+            Attempt::Fail(KindeError::Invalid { status: 404, .. })
         ));
         assert!(matches!(
             classify(
