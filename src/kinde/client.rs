@@ -123,6 +123,8 @@ impl KindeClient {
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("kinde-m2m-operator/", env!("CARGO_PKG_VERSION")))
+            // A redirect would turn a POST create into a GET and hide where calls go.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| KindeError::Config(format!("HTTP client: {e}")))?;
         let limiter = Limiter::new(
