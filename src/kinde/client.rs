@@ -778,7 +778,12 @@ impl KindeClient {
             if attempts >= cfg.max_attempts || delay > cfg.max_backoff {
                 return Err(error);
             }
-            tokio::time::sleep(delay).await;
+            if after.is_some() {
+                // Kinde's reset applies to every caller, not just this one.
+                self.inner.limiter.pause_until(Instant::now() + delay);
+            } else {
+                tokio::time::sleep(delay).await;
+            }
         }
     }
 }
