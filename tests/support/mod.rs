@@ -64,7 +64,8 @@ pub const E2E_LABEL: &str = "e2e.kinde-operator.io/test";
 // Running tests
 // ---------------------------------------------------------------------------------------
 
-type TestFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+// Test futures run with `block_on` on the test's own thread: they need not be `Send`.
+type TestFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>>>>;
 
 /// One e2e test: a name and an async body that gets its own [`Ctx`].
 pub struct E2eTest {
@@ -77,7 +78,7 @@ pub struct E2eTest {
 pub fn test<F, Fut>(name: &str, body: F) -> E2eTest
 where
     F: FnOnce(Ctx) -> Fut + Send + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + 'static,
 {
     E2eTest {
         name: name.to_string(),
@@ -150,7 +151,7 @@ pub struct Harness {
     pub run_dir: PathBuf,
     emulator: OnceLock<Result<Emulator, String>>,
     tools: OnceLock<Result<PathBuf, String>>,
-    crds: tokio::sync::OnceCell<()>,
+    crds: tokio::sync::OnceCell<Vec<String>>,
 }
 
 static HARNESS: OnceLock<Result<Harness, String>> = OnceLock::new();
@@ -295,17 +296,18 @@ impl Harness {
         }
     }
 
-    /// Installs `crds/*.yaml` once per run (server-side, so v1.20 ignores what it does not
-    /// know, e.g. CEL rules) and waits until every CRD is `Established`. Later calls return at
-    /// once; a failure is reported to every caller.
-    pub async fn ensure_crds(&self) -> anyhow::Result<()> {
+    /// Installs `crds/` once per run (`kubectl apply --validate=false -f crds/`) and waits
+    /// until every CRD is `Established`; returns the CRD names. Concurrent callers wait for
+    /// the first; a failure is reported to every caller.
+    pub async fn ensure_crds(&self) -> anyhow::Result<&[String]> {
         self.crds
             .get_or_try_init(|| async {
                 let names = install_crds(self).await?;
-                wait_crds_established(&self.client, &names, Duration::from_secs(60)).await
+                wait_crds_established(&self.client, &names, Duration::from_secs(60)).await?;
+                Ok::<_, anyhow::Error>(names)
             })
             .await
-            .map(|_| ())
+            .map(Vec::as_slice)
     }
 }
 
@@ -736,39 +738,44 @@ pub fn yaml_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Applies every CRD in `crds/` server-side (field manager `e2e`) and returns their names.
+/// Installs `crds/` the way the README tells v1.20 users to,
+/// `kubectl apply --validate=false -f crds/`, and returns the CRD names.
+///
+/// Not server-side apply: v1.20's SSA refuses a CRD that carries `x-kubernetes-validations`
+/// ("field not declared in schema"), while a plain create/update drops the field.
 async fn install_crds(h: &Harness) -> anyhow::Result<Vec<String>> {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    use kube::api::{Patch, PatchParams};
-    let api = Api::<CustomResourceDefinition>::all(h.client.clone());
-    let mut names = Vec::new();
-    for file in crd_files()? {
-        let text = std::fs::read_to_string(&file)?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_json::to_value(serde_yaml::Value::deserialize(doc)?)?;
-            if value.is_null() {
-                continue;
-            }
-            let crd: CustomResourceDefinition = serde_json::from_value(value)
-                .with_context(|| format!("{} is not a CRD", file.display()))?;
-            let name = crd.metadata.name.clone().context("CRD without a name")?;
-            api.patch(
-                &name,
-                &PatchParams::apply("e2e").force(),
-                &Patch::Apply(&crd),
-            )
-            .await
-            .with_context(|| format!("applying CRD {name} from {}", file.display()))?;
-            names.push(name);
-        }
-    }
-    if names.is_empty() {
-        bail!("no CRDs found in {}", repo_path("crds").display());
-    }
-    Ok(names)
+    let dir = repo_path("crds");
+    ensure_nonempty(&crd_files()?, &dir)?;
+    let out = kubectl(
+        h,
+        &[
+            "apply",
+            "--validate=false",
+            "-f",
+            &dir.to_string_lossy(),
+            "-o",
+            "name",
+        ],
+        None,
+    )
+    .await?
+    .success()?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("customresourcedefinition.apiextensions.k8s.io/")
+        })
+        .map(str::to_string)
+        .collect())
 }
 
-use serde::Deserialize as _;
+fn ensure_nonempty(files: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
+    if files.is_empty() {
+        bail!("no CRD manifests in {}", dir.display());
+    }
+    Ok(())
+}
 
 /// Waits until every named CRD has `Established=True`.
 pub async fn wait_crds_established(
