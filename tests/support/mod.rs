@@ -110,7 +110,18 @@ pub fn run(tests: impl IntoIterator<Item = E2eTest>) -> ExitCode {
 }
 
 fn run_one(name: &str, body: Box<dyn FnOnce(Ctx) -> TestFuture + Send>) -> Result<(), Failed> {
-    let h = harness().map_err(|e| Failed::from(format!("e2e harness unavailable: {e}")))?;
+    static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let h = harness().map_err(|e| {
+        // The full story (with the control plane's log tails) once, a pointer to it after.
+        if REPORTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let first = e.lines().next().unwrap_or_default();
+            Failed::from(format!(
+                "e2e harness unavailable (details in another failure): {first}"
+            ))
+        } else {
+            Failed::from(format!("e2e harness unavailable: {e}"))
+        }
+    })?;
     let timeout = std::env::var("E2E_TEST_TIMEOUT")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -350,19 +361,35 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts a control plane in `dir`. With `owner`, it stops itself when that pid exits.
     pub fn start(dir: &Path, owner: Option<u32>) -> anyhow::Result<Self> {
+        Self::start_with_env(dir, owner, &[])
+    }
+
+    /// Like [`ControlPlane::start`], with extra environment for `scripts/control-plane`,
+    /// e.g. `[("AUTHZ", "RBAC")]` for a second, RBAC-enforcing control plane (the run's
+    /// shared one uses `AlwaysAllow` unless `AUTHZ` is set for the whole run).
+    pub fn start_with_env(
+        dir: &Path,
+        owner: Option<u32>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut cmd = Command::new(repo_path("scripts/control-plane"));
         cmd.arg("start").arg(dir).stdin(Stdio::null());
+        cmd.envs(env.iter().copied());
         if let Some(pid) = owner {
             cmd.env("CONTROL_PLANE_OWNER_PID", pid.to_string());
         }
         let out = cmd.output().context("running scripts/control-plane")?;
         if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let summary = stderr
+                .lines()
+                .find(|l| l.starts_with("control-plane: "))
+                .unwrap_or("see below");
             bail!(
-                "scripts/control-plane start {} failed ({}):\n{}",
+                "scripts/control-plane start {} failed ({}): {summary}\n{stderr}",
                 dir.display(),
                 out.status,
-                String::from_utf8_lossy(&out.stderr)
             );
         }
         Ok(Self {
@@ -393,6 +420,14 @@ impl ControlPlane {
     /// The tail of one of its logs (`etcd`, `kube-apiserver`, `kube-controller-manager`).
     pub fn log_tail(&self, name: &str, lines: usize) -> String {
         log_tail(&self.dir.join(format!("{name}.log")), lines)
+    }
+}
+
+/// A control plane a test started itself is stopped when it goes out of scope (the run's
+/// shared one lives in a static and is stopped by [`run`]).
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
