@@ -329,11 +329,15 @@ fn reap_stale_runs(base: &Path) {
     };
     for entry in entries.flatten() {
         let dir = entry.path();
-        let owner = std::fs::read_to_string(dir.join("owner"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok());
-        let alive = owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if alive {
+        // `run-<pid of the test process>`: the name says whose it is, so a run being set up
+        // right now by a concurrent test process is never mistaken for a leftover.
+        let owner = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("run-"))
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let Some(owner) = owner else { continue };
+        if Path::new(&format!("/proc/{owner}")).exists() {
             continue;
         }
         eprintln!(
@@ -344,7 +348,34 @@ fn reap_stale_runs(base: &Path) {
             .arg("stop")
             .arg(dir.join("cp"))
             .status();
+        kill_recorded_children(&dir);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Records a subprocess (emulator, operator) in the run dir, so that a later run can kill it
+/// should this one die without cleaning up (SIGKILL).
+fn record_child(run_dir: &Path, pid: u32) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir.join("children"))
+    {
+        let _ = writeln!(f, "{pid}");
+    }
+}
+
+/// Kills the recorded subprocesses of a dead run that still run the operator binary.
+fn kill_recorded_children(run_dir: &Path) {
+    let pids = std::fs::read_to_string(run_dir.join("children")).unwrap_or_default();
+    for pid in pids.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        if argv0 == OPERATOR_BIN.as_bytes() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
     }
 }
 
@@ -450,7 +481,8 @@ pub struct Emulator {
 }
 
 impl Emulator {
-    /// Starts an emulator logging to `dir/emulator-<port>.log`. Waits (30 s at most) for its
+    /// Starts an emulator logging to `dir/emulator-<random>.log` (pass the run dir: its pid is
+    /// recorded there for leftover cleanup). Waits (30 s at most) for its
     /// `KINDE_EMULATOR_URL=` line.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
         let stderr_path = dir.join(format!("emulator-{}.log", fastrand::u32(..)));
@@ -465,6 +497,7 @@ impl Emulator {
             .stderr(stderr)
             .spawn()
             .context("spawning the emulator")?;
+        record_child(dir, child.id());
         let stdout = child.stdout.take().context("emulator stdout")?;
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let log_path = stderr_path.clone();
@@ -872,6 +905,7 @@ impl Operator {
                 .env("KINDE_CLIENT_SECRET", KINDE_CLIENT_SECRET);
         }
         let child = cmd.spawn().context("spawning the operator")?;
+        record_child(&harness.run_dir, child.id());
         Ok(Self { child, log })
     }
 
