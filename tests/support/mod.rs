@@ -184,13 +184,17 @@ impl Drop for ShutdownGuard {
 
 /// Stops everything the harness started. Idempotent.
 fn shutdown() {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let Some(Ok(h)) = HARNESS.get() else { return };
+    if DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     if let Some(Ok(e)) = h.emulator.get() {
         e.stop();
     }
     if std::env::var_os("E2E_KEEP").is_some() {
         eprintln!(
-            "E2E_KEEP: control plane left running.\n  export KUBECONFIG={}\n  scripts/control-plane stop {}",
+            "E2E_KEEP: control plane left running (the next e2e run stops it).\n  export KUBECONFIG={}\n  scripts/control-plane stop {}",
             h.control_plane.kubeconfig.display(),
             h.control_plane.dir.display()
         );
@@ -244,7 +248,10 @@ impl Harness {
         std::fs::create_dir_all(&run_dir)?;
         std::fs::write(run_dir.join("owner"), std::process::id().to_string())?;
 
-        let control_plane = ControlPlane::start(&run_dir.join("cp"), Some(std::process::id()))?;
+        // With E2E_KEEP the control plane must outlive us: no watchdog.
+        let keep = std::env::var_os("E2E_KEEP").is_some();
+        let owner = (!keep).then(std::process::id);
+        let control_plane = ControlPlane::start(&run_dir.join("cp"), owner)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
