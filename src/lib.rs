@@ -6,7 +6,14 @@
 #![forbid(unsafe_code)]
 
 pub mod conditions;
+pub mod controller;
 pub mod crd;
 pub mod emulator;
+pub mod http;
 pub mod kinde;
+pub mod leader;
+pub mod metrics;
+pub mod rotate;
+pub mod run;
+pub mod secret;
 pub mod telemetry;

@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use kinde_m2m_operator::{crd, emulator, telemetry};
+use kinde_m2m_operator::{crd, emulator, rotate, run, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(name = "kinde-m2m-operator", version, about)]
@@ -19,6 +19,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the operator.
+    Run(run::RunArgs),
+    /// Rotate an M2MApplication's credentials now (sets its rotate-requested-at annotation).
+    Rotate(rotate::RotateArgs),
     /// Run the Kinde emulator as an HTTP server.
     Emulator(emulator::EmulatorArgs),
     /// Print the CustomResourceDefinitions as a multi-document YAML stream, or write one
@@ -36,6 +40,16 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.log_format, &cli.log_level);
     match cli.command {
+        Command::Run(mut args) => {
+            // Kept alive for as long as the operator runs.
+            let _emulator = if args.kinde_emulator {
+                Some(start_embedded_emulator(&mut args).await?)
+            } else {
+                None
+            };
+            run::run(args).await
+        }
+        Command::Rotate(args) => rotate::run(args).await,
         Command::Emulator(args) => emulator::run(args).await,
         Command::Crdgen { out_dir } if out_dir.is_empty() => {
             print!("{}", crd::crds_yaml()?);
@@ -50,4 +64,35 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `run --kinde-emulator`: starts the emulator in-process and points the operator at it.
+/// The wiring lives here so that the operator library never depends on the emulator.
+async fn start_embedded_emulator(
+    args: &mut run::RunArgs,
+) -> anyhow::Result<emulator::RunningEmulator> {
+    use secrecy::ExposeSecret;
+    let defaults = emulator::EmulatorConfig::default();
+    let client_id = args
+        .kinde
+        .kinde_client_id
+        .get_or_insert(defaults.management_client_id)
+        .clone();
+    let secret = args
+        .kinde
+        .kinde_client_secret
+        .get_or_insert_with(|| defaults.management_client_secret.into())
+        .expose_secret()
+        .to_owned();
+    let running = emulator::spawn(emulator::EmulatorConfig {
+        listen: args.kinde_emulator_listen,
+        domain: None,
+        management_client_id: client_id,
+        management_client_secret: secret,
+        state_file: None,
+    })
+    .await?;
+    args.kinde.kinde_domain = Some(running.domain().parse()?);
+    tracing::info!(url = running.base_url(), "embedded Kinde emulator started");
+    Ok(running)
 }

@@ -550,6 +550,95 @@ impl Emulator {
     }
 }
 
+impl Emulator {
+    /// Calls the emulator's control surface (`/_emulator/<path>`); returns the JSON answer.
+    pub async fn control(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}/_emulator/{}", self.url, path.trim_start_matches('/'));
+        let mut req = reqwest::Client::new().request(method, &url);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.with_context(|| format!("calling {url}"))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("{url}: HTTP {status}: {text}");
+        }
+        Ok(if text.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text)?
+        })
+    }
+
+    /// `GET /_emulator/calls`: `{operation: {calls, writes, statuses}}`.
+    pub async fn calls(&self) -> anyhow::Result<serde_json::Value> {
+        self.control(reqwest::Method::GET, "calls", None).await
+    }
+
+    /// Calls made of `operation` so far.
+    pub async fn call_count(&self, operation: &str) -> anyhow::Result<u64> {
+        Ok(self.calls().await?[operation]["calls"]
+            .as_u64()
+            .unwrap_or(0))
+    }
+
+    /// Mutations performed so far, all operations together.
+    pub async fn total_writes(&self) -> anyhow::Result<u64> {
+        let calls = self.calls().await?;
+        Ok(calls
+            .as_object()
+            .map(|m| m.values().filter_map(|v| v["writes"].as_u64()).sum())
+            .unwrap_or(0))
+    }
+
+    /// `GET /_emulator/state`: applications and APIs (no secrets).
+    pub async fn state(&self) -> anyhow::Result<serde_json::Value> {
+        self.control(reqwest::Method::GET, "state", None).await
+    }
+
+    /// Injects a fault: `{operation, status?, times?, latency_ms?, drop_response?, body?}`.
+    pub async fn fault(&self, fault: serde_json::Value) -> anyhow::Result<()> {
+        self.control(reqwest::Method::POST, "faults", Some(fault))
+            .await
+            .map(drop)
+    }
+
+    /// Requests a client-credentials token; `Ok(claims)` on 200, `Err` with Kinde's answer.
+    pub async fn token_claims(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+        audience: &str,
+    ) -> anyhow::Result<std::result::Result<serde_json::Value, String>> {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/oauth2/token", self.url))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id),
+                ("client_secret", client_secret),
+                ("audience", audience),
+            ])
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await?;
+        if !status.is_success() {
+            return Ok(Err(format!("HTTP {status}: {body}")));
+        }
+        let token = body["access_token"].as_str().context("no access_token")?;
+        let payload = token.split('.').nth(1).context("not a JWT")?;
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload)?;
+        Ok(Ok(serde_json::from_slice(&bytes)?))
+    }
+}
+
 impl Drop for Emulator {
     fn drop(&mut self) {
         self.stop();
@@ -630,6 +719,38 @@ impl Ctx {
     /// this run's control plane and emulator; killed when the handle drops.
     pub fn start_operator(&self, args: &[&str]) -> anyhow::Result<Operator> {
         Operator::start(self.harness, &self.test_name, args)
+    }
+
+    /// A Kinde emulator of this test's own (isolated state and call counters).
+    pub fn own_emulator(&self) -> anyhow::Result<Emulator> {
+        Emulator::start(&self.harness.run_dir)
+    }
+
+    /// `kinde-m2m-operator run` against `emulator`, watching this test's namespace plus
+    /// `extra_namespaces`, without leader election, metrics on a free port, resync
+    /// `resync`; `extra_args` are appended. Killed when the handle drops.
+    pub fn run_operator(
+        &self,
+        emulator: &Emulator,
+        extra_namespaces: &[&str],
+        resync: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Operator> {
+        let mut args = vec![
+            "run",
+            "--leader-election=false",
+            "--listen",
+            "127.0.0.1:0",
+            "--resync-period",
+            resync,
+            "--namespace",
+            self.ns.as_str(),
+        ];
+        for ns in extra_namespaces {
+            args.extend(["--namespace", ns]);
+        }
+        args.extend_from_slice(extra_args);
+        Operator::start_with(self.harness, &self.test_name, &emulator.url, &args)
     }
 }
 
@@ -894,6 +1015,30 @@ impl Operator {
     /// when the first argument is `run`, `KINDE_DOMAIN`/`KINDE_CLIENT_ID`/`KINDE_CLIENT_SECRET`
     /// pointing at the run's emulator.
     pub fn start(harness: &Harness, test_name: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let url = if args.first() == Some(&"run") {
+            Some(harness.emulator()?.url.clone())
+        } else {
+            None
+        };
+        Self::spawn(harness, test_name, url.as_deref(), args)
+    }
+
+    /// Like [`Operator::start`], with the operator pointed at `emulator_url`.
+    pub fn start_with(
+        harness: &Harness,
+        test_name: &str,
+        emulator_url: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::spawn(harness, test_name, Some(emulator_url), args)
+    }
+
+    fn spawn(
+        harness: &Harness,
+        test_name: &str,
+        emulator_url: Option<&str>,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let log = harness
             .run_dir
             .join(format!("operator-{test_name}-{}.log", fastrand::u32(..)));
@@ -905,11 +1050,11 @@ impl Operator {
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
-        if args.first() == Some(&"run") {
-            let emulator = harness.emulator()?;
-            cmd.env("KINDE_DOMAIN", &emulator.url)
+        if let Some(url) = emulator_url {
+            cmd.env("KINDE_DOMAIN", url)
                 .env("KINDE_CLIENT_ID", KINDE_CLIENT_ID)
-                .env("KINDE_CLIENT_SECRET", KINDE_CLIENT_SECRET);
+                .env("KINDE_CLIENT_SECRET", KINDE_CLIENT_SECRET)
+                .env("RUST_LOG", "info,kinde_m2m_operator=debug");
         }
         let child = cmd.spawn().context("spawning the operator")?;
         record_child(&harness.run_dir, child.id());
@@ -922,9 +1067,26 @@ impl Operator {
     }
 }
 
-impl Drop for Operator {
-    fn drop(&mut self) {
+impl Operator {
+    /// SIGKILLs the operator (crash tests) and reaps it.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Its process id (for SIGTERM tests).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

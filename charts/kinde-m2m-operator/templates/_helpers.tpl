@@ -1,0 +1,54 @@
+{{/* Name of the chart, truncated to 63 characters. */}}
+{{- define "kmo.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name: release name, plus chart name unless the release already contains it. */}}
+{{- define "kmo.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kmo.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kmo.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "kmo.labels" -}}
+{{ include "kmo.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: kinde-m2m-operator
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "kmo.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kmo.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Rules for the operator's own resources: cluster-wide, or in each watched namespace. */}}
+{{- define "kmo.namespacedRules" -}}
+- apiGroups: ["m2m.kinde-operator.io"]
+  resources: ["apiregistrations", "m2mapplications", "apigrants"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["m2m.kinde-operator.io"]
+  resources: ["apiregistrations/status", "m2mapplications/status", "apigrants/status"]
+  verbs: ["patch"]
+# Setting blockOwnerDeletion on the Secret's ownerReference needs this.
+- apiGroups: ["m2m.kinde-operator.io"]
+  resources: ["m2mapplications/finalizers"]
+  verbs: ["update"]
+# Credentials Secrets: read by name, written with server-side apply, watched (metadata only).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}

@@ -1,0 +1,395 @@
+//! ApiGrant: authorizes one application for one API with scopes; deleting it cuts access.
+//!
+//! Kinde has no read of an application's scopes on an API, so the scopes granted are kept
+//! in `status.grantedScopes` and re-applied in full whenever the authorization itself had
+//! to be restored (Kinde drops an application's scopes when it is de-authorized).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+
+use super::{Context, Error, Managed, Outcome, Result, finish, record_change};
+use crate::conditions::{self, reasons};
+use crate::crd::{
+    ApiGrant, ApiGrantStatus, ApiRegistration, GrantFrom, KindeAnnotations, M2MApplication,
+};
+use crate::kinde::types::Authorization;
+
+impl Managed for ApiGrant {
+    const KIND: &'static str = "ApiGrant";
+
+    async fn apply(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
+        let mut status = obj.status.clone().unwrap_or_default();
+        let outcome = converge(&obj, &ctx, &mut status).await;
+        let (action, changed) =
+            finish(&ctx, obj.as_ref(), status, outcome, |o| o.status.as_ref()).await?;
+        if changed {
+            wake_neighbours(&ctx, &obj);
+        }
+        Ok(action)
+    }
+
+    async fn cleanup(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
+        if obj.is_paused() {
+            return Err(Error::Blocked {
+                reason: reasons::PAUSED,
+                message: "deletion waits until the paused annotation is removed".into(),
+            });
+        }
+        let status = obj.status.clone().unwrap_or_default();
+        if let (Some(api_id), Some(app_id)) = (&status.api_id, &status.application_id) {
+            revoke(&ctx, obj.as_ref(), api_id, app_id).await?;
+            // During a rotation overlap the predecessor is cut too.
+            for retiring in retiring_clients(&ctx, &obj) {
+                if &retiring != app_id {
+                    revoke(&ctx, obj.as_ref(), api_id, &retiring).await?;
+                }
+            }
+        }
+        wake_neighbours(&ctx, &obj);
+        // A grant that lost a conflict to this one may take over now.
+        for other in conflicting(&ctx, &obj) {
+            ctx.wake_grants
+                .wake(&other.namespace().unwrap_or_default(), &other.name_any());
+        }
+        Ok(Action::await_change())
+    }
+}
+
+/// The application (its Secret lists this grant's audience) and the API (its deletion may
+/// wait on this grant) need another look when the grant changes.
+fn wake_neighbours(ctx: &Context, grant: &ApiGrant) {
+    let ns = grant.namespace().unwrap_or_default();
+    ctx.wake_apps.wake(&ns, &grant.spec.application_ref.name);
+    if let Some(api_ns) = grant.api_namespace() {
+        ctx.wake_apis.wake(&api_ns, &grant.spec.api_ref.name);
+    }
+}
+
+/// De-authorizes `app_id` for `api_id` (Kinde app ids are their client ids).
+async fn revoke(ctx: &Context, grant: &ApiGrant, api_id: &str, app_id: &str) -> Result<()> {
+    match ctx
+        .authorizer
+        .submit(api_id, app_id, Authorization::Deauthorize)
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
+    ctx.kinde_apis
+        .note(api_id, app_id, Authorization::Deauthorize)
+        .await;
+    record_change(
+        ctx,
+        grant,
+        "Revoked",
+        format!("de-authorized application {app_id} for Kinde API {api_id}"),
+    )
+    .await;
+    Ok(())
+}
+
+/// Client IDs of the referenced application's predecessors still in their overlap.
+fn retiring_clients(ctx: &Context, grant: &ApiGrant) -> Vec<String> {
+    let ns = grant.namespace().unwrap_or_default();
+    ctx.apps
+        .get(&ns, &grant.spec.application_ref.name)
+        .and_then(|app| app.status.clone())
+        .map(|s| s.retiring.into_iter().map(|r| r.client_id).collect())
+        .unwrap_or_default()
+}
+
+/// Other live grants for the same application and API.
+fn conflicting(ctx: &Context, grant: &ApiGrant) -> Vec<Arc<ApiGrant>> {
+    let (ns, name) = (grant.namespace(), grant.name_any());
+    let api = grant.api_object_ref();
+    ctx.grants.find(|g| {
+        g.namespace() == ns
+            && g.name_any() != name
+            && g.meta().deletion_timestamp.is_none()
+            && g.spec.application_ref.name == grant.spec.application_ref.name
+            && g.api_object_ref() == api
+    })
+}
+
+/// Older grants win: creation time, then name.
+fn is_older(a: &ApiGrant, b: &ApiGrant) -> bool {
+    let key = |g: &ApiGrant| {
+        (
+            g.meta().creation_timestamp.clone().map(|t| t.0),
+            g.name_any(),
+        )
+    };
+    key(a) < key(b)
+}
+
+/// The referenced objects, once they are usable; or why the grant must wait.
+struct Resolved {
+    app: Arc<M2MApplication>,
+    api: Arc<ApiRegistration>,
+    app_id: String,
+    api_id: String,
+    audience: String,
+    /// Scope ids to grant, by key.
+    scopes: Vec<(String, String)>,
+}
+
+async fn resolve(
+    grant: &ApiGrant,
+    ctx: &Context,
+) -> Result<std::result::Result<Resolved, Outcome>> {
+    let ns = grant
+        .namespace()
+        .ok_or(Error::MissingMetadata("namespace"))?;
+    let app_name = &grant.spec.application_ref.name;
+    let Some(app) = ctx.apps.get(&ns, app_name) else {
+        return Ok(Err(Outcome::not_ready(
+            reasons::APPLICATION_NOT_FOUND,
+            format!("M2MApplication {ns}/{app_name} (spec.applicationRef.name) does not exist"),
+        )));
+    };
+    let api_ns = grant.api_namespace().unwrap_or_else(|| ns.clone());
+    let api_name = &grant.spec.api_ref.name;
+    let Some(api) = ctx.apis.get(&api_ns, api_name) else {
+        let watched = if ctx.apis.covers(&api_ns) {
+            ""
+        } else {
+            " (the operator does not watch that namespace)"
+        };
+        return Ok(Err(Outcome::not_ready(
+            reasons::API_NOT_FOUND,
+            format!("ApiRegistration {api_ns}/{api_name} (spec.apiRef) does not exist{watched}"),
+        )));
+    };
+    if !permitted(ctx, &api, &api_ns, &ns).await? {
+        return Ok(Err(Outcome::not_ready(
+            reasons::REF_NOT_PERMITTED,
+            format!(
+                "the grantPolicy of ApiRegistration {api_ns}/{api_name} does not admit ApiGrants from namespace {ns}"
+            ),
+        )));
+    }
+    let missing: Vec<&str> = grant
+        .spec
+        .scopes
+        .iter()
+        .filter(|k| !api.has_scope(k))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Ok(Err(Outcome::not_ready(
+            reasons::SCOPE_NOT_FOUND,
+            format!(
+                "ApiRegistration {api_ns}/{api_name} declares no scope {}",
+                missing.join(", ")
+            ),
+        )));
+    }
+    let older: Vec<String> = conflicting(ctx, grant)
+        .iter()
+        .filter(|g| is_older(g, grant))
+        .map(|g| g.name_any())
+        .collect();
+    if let Some(winner) = older.first() {
+        return Ok(Err(Outcome::not_ready(
+            reasons::CONFLICT,
+            format!(
+                "ApiGrant {ns}/{winner} already grants {app_name} access to {api_ns}/{api_name}; delete one of them"
+            ),
+        )));
+    }
+    let app_status = app.status.clone().unwrap_or_default();
+    let (Some(app_id), true) = (
+        app_status.client_id.clone(),
+        conditions::is_true(&app_status.conditions, conditions::READY),
+    ) else {
+        return Ok(Err(Outcome::not_ready(
+            reasons::WAITING_FOR_APPLICATION,
+            format!("M2MApplication {ns}/{app_name} is not Ready yet"),
+        )));
+    };
+    let api_status = api.status.clone().unwrap_or_default();
+    let ready = conditions::is_true(&api_status.conditions, conditions::READY);
+    let (Some(api_id), Some(audience), true) = (
+        api_status.api_id.clone(),
+        api_status.audience.clone(),
+        ready,
+    ) else {
+        return Ok(Err(Outcome::not_ready(
+            reasons::WAITING_FOR_API,
+            format!("ApiRegistration {api_ns}/{api_name} is not Ready yet"),
+        )));
+    };
+    let mut scopes = Vec::new();
+    for key in &grant.spec.scopes {
+        match api_status.scopes.iter().find(|s| &s.key == key) {
+            Some(s) => scopes.push((key.clone(), s.id.clone())),
+            None => {
+                return Ok(Err(Outcome::not_ready(
+                    reasons::WAITING_FOR_API,
+                    format!(
+                        "scope {key} is not in Kinde yet (ApiRegistration {api_ns}/{api_name})"
+                    ),
+                )));
+            }
+        }
+    }
+    Ok(Ok(Resolved {
+        app,
+        api,
+        app_id,
+        api_id,
+        audience,
+        scopes,
+    }))
+}
+
+/// Whether the API's grant policy admits grants from `grant_ns`.
+async fn permitted(
+    ctx: &Context,
+    api: &ApiRegistration,
+    api_ns: &str,
+    grant_ns: &str,
+) -> Result<bool> {
+    let policy = &api.spec.grant_policy;
+    let labels = if policy.from == GrantFrom::Selector {
+        let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
+        namespaces
+            .get_metadata_opt(grant_ns)
+            .await?
+            .map(|n| n.labels().clone())
+            .unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    Ok(policy.permits(api_ns, grant_ns, &labels))
+}
+
+async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) -> Result<Outcome> {
+    let r = match resolve(grant, ctx).await? {
+        Ok(r) => r,
+        Err(outcome) => {
+            // Access granted under a reference that no longer resolves stays until the
+            // reference is fixed or the grant deleted; status keeps what was granted.
+            return Ok(outcome);
+        }
+    };
+    let paused = grant.is_paused();
+
+    // The reference moved to another application or API: cut the old pair first.
+    if let (Some(old_api), Some(old_app)) = (status.api_id.clone(), status.application_id.clone())
+        && (old_api != r.api_id || old_app != r.app_id)
+    {
+        if paused {
+            return Ok(Outcome::Paused { ready: false });
+        }
+        // A rotation's predecessor keeps its access for the overlap; the application's
+        // controller retires it.
+        let rotated = old_api == r.api_id && retiring_clients(ctx, grant).contains(&old_app);
+        if !rotated {
+            revoke(ctx, grant, &old_api, &old_app).await?;
+        }
+        status.api_id = None;
+        status.application_id = None;
+        status.granted_scopes.clear();
+    }
+
+    let snapshot = match ctx.kinde_apis.get(&r.api_id).await {
+        Ok(s) => s,
+        Err(e) if e.is_not_found() => {
+            // Deleted in Kinde: the ApiRegistration re-creates it; wait for that.
+            ctx.kinde_apis.forget(&r.api_id).await;
+            ctx.wake_apis
+                .wake(&r.api.namespace().unwrap_or_default(), &r.api.name_any());
+            return Ok(Outcome::not_ready(
+                reasons::WAITING_FOR_API,
+                format!(
+                    "Kinde API {} is gone; waiting for it to be re-created",
+                    r.api_id
+                ),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let authorized = snapshot.authorized_client_ids().any(|id| id == r.app_id);
+    let desired: BTreeSet<&str> = r.scopes.iter().map(|(k, _)| k.as_str()).collect();
+    let applied: BTreeSet<String> =
+        if authorized && status.application_id.as_deref() == Some(r.app_id.as_str()) {
+            status.granted_scopes.iter().cloned().collect()
+        } else {
+            BTreeSet::new()
+        };
+    let to_add: Vec<&(String, String)> = r
+        .scopes
+        .iter()
+        .filter(|(k, _)| !applied.contains(k))
+        .collect();
+    let to_remove: Vec<&String> = applied
+        .iter()
+        .filter(|k| !desired.contains(k.as_str()))
+        .collect();
+    if paused {
+        let in_sync = authorized && to_add.is_empty() && to_remove.is_empty();
+        return Ok(Outcome::Paused { ready: in_sync });
+    }
+
+    let mut changes = Vec::new();
+    if !authorized {
+        ctx.authorizer
+            .submit(&r.api_id, &r.app_id, Authorization::Authorize)
+            .await?;
+        ctx.kinde_apis
+            .note(&r.api_id, &r.app_id, Authorization::Authorize)
+            .await;
+        changes.push(format!(
+            "authorized application {} for Kinde API {}",
+            r.app_id, r.api_id
+        ));
+    }
+    status.application_id = Some(r.app_id.clone());
+    status.api_id = Some(r.api_id.clone());
+    status.audience = Some(r.audience.clone());
+    for (key, id) in &to_add {
+        ctx.kinde
+            .add_api_application_scope(&r.api_id, &r.app_id, id)
+            .await?;
+        changes.push(format!("granted {key}"));
+    }
+    for key in &to_remove {
+        // The scope id comes from the API's status; a scope removed there is gone in Kinde.
+        let id = r
+            .api
+            .status
+            .as_ref()
+            .and_then(|s| s.scopes.iter().find(|s| &&s.key == key))
+            .map(|s| s.id.clone());
+        if let Some(id) = id {
+            match ctx
+                .kinde
+                .remove_api_application_scope(&r.api_id, &r.app_id, &id)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        changes.push(format!("withdrew {key}"));
+    }
+    status.granted_scopes = desired.iter().map(|s| (*s).to_owned()).collect();
+    if !changes.is_empty() {
+        record_change(
+            ctx,
+            grant,
+            "Granted",
+            format!("{} ({})", changes.join(", "), r.app.name_any()),
+        )
+        .await;
+    }
+    Ok(Outcome::Ready)
+}

@@ -1,0 +1,381 @@
+//! ApiRegistration: a Kinde API (audience) and its scopes.
+//!
+//! Crash safety: audiences are unique in Kinde, so the audience is the idempotency key.
+//! Before creating, the audience is written to `status.audience` (with no `apiId`); a
+//! restart that finds that audience in Kinde with this marker set knows the API is its own
+//! and adopts it as created, while an audience found without the marker is someone
+//! else's (`AudienceInUse`).
+
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+
+use super::{
+    Context, Error, Managed, Outcome, Result, apply_status, effective_deletion_policy, finish,
+    record_change,
+};
+use crate::conditions::reasons;
+use crate::crd::{
+    ApiGrant, ApiRegistration, ApiRegistrationStatus, DeletionPolicy, KindeAnnotations, ScopeStatus,
+};
+use crate::kinde::KindeError;
+use crate::kinde::types::ApiScope as KindeScope;
+
+impl Managed for ApiRegistration {
+    const KIND: &'static str = "ApiRegistration";
+
+    async fn apply(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
+        let mut status = obj.status.clone().unwrap_or_default();
+        let outcome = converge(&obj, &ctx, &mut status).await;
+        let (action, changed) =
+            finish(&ctx, obj.as_ref(), status, outcome, |o| o.status.as_ref()).await?;
+        if changed {
+            ctx.wake_grants.wake_all(&grants_referencing(&ctx, &obj));
+        }
+        Ok(action)
+    }
+
+    async fn cleanup(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
+        let policy = effective_deletion_policy(obj.spec.deletion_policy, obj.as_ref());
+        let api_id = obj.status.as_ref().and_then(|s| s.api_id.clone());
+        if policy == DeletionPolicy::Delete && api_id.is_some() {
+            let users = grants_referencing(&ctx, &obj);
+            if !users.is_empty() {
+                let names: Vec<String> = users
+                    .iter()
+                    .map(|g| format!("{}/{}", g.namespace().unwrap_or_default(), g.name_any()))
+                    .collect();
+                let message = format!(
+                    "deletion waits: {} ApiGrant(s) still reference this API: {}",
+                    names.len(),
+                    names.join(", ")
+                );
+                let mut status = obj.status.clone().unwrap_or_default();
+                let outcome = Ok(Outcome::not_ready(reasons::IN_USE, message.clone()));
+                finish(
+                    &ctx,
+                    obj.as_ref(),
+                    std::mem::take(&mut status),
+                    outcome,
+                    |o| o.status.as_ref(),
+                )
+                .await?;
+                return Err(Error::Blocked {
+                    reason: reasons::IN_USE,
+                    message,
+                });
+            }
+        }
+        if obj.is_paused() {
+            return Err(Error::Blocked {
+                reason: reasons::PAUSED,
+                message: "deletion waits until the paused annotation is removed".into(),
+            });
+        }
+        if let (DeletionPolicy::Delete, Some(id)) = (policy, api_id) {
+            match ctx.kinde.delete_api(&id).await {
+                Ok(()) => {
+                    record_change(
+                        &ctx,
+                        obj.as_ref(),
+                        "Deleted",
+                        format!("deleted Kinde API {id}"),
+                    )
+                    .await
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+            ctx.kinde_apis.forget(&id).await;
+        }
+        Ok(Action::await_change())
+    }
+}
+
+/// Grants (in any watched namespace) whose `apiRef` names this ApiRegistration.
+pub fn grants_referencing(ctx: &Context, api: &ApiRegistration) -> Vec<Arc<ApiGrant>> {
+    let (ns, name) = (api.namespace().unwrap_or_default(), api.name_any());
+    ctx.grants.find(|g| {
+        g.spec.api_ref.name == name
+            && g.spec
+                .api_ref
+                .namespace
+                .clone()
+                .or_else(|| g.namespace())
+                .as_deref()
+                == Some(ns.as_str())
+    })
+}
+
+/// Checks what the schema may not have (servers without CEL, or edits bypassing it).
+fn validate(obj: &ApiRegistration) -> Option<String> {
+    let len = |s: &str| s.chars().count();
+    let audience = &obj.spec.audience;
+    if audience.trim().is_empty() || len(audience) > 64 {
+        return Some(format!(
+            "spec.audience must be 1-64 characters, got {}",
+            len(audience)
+        ));
+    }
+    let display = obj.display_name();
+    if display.is_empty() || len(&display) > 64 {
+        return Some("spec.displayName must be 1-64 characters".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &obj.spec.scopes {
+        if s.key.is_empty() || len(&s.key) > 64 || s.key.chars().any(char::is_whitespace) {
+            return Some(format!(
+                "spec.scopes key {:?} must be 1-64 characters without whitespace",
+                s.key
+            ));
+        }
+        if !seen.insert(s.key.as_str()) {
+            return Some(format!("spec.scopes key {:?} appears twice", s.key));
+        }
+    }
+    None
+}
+
+async fn converge(
+    obj: &ApiRegistration,
+    ctx: &Context,
+    status: &mut ApiRegistrationStatus,
+) -> Result<Outcome> {
+    if let Some(problem) = validate(obj) {
+        return Ok(Outcome::not_ready(reasons::INVALID_SPEC, problem));
+    }
+    let audience = obj.spec.audience.as_str();
+    if audience.trim_end_matches('/') == ctx.kinde.management_audience() {
+        return Ok(refuse_management(audience));
+    }
+    let paused = obj.is_paused();
+
+    // Find, adopt or create the Kinde API. A second pass handles an API deleted in Kinde.
+    let mut recreated = false;
+    let (api_id, kinde_scopes) = loop {
+        let api_id = match ensure_api(obj, ctx, status, paused).await? {
+            Ok(id) => id,
+            Err(outcome) => return Ok(outcome),
+        };
+        match ctx.kinde.list_api_scopes(&api_id).await {
+            Ok(scopes) => break (api_id, scopes),
+            Err(e) if e.is_not_found() && !recreated => {
+                if obj.external_id().is_some() {
+                    return Ok(Outcome::not_ready(
+                        reasons::EXTERNAL_NOT_FOUND,
+                        format!("the adopted Kinde API {api_id} no longer exists in Kinde"),
+                    ));
+                }
+                record_change(
+                    ctx,
+                    obj,
+                    "Recreating",
+                    format!("Kinde API {api_id} was deleted in Kinde; creating it again"),
+                )
+                .await;
+                ctx.kinde_apis.forget(&api_id).await;
+                status.api_id = None;
+                status.scopes.clear();
+                recreated = true;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+
+    let scopes = converge_scopes(obj, ctx, &api_id, kinde_scopes, paused).await?;
+    status.scopes = obj
+        .spec
+        .scopes
+        .iter()
+        .filter_map(|want| {
+            scopes
+                .iter()
+                .find(|s| s.key == want.key)
+                .map(|s| ScopeStatus {
+                    key: s.key.clone(),
+                    id: s.id.clone(),
+                })
+        })
+        .collect();
+    let complete = status.scopes.len() == obj.spec.scopes.len();
+    Ok(if paused {
+        Outcome::Paused { ready: complete }
+    } else {
+        Outcome::Ready
+    })
+}
+
+fn refuse_management(audience: &str) -> Outcome {
+    Outcome::not_ready(
+        reasons::MANAGEMENT_API_REFUSED,
+        format!(
+            "audience {audience} is the Kinde Management API's; the operator never manages or grants it"
+        ),
+    )
+}
+
+/// The id of the Kinde API, found, adopted or created; or why there is none.
+async fn ensure_api(
+    obj: &ApiRegistration,
+    ctx: &Context,
+    status: &mut ApiRegistrationStatus,
+    paused: bool,
+) -> Result<std::result::Result<String, Outcome>> {
+    let audience = obj.spec.audience.as_str();
+    let external = obj.external_id();
+    if let Some(id) = status.api_id.clone()
+        && external.is_none_or(|e| e == id)
+    {
+        return Ok(Ok(id));
+    }
+    if let Some(ext) = external {
+        let api = match ctx.kinde_apis.refresh(ext).await {
+            Ok(api) => api,
+            Err(e) if e.is_not_found() || matches!(e, KindeError::InvalidId { .. }) => {
+                return Ok(Err(Outcome::not_ready(
+                    reasons::EXTERNAL_NOT_FOUND,
+                    format!("no Kinde API with id {ext:?} (from the external-id annotation)"),
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if api.is_management_api {
+            return Ok(Err(refuse_management(&api.audience)));
+        }
+        if api.audience != audience {
+            return Ok(Err(Outcome::not_ready(
+                reasons::INVALID_SPEC,
+                format!(
+                    "Kinde API {ext} has audience {:?} but spec.audience is {audience:?}",
+                    api.audience
+                ),
+            )));
+        }
+        status.api_id = Some(ext.to_owned());
+        status.audience = Some(audience.to_owned());
+        apply_status(ctx, obj, obj.status.as_ref(), status).await?;
+        record_change(
+            ctx,
+            obj,
+            "Adopted",
+            format!("adopted Kinde API {ext} ({audience})"),
+        )
+        .await;
+        return Ok(Ok(ext.to_owned()));
+    }
+
+    let existing = ctx.kinde.list_apis(false).await?;
+    if let Some(found) = existing.iter().find(|a| a.audience == audience) {
+        if found.is_management_api {
+            return Ok(Err(refuse_management(audience)));
+        }
+        if status.audience.as_deref() != Some(audience) {
+            return Ok(Err(Outcome::not_ready(
+                reasons::AUDIENCE_IN_USE,
+                format!(
+                    "audience {audience} is already registered in Kinde as API {id}; to manage that API, annotate this object with m2m.kinde-operator.io/external-id: {id}",
+                    id = found.id
+                ),
+            )));
+        }
+        // Our own create from before a crash or a lost response.
+        status.api_id = Some(found.id.clone());
+        apply_status(ctx, obj, obj.status.as_ref(), status).await?;
+        record_change(
+            ctx,
+            obj,
+            "Created",
+            format!("created Kinde API {} for {audience}", found.id),
+        )
+        .await;
+        return Ok(Ok(found.id.clone()));
+    }
+    if paused {
+        return Ok(Err(Outcome::Paused { ready: false }));
+    }
+    // Mark the intent first: a crash after the create is recognised as ours.
+    status.audience = Some(audience.to_owned());
+    status.api_id = None;
+    apply_status(ctx, obj, obj.status.as_ref(), status).await?;
+    let id = ctx.kinde.create_api(&obj.display_name(), audience).await?;
+    status.api_id = Some(id.clone());
+    let marked = ApiRegistrationStatus {
+        audience: Some(audience.to_owned()),
+        api_id: None,
+        ..status.clone()
+    };
+    apply_status(ctx, obj, Some(&marked), status).await?;
+    record_change(
+        ctx,
+        obj,
+        "Created",
+        format!("created Kinde API {id} for {audience}"),
+    )
+    .await;
+    Ok(Ok(id))
+}
+
+/// Adds, updates and removes Kinde scopes to match the spec; returns the resulting scopes.
+async fn converge_scopes(
+    obj: &ApiRegistration,
+    ctx: &Context,
+    api_id: &str,
+    mut kinde: Vec<KindeScope>,
+    paused: bool,
+) -> Result<Vec<KindeScope>> {
+    let mut changes = Vec::new();
+    for want in &obj.spec.scopes {
+        let description = want.description.as_str();
+        match kinde.iter_mut().find(|s| s.key == want.key) {
+            None if !paused => {
+                let id = ctx
+                    .kinde
+                    .create_api_scope(api_id, &want.key, description)
+                    .await?;
+                kinde.push(KindeScope {
+                    id,
+                    key: want.key.clone(),
+                    description: Some(description.to_owned()),
+                });
+                changes.push(format!("added scope {}", want.key));
+            }
+            Some(have)
+                if !paused && have.description.as_deref().unwrap_or_default() != description =>
+            {
+                ctx.kinde
+                    .update_api_scope(api_id, &have.id, description)
+                    .await?;
+                have.description = Some(description.to_owned());
+                changes.push(format!("updated description of scope {}", want.key));
+            }
+            _ => {}
+        }
+    }
+    if !paused {
+        let extra: Vec<KindeScope> = kinde
+            .iter()
+            .filter(|s| !obj.spec.scopes.iter().any(|w| w.key == s.key))
+            .cloned()
+            .collect();
+        for s in extra {
+            match ctx.kinde.delete_api_scope(api_id, &s.id).await {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+            kinde.retain(|k| k.id != s.id);
+            changes.push(format!("removed scope {}", s.key));
+        }
+    }
+    if !changes.is_empty() {
+        record_change(
+            ctx,
+            obj,
+            "ScopesUpdated",
+            format!("Kinde API {api_id}: {}", changes.join(", ")),
+        )
+        .await;
+    }
+    Ok(kinde)
+}

@@ -1,0 +1,186 @@
+//! Kinde state shared between reconciles: a short-lived cache of `GET /apis/{id}` (which
+//! applications are authorized) and the batcher that folds authorizations for one API
+//! arriving together into one `PATCH /apis/{id}/applications`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::kinde::types::{Api, Authorization};
+use crate::kinde::{KindeClient, KindeError};
+
+type Slot = Arc<tokio::sync::Mutex<Option<(Instant, Arc<Api>)>>>;
+
+/// Cache of Kinde APIs with their authorized applications. A resync of N grants on one API
+/// costs one read instead of N; our own writes update the cached copy.
+pub struct ApiSnapshots {
+    kinde: KindeClient,
+    ttl: Duration,
+    slots: Mutex<HashMap<String, Slot>>,
+}
+
+impl ApiSnapshots {
+    pub fn new(kinde: KindeClient, ttl: Duration) -> Self {
+        Self {
+            kinde,
+            ttl,
+            slots: Mutex::default(),
+        }
+    }
+
+    fn slot(&self, api_id: &str) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.entry(api_id.to_owned()).or_default().clone()
+    }
+
+    /// The API, from cache when younger than the TTL. Concurrent callers share one read.
+    pub async fn get(&self, api_id: &str) -> Result<Arc<Api>, KindeError> {
+        let slot = self.slot(api_id);
+        let mut entry = slot.lock().await;
+        if let Some((at, api)) = entry.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return Ok(api.clone());
+        }
+        let api = Arc::new(self.kinde.get_api(api_id).await?);
+        *entry = Some((Instant::now(), api.clone()));
+        Ok(api)
+    }
+
+    /// Reads the API now and caches it.
+    pub async fn refresh(&self, api_id: &str) -> Result<Arc<Api>, KindeError> {
+        self.forget(api_id).await;
+        self.get(api_id).await
+    }
+
+    /// Drops the cached copy (the API was deleted or changed behind our back).
+    pub async fn forget(&self, api_id: &str) {
+        *self.slot(api_id).lock().await = None;
+    }
+
+    /// Records our own (de)authorization in the cached copy.
+    pub async fn note(&self, api_id: &str, client_id: &str, change: Authorization) {
+        let slot = self.slot(api_id);
+        let mut entry = slot.lock().await;
+        if let Some((_, api)) = entry.as_mut() {
+            let api = Arc::make_mut(api);
+            let active = Some(change == Authorization::Authorize);
+            match api.applications.iter_mut().find(|a| a.id == client_id) {
+                Some(a) => a.is_active = active,
+                None => api.applications.push(crate::kinde::types::ApiApplication {
+                    id: client_id.to_owned(),
+                    name: String::new(),
+                    app_type: None,
+                    is_active: active,
+                }),
+            }
+        }
+    }
+}
+
+struct Pending {
+    client_id: String,
+    change: Authorization,
+    done: oneshot::Sender<Result<(), Arc<KindeError>>>,
+}
+
+/// Folds (de)authorizations for the same API submitted within a short window into one
+/// Kinde call (at most 100 applications each, as Kinde allows).
+#[derive(Clone)]
+pub struct AuthorizeBatcher {
+    kinde: KindeClient,
+    window: Duration,
+    pending: Arc<Mutex<HashMap<String, Vec<Pending>>>>,
+}
+
+impl AuthorizeBatcher {
+    pub fn new(kinde: KindeClient) -> Self {
+        Self {
+            kinde,
+            window: Duration::from_millis(150),
+            pending: Arc::default(),
+        }
+    }
+
+    /// (De)authorizes `client_id` for `api_id`, sharing the Kinde call with others
+    /// submitted for the same API meanwhile.
+    pub async fn submit(
+        &self,
+        api_id: &str,
+        client_id: &str,
+        change: Authorization,
+    ) -> Result<(), Arc<KindeError>> {
+        let (done, result) = oneshot::channel();
+        let first = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let queue = pending.entry(api_id.to_owned()).or_default();
+            queue.push(Pending {
+                client_id: client_id.to_owned(),
+                change,
+                done,
+            });
+            queue.len() == 1
+        };
+        if first {
+            let this = self.clone();
+            let api_id = api_id.to_owned();
+            tokio::spawn(async move { this.flush(api_id).await });
+        }
+        result.await.unwrap_or_else(|_| {
+            Err(Arc::new(KindeError::Config(
+                "authorization batch was dropped".into(),
+            )))
+        })
+    }
+
+    async fn flush(&self, api_id: String) {
+        tokio::time::sleep(self.window).await;
+        let batch = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.remove(&api_id).unwrap_or_default()
+        };
+        // The last request per application wins.
+        let mut changes: Vec<(&str, Authorization)> = Vec::new();
+        for p in &batch {
+            changes.retain(|(id, _)| *id != p.client_id);
+            changes.push((p.client_id.as_str(), p.change));
+        }
+        tracing::debug!(
+            api_id,
+            applications = changes.len(),
+            "updating API authorizations"
+        );
+        let result = self.kinde.update_api_applications(&api_id, &changes).await;
+        match result {
+            Ok(_) => {
+                for p in batch {
+                    let _ = p.done.send(Ok(()));
+                }
+            }
+            // Kinde applies a batch all or nothing: one bad entry (an application deleted
+            // meanwhile) must not fail, or worse pass as "not found", the others. Retry
+            // each alone so every caller gets its own answer.
+            Err(e) if changes.len() > 1 && !e.is_transient() => {
+                tracing::debug!(api_id, error = %e, "batch refused; retrying one by one");
+                for p in batch {
+                    let single = self
+                        .kinde
+                        .update_api_applications(&api_id, &[(p.client_id.as_str(), p.change)])
+                        .await
+                        .map(drop)
+                        .map_err(Arc::new);
+                    let _ = p.done.send(single);
+                }
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                for p in batch {
+                    let _ = p.done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}

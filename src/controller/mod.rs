@@ -1,0 +1,654 @@
+//! The three controllers and what they share.
+//!
+//! Each kind has its own module with `apply` (converge Kinde and Kubernetes to the spec) and
+//! `cleanup` (finalizer). They share one [`Context`]: the Kinde client, the reflector stores
+//! of all three kinds (a grant looks up its application and API there), a router that wakes
+//! dependants (an API turning Ready wakes its grants; a grant turning Ready wakes its
+//! application, whose Secret lists the grant's audience), the Kinde API snapshot cache and
+//! the authorization batcher.
+
+pub mod api_grant;
+pub mod api_registration;
+mod error;
+mod kinde_state;
+pub mod m2m_application;
+mod rotation;
+mod stores;
+
+use std::collections::hash_map::DefaultHasher;
+use std::fmt::Debug;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+pub use error::{Error, Result};
+pub use kinde_state::{ApiSnapshots, AuthorizeBatcher};
+pub use stores::{Router, StoreSet};
+
+use crate::conditions::{self, reasons};
+use crate::crd::{ApiGrant, ApiRegistration, KindeAnnotations, M2MApplication, PAUSED_ANNOTATION};
+use crate::kinde::KindeClient;
+use crate::metrics::Metrics;
+
+/// Finalizer on all three kinds.
+pub const FINALIZER: &str = "m2m.kinde-operator.io/finalizer";
+/// The one field manager for every server-side apply.
+pub const FIELD_MANAGER: &str = "kinde-m2m-operator";
+
+/// Everything a reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub kinde: KindeClient,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// Base period of the drift-detecting resync (jittered per object).
+    pub resync: Duration,
+    pub apps: StoreSet<M2MApplication>,
+    pub apis: StoreSet<ApiRegistration>,
+    pub grants: StoreSet<ApiGrant>,
+    pub wake_apps: Router<M2MApplication>,
+    pub wake_apis: Router<ApiRegistration>,
+    pub wake_grants: Router<ApiGrant>,
+    pub kinde_apis: ApiSnapshots,
+    pub authorizer: AuthorizeBatcher,
+}
+
+/// A kind this operator reconciles.
+pub trait Managed:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// Kind name for metrics and logs.
+    const KIND: &'static str;
+    /// Converge Kinde and Kubernetes to the spec.
+    fn apply(obj: Arc<Self>, ctx: Arc<Context>) -> impl Future<Output = Result<Action>> + Send;
+    /// Undo in Kinde what the object stands for, per its deletion policy.
+    fn cleanup(obj: Arc<Self>, ctx: Arc<Context>) -> impl Future<Output = Result<Action>> + Send;
+}
+
+/// Reconcile entry point: tracing span, timing, finalizer dispatch, failure Event.
+pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let ns = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let name = obj.name_any();
+    let span = tracing::info_span!("reconcile", kind = K::KIND, namespace = %ns, name = %name);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let object_ref = obj.object_ref(&());
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            FinalizerEvent::Apply(o) => K::apply(o, ctx.clone()).await,
+            FinalizerEvent::Cleanup(o) => K::cleanup(o, ctx.clone()).await,
+        }
+    })
+    .instrument(span)
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(K::KIND, started.elapsed());
+    if let Err(e) = &result {
+        let note = error_note(e);
+        tracing::warn!(kind = K::KIND, namespace = %ns, name = %name, reason = e.reason(), error = %note, "reconcile failed");
+        publish(
+            &ctx,
+            &object_ref,
+            EventType::Warning,
+            e.reason(),
+            note,
+            "Reconcile",
+        )
+        .await;
+    }
+    result
+}
+
+/// After a failure: count it and try again, sooner for transient Kinde trouble.
+pub fn error_policy<K: Managed>(_obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed(K::KIND, err.reason());
+    let after = match err {
+        _ if err.retry_after().is_some() => err.retry_after().unwrap_or_default(),
+        Error::Blocked { .. } => Duration::from_secs(30),
+        Error::InvalidSpec(_) => ctx.resync,
+        _ => Duration::from_secs(10),
+    };
+    Action::requeue(with_jitter(after))
+}
+
+/// The message of an error for Events and conditions: its chain, without the finalizer
+/// wrapper, at most 1 KiB (the Events API limit).
+pub fn error_note(e: &Error) -> String {
+    let inner: &Error = match e {
+        Error::Finalizer(f) => match f.as_ref() {
+            kube::runtime::finalizer::Error::ApplyFailed(i)
+            | kube::runtime::finalizer::Error::CleanupFailed(i) => i,
+            _ => e,
+        },
+        _ => e,
+    };
+    let mut note = inner.to_string();
+    if note.len() > 1000 {
+        let mut cut = 1000;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push('…');
+    }
+    note
+}
+
+/// Requeue for the periodic resync, jittered by up to +10% so objects spread out.
+pub fn resync(ctx: &Context) -> Action {
+    Action::requeue(with_jitter(ctx.resync))
+}
+
+fn with_jitter(d: Duration) -> Duration {
+    d + d.mul_f64(fastrand::f64() * 0.1)
+}
+
+/// Publishes an Event; failures are logged, never fatal (an Event is a courtesy).
+pub async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+    action: &str,
+) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(error = %e, reason, "could not publish Event");
+    }
+}
+
+/// Writes `status` with server-side apply, only when it differs from `current`: a no-op
+/// reconcile makes no Kubernetes write.
+pub async fn apply_status<K: Managed, S: Serialize + PartialEq>(
+    ctx: &Context,
+    obj: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<()> {
+    if current == Some(status) {
+        return Ok(());
+    }
+    let ns = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Sets Ready and Synced for `generation`; keeps lastTransitionTime where status holds.
+pub fn set_conditions(
+    conds: &mut Vec<Condition>,
+    generation: Option<i64>,
+    ready: (bool, &str, String),
+    synced: (bool, &str, String),
+) {
+    let now = Time(jiff::Timestamp::now());
+    conditions::set_condition(
+        conds,
+        conditions::new_condition(
+            conditions::READY,
+            ready.0,
+            ready.1,
+            ready.2,
+            generation,
+            now.clone(),
+        ),
+    );
+    conditions::set_condition(
+        conds,
+        conditions::new_condition(
+            conditions::SYNCED,
+            synced.0,
+            synced.1,
+            synced.2,
+            generation,
+            now,
+        ),
+    );
+}
+
+/// Conditions for a reconcile that could not finish: Synced says why; Ready keeps its
+/// status unless `not_ready` (the object is not usable, e.g. its Kinde object is gone).
+pub fn set_failure(
+    conds: &mut Vec<Condition>,
+    generation: Option<i64>,
+    err: &Error,
+    not_ready: bool,
+) {
+    let now = Time(jiff::Timestamp::now());
+    let note = error_note(err);
+    let ready_now = conditions::is_true(conds, conditions::READY) && !not_ready;
+    if !ready_now {
+        conditions::set_condition(
+            conds,
+            conditions::new_condition(
+                conditions::READY,
+                false,
+                err.reason(),
+                note.clone(),
+                generation,
+                now.clone(),
+            ),
+        );
+    }
+    conditions::set_condition(
+        conds,
+        conditions::new_condition(
+            conditions::SYNCED,
+            false,
+            err.reason(),
+            note,
+            generation,
+            now,
+        ),
+    );
+}
+
+/// The status message for a paused object.
+pub fn paused_conditions(conds: &mut Vec<Condition>, generation: Option<i64>, ready: bool) {
+    let msg = format!("{PAUSED_ANNOTATION} is set: no Kinde writes until it is removed");
+    let ready_reason = if ready {
+        reasons::RECONCILED
+    } else {
+        reasons::PAUSED
+    };
+    set_conditions(
+        conds,
+        generation,
+        (
+            ready,
+            ready_reason,
+            if ready { "ready".into() } else { msg.clone() },
+        ),
+        (false, reasons::PAUSED, msg),
+    );
+}
+
+/// Which objects changes are worth a reconcile: spec (generation), labels, annotations
+/// (pause, rotate, external-id), finalizers and deletion. Status writes are not, which
+/// keeps a status update from causing another Kinde read.
+fn meaningful_change<K: Resource>(obj: &K) -> Option<u64> {
+    let m = obj.meta();
+    let mut h = DefaultHasher::new();
+    m.generation.hash(&mut h);
+    m.labels.hash(&mut h);
+    m.annotations.hash(&mut h);
+    m.finalizers.hash(&mut h);
+    m.deletion_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .hash(&mut h);
+    Some(h.finish())
+}
+
+/// Where the controllers look: every namespace, or the listed ones.
+#[derive(Clone, Debug)]
+pub enum Scope {
+    All,
+    Namespaces(Vec<String>),
+}
+
+impl Scope {
+    fn slots(&self) -> Vec<Option<String>> {
+        match self {
+            Scope::All => vec![None],
+            Scope::Namespaces(ns) => ns.iter().cloned().map(Some).collect(),
+        }
+    }
+}
+
+pub(crate) fn api_for<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// A controller per namespace slot for `K`, reading a predicate-filtered watch.
+struct Built<K: Managed> {
+    controllers: Vec<Controller<K>>,
+    stores: StoreSet<K>,
+    router: Router<K>,
+}
+
+fn build<K>(client: &Client, scope: &Scope) -> Built<K>
+where
+    K: Managed,
+{
+    let mut controllers = Vec::new();
+    let mut stores = Vec::new();
+    let mut senders = Vec::new();
+    for slot in scope.slots() {
+        let (reader, writer) = reflector::store();
+        let stream = watcher(
+            api_for::<K>(client, &slot),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(meaningful_change::<K>, Default::default());
+        let (tx, rx) = futures::channel::mpsc::unbounded::<ObjectRef<K>>();
+        let controller = Controller::for_stream(stream, reader.clone())
+            .reconcile_on(rx)
+            .with_config(
+                kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)),
+            );
+        controllers.push(controller);
+        stores.push((slot.clone(), reader));
+        senders.push((slot, tx));
+    }
+    Built {
+        controllers,
+        stores: StoreSet::new(stores),
+        router: Router::new(senders),
+    }
+}
+
+/// What the controllers run with.
+pub struct Settings {
+    pub client: Client,
+    pub kinde: KindeClient,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub scope: Scope,
+    pub resync: Duration,
+}
+
+/// Runs all controllers until `shutdown` resolves; calls `ready` once the caches are filled.
+pub async fn run(
+    settings: Settings,
+    ready: impl FnOnce() + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let Settings {
+        client,
+        kinde,
+        recorder,
+        metrics,
+        scope,
+        resync,
+    } = settings;
+    let apps = build::<M2MApplication>(&client, &scope);
+    let apis = build::<ApiRegistration>(&client, &scope);
+    let grants = build::<ApiGrant>(&client, &scope);
+    let secrets = m2m_application::secret_triggers(&client, &scope);
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        kinde: kinde.clone(),
+        recorder,
+        metrics,
+        resync,
+        apps: apps.stores.clone(),
+        apis: apis.stores.clone(),
+        grants: grants.stores.clone(),
+        wake_apps: apps.router.clone(),
+        wake_apis: apis.router.clone(),
+        wake_grants: grants.router.clone(),
+        kinde_apis: ApiSnapshots::new(kinde.clone(), resync / 2),
+        authorizer: AuthorizeBatcher::new(kinde),
+    });
+
+    let mut runs = Vec::new();
+    for (c, secret_stream) in apps.controllers.into_iter().zip(secrets) {
+        let c = c
+            .owns_stream(secret_stream)
+            .graceful_shutdown_on(shutdown.clone());
+        runs.push(
+            drain(c.run(
+                reconcile::<M2MApplication>,
+                error_policy::<M2MApplication>,
+                ctx.clone(),
+            ))
+            .boxed(),
+        );
+    }
+    for c in apis.controllers {
+        let c = c.graceful_shutdown_on(shutdown.clone());
+        runs.push(
+            drain(c.run(
+                reconcile::<ApiRegistration>,
+                error_policy::<ApiRegistration>,
+                ctx.clone(),
+            ))
+            .boxed(),
+        );
+    }
+    for c in grants.controllers {
+        let c = c.graceful_shutdown_on(shutdown.clone());
+        runs.push(
+            drain(c.run(reconcile::<ApiGrant>, error_policy::<ApiGrant>, ctx.clone())).boxed(),
+        );
+    }
+    // Ready once every store has seen its first full list.
+    let waits = ctx
+        .apps
+        .wait_ready()
+        .then(|()| ctx.apis.wait_ready())
+        .then(|()| ctx.grants.wait_ready());
+    let readiness = async move {
+        waits.await;
+        ready();
+    };
+    futures::future::join(futures::future::join_all(runs), readiness).await;
+}
+
+async fn drain<S, T, E>(stream: S)
+where
+    S: futures::Stream<Item = std::result::Result<T, E>>,
+    E: std::fmt::Display,
+{
+    stream
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}
+
+/// How a reconcile ended, short of an error.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Converged: Kinde matches the spec.
+    Ready,
+    /// Converged, with work due within this long (retiring credentials, a scheduled
+    /// rotation): requeue then at the latest.
+    ReadyFor(Duration),
+    /// Paused by annotation; `ready` tells whether the object is usable as it stands.
+    Paused { ready: bool },
+    /// Cannot converge now: waiting on another object, or refused (bad input); the
+    /// reason is a condition reason, the message tells the user what to do.
+    NotReady {
+        reason: &'static str,
+        message: String,
+        requeue: Duration,
+    },
+}
+
+impl Outcome {
+    pub fn not_ready(reason: &'static str, message: impl Into<String>) -> Self {
+        Outcome::NotReady {
+            reason,
+            message: message.into(),
+            requeue: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Status types with conditions.
+pub trait HasConditions {
+    fn conditions(&self) -> &[Condition];
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+    fn set_observed_generation(&mut self, generation: Option<i64>);
+}
+
+macro_rules! has_conditions {
+    ($($t:ty),*) => {$(
+        impl HasConditions for $t {
+            fn conditions(&self) -> &[Condition] {
+                &self.conditions
+            }
+            fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+                &mut self.conditions
+            }
+            fn set_observed_generation(&mut self, generation: Option<i64>) {
+                self.observed_generation = generation;
+            }
+        }
+    )*};
+}
+has_conditions!(
+    crate::crd::ApiRegistrationStatus,
+    crate::crd::M2MApplicationStatus,
+    crate::crd::ApiGrantStatus
+);
+
+/// Ends an `apply`: sets conditions from the outcome, writes the status if it changed,
+/// publishes a Warning when the object turns not-Ready for a new reason, and picks the
+/// requeue. Returns whether the status changed, so callers can wake dependants.
+pub async fn finish<K, S>(
+    ctx: &Context,
+    obj: &K,
+    mut status: S,
+    outcome: Result<Outcome>,
+    current: impl Fn(&K) -> Option<&S>,
+) -> Result<(Action, bool)>
+where
+    K: Managed,
+    S: HasConditions + Serialize + PartialEq,
+{
+    let generation = obj.meta().generation;
+    let old = current(obj);
+    let old_ready = old
+        .and_then(|s| conditions::find_condition(s.conditions(), conditions::READY))
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    match &outcome {
+        Ok(Outcome::Ready | Outcome::ReadyFor(_)) => set_conditions(
+            status.conditions_mut(),
+            generation,
+            (
+                true,
+                reasons::RECONCILED,
+                format!("{} is in sync with Kinde", K::KIND),
+            ),
+            (true, reasons::RECONCILED, "last reconcile converged".into()),
+        ),
+        Ok(Outcome::Paused { ready }) => {
+            paused_conditions(status.conditions_mut(), generation, *ready)
+        }
+        Ok(Outcome::NotReady {
+            reason, message, ..
+        }) => set_conditions(
+            status.conditions_mut(),
+            generation,
+            (false, reason, message.clone()),
+            (false, reason, message.clone()),
+        ),
+        Err(e) => set_failure(status.conditions_mut(), generation, e, false),
+    }
+    status.set_observed_generation(generation);
+    let changed = old != Some(&status);
+    apply_status(ctx, obj, old, &status).await?;
+    if let Ok(Outcome::NotReady {
+        reason, message, ..
+    }) = &outcome
+        && old_ready != Some((conditions::FALSE.to_owned(), (*reason).to_owned()))
+    {
+        publish(
+            ctx,
+            &obj.object_ref(&()),
+            EventType::Warning,
+            reason,
+            message.clone(),
+            "Reconcile",
+        )
+        .await;
+    }
+    match outcome {
+        Ok(Outcome::Ready) | Ok(Outcome::Paused { .. }) => Ok((resync(ctx), changed)),
+        Ok(Outcome::ReadyFor(d)) if d < ctx.resync => {
+            // A second past the due time, so the work is really due when we look.
+            Ok((Action::requeue(d + Duration::from_secs(1)), changed))
+        }
+        Ok(Outcome::ReadyFor(_)) => Ok((resync(ctx), changed)),
+        Ok(Outcome::NotReady { requeue, .. }) => {
+            Ok((Action::requeue(with_jitter(requeue)), changed))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Publishes a Normal Event about a change made in Kinde.
+pub async fn record_change(
+    ctx: &Context,
+    obj: &impl Resource<DynamicType = ()>,
+    reason: &str,
+    note: String,
+) {
+    tracing::info!(reason, "{note}");
+    publish(
+        ctx,
+        &obj.object_ref(&()),
+        EventType::Normal,
+        reason,
+        note,
+        reason,
+    )
+    .await;
+}
+
+/// The deletion policy in force: the spec's, else `Delete` for objects the operator
+/// created and `Orphan` for adopted ones.
+pub fn effective_deletion_policy(
+    spec: Option<crate::crd::DeletionPolicy>,
+    obj: &impl KindeAnnotations,
+) -> crate::crd::DeletionPolicy {
+    spec.unwrap_or(if obj.external_id().is_some() {
+        crate::crd::DeletionPolicy::Orphan
+    } else {
+        crate::crd::DeletionPolicy::Delete
+    })
+}

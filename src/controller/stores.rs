@@ -1,0 +1,111 @@
+//! Reflector stores and wake-up channels across namespace slots.
+//!
+//! With `--namespace` given, each kind has one watch (and store) per namespace; these types
+//! hide that, so a lookup or wake-up goes to whichever slot covers the namespace.
+
+use std::sync::Arc;
+
+use futures::channel::mpsc::UnboundedSender;
+use kube::Resource;
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+/// The stores of one kind, one per namespace slot (`None` = all namespaces).
+pub struct StoreSet<K: Resource<DynamicType = ()> + Clone + 'static> {
+    slots: Arc<Vec<(Option<String>, Store<K>)>>,
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> Clone for StoreSet<K> {
+    fn clone(&self) -> Self {
+        Self {
+            slots: self.slots.clone(),
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + 'static> StoreSet<K> {
+    pub fn new(slots: Vec<(Option<String>, Store<K>)>) -> Self {
+        Self {
+            slots: Arc::new(slots),
+        }
+    }
+
+    fn slot(&self, namespace: &str) -> Option<&Store<K>> {
+        self.slots
+            .iter()
+            .find(|(ns, _)| ns.as_deref().is_none_or(|n| n == namespace))
+            .map(|(_, s)| s)
+    }
+
+    /// Whether objects in `namespace` are watched at all.
+    pub fn covers(&self, namespace: &str) -> bool {
+        self.slot(namespace).is_some()
+    }
+
+    /// The cached object `namespace/name`.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        self.slot(namespace)?
+            .get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Every cached object that matches `pred`.
+    pub fn find(&self, pred: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
+        self.slots
+            .iter()
+            .flat_map(|(_, s)| s.state())
+            .filter(|o| pred(o))
+            .collect()
+    }
+
+    /// Resolves once every store has received its first complete list.
+    pub async fn wait_ready(&self) {
+        for (_, s) in self.slots.iter() {
+            // Only fails when the writer is dropped, i.e. the controller stopped.
+            let _ = s.wait_until_ready().await;
+        }
+    }
+}
+
+type Senders<K> = Arc<Vec<(Option<String>, UnboundedSender<ObjectRef<K>>)>>;
+
+/// Wakes reconciles of `K` objects (e.g. the grants of an API that turned Ready).
+pub struct Router<K: Resource<DynamicType = ()> + 'static> {
+    slots: Senders<K>,
+}
+
+impl<K: Resource<DynamicType = ()> + 'static> Clone for Router<K> {
+    fn clone(&self) -> Self {
+        Self {
+            slots: self.slots.clone(),
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + 'static> Router<K> {
+    pub fn new(slots: Vec<(Option<String>, UnboundedSender<ObjectRef<K>>)>) -> Self {
+        Self {
+            slots: Arc::new(slots),
+        }
+    }
+
+    /// Queues a reconcile of `namespace/name` (dropped if that namespace is not watched).
+    pub fn wake(&self, namespace: &str, name: &str) {
+        if let Some((_, tx)) = self
+            .slots
+            .iter()
+            .find(|(ns, _)| ns.as_deref().is_none_or(|n| n == namespace))
+        {
+            // Fails only when the controller has stopped: nothing left to wake.
+            let _ = tx.unbounded_send(ObjectRef::new(name).within(namespace));
+        }
+    }
+
+    /// Queues a reconcile of each object.
+    pub fn wake_all<'a>(&self, objs: impl IntoIterator<Item = &'a Arc<K>>) {
+        for o in objs {
+            if let Some(ns) = o.namespace() {
+                self.wake(&ns, &o.name_any());
+            }
+        }
+    }
+}

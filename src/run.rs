@@ -1,0 +1,264 @@
+//! `kinde-m2m-operator run`: configuration, start-up checks, leader election, the HTTP
+//! endpoints and graceful shutdown around the controllers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{ArgAction, Args};
+use futures::FutureExt;
+use kube::api::{Api, ListParams};
+use kube::runtime::events::{Recorder, Reporter};
+use prometheus_client::registry::Registry;
+use secrecy::SecretString;
+use url::Url;
+
+use crate::controller::{self, Scope, Settings};
+use crate::crd::{ApiGrant, ApiRegistration, M2MApplication};
+use crate::http;
+use crate::kinde::{KindeClient, KindeConfig, KindeMetrics};
+use crate::leader::{LeaderElector, LeaseConfig};
+use crate::metrics::Metrics;
+
+fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s))
+}
+
+/// How to reach Kinde. Every flag has an environment fallback; the secret's value is never
+/// shown in `--help` or logs.
+#[derive(Args, Debug, Clone)]
+pub struct KindeArgs {
+    /// Kinde domain: `https://<business>.kinde.com` or your custom domain.
+    #[arg(long, env = "KINDE_DOMAIN")]
+    pub kinde_domain: Option<Url>,
+    /// Client ID of the operator's own Kinde M2M application (authorized for the Kinde
+    /// Management API with the scopes listed in the README).
+    #[arg(long, env = "KINDE_CLIENT_ID")]
+    pub kinde_client_id: Option<String>,
+    /// Client secret of that application.
+    #[arg(long, env = "KINDE_CLIENT_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub kinde_client_secret: Option<SecretString>,
+    /// Process-wide Kinde request rate (requests per second; 0 = unlimited).
+    #[arg(long, env = "KINDE_REQUESTS_PER_SECOND", default_value_t = 10.0)]
+    pub kinde_requests_per_second: f64,
+    /// Requests allowed in a burst above the rate.
+    #[arg(long, env = "KINDE_BURST", default_value_t = 10)]
+    pub kinde_burst: u32,
+    /// Kinde calls in flight at once, process-wide.
+    #[arg(long, env = "KINDE_MAX_IN_FLIGHT", default_value_t = 4)]
+    pub kinde_max_in_flight: usize,
+    /// Timeout of one Kinde request.
+    #[arg(long, env = "KINDE_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub kinde_timeout: Duration,
+}
+
+impl KindeArgs {
+    /// The client configuration; names the missing flag when something is absent.
+    pub fn config(&self) -> anyhow::Result<KindeConfig> {
+        let domain = self
+            .kinde_domain
+            .clone()
+            .context("--kinde-domain (KINDE_DOMAIN) is required")?;
+        let id = self
+            .kinde_client_id
+            .clone()
+            .context("--kinde-client-id (KINDE_CLIENT_ID) is required")?;
+        let secret = self
+            .kinde_client_secret
+            .clone()
+            .context("--kinde-client-secret (KINDE_CLIENT_SECRET) is required")?;
+        let mut config = KindeConfig::new(domain, id, secret);
+        config.requests_per_second = self.kinde_requests_per_second;
+        config.burst = self.kinde_burst;
+        config.max_in_flight = self.kinde_max_in_flight;
+        config.request_timeout = self.kinde_timeout;
+        Ok(config)
+    }
+}
+
+/// Options of `kinde-m2m-operator run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub kinde: KindeArgs,
+    /// Start the embedded Kinde emulator and use it instead of Kinde (local trial, demos).
+    #[arg(long, env = "KINDE_EMULATOR")]
+    pub kinde_emulator: bool,
+    /// Where the embedded emulator listens (with --kinde-emulator).
+    #[arg(long, env = "KINDE_EMULATOR_LISTEN", default_value = "127.0.0.1:8787")]
+    pub kinde_emulator_listen: SocketAddr,
+    /// Namespace to watch; repeat for several. Default: all namespaces.
+    #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Period of the drift-detecting resync of every object (jittered by up to 10%).
+    #[arg(long, env = "RESYNC_PERIOD", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub resync_period: Duration,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Elect a leader on a Lease so several replicas can run safely.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
+    pub leader_election: bool,
+    /// Namespace of the leader Lease (default: the pod's namespace, else `default`).
+    #[arg(long, env = "LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "kinde-m2m-operator")]
+    pub lease_name: String,
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown requested");
+}
+
+/// Fails early with a clear message when the CRDs are not installed or not readable
+/// (listing where the operator will watch: with `--namespace`, RBAC may be per namespace).
+async fn check_crds(client: &kube::Client, scope: &Scope) -> anyhow::Result<()> {
+    async fn check<K>(client: &kube::Client, scope: &Scope) -> anyhow::Result<()>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+        K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let lp = ListParams::default().limit(1);
+        let apis: Vec<Api<K>> = match scope {
+            Scope::All => vec![Api::all(client.clone())],
+            Scope::Namespaces(ns) => ns
+                .iter()
+                .map(|n| Api::namespaced(client.clone(), n))
+                .collect(),
+        };
+        for api in apis {
+            api.list(&lp).await.with_context(|| {
+                format!(
+                    "{} not queryable: are the CRDs in crds/ installed, and may the operator list them?",
+                    K::kind(&())
+                )
+            })?;
+        }
+        Ok(())
+    }
+    check::<ApiRegistration>(client, scope).await?;
+    check::<M2MApplication>(client, scope).await?;
+    check::<ApiGrant>(client, scope).await
+}
+
+/// Runs the operator until SIGTERM.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let kinde_config = args.kinde.config()?;
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
+
+    let mut registry = Registry::with_prefix("kinde_m2m_operator");
+    let kinde_metrics = KindeMetrics::register(&mut registry);
+    let metrics = Metrics::register(&mut registry);
+    let kinde = KindeClient::new(kinde_config, kinde_metrics)?;
+    let state = http::State::new(registry);
+
+    let shutdown = shutdown_signal().shared();
+    let server = tokio::spawn(http::serve(args.listen, state.clone(), shutdown.clone()));
+
+    let scope = if args.namespaces.is_empty() {
+        Scope::All
+    } else {
+        Scope::Namespaces(args.namespaces.clone())
+    };
+    check_crds(&client, &scope).await?;
+    state.set_ready(true);
+
+    let identity = format!(
+        "{}-{:08x}",
+        std::env::var("POD_NAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_else(|_| "kinde-m2m-operator".into()),
+        fastrand::u32(..)
+    );
+    let elector = args.leader_election.then(|| {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into());
+        LeaderElector::new(
+            client.clone(),
+            LeaseConfig {
+                namespace,
+                name: args.lease_name.clone(),
+                identity: identity.clone(),
+                lease_duration: Duration::from_secs(15),
+                renew_deadline: Duration::from_secs(10),
+                retry_period: Duration::from_secs(2),
+            },
+        )
+    });
+    if let Some(e) = &elector {
+        tokio::select! {
+            () = e.acquire() => {}
+            () = shutdown.clone() => return finish_server(server).await,
+        }
+        state.set_ready(false);
+    }
+
+    tracing::info!(?scope, resync = ?args.resync_period, domain = %kinde.domain(), "starting controllers");
+    let settings = Settings {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "kinde-m2m-operator".into(),
+                instance: Some(identity),
+            },
+        ),
+        client,
+        kinde,
+        metrics,
+        scope,
+        resync: args.resync_period,
+    };
+    let ready_state = state.clone();
+    let controllers = controller::run(
+        settings,
+        move || ready_state.set_ready(true),
+        shutdown.clone(),
+    );
+    let lost = async {
+        match &elector {
+            Some(e) => e.keep().await,
+            None => futures::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        () = controllers => Ok(()),
+        () = lost => Err(anyhow::anyhow!("lost leadership; exiting so a fresh start can re-elect")),
+    };
+    if let Some(e) = &elector {
+        e.release().await;
+    }
+    match result {
+        Ok(()) => finish_server(server).await,
+        Err(e) => {
+            server.abort();
+            Err(e)
+        }
+    }
+}
+
+async fn finish_server(server: tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+    server.await.context("HTTP server task")?
+}
