@@ -258,9 +258,10 @@ impl Harness {
             .build()?;
         let client = runtime.block_on(control_plane.client())?;
         eprintln!(
-            "e2e: control plane ready in {:.1?} (KUBECONFIG={})",
+            "e2e: control plane ready in {:.1?} (KUBECONFIG={}, repo {})",
             t0.elapsed(),
-            control_plane.kubeconfig.display()
+            control_plane.kubeconfig.display(),
+            repo_root().display()
         );
         Ok(Self {
             runtime,
