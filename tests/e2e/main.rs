@@ -6,8 +6,9 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-mod control_plane;
+mod crds;
+mod harness;
 
 fn main() -> std::process::ExitCode {
-    support::run([control_plane::tests()].into_iter().flatten())
+    support::run([harness::tests(), crds::tests()].into_iter().flatten())
 }
