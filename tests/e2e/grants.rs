@@ -786,10 +786,13 @@ async fn bad_input(ctx: Ctx) -> anyhow::Result<()> {
             emulator.calls().await?
         );
         ensure!(operator.is_running(), "the operator exited");
+        // The emulator's own Management API has that audience; no other API may.
         let state = emulator.state().await?;
+        let apis = state["apis"].as_array().cloned().unwrap_or_default();
         ensure!(
-            !state.to_string().contains(&management),
-            "the Management API's audience reached Kinde: {state}"
+            !apis.iter().any(|api| api["audience"] == json!(management)
+                && api["is_management_api"] != json!(true)),
+            "the Management API's audience reached Kinde as another API: {state}"
         );
         wait_refused(&ctx, &emulator, "paused-app", &a).await?;
 
