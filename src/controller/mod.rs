@@ -605,7 +605,14 @@ where
     }
     match outcome {
         Ok(Outcome::Ready) | Ok(Outcome::Paused { .. }) => Ok((resync(ctx), changed)),
-        Ok(Outcome::NotReady { requeue, .. }) => {
+        // Never later than a resync: what a waiting object depends on without watching it
+        // (a namespace's labels under a `Selector` grant policy) is re-read at least as often
+        // as drift is.
+        Ok(Outcome::NotReady {
+            requeue, reason, ..
+        }) => {
+            let requeue = requeue.min(ctx.resync);
+            tracing::debug!(reason, ?requeue, "not ready; looking again later");
             Ok((Action::requeue(with_jitter(requeue)), changed))
         }
         Err(e) => Err(e),
