@@ -105,6 +105,15 @@ fn grant_yaml(name: &str, app: &str, api: &str, api_ns: Option<&str>, scopes: &[
     )
 }
 
+/// `yaml` (one object) with the paused annotation set.
+fn with_paused(yaml: &str) -> String {
+    yaml.replacen(
+        "metadata:\n",
+        &format!("metadata:\n  annotations:\n    {PAUSED}: \"true\"\n"),
+        1,
+    )
+}
+
 fn resource(kind: &str) -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(
         "m2m.kinde-operator.io",
@@ -734,6 +743,9 @@ async fn bad_input(ctx: Ctx) -> anyhow::Result<()> {
             grant_yaml("refused", "app", "foreign", Some(&other), &["read"]),
             api_yaml("management", &management, &["read"], &same()),
             grant_yaml("to-management", "app", "management", None, &["read"]),
+            // A paused new application is not created in Kinde, so never Ready.
+            with_paused(&app_yaml("frozen")),
+            grant_yaml("to-frozen", "frozen", "api", None, &["read"]),
         ]
         .concat();
         ctx.apply_yaml(&bad).await?;
@@ -743,6 +755,7 @@ async fn bad_input(ctx: Ctx) -> anyhow::Result<()> {
             ("no-scope", "ScopeNotFound"),
             ("refused", "RefNotPermitted"),
             ("to-management", "WaitingForApi"),
+            ("to-frozen", "WaitingForApplication"),
         ] {
             grant_reason(&ctx, grant, reason).await?;
             wait_event(&ctx, &ctx.ns, "ApiGrant", grant, reason).await?;
@@ -765,13 +778,14 @@ async fn bad_input(ctx: Ctx) -> anyhow::Result<()> {
         .await?;
 
         // A paused grant for a valid pair: Paused, no writes.
-        let mut paused = grant_yaml("paused", "paused-app", "api", None, &["read"]);
-        paused = paused.replacen(
-            "metadata:\n",
-            &format!("metadata:\n  annotations:\n    {PAUSED}: \"true\"\n"),
-            1,
-        );
+        let paused = with_paused(&grant_yaml("paused", "paused-app", "api", None, &["read"]));
         ctx.apply_yaml(&paused).await?;
+        wait_for("the paused application to report Paused", WAIT, || async {
+            let c = condition(&ctx, &ctx.ns, "M2MApplication", "frozen", "Synced").await?;
+            Ok(c.filter(|(s, r, _)| s == "False" && r == "Paused")
+                .map(drop))
+        })
+        .await?;
         wait_for("the paused grant to report Paused", WAIT, || async {
             let c = condition(&ctx, &ctx.ns, "ApiGrant", "paused", "Synced").await?;
             Ok(c.filter(|(s, r, _)| s == "False" && r == "Paused")
@@ -800,6 +814,10 @@ async fn bad_input(ctx: Ctx) -> anyhow::Result<()> {
         annotate(&ctx, &ctx.ns, "ApiGrant", "paused", None).await?;
         grant_reason(&ctx, "paused", "Reconciled").await?;
         wait_scp(&ctx, &emulator, "paused-app", &a, &["read"]).await?;
+        annotate(&ctx, &ctx.ns, "M2MApplication", "frozen", None).await?;
+        grant_reason(&ctx, "to-frozen", "Reconciled").await?;
+        wait_scp(&ctx, &emulator, "frozen", &a, &["read"]).await?;
+        wait_audience(&ctx, "frozen", &[&a]).await?;
         ensure!(operator.is_running(), "the operator exited");
         Ok(())
     }
