@@ -601,7 +601,20 @@ async fn policy_selector_label(ctx: Ctx) -> anyhow::Result<()> {
             .patch(&ctx.ns, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
         grant_reason(&ctx, "grant", "Reconciled").await?;
-        wait_scp(&ctx, &emulator, "app", &a, &["read"]).await
+        wait_scp(&ctx, &emulator, "app", &a, &["read"]).await?;
+        wait_audience(&ctx, "app", &[&a]).await?;
+
+        // Removing the label withdraws the permission, and with it the access.
+        let patch = json!({"metadata": {"labels": {"team": null}}});
+        Api::<Namespace>::all(ctx.client.clone())
+            .patch(&ctx.ns, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        grant_reason(&ctx, "grant", "RefNotPermitted").await?;
+        wait_refused(&ctx, &emulator, "app", &a).await?;
+        wait_audience(&ctx, "app", &[]).await?;
+        // The labelled namespace's grant is untouched.
+        wait_reason(&ctx, &labelled, "ApiGrant", "grant", "Reconciled").await?;
+        Ok(())
     }
     .await;
     with_log(&operator, r)
