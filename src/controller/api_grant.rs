@@ -274,8 +274,26 @@ async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) 
     let r = match resolve(grant, ctx).await? {
         Ok(r) => r,
         Err(outcome) => {
-            // Access granted under a reference that no longer resolves stays until the
-            // reference is fixed or the grant deleted; status keeps what was granted.
+            // The API's grant policy no longer admits this namespace (policy tightened or
+            // namespace label removed): the platform team withdrew the permission, so the
+            // access goes too (unless paused). Re-admitting authorizes afresh.
+            if let Outcome::NotReady {
+                reason: reasons::REF_NOT_PERMITTED,
+                ..
+            } = &outcome
+                && !grant.is_paused()
+                && let (Some(api_id), Some(app_id)) =
+                    (status.api_id.clone(), status.application_id.clone())
+            {
+                revoke(ctx, grant, &api_id, &app_id).await?;
+                status.api_id = None;
+                status.application_id = None;
+                status.audience = None;
+                status.granted_scopes.clear();
+            }
+            // Access granted under a reference that no longer resolves (a missing or
+            // not-Ready object) stays until the reference is fixed or the grant deleted;
+            // status keeps what was granted.
             return Ok(outcome);
         }
     };

@@ -7,8 +7,13 @@
 mod support;
 
 mod crds;
+mod grants;
 mod harness;
 
 fn main() -> std::process::ExitCode {
-    support::run([harness::tests(), crds::tests()].into_iter().flatten())
+    support::run(
+        [harness::tests(), crds::tests(), grants::tests()]
+            .into_iter()
+            .flatten(),
+    )
 }
