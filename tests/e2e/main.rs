@@ -6,8 +6,13 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod apps;
 mod control_plane;
 
 fn main() -> std::process::ExitCode {
-    support::run([control_plane::tests()].into_iter().flatten())
+    support::run(
+        [control_plane::tests(), apps::tests()]
+            .into_iter()
+            .flatten(),
+    )
 }
