@@ -762,7 +762,12 @@ async fn api_in_use(env: Arc<Env>) -> anyhow::Result<()> {
 
     delete(&env.grants(), "client-shared").await?;
     env.wait_gone(&env.grants(), "client-shared").await?;
+    let t = std::time::Instant::now();
     env.wait_gone(&env.apis(), "shared").await?;
+    eprintln!(
+        "api_in_use: ApiRegistration gone {:?} after its last grant",
+        t.elapsed()
+    );
     ensure!(
         env.kinde_api(&api_id).await?.is_none(),
         "Kinde API {api_id} still exists after the ApiRegistration was deleted"
@@ -1412,6 +1417,32 @@ async fn economy(env: Arc<Env>) -> anyhow::Result<()> {
     })
     .await?;
 
+    // Someone else adds a key and a label to the Secret: corrected once (the data is the
+    // operator's), not on every resync.
+    env.secrets()
+        .patch(
+            "buyer-credentials",
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"labels": {"backup": "daily"}},
+                "stringData": {"EXTRA_SETTING": "added by another tool"},
+            })),
+        )
+        .await?;
+    // The data is the operator's alone: the extra key goes (once), the label stays.
+    wait_for(
+        "the extra key to be removed from the Secret",
+        TIMEOUT,
+        || async {
+            let s = env.secret("buyer-credentials").await?;
+            ensure!(
+                s.labels().get("backup").map(String::as_str) == Some("daily"),
+                "the other tool's label was removed"
+            );
+            Ok(secret_key(&s, "EXTRA_SETTING").is_none().then_some(()))
+        },
+    )
+    .await?;
     // Let in-flight follow-ups (wakes after the last status writes) settle: one period.
     tokio::time::sleep(Duration::from_secs_f64(RESYNC_ECONOMY_SECS * 1.5)).await;
     let settled = call_counts(&env.emu).await?;
