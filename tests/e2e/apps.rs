@@ -613,10 +613,6 @@ async fn api_adopt_and_policies(env: Arc<Env>) -> anyhow::Result<()> {
         "adopted API's scopes in Kinde: {}",
         kinde["scopes"]
     );
-    let apis_in_kinde = env.emu.state().await?["apis"]
-        .as_array()
-        .map(|a| a.len())
-        .unwrap_or(0);
     let kept = env
         .wait_ready(&env.apis(), "kept", "True", "Reconciled")
         .await?;
@@ -631,7 +627,6 @@ async fn api_adopt_and_policies(env: Arc<Env>) -> anyhow::Result<()> {
             .is_some_and(|a| a["id"] == legacy_id.as_str()),
         "adopting created a second API for the audience"
     );
-    let _ = apis_in_kinde;
 
     for name in ["legacy", "kept", "gone"] {
         delete(&env.apis(), name).await?;
@@ -1084,10 +1079,54 @@ async fn app_adopt_and_policies(env: Arc<Env>) -> anyhow::Result<()> {
         "expected 2 applications in Kinde (no duplicate on adoption): {apps}"
     );
 
-    for name in ["legacy", "kept"] {
+    // An adopted app deleted in Kinde is reported, not re-created (a reconcile is forced
+    // with an annotation; the resync is long here).
+    merge(
+        &env.apps(),
+        "legacy",
+        json!({"metadata": {"annotations": {"e2e/poke": "1"}}}),
+    )
+    .await?;
+    let vanishing = env
+        .mgmt(
+            reqwest::Method::POST,
+            "/api/v1/applications",
+            Some(json!({"name": "Vanishing", "type": "m2m"})),
+        )
+        .await?;
+    let vanishing_id = str_at(&vanishing, "/application/id")?.to_string();
+    env.create_app(
+        "vanishing",
+        json!({"displayName": "Vanishing"}),
+        json!({"m2m.kinde-operator.io/external-id": vanishing_id}),
+    )
+    .await?;
+    env.wait_ready(&env.apps(), "vanishing", "True", "Reconciled")
+        .await?;
+    env.mgmt(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/applications/{vanishing_id}"),
+        None,
+    )
+    .await?;
+    merge(
+        &env.apps(),
+        "vanishing",
+        json!({"metadata": {"annotations": {"e2e/poke": "1"}}}),
+    )
+    .await?;
+    env.wait_ready(&env.apps(), "vanishing", "False", "ExternalNotFound")
+        .await?;
+    let apps = env.emu.state().await?["applications"].clone();
+    ensure!(
+        !apps.to_string().contains("Vanishing"),
+        "the adopted app was re-created: {apps}"
+    );
+
+    for name in ["legacy", "kept", "vanishing"] {
         delete(&env.apps(), name).await?;
     }
-    for name in ["legacy", "kept"] {
+    for name in ["legacy", "kept", "vanishing"] {
         env.wait_gone(&env.apps(), name).await?;
     }
     ensure!(
@@ -1157,11 +1196,17 @@ async fn drift_api(env: Arc<Env>) -> anyhow::Result<()> {
         json!({}),
     )
     .await?;
+    // A grant on it: after the re-creation the application is authorized on the new API.
+    env.create_app("client", json!({}), json!({})).await?;
+    env.create_grant("client-mine", "client", "mine", &["read"])
+        .await?;
     let mine = env
         .wait_ready(&env.apis(), "mine", "True", "Reconciled")
         .await?;
     let mine_id = str_at(&mine, "/status/apiId")?.to_string();
     env.wait_ready(&env.apis(), "adopted", "True", "Reconciled")
+        .await?;
+    env.wait_ready(&env.grants(), "client-mine", "True", "Reconciled")
         .await?;
 
     for id in [&mine_id, &adopted_id] {
@@ -1187,7 +1232,32 @@ async fn drift_api(env: Arc<Env>) -> anyhow::Result<()> {
         Ok(Some((id, k)))
     })
     .await?;
-    let _ = (new_id, kinde);
+    let _ = kinde;
+    wait_for(
+        "the grant to authorize the app on the re-created API",
+        TIMEOUT,
+        || async {
+            let s = env.secret("client-credentials").await?;
+            let id = secret_key(&s, "KINDE_CLIENT_ID").context("no client id")?;
+            let secret = secret_key(&s, "KINDE_CLIENT_SECRET").context("no secret")?;
+            let grant = to_json(&env.grants().get("client-mine").await?)?;
+            ensure!(
+                grant["status"]["apiId"] == new_id.as_str(),
+                "grant status {}",
+                grant["status"]
+            );
+            match env
+                .emu
+                .token_claims(&id, &secret, "https://mine.example.com")
+                .await?
+            {
+                Ok(claims) if claims["scp"] == json!(["read"]) => Ok(Some(())),
+                Ok(claims) => Err(anyhow!("token claims {claims}")),
+                Err(e) => Err(anyhow!("token refused: {e}")),
+            }
+        },
+    )
+    .await?;
     let obj = env
         .wait_ready(&env.apis(), "adopted", "False", "ExternalNotFound")
         .await?;
