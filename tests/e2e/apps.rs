@@ -1452,6 +1452,48 @@ async fn k8s_versions(env: &Env) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+type Counts = Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
+
+/// Counts the watch events (= writes) of `api` from now on, as `<kind> <EVENT>`.
+async fn count_writes<K>(
+    api: Api<K>,
+    kind: &'static str,
+    counts: Counts,
+) -> anyhow::Result<tokio::task::JoinHandle<()>>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use futures::TryStreamExt as _;
+    use kube::api::{WatchEvent, WatchParams};
+    let rv = api
+        .list_metadata(&ListParams::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let stream = api.watch(&WatchParams::default().timeout(290), &rv).await?;
+    Ok(tokio::spawn(async move {
+        let mut stream = Box::pin(stream);
+        while let Ok(Some(ev)) = stream.try_next().await {
+            let what = match ev {
+                WatchEvent::Added(_) => "ADDED",
+                WatchEvent::Modified(_) => "MODIFIED",
+                WatchEvent::Deleted(_) => "DELETED",
+                _ => continue,
+            };
+            *counts
+                .lock()
+                .unwrap()
+                .entry(format!("{kind} {what}"))
+                .or_default() += 1;
+        }
+    }))
+}
+
+fn take_counts(counts: &Counts) -> BTreeMap<String, u64> {
+    std::mem::take(&mut *counts.lock().unwrap())
+}
+
 fn fmt_counts(m: &BTreeMap<String, u64>) -> String {
     m.iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -1594,7 +1636,14 @@ async fn economy(env: Arc<Env>) -> anyhow::Result<()> {
 /// way; printed, and checked for duplicates (one create of each Kinde object).
 async fn lifecycle(env: Arc<Env>) -> anyhow::Result<()> {
     let start = call_counts(&env.emu).await?;
-    let k8s_start = k8s_versions(&env).await?;
+    let writes: Counts = Arc::default();
+    let watches = vec![
+        count_writes(env.apis(), "ApiRegistration", writes.clone()).await?,
+        count_writes(env.apps(), "M2MApplication", writes.clone()).await?,
+        count_writes(env.grants(), "ApiGrant", writes.clone()).await?,
+        count_writes(env.secrets(), "Secret", writes.clone()).await?,
+        count_writes(env.ctx.api::<Event>(), "Event", writes.clone()).await?,
+    ];
     let audience = "https://lifecycle.example.com";
     env.create_api(
         "lifecycle",
@@ -1621,7 +1670,7 @@ async fn lifecycle(env: Arc<Env>) -> anyhow::Result<()> {
     })
     .await?;
     let ready = call_counts(&env.emu).await?;
-    let k8s_ready = k8s_versions(&env).await?;
+    let k8s_created = take_counts(&writes);
     let created = delta(&start, &ready);
     eprintln!(
         "lifecycle: create -> Ready: Kinde calls {} ; Kinde writes {}",
@@ -1629,8 +1678,8 @@ async fn lifecycle(env: Arc<Env>) -> anyhow::Result<()> {
         env.emu.total_writes().await?
     );
     eprintln!(
-        "lifecycle: Kubernetes objects at Ready (resourceVersion bumps not counted): {}",
-        k8s_ready.len() - k8s_start.len()
+        "lifecycle: create -> Ready: Kubernetes writes (watch events; the 3 ADDED CRs are the test's own) {}",
+        fmt_counts(&k8s_created)
     );
     for (op, want) in [("addAPIs", 1), ("createApplication", 1), ("addAPIScope", 2)] {
         ensure!(
@@ -1649,6 +1698,23 @@ async fn lifecycle(env: Arc<Env>) -> anyhow::Result<()> {
     env.wait_gone(&env.apps(), "buyer").await?;
     env.wait_gone(&env.apis(), "lifecycle").await?;
     let end = call_counts(&env.emu).await?;
+    // The garbage collector deletes the Secret after its owner is gone.
+    wait_for("the Secret to be garbage collected", TIMEOUT, || async {
+        Ok(env
+            .secrets()
+            .get_opt("buyer-credentials")
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await?;
+    eprintln!(
+        "lifecycle: delete: Kubernetes writes (watch events; one MODIFIED per CR is the test's delete setting deletionTimestamp, the Secret DELETED is the garbage collector's) {}",
+        fmt_counts(&take_counts(&writes))
+    );
+    for w in watches {
+        w.abort();
+    }
     eprintln!(
         "lifecycle: delete (grant, then application and API): Kinde calls {} ; Kinde writes {}",
         fmt_counts(&delta(&ready, &end)),
