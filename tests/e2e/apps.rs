@@ -1213,7 +1213,7 @@ async fn drift_api(env: Arc<Env>) -> anyhow::Result<()> {
         env.mgmt(reqwest::Method::DELETE, &format!("/api/v1/apis/{id}"), None)
             .await?;
     }
-    let (new_id, kinde) = wait_for("the deleted API to be re-created", TIMEOUT, || async {
+    let new_id = wait_for("the deleted API to be re-created", TIMEOUT, || async {
         let obj = to_json(&env.apis().get("mine").await?)?;
         let id = obj["status"]["apiId"]
             .as_str()
@@ -1229,10 +1229,9 @@ async fn drift_api(env: Arc<Env>) -> anyhow::Result<()> {
         ensure!(k["audience"] == "https://mine.example.com", "{k}");
         ensure!(kinde_scopes(&k) == pairs(&[("read", "Read")]), "{k}");
         check_status_scopes(&obj, &k, &["read"])?;
-        Ok(Some((id, k)))
+        Ok(Some(id))
     })
     .await?;
-    let _ = kinde;
     wait_for(
         "the grant to authorize the app on the re-created API",
         TIMEOUT,
