@@ -475,6 +475,25 @@ async fn ensure_secret(
         &Patch::Apply(&desired),
     )
     .await?;
+    // Server-side apply never removes a key another field manager added (`kubectl edit`,
+    // a tool): drop such keys explicitly, or the Secret would differ from the desired one
+    // forever and every resync would apply it again, with an Event each time.
+    let foreign: serde_json::Map<String, serde_json::Value> = existing
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| secret::read_key(&desired, k).is_none())
+        .map(|(k, _)| (k.clone(), serde_json::Value::Null))
+        .collect();
+    if !foreign.is_empty() {
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "data": foreign })),
+        )
+        .await?;
+    }
     record_change(ctx, obj, note.0, note.1).await;
     Ok(Ok(()))
 }

@@ -6,13 +6,14 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod apps;
 mod crds;
 mod grants;
 mod harness;
 
 fn main() -> std::process::ExitCode {
     support::run(
-        [harness::tests(), crds::tests(), grants::tests()]
+        [harness::tests(), crds::tests(), apps::tests(), grants::tests()]
             .into_iter()
             .flatten(),
     )
