@@ -145,6 +145,8 @@ pub(super) struct KindeApp {
     pub client_id: String,
     pub name: String,
     pub secret: SecretString,
+    /// Kinde's type (`m2m`, `reg`, ...) when known; adoption refuses anything but `m2m`.
+    pub app_type: Option<String>,
 }
 
 fn validate(obj: &M2MApplication) -> Option<String> {
@@ -296,6 +298,12 @@ async fn ensure_app(
             }
             Err(e) => return Err(e.into()),
         };
+        if let Some(t) = app.app_type.as_deref().filter(|t| *t != "m2m") {
+            return Ok(Err(Outcome::not_ready(
+                reasons::INVALID_SPEC,
+                format!("Kinde application {ext} is of type {t:?}, not an M2M application; it cannot be adopted"),
+            )));
+        }
         record_change(
             ctx,
             obj,
@@ -348,6 +356,7 @@ pub(super) async fn create_marked(
         client_id: created.client_id,
         name,
         secret: created.client_secret,
+        app_type: Some("m2m".into()),
     })
 }
 
@@ -371,6 +380,7 @@ async fn read_app(ctx: &Context, id: &str) -> std::result::Result<KindeApp, Kind
         client_id: app.client_id,
         name: app.name,
         secret,
+        app_type: app.app_type,
     })
 }
 
