@@ -7,7 +7,10 @@
 mod support;
 
 mod control_plane;
+mod crash;
 
 fn main() -> std::process::ExitCode {
-    support::run([control_plane::tests()].into_iter().flatten())
+    let code = support::run([control_plane::tests(), crash::tests()].into_iter().flatten());
+    crash::print_summary();
+    code
 }

@@ -853,39 +853,44 @@ pub fn yaml_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Applies every CRD in `crds/` server-side (field manager `e2e`) and returns their names.
+/// Installs `crds/` the way the README tells v1.20 users to,
+/// `kubectl apply --validate=false -f crds/`, and returns the CRD names.
+///
+/// Not server-side apply: v1.20's SSA refuses a CRD that carries `x-kubernetes-validations`
+/// ("field not declared in schema"), while a plain create/update drops the field.
 async fn install_crds(h: &Harness) -> anyhow::Result<Vec<String>> {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    use kube::api::{Patch, PatchParams};
-    let api = Api::<CustomResourceDefinition>::all(h.client.clone());
-    let mut names = Vec::new();
-    for file in crd_files()? {
-        let text = std::fs::read_to_string(&file)?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_json::to_value(serde_yaml::Value::deserialize(doc)?)?;
-            if value.is_null() {
-                continue;
-            }
-            let crd: CustomResourceDefinition = serde_json::from_value(value)
-                .with_context(|| format!("{} is not a CRD", file.display()))?;
-            let name = crd.metadata.name.clone().context("CRD without a name")?;
-            api.patch(
-                &name,
-                &PatchParams::apply("e2e").force(),
-                &Patch::Apply(&crd),
-            )
-            .await
-            .with_context(|| format!("applying CRD {name} from {}", file.display()))?;
-            names.push(name);
-        }
-    }
-    if names.is_empty() {
-        bail!("no CRDs found in {}", repo_path("crds").display());
-    }
-    Ok(names)
+    let dir = repo_path("crds");
+    ensure_nonempty(&crd_files()?, &dir)?;
+    let out = kubectl(
+        h,
+        &[
+            "apply",
+            "--validate=false",
+            "-f",
+            &dir.to_string_lossy(),
+            "-o",
+            "name",
+        ],
+        None,
+    )
+    .await?
+    .success()?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("customresourcedefinition.apiextensions.k8s.io/")
+        })
+        .map(str::to_string)
+        .collect())
 }
 
-use serde::Deserialize as _;
+fn ensure_nonempty(files: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
+    if files.is_empty() {
+        bail!("no CRD manifests in {}", dir.display());
+    }
+    Ok(())
+}
 
 /// Waits until every named CRD has `Established=True`.
 pub async fn wait_crds_established(
