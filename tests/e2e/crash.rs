@@ -30,7 +30,10 @@ use crate::support::{self, Ctx, E2eTest, Emulator, Operator, wait_for};
 pub fn tests() -> Vec<E2eTest> {
     vec![
         // M2MApplication creation.
-        support::test("crash::app_create_killed_before_kinde", app_killed_before_create),
+        support::test(
+            "crash::app_create_killed_before_kinde",
+            app_killed_before_create,
+        ),
         support::test(
             "crash::app_create_killed_after_kinde_before_status",
             app_killed_after_create,
@@ -47,6 +50,7 @@ pub fn tests() -> Vec<E2eTest> {
         ),
         support::test("crash::api_create_killed_mid_scopes", api_killed_mid_scopes),
         support::test("crash::api_create_lost_response", api_lost_create_response),
+        support::test("crash::api_scope_lost_response", api_lost_scope_response),
         // ApiGrant creation.
         support::test(
             "crash::grant_killed_after_authorize_before_status",
@@ -248,6 +252,23 @@ async fn api_lost_create_response(ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An `addAPIScope` response is lost, no kill: the scope is found, not created twice.
+async fn api_lost_scope_response(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.fault(json!({"operation": "addAPIScope", "drop_response": true}))
+        .await?;
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.converged("api scope: lost response (no kill)", &API_SCOPES)
+        .await?;
+    let creates = f.emu.call_count("addAPIScope").await?;
+    ensure!(
+        creates == API_SCOPES.len() as u64,
+        "a scope create with an unknown outcome must not be repeated: {creates} creates"
+    );
+    Ok(())
+}
+
 /// Killed after `updateAPIApplications` authorized the app, before status (the first
 /// per-app scope add is held).
 async fn grant_killed_after_authorize(ctx: Ctx) -> anyhow::Result<()> {
@@ -397,7 +418,10 @@ async fn grant_delete_killed_after_kinde(ctx: Ctx) -> anyhow::Result<()> {
         .token_claims(&creds.0, &creds.1, AUDIENCE)
         .await?
         .is_err();
-    ensure!(refused, "a token for {AUDIENCE} must be refused after the grant's deletion");
+    ensure!(
+        refused,
+        "a token for {AUDIENCE} must be refused after the grant's deletion"
+    );
     f.counted("grant delete: killed after de-authorize", 1, 1)
         .await
 }

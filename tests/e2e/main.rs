@@ -10,7 +10,11 @@ mod control_plane;
 mod crash;
 
 fn main() -> std::process::ExitCode {
-    let code = support::run([control_plane::tests(), crash::tests()].into_iter().flatten());
+    let code = support::run(
+        [control_plane::tests(), crash::tests()]
+            .into_iter()
+            .flatten(),
+    );
     crash::print_summary();
     code
 }

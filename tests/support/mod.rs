@@ -506,7 +506,9 @@ impl Emulator {
 
     /// Calls made of `operation` so far.
     pub async fn call_count(&self, operation: &str) -> anyhow::Result<u64> {
-        Ok(self.calls().await?[operation]["calls"].as_u64().unwrap_or(0))
+        Ok(self.calls().await?[operation]["calls"]
+            .as_u64()
+            .unwrap_or(0))
     }
 
     /// Mutations performed so far, all operations together.
@@ -525,7 +527,9 @@ impl Emulator {
 
     /// Injects a fault: `{operation, status?, times?, latency_ms?, drop_response?, body?}`.
     pub async fn fault(&self, fault: serde_json::Value) -> anyhow::Result<()> {
-        self.control(reqwest::Method::POST, "faults", Some(fault)).await.map(drop)
+        self.control(reqwest::Method::POST, "faults", Some(fault))
+            .await
+            .map(drop)
     }
 
     /// Requests a client-credentials token; `Ok(claims)` on 200, `Err` with Kinde's answer.
