@@ -7,14 +7,23 @@
 mod support;
 
 mod apps;
+mod crash;
 mod crds;
 mod grants;
 mod harness;
 
 fn main() -> std::process::ExitCode {
-    support::run(
-        [harness::tests(), crds::tests(), apps::tests(), grants::tests()]
-            .into_iter()
-            .flatten(),
-    )
+    let code = support::run(
+        [
+            harness::tests(),
+            crds::tests(),
+            apps::tests(),
+            grants::tests(),
+            crash::tests(),
+        ]
+        .into_iter()
+        .flatten(),
+    );
+    crash::print_summary();
+    code
 }
