@@ -301,7 +301,9 @@ async fn ensure_app(
         if let Some(t) = app.app_type.as_deref().filter(|t| *t != "m2m") {
             return Ok(Err(Outcome::not_ready(
                 reasons::INVALID_SPEC,
-                format!("Kinde application {ext} is of type {t:?}, not an M2M application; it cannot be adopted"),
+                format!(
+                    "Kinde application {ext} is of type {t:?}, not an M2M application; it cannot be adopted"
+                ),
             )));
         }
         record_change(

@@ -83,7 +83,7 @@ where
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     support::test(name, move |ctx| async move {
-        install_crds(&ctx).await?;
+        ctx.harness.ensure_crds().await?;
         let emu = ctx.own_emulator()?;
         let op = ctx.run_operator(&emu, &[], resync, &[])?;
         let env = Arc::new(Env {
@@ -97,42 +97,6 @@ where
             e.context(format!("operator log tail:\n{tail}"))
         })
     })
-}
-
-static CRDS: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-
-/// `kubectl apply --validate=false -f crds/` once per run (v1.20's server-side apply
-/// refuses the CEL rules; a plain apply drops them), then waits for `Established`.
-async fn install_crds(ctx: &Ctx) -> anyhow::Result<()> {
-    CRDS.get_or_try_init(|| async {
-        let dir = support::repo_path("crds");
-        let out = support::kubectl(
-            ctx.harness,
-            &[
-                "apply",
-                "--validate=false",
-                "-f",
-                &dir.to_string_lossy(),
-                "-o",
-                "name",
-            ],
-            None,
-        )
-        .await?
-        .success()?;
-        let names: Vec<String> = out
-            .lines()
-            .filter_map(|l| {
-                l.trim()
-                    .strip_prefix("customresourcedefinition.apiextensions.k8s.io/")
-            })
-            .map(str::to_string)
-            .collect();
-        ensure!(!names.is_empty(), "no CRDs applied: {out}");
-        support::wait_crds_established(&ctx.client, &names, TIMEOUT).await
-    })
-    .await
-    .map(drop)
 }
 
 impl Env {

@@ -41,35 +41,9 @@ const GRANT_OPS: [&str; 3] = [
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// Installs `crds/` once per run the way the README does (`kubectl apply --validate=false`):
-/// the harness's server-side apply is refused by v1.20 for the CEL fields it does not know.
-async fn install_crds(ctx: &Ctx) -> anyhow::Result<()> {
-    static CRDS: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    CRDS.get_or_try_init(|| async {
-        let dir = support::repo_path("crds");
-        let dir = dir.to_string_lossy();
-        support::kubectl(
-            ctx.harness,
-            &["apply", "--validate=false", "-f", &dir],
-            None,
-        )
-        .await?
-        .success()?;
-        let names = [
-            "apiregistrations.m2m.kinde-operator.io",
-            "m2mapplications.m2m.kinde-operator.io",
-            "apigrants.m2m.kinde-operator.io",
-        ]
-        .map(String::from);
-        support::wait_crds_established(&ctx.client, &names, WAIT).await
-    })
-    .await
-    .map(drop)
-}
-
 /// A fresh emulator and an operator watching the test's namespace plus `extra`.
 async fn start(ctx: &Ctx, extra: &[&str], resync: &str) -> anyhow::Result<(Emulator, Operator)> {
-    install_crds(ctx).await?;
+    ctx.harness.ensure_crds().await?;
     let emulator = ctx.own_emulator()?;
     let operator = ctx.run_operator(&emulator, extra, resync, &[])?;
     Ok((emulator, operator))
