@@ -6,8 +6,14 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod chart;
 mod control_plane;
+mod rbac;
 
 fn main() -> std::process::ExitCode {
-    support::run([control_plane::tests()].into_iter().flatten())
+    support::run(
+        [control_plane::tests(), chart::tests(), rbac::tests()]
+            .into_iter()
+            .flatten(),
+    )
 }
