@@ -196,10 +196,28 @@ struct OperatorProcess {
 }
 
 impl OperatorProcess {
-    fn log_tail(&self, lines: usize) -> String {
+    /// For failure messages: the last warnings, errors and panics, then the last lines.
+    fn log_excerpt(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        let notable: Vec<&str> = all
+            .iter()
+            .copied()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
+            .collect();
+        format!(
+            "last warnings/errors:\n{}\nlast lines:\n{}",
+            notable[notable.len().saturating_sub(8)..].join("\n"),
+            all[all.len().saturating_sub(12)..].join("\n")
+        )
+    }
+
+    /// Fails once the process has exited (it must run until told to stop).
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => bail!("the operator exited ({status})"),
+        }
     }
 
     /// SIGTERM, then waits for a clean exit.
@@ -361,7 +379,7 @@ async fn scenario(ctx: &Ctx, cp: &RbacCluster, mode: Mode) -> anyhow::Result<()>
     // The operator, as that ServiceAccount, leader election on, Lease in the release ns.
     let t0 = Instant::now();
     let mut op = start_operator(&cp.dir, &sa_kubeconfig, &emulator, &watched)?;
-    let ready = wait_operator_ready(c, &op).await;
+    let ready = wait_operator_ready(c, &mut op).await;
     let outcome = match ready {
         Ok(()) => {
             eprintln!(
@@ -372,7 +390,13 @@ async fn scenario(ctx: &Ctx, cp: &RbacCluster, mode: Mode) -> anyhow::Result<()>
         }
         Err(e) => Err(e),
     };
-    outcome.map_err(|e| e.context(format!("operator log tail:\n{}", op.log_tail(40))))?;
+    outcome.map_err(|e| {
+        e.context(format!(
+            "operator log {}:\n{}",
+            op.log.display(),
+            op.log_excerpt()
+        ))
+    })?;
 
     let t0 = Instant::now();
     audit(cp, mode).await?;
@@ -446,6 +470,7 @@ fn start_operator(
         .env("LOG_FORMAT", "text")
         .env("RUST_LOG", "info,kinde_m2m_operator=debug")
         .env("POD_NAME", POD_NAME)
+        .env("RUST_BACKTRACE", "0")
         .env_remove("POD_NAMESPACE")
         .stdin(Stdio::null())
         .stdout(file.try_clone()?)
@@ -460,17 +485,27 @@ fn start_operator(
 }
 
 /// Leader (its Lease, in the release namespace) and `/readyz` OK (caches filled).
-async fn wait_operator_ready(c: &kube::Client, op: &OperatorProcess) -> anyhow::Result<()> {
+async fn wait_operator_ready(c: &kube::Client, op: &mut OperatorProcess) -> anyhow::Result<()> {
     let leases = Api::<Lease>::namespaced(c.clone(), RELEASE_NS);
+    let exited = std::sync::Mutex::new(op);
     wait_for("the operator to hold the Lease", WAIT, || async {
+        if let Err(e) = exited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check_running()
+        {
+            // Not worth waiting for.
+            return Ok(Some(Err(e)));
+        }
         let holder = leases
             .get_opt(LEASE)
             .await?
             .and_then(|l| l.spec)
             .and_then(|s| s.holder_identity);
-        Ok(holder.filter(|h| h.starts_with(POD_NAME)).map(drop))
+        Ok(holder.filter(|h| h.starts_with(POD_NAME)).map(|_| Ok(())))
     })
-    .await?;
+    .await??;
+    let op = exited.into_inner().unwrap_or_else(|p| p.into_inner());
     let url = format!("{}/readyz", op.health);
     wait_for("/readyz to answer 200", WAIT, || async {
         let resp = reqwest::get(&url).await?;
