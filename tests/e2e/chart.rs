@@ -187,7 +187,6 @@ pub fn expected_namespaced_rules() -> BTreeSet<String> {
             .map(String::as_str),
         &["patch"],
     ));
-    out.extend(expand(GROUP, &["m2mapplications/finalizers"], &["update"]));
     out.extend(expand(
         "",
         &["secrets"],

@@ -41,10 +41,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 - apiGroups: ["m2m.kinde-operator.io"]
   resources: ["apiregistrations/status", "m2mapplications/status", "apigrants/status"]
   verbs: ["patch"]
-# Setting blockOwnerDeletion on the Secret's ownerReference needs this.
-- apiGroups: ["m2m.kinde-operator.io"]
-  resources: ["m2mapplications/finalizers"]
-  verbs: ["update"]
+# No m2mapplications/finalizers: the Secret's ownerReference does not set blockOwnerDeletion
+# (with OwnerReferencesPermissionEnforcement that would need it; tests/e2e/rbac.rs runs with
+# that admission plugin on).
 # Credentials Secrets: read by name, watched (metadata only, by label), written with
 # server-side apply only (`patch`, plus `create`: the API server authorizes an apply that
 # creates a missing Secret as a create). Never `update` or `delete` (garbage collection
