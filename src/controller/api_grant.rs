@@ -12,7 +12,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use super::{Context, Error, Managed, Outcome, Result, finish, record_change};
+use super::{Context, Error, Managed, Outcome, Result, apply_status, finish, record_change};
 use crate::conditions::{self, reasons};
 use crate::crd::{
     ApiGrant, ApiGrantStatus, ApiRegistration, GrantFrom, KindeAnnotations, M2MApplication,
@@ -274,8 +274,26 @@ async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) 
     let r = match resolve(grant, ctx).await? {
         Ok(r) => r,
         Err(outcome) => {
-            // Access granted under a reference that no longer resolves stays until the
-            // reference is fixed or the grant deleted; status keeps what was granted.
+            // The API's grant policy no longer admits this namespace (policy tightened or
+            // namespace label removed): the platform team withdrew the permission, so the
+            // access goes too (unless paused). Re-admitting authorizes afresh.
+            if let Outcome::NotReady {
+                reason: reasons::REF_NOT_PERMITTED,
+                ..
+            } = &outcome
+                && !grant.is_paused()
+                && let (Some(api_id), Some(app_id)) =
+                    (status.api_id.clone(), status.application_id.clone())
+            {
+                revoke(ctx, grant, &api_id, &app_id).await?;
+                status.api_id = None;
+                status.application_id = None;
+                status.audience = None;
+                status.granted_scopes.clear();
+            }
+            // Access granted under a reference that no longer resolves (a missing or
+            // not-Ready object) stays until the reference is fixed or the grant deleted;
+            // status keeps what was granted.
             return Ok(outcome);
         }
     };
@@ -339,7 +357,13 @@ async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) 
     }
 
     let mut changes = Vec::new();
+    status.application_id = Some(r.app_id.clone());
+    status.api_id = Some(r.api_id.clone());
+    status.audience = Some(r.audience.clone());
     if !authorized {
+        // Record the pair before authorizing: a crash after the authorization (before the
+        // final status) would otherwise leave deletion nothing to revoke.
+        apply_status(ctx, grant, grant.status.as_ref(), status).await?;
         ctx.authorizer
             .submit(&r.api_id, &r.app_id, Authorization::Authorize)
             .await?;
@@ -351,9 +375,6 @@ async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) 
             r.app_id, r.api_id
         ));
     }
-    status.application_id = Some(r.app_id.clone());
-    status.api_id = Some(r.api_id.clone());
-    status.audience = Some(r.audience.clone());
     for (key, id) in &to_add {
         ctx.kinde
             .add_api_application_scope(&r.api_id, &r.app_id, id)

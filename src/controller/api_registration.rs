@@ -73,6 +73,11 @@ impl Managed for ApiRegistration {
                 message: "deletion waits until the paused annotation is removed".into(),
             });
         }
+        let api_id = match api_id {
+            Some(id) => Some(id),
+            None if policy == DeletionPolicy::Delete => unrecorded_api(&ctx, &obj).await?,
+            None => None,
+        };
         if let (DeletionPolicy::Delete, Some(id)) = (policy, api_id) {
             match ctx.kinde.delete_api(&id).await {
                 Ok(()) => {
@@ -91,6 +96,22 @@ impl Managed for ApiRegistration {
         }
         Ok(Action::await_change())
     }
+}
+
+/// The API created for this object whose id never reached the status (a crash or a lost
+/// response after the create): the status marks the intent with the audience, and an API
+/// with that audience is then ours. No grant can use it yet (grants wait for `apiId`).
+async fn unrecorded_api(ctx: &Context, obj: &ApiRegistration) -> Result<Option<String>> {
+    let audience = obj.spec.audience.as_str();
+    let marked = obj.status.as_ref().and_then(|s| s.audience.as_deref()) == Some(audience);
+    if !marked || obj.external_id().is_some() {
+        return Ok(None);
+    }
+    let apis = ctx.kinde.list_apis(false).await?;
+    Ok(apis
+        .into_iter()
+        .find(|a| a.audience == audience && !a.is_management_api)
+        .map(|a| a.id))
 }
 
 /// Grants (in any watched namespace) whose `apiRef` names this ApiRegistration.

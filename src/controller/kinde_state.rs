@@ -87,20 +87,31 @@ struct Pending {
     done: oneshot::Sender<Result<(), Arc<KindeError>>>,
 }
 
-/// Folds (de)authorizations for the same API submitted within a short window into one
-/// Kinde call (at most 100 applications each, as Kinde allows).
+/// Requests queued for one API, and when the queue last grew.
+struct Queue {
+    requests: Vec<Pending>,
+    last: Instant,
+}
+
+/// Folds (de)authorizations for the same API arriving together into one Kinde call (at
+/// most 100 applications each, as Kinde allows). The call waits until no request has
+/// arrived for `quiet` (at most `max_wait` after the first): grants created together
+/// become authorizable as their applications turn Ready one by one, which takes a few
+/// hundred milliseconds each, so a fixed short window caught only one of them.
 #[derive(Clone)]
 pub struct AuthorizeBatcher {
     kinde: KindeClient,
-    window: Duration,
-    pending: Arc<Mutex<HashMap<String, Vec<Pending>>>>,
+    quiet: Duration,
+    max_wait: Duration,
+    pending: Arc<Mutex<HashMap<String, Queue>>>,
 }
 
 impl AuthorizeBatcher {
     pub fn new(kinde: KindeClient) -> Self {
         Self {
             kinde,
-            window: Duration::from_millis(150),
+            quiet: Duration::from_millis(1000),
+            max_wait: Duration::from_secs(3),
             pending: Arc::default(),
         }
     }
@@ -116,13 +127,17 @@ impl AuthorizeBatcher {
         let (done, result) = oneshot::channel();
         let first = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let queue = pending.entry(api_id.to_owned()).or_default();
-            queue.push(Pending {
+            let queue = pending.entry(api_id.to_owned()).or_insert_with(|| Queue {
+                requests: Vec::new(),
+                last: Instant::now(),
+            });
+            queue.requests.push(Pending {
                 client_id: client_id.to_owned(),
                 change,
                 done,
             });
-            queue.len() == 1
+            queue.last = Instant::now();
+            queue.requests.len() == 1
         };
         if first {
             let this = self.clone();
@@ -137,10 +152,26 @@ impl AuthorizeBatcher {
     }
 
     async fn flush(&self, api_id: String) {
-        tokio::time::sleep(self.window).await;
-        let batch = {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.remove(&api_id).unwrap_or_default()
+        let deadline = Instant::now() + self.max_wait;
+        let batch = loop {
+            let wake = {
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                let last = pending.get(&api_id).map(|q| q.last);
+                match last {
+                    Some(last)
+                        if last + self.quiet > Instant::now() && Instant::now() < deadline =>
+                    {
+                        (last + self.quiet).min(deadline)
+                    }
+                    _ => {
+                        break pending
+                            .remove(&api_id)
+                            .map(|q| q.requests)
+                            .unwrap_or_default();
+                    }
+                }
+            };
+            tokio::time::sleep_until(wake).await;
         };
         // The last request per application wins.
         let mut changes: Vec<(&str, Authorization)> = Vec::new();

@@ -145,6 +145,8 @@ pub(super) struct KindeApp {
     pub client_id: String,
     pub name: String,
     pub secret: SecretString,
+    /// Kinde's type (`m2m`, `reg`, ...) when known; adoption refuses anything but `m2m`.
+    pub app_type: Option<String>,
 }
 
 fn validate(obj: &M2MApplication) -> Option<String> {
@@ -296,6 +298,14 @@ async fn ensure_app(
             }
             Err(e) => return Err(e.into()),
         };
+        if let Some(t) = app.app_type.as_deref().filter(|t| *t != "m2m") {
+            return Ok(Err(Outcome::not_ready(
+                reasons::INVALID_SPEC,
+                format!(
+                    "Kinde application {ext} is of type {t:?}, not an M2M application; it cannot be adopted"
+                ),
+            )));
+        }
         record_change(
             ctx,
             obj,
@@ -348,6 +358,7 @@ pub(super) async fn create_marked(
         client_id: created.client_id,
         name,
         secret: created.client_secret,
+        app_type: Some("m2m".into()),
     })
 }
 
@@ -371,6 +382,7 @@ async fn read_app(ctx: &Context, id: &str) -> std::result::Result<KindeApp, Kind
         client_id: app.client_id,
         name: app.name,
         secret,
+        app_type: app.app_type,
     })
 }
 
@@ -475,6 +487,25 @@ async fn ensure_secret(
         &Patch::Apply(&desired),
     )
     .await?;
+    // Server-side apply never removes a key another field manager added (`kubectl edit`,
+    // a tool): drop such keys explicitly, or the Secret would differ from the desired one
+    // forever and every resync would apply it again, with an Event each time.
+    let foreign: serde_json::Map<String, serde_json::Value> = existing
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| secret::read_key(&desired, k).is_none())
+        .map(|(k, _)| (k.clone(), serde_json::Value::Null))
+        .collect();
+    if !foreign.is_empty() {
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "data": foreign })),
+        )
+        .await?;
+    }
     record_change(ctx, obj, note.0, note.1).await;
     Ok(Ok(()))
 }

@@ -614,7 +614,14 @@ where
             Ok((Action::requeue(d + Duration::from_secs(1)), changed))
         }
         Ok(Outcome::ReadyFor(_)) => Ok((resync(ctx), changed)),
-        Ok(Outcome::NotReady { requeue, .. }) => {
+        // Never later than a resync: what a waiting object depends on without watching it
+        // (a namespace's labels under a `Selector` grant policy) is re-read at least as often
+        // as drift is.
+        Ok(Outcome::NotReady {
+            requeue, reason, ..
+        }) => {
+            let requeue = requeue.min(ctx.resync);
+            tracing::debug!(reason, ?requeue, "not ready; looking again later");
             Ok((Action::requeue(with_jitter(requeue)), changed))
         }
         Err(e) => Err(e),

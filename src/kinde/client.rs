@@ -123,6 +123,8 @@ impl KindeClient {
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("kinde-m2m-operator/", env!("CARGO_PKG_VERSION")))
+            // A redirect would turn a POST create into a GET and hide where calls go.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| KindeError::Config(format!("HTTP client: {e}")))?;
         let limiter = Limiter::new(
@@ -776,7 +778,12 @@ impl KindeClient {
             if attempts >= cfg.max_attempts || delay > cfg.max_backoff {
                 return Err(error);
             }
-            tokio::time::sleep(delay).await;
+            if after.is_some() {
+                // Kinde's reset applies to every caller, not just this one.
+                self.inner.limiter.pause_until(Instant::now() + delay);
+            } else {
+                tokio::time::sleep(delay).await;
+            }
         }
     }
 }
@@ -819,10 +826,12 @@ fn classify(op: Operation, status: StatusCode, headers: &HeaderMap, body: &[u8])
             scope: op.scope(),
             body: parsed,
         }),
-        StatusCode::NOT_FOUND => Attempt::Fail(KindeError::NotFound {
-            operation: name,
-            body: parsed,
-        }),
+        StatusCode::NOT_FOUND if !parsed.is_route_not_found() => {
+            Attempt::Fail(KindeError::NotFound {
+                operation: name,
+                body: parsed,
+            })
+        }
         StatusCode::BAD_REQUEST if parsed.is_not_found_code() => {
             Attempt::Fail(KindeError::NotFound {
                 operation: name,
@@ -970,6 +979,16 @@ mod tests {
         assert!(matches!(
             classify(Operation::GetApplication, StatusCode::NOT_FOUND, &h, b""),
             Attempt::Fail(KindeError::NotFound { .. })
+        ));
+        let route = br#"{"errors":{"code":"ROUTE_NOT_FOUND","message":"x"}}"#;
+        assert!(matches!(
+            classify(
+                Operation::DeleteApplication,
+                StatusCode::NOT_FOUND,
+                &h,
+                route
+            ),
+            Attempt::Fail(KindeError::Invalid { status: 404, .. })
         ));
         assert!(matches!(
             classify(

@@ -104,11 +104,20 @@ impl KindeErrorBody {
         }
     }
 
-    /// Kinde reports some missing objects as 400 with a `*_NOT_FOUND` code.
+    /// Kinde reports some missing objects as 400 with a `*_NOT_FOUND` code
+    /// (`ROUTE_NOT_FOUND` excepted, see [`Self::is_route_not_found`]).
     pub fn is_not_found_code(&self) -> bool {
         self.code
             .as_deref()
             .is_some_and(|c| c.ends_with("_NOT_FOUND"))
+            && !self.is_route_not_found()
+    }
+
+    /// `ROUTE_NOT_FOUND`: the URL is wrong (domain, path, API version), which says nothing
+    /// about the object. Counting it as "gone" would let a delete succeed against a
+    /// misconfigured domain and orphan the Kinde object.
+    pub fn is_route_not_found(&self) -> bool {
+        self.code.as_deref() == Some("ROUTE_NOT_FOUND")
     }
 }
 
@@ -277,6 +286,7 @@ mod tests {
         let object =
             KindeErrorBody::parse(br#"{"errors":{"code":"ROUTE_NOT_FOUND","message":"no route"}}"#);
         assert_eq!(object.code.as_deref(), Some("ROUTE_NOT_FOUND"));
+        assert!(object.is_route_not_found() && !object.is_not_found_code());
 
         let bare = KindeErrorBody::parse(br#"{"code":"INVALID","message":"bad"}"#);
         assert_eq!(bare.code.as_deref(), Some("INVALID"));

@@ -6,14 +6,28 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod apps;
 mod chart;
-mod control_plane;
+mod crash;
+mod crds;
+mod grants;
+mod harness;
 mod rbac;
 
 fn main() -> std::process::ExitCode {
-    support::run(
-        [control_plane::tests(), chart::tests(), rbac::tests()]
-            .into_iter()
-            .flatten(),
-    )
+    let code = support::run(
+        [
+            harness::tests(),
+            crds::tests(),
+            apps::tests(),
+            grants::tests(),
+            crash::tests(),
+            chart::tests(),
+            rbac::tests(),
+        ]
+        .into_iter()
+        .flatten(),
+    );
+    crash::print_summary();
+    code
 }

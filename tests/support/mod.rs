@@ -64,7 +64,8 @@ pub const E2E_LABEL: &str = "e2e.kinde-operator.io/test";
 // Running tests
 // ---------------------------------------------------------------------------------------
 
-type TestFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+// Test futures run with `block_on` on the test's own thread: they need not be `Send`.
+type TestFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>>>>;
 
 /// One e2e test: a name and an async body that gets its own [`Ctx`].
 pub struct E2eTest {
@@ -77,7 +78,7 @@ pub struct E2eTest {
 pub fn test<F, Fut>(name: &str, body: F) -> E2eTest
 where
     F: FnOnce(Ctx) -> Fut + Send + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + 'static,
 {
     E2eTest {
         name: name.to_string(),
@@ -109,7 +110,18 @@ pub fn run(tests: impl IntoIterator<Item = E2eTest>) -> ExitCode {
 }
 
 fn run_one(name: &str, body: Box<dyn FnOnce(Ctx) -> TestFuture + Send>) -> Result<(), Failed> {
-    let h = harness().map_err(|e| Failed::from(format!("e2e harness unavailable: {e}")))?;
+    static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let h = harness().map_err(|e| {
+        // The full story (with the control plane's log tails) once, a pointer to it after.
+        if REPORTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let first = e.lines().next().unwrap_or_default();
+            Failed::from(format!(
+                "e2e harness unavailable (details in another failure): {first}"
+            ))
+        } else {
+            Failed::from(format!("e2e harness unavailable: {e}"))
+        }
+    })?;
     let timeout = std::env::var("E2E_TEST_TIMEOUT")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -150,7 +162,7 @@ pub struct Harness {
     pub run_dir: PathBuf,
     emulator: OnceLock<Result<Emulator, String>>,
     tools: OnceLock<Result<PathBuf, String>>,
-    crds: tokio::sync::OnceCell<()>,
+    crds: tokio::sync::OnceCell<Vec<String>>,
 }
 
 static HARNESS: OnceLock<Result<Harness, String>> = OnceLock::new();
@@ -172,13 +184,17 @@ impl Drop for ShutdownGuard {
 
 /// Stops everything the harness started. Idempotent.
 fn shutdown() {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let Some(Ok(h)) = HARNESS.get() else { return };
+    if DONE.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     if let Some(Ok(e)) = h.emulator.get() {
         e.stop();
     }
     if std::env::var_os("E2E_KEEP").is_some() {
         eprintln!(
-            "E2E_KEEP: control plane left running.\n  export KUBECONFIG={}\n  scripts/control-plane stop {}",
+            "E2E_KEEP: control plane left running (the next e2e run stops it).\n  export KUBECONFIG={}\n  scripts/control-plane stop {}",
             h.control_plane.kubeconfig.display(),
             h.control_plane.dir.display()
         );
@@ -232,16 +248,20 @@ impl Harness {
         std::fs::create_dir_all(&run_dir)?;
         std::fs::write(run_dir.join("owner"), std::process::id().to_string())?;
 
-        let control_plane = ControlPlane::start(&run_dir.join("cp"), Some(std::process::id()))?;
+        // With E2E_KEEP the control plane must outlive us: no watchdog.
+        let keep = std::env::var_os("E2E_KEEP").is_some();
+        let owner = (!keep).then(std::process::id);
+        let control_plane = ControlPlane::start(&run_dir.join("cp"), owner)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?;
         let client = runtime.block_on(control_plane.client())?;
         eprintln!(
-            "e2e: control plane ready in {:.1?} (KUBECONFIG={})",
+            "e2e: control plane ready in {:.1?} (KUBECONFIG={}, repo {})",
             t0.elapsed(),
-            control_plane.kubeconfig.display()
+            control_plane.kubeconfig.display(),
+            repo_root().display()
         );
         Ok(Self {
             runtime,
@@ -295,17 +315,18 @@ impl Harness {
         }
     }
 
-    /// Installs `crds/*.yaml` once per run (server-side, so v1.20 ignores what it does not
-    /// know, e.g. CEL rules) and waits until every CRD is `Established`. Later calls return at
-    /// once; a failure is reported to every caller.
-    pub async fn ensure_crds(&self) -> anyhow::Result<()> {
+    /// Installs `crds/` once per run (`kubectl apply --validate=false -f crds/`) and waits
+    /// until every CRD is `Established`; returns the CRD names. Concurrent callers wait for
+    /// the first; a failure is reported to every caller.
+    pub async fn ensure_crds(&self) -> anyhow::Result<&[String]> {
         self.crds
             .get_or_try_init(|| async {
                 let names = install_crds(self).await?;
-                wait_crds_established(&self.client, &names, Duration::from_secs(60)).await
+                wait_crds_established(&self.client, &names, Duration::from_secs(60)).await?;
+                Ok::<_, anyhow::Error>(names)
             })
             .await
-            .map(|_| ())
+            .map(Vec::as_slice)
     }
 }
 
@@ -316,11 +337,15 @@ fn reap_stale_runs(base: &Path) {
     };
     for entry in entries.flatten() {
         let dir = entry.path();
-        let owner = std::fs::read_to_string(dir.join("owner"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok());
-        let alive = owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if alive {
+        // `run-<pid of the test process>`: the name says whose it is, so a run being set up
+        // right now by a concurrent test process is never mistaken for a leftover.
+        let owner = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("run-"))
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let Some(owner) = owner else { continue };
+        if Path::new(&format!("/proc/{owner}")).exists() {
             continue;
         }
         eprintln!(
@@ -331,7 +356,34 @@ fn reap_stale_runs(base: &Path) {
             .arg("stop")
             .arg(dir.join("cp"))
             .status();
+        kill_recorded_children(&dir);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Records a subprocess (emulator, operator) in the run dir, so that a later run can kill it
+/// should this one die without cleaning up (SIGKILL).
+fn record_child(run_dir: &Path, pid: u32) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir.join("children"))
+    {
+        let _ = writeln!(f, "{pid}");
+    }
+}
+
+/// Kills the recorded subprocesses of a dead run that still run the operator binary.
+fn kill_recorded_children(run_dir: &Path) {
+    let pids = std::fs::read_to_string(run_dir.join("children")).unwrap_or_default();
+    for pid in pids.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        if argv0 == OPERATOR_BIN.as_bytes() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
     }
 }
 
@@ -348,19 +400,35 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts a control plane in `dir`. With `owner`, it stops itself when that pid exits.
     pub fn start(dir: &Path, owner: Option<u32>) -> anyhow::Result<Self> {
+        Self::start_with_env(dir, owner, &[])
+    }
+
+    /// Like [`ControlPlane::start`], with extra environment for `scripts/control-plane`,
+    /// e.g. `[("AUTHZ", "RBAC")]` for a second, RBAC-enforcing control plane (the run's
+    /// shared one uses `AlwaysAllow` unless `AUTHZ` is set for the whole run).
+    pub fn start_with_env(
+        dir: &Path,
+        owner: Option<u32>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut cmd = Command::new(repo_path("scripts/control-plane"));
         cmd.arg("start").arg(dir).stdin(Stdio::null());
+        cmd.envs(env.iter().copied());
         if let Some(pid) = owner {
             cmd.env("CONTROL_PLANE_OWNER_PID", pid.to_string());
         }
         let out = cmd.output().context("running scripts/control-plane")?;
         if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let summary = stderr
+                .lines()
+                .find(|l| l.starts_with("control-plane: "))
+                .unwrap_or("see below");
             bail!(
-                "scripts/control-plane start {} failed ({}):\n{}",
+                "scripts/control-plane start {} failed ({}): {summary}\n{stderr}",
                 dir.display(),
                 out.status,
-                String::from_utf8_lossy(&out.stderr)
             );
         }
         Ok(Self {
@@ -394,6 +462,14 @@ impl ControlPlane {
     }
 }
 
+/// A control plane a test started itself is stopped when it goes out of scope (the run's
+/// shared one lives in a static and is stopped by [`run`]).
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -413,7 +489,8 @@ pub struct Emulator {
 }
 
 impl Emulator {
-    /// Starts an emulator logging to `dir/emulator-<port>.log`. Waits (30 s at most) for its
+    /// Starts an emulator logging to `dir/emulator-<random>.log` (pass the run dir: its pid is
+    /// recorded there for leftover cleanup). Waits (30 s at most) for its
     /// `KINDE_EMULATOR_URL=` line.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
         let stderr_path = dir.join(format!("emulator-{}.log", fastrand::u32(..)));
@@ -428,6 +505,7 @@ impl Emulator {
             .stderr(stderr)
             .spawn()
             .context("spawning the emulator")?;
+        record_child(dir, child.id());
         let stdout = child.stdout.take().context("emulator stdout")?;
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let log_path = stderr_path.clone();
@@ -857,39 +935,44 @@ pub fn yaml_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Applies every CRD in `crds/` server-side (field manager `e2e`) and returns their names.
+/// Installs `crds/` the way the README tells v1.20 users to,
+/// `kubectl apply --validate=false -f crds/`, and returns the CRD names.
+///
+/// Not server-side apply: v1.20's SSA refuses a CRD that carries `x-kubernetes-validations`
+/// ("field not declared in schema"), while a plain create/update drops the field.
 async fn install_crds(h: &Harness) -> anyhow::Result<Vec<String>> {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    use kube::api::{Patch, PatchParams};
-    let api = Api::<CustomResourceDefinition>::all(h.client.clone());
-    let mut names = Vec::new();
-    for file in crd_files()? {
-        let text = std::fs::read_to_string(&file)?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_json::to_value(serde_yaml::Value::deserialize(doc)?)?;
-            if value.is_null() {
-                continue;
-            }
-            let crd: CustomResourceDefinition = serde_json::from_value(value)
-                .with_context(|| format!("{} is not a CRD", file.display()))?;
-            let name = crd.metadata.name.clone().context("CRD without a name")?;
-            api.patch(
-                &name,
-                &PatchParams::apply("e2e").force(),
-                &Patch::Apply(&crd),
-            )
-            .await
-            .with_context(|| format!("applying CRD {name} from {}", file.display()))?;
-            names.push(name);
-        }
-    }
-    if names.is_empty() {
-        bail!("no CRDs found in {}", repo_path("crds").display());
-    }
-    Ok(names)
+    let dir = repo_path("crds");
+    ensure_nonempty(&crd_files()?, &dir)?;
+    let out = kubectl(
+        h,
+        &[
+            "apply",
+            "--validate=false",
+            "-f",
+            &dir.to_string_lossy(),
+            "-o",
+            "name",
+        ],
+        None,
+    )
+    .await?
+    .success()?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("customresourcedefinition.apiextensions.k8s.io/")
+        })
+        .map(str::to_string)
+        .collect())
 }
 
-use serde::Deserialize as _;
+fn ensure_nonempty(files: &[PathBuf], dir: &Path) -> anyhow::Result<()> {
+    if files.is_empty() {
+        bail!("no CRD manifests in {}", dir.display());
+    }
+    Ok(())
+}
 
 /// Waits until every named CRD has `Established=True`.
 pub async fn wait_crds_established(
@@ -975,6 +1058,7 @@ impl Operator {
                 .env("RUST_LOG", "info,kinde_m2m_operator=debug");
         }
         let child = cmd.spawn().context("spawning the operator")?;
+        record_child(&harness.run_dir, child.id());
         Ok(Self { child, log })
     }
 

@@ -11,9 +11,10 @@ use crate::support::{self, Ctx, E2eTest, wait_for};
 
 pub fn tests() -> Vec<E2eTest> {
     vec![
-        support::test("control_plane::namespace_per_test", namespace_per_test),
-        support::test("control_plane::owner_reference_gc", owner_reference_gc),
-        support::test("control_plane::namespace_deletion", namespace_deletion),
+        support::test("harness::namespace_per_test", namespace_per_test),
+        support::test("harness::owner_reference_gc", owner_reference_gc),
+        support::test("harness::namespace_deletion", namespace_deletion),
+        support::test("harness::emulator_issues_management_token", emulator_token),
     ]
 }
 
@@ -24,8 +25,7 @@ async fn namespace_per_test(ctx: Ctx) -> anyhow::Result<()> {
         .await?;
     let labels = ns.metadata.labels.unwrap_or_default();
     ensure!(
-        labels.get(support::E2E_LABEL).map(String::as_str)
-            == Some("control-plane--namespace-per-test"),
+        labels.get(support::E2E_LABEL).map(String::as_str) == Some("harness--namespace-per-test"),
         "unexpected labels on {}: {labels:?}",
         ctx.ns
     );
@@ -95,4 +95,31 @@ fn config_map(
         data: Some([("k".to_string(), "v".to_string())].into()),
         ..Default::default()
     }
+}
+
+/// The emulator subprocess is up and knows the operator's credentials: a client-credentials
+/// token for the Management API audience is issued for them and refused for a wrong secret.
+async fn emulator_token(ctx: Ctx) -> anyhow::Result<()> {
+    let emulator = ctx.harness.emulator()?;
+    let http = reqwest::Client::new();
+    let token = |secret: &'static str| {
+        http.post(format!("{}/oauth2/token", emulator.url))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", support::KINDE_CLIENT_ID),
+                ("client_secret", secret),
+                ("audience", &format!("{}/api", emulator.url)),
+            ])
+            .send()
+    };
+    let ok = token(support::KINDE_CLIENT_SECRET).await?;
+    let status = ok.status();
+    let body: serde_json::Value = ok.json().await?;
+    ensure!(
+        status == 200 && body["access_token"].is_string(),
+        "token request with the harness credentials: {status} {body}"
+    );
+    let refused = token("wrong-secret").await?.status();
+    ensure!(refused.is_client_error(), "wrong secret gave {refused}");
+    Ok(())
 }

@@ -1,0 +1,981 @@
+//! Crash safety: the real operator binary is SIGKILLed at each step of creating and
+//! deleting Kinde objects, a fresh operator is started, and the Kinde objects are counted.
+//! Whatever point the operator died at, there must be exactly one Kinde application and one
+//! Kinde API per object (none after deletion), with the ids in status and the live
+//! credentials in the Secret.
+//!
+//! Each crash window is hit deterministically, never by timing luck:
+//! - a call that must not take effect is held by the emulator (`latency_ms`, then a 503
+//!   without processing it): once the emulator has counted the call, the operator is
+//!   blocked inside it, and it is killed there;
+//! - a write that must take effect with the operator unaware of it uses `drop_response`
+//!   (the write happens, the connection closes unanswered); a retry-safe call is retried by
+//!   the client, so a held fault follows it to pin the operator down before the kill.
+//!
+//! The emulator is its own process, so its state survives the kills. Each test prints a
+//! row (window, Kinde applications, Kinde APIs after the restart); the run prints them all
+//! as a table at the end.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, ensure};
+use k8s_openapi::api::core::v1::Secret;
+use kinde_m2m_operator::crd::{API_VERSION, ApiGrant, ApiRegistration, M2MApplication};
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::support::{self, Ctx, E2eTest, Emulator, Operator, wait_for};
+
+pub fn tests() -> Vec<E2eTest> {
+    vec![
+        // M2MApplication creation.
+        support::test(
+            "crash::app_create_killed_before_kinde",
+            app_killed_before_create,
+        ),
+        support::test(
+            "crash::app_create_killed_after_kinde_before_status",
+            app_killed_after_create,
+        ),
+        support::test(
+            "crash::app_create_killed_before_marker_rename",
+            app_killed_before_rename,
+        ),
+        support::test("crash::app_create_lost_response", app_lost_create_response),
+        // ApiRegistration creation.
+        support::test(
+            "crash::api_create_killed_after_kinde_before_status",
+            api_killed_after_create,
+        ),
+        support::test("crash::api_create_killed_mid_scopes", api_killed_mid_scopes),
+        support::test("crash::api_create_lost_response", api_lost_create_response),
+        support::test("crash::api_scope_lost_response", api_lost_scope_response),
+        // ApiGrant creation.
+        support::test(
+            "crash::grant_killed_after_authorize_before_status",
+            grant_killed_after_authorize,
+        ),
+        support::test(
+            "crash::grant_killed_after_scope_adds",
+            grant_killed_after_scope_adds,
+        ),
+        // Deletion.
+        support::test(
+            "crash::app_delete_killed_after_kinde",
+            app_delete_killed_after_kinde,
+        ),
+        support::test(
+            "crash::api_delete_killed_after_kinde",
+            api_delete_killed_after_kinde,
+        ),
+        support::test(
+            "crash::grant_delete_killed_after_kinde",
+            grant_delete_killed_after_kinde,
+        ),
+        support::test(
+            "crash::app_deleted_while_down_create_unrecorded",
+            app_deleted_create_unrecorded,
+        ),
+        support::test(
+            "crash::api_deleted_while_down_create_unrecorded",
+            api_deleted_create_unrecorded,
+        ),
+        support::test(
+            "crash::grant_deleted_while_down_authorize_unrecorded",
+            grant_deleted_authorize_unrecorded,
+        ),
+    ]
+}
+
+const APP: &str = "app";
+const API: &str = "api";
+const GRANT: &str = "grant";
+const DISPLAY_NAME: &str = "Crash Test App";
+const AUDIENCE: &str = "https://crash.example.com";
+const API_SCOPES: [&str; 2] = ["read:users", "write:flags"];
+/// How long a held call stays in the emulator: far beyond the kill.
+const HOLD_MS: u64 = 300_000;
+/// Waiting for convergence (an unknown outcome is retried after ~10 s).
+const CONVERGE: Duration = Duration::from_secs(90);
+/// Waiting for the operator to reach the crash window.
+const REACH: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------
+// Creation windows
+// ---------------------------------------------------------------------------------------
+
+/// (a) Killed while `createApplication` is in flight and before it takes effect.
+async fn app_killed_before_create(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.fault(json!({"operation": "createApplication", "latency_ms": HOLD_MS, "status": 503}))
+        .await?;
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.wait_calls("createApplication", 1).await?;
+    f.kill();
+    ensure!(
+        f.kinde_apps().await?.is_empty(),
+        "the held create must not have reached Kinde"
+    );
+    f.start()?;
+    f.converged("app create: killed before Kinde", &API_SCOPES)
+        .await
+}
+
+/// (b) Killed after `createApplication` happened in Kinde, before status recorded the id.
+async fn app_killed_after_create(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.fault(json!({"operation": "createApplication", "drop_response": true}))
+        .await?;
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.wait_kinde("the created application in Kinde", |s| {
+        !non_management_apps(s).is_empty()
+    })
+    .await?;
+    f.kill();
+    let status = f.app_status().await?;
+    ensure!(
+        status["applicationId"].is_null(),
+        "the id must not be in status yet (window missed): {status}"
+    );
+    ensure!(
+        marked(&f.kinde_apps().await?) == 1,
+        "expected one marked application in Kinde"
+    );
+    f.start()?;
+    f.converged("app create: killed after Kinde, before status", &API_SCOPES)
+        .await
+}
+
+/// (c) Killed after status recorded the id, before the marker is removed from the name.
+async fn app_killed_before_rename(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.fault(json!({"operation": "updateApplication", "latency_ms": HOLD_MS, "status": 503}))
+        .await?;
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.wait_calls("updateApplication", 1).await?;
+    f.kill();
+    let status = f.app_status().await?;
+    let apps = f.kinde_apps().await?;
+    ensure!(
+        apps.len() == 1 && marked(&apps) == 1,
+        "expected one application still carrying its marker: {apps:?}"
+    );
+    ensure!(
+        status["applicationId"] == apps[0]["id"],
+        "the id must be in status before the rename: {status}"
+    );
+    f.start()?;
+    f.converged("app create: killed before marker rename", &API_SCOPES)
+        .await
+}
+
+/// (d) The create's response is lost, no kill: the operator finds its application by
+/// marker instead of creating a second one.
+async fn app_lost_create_response(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.fault(json!({"operation": "createApplication", "drop_response": true}))
+        .await?;
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.converged("app create: lost response (no kill)", &API_SCOPES)
+        .await?;
+    let creates = f.emu.call_count("createApplication").await?;
+    ensure!(
+        creates == 1,
+        "a create with an unknown outcome must not be repeated: {creates} creates"
+    );
+    Ok(())
+}
+
+/// Killed after `addAPIs` happened in Kinde, before status recorded the API id.
+async fn api_killed_after_create(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.fault(json!({"operation": "addAPIs", "drop_response": true}))
+        .await?;
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.wait_kinde("the created API in Kinde", |s| {
+        !non_management_apis(s).is_empty()
+    })
+    .await?;
+    f.kill();
+    let status = f.api_status().await?;
+    ensure!(
+        status["apiId"].is_null() && status["audience"] == AUDIENCE,
+        "expected the audience marked and no apiId in status (window missed): {status}"
+    );
+    f.start()?;
+    f.converged("api create: killed after Kinde, before status", &API_SCOPES)
+        .await
+}
+
+/// Killed between two scope creations: the first scope is in Kinde, the second held.
+async fn api_killed_mid_scopes(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    // Faults for one operation apply in order: the first scope passes, the second is held.
+    f.fault(json!({"operation": "addAPIScope", "latency_ms": 1}))
+        .await?;
+    f.fault(json!({"operation": "addAPIScope", "latency_ms": HOLD_MS, "status": 503}))
+        .await?;
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.wait_calls("addAPIScope", 2).await?;
+    f.kill();
+    let apis = f.kinde_apis().await?;
+    ensure!(
+        apis.len() == 1 && apis[0]["scopes"].as_array().map(Vec::len) == Some(1),
+        "expected one API with one scope at the kill: {apis:?}"
+    );
+    f.start()?;
+    f.converged("api create: killed between scope creations", &API_SCOPES)
+        .await
+}
+
+/// The `addAPIs` response is lost, no kill: the API is adopted by its audience.
+async fn api_lost_create_response(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.fault(json!({"operation": "addAPIs", "drop_response": true}))
+        .await?;
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.converged("api create: lost response (no kill)", &API_SCOPES)
+        .await?;
+    let creates = f.emu.call_count("addAPIs").await?;
+    ensure!(
+        creates == 1,
+        "a create with an unknown outcome must not be repeated: {creates} creates"
+    );
+    Ok(())
+}
+
+/// An `addAPIScope` response is lost, no kill: the scope is found, not created twice.
+async fn api_lost_scope_response(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.fault(json!({"operation": "addAPIScope", "drop_response": true}))
+        .await?;
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.converged("api scope: lost response (no kill)", &API_SCOPES)
+        .await?;
+    let creates = f.emu.call_count("addAPIScope").await?;
+    ensure!(
+        creates == API_SCOPES.len() as u64,
+        "a scope create with an unknown outcome must not be repeated: {creates} creates"
+    );
+    Ok(())
+}
+
+/// Killed after `updateAPIApplications` authorized the app, before status (the first
+/// per-app scope add is held).
+async fn grant_killed_after_authorize(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.fault(json!({"operation": "addAPIApplicationScope", "latency_ms": HOLD_MS, "status": 503}))
+        .await?;
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.wait_calls("addAPIApplicationScope", 1).await?;
+    f.kill();
+    ensure!(
+        f.authorized_scopes().await?.is_some(),
+        "the application must be authorized at the kill"
+    );
+    let status = f.grant_status().await?;
+    ensure!(
+        status["grantedScopes"].as_array().is_none_or(Vec::is_empty),
+        "no scope may be recorded as granted yet (window missed): {status}"
+    );
+    f.start()?;
+    f.converged("grant: killed after authorize, before status", &API_SCOPES)
+        .await
+}
+
+/// Killed after both per-app scope adds happened, before status records them.
+async fn grant_killed_after_scope_adds(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    // First add passes; the second is performed but its answer lost; the client's retry of
+    // it (the call is retry-safe) is held.
+    f.fault(json!({"operation": "addAPIApplicationScope", "latency_ms": 1}))
+        .await?;
+    f.fault(json!({"operation": "addAPIApplicationScope", "drop_response": true}))
+        .await?;
+    f.fault(json!({"operation": "addAPIApplicationScope", "latency_ms": HOLD_MS, "status": 503}))
+        .await?;
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.wait_calls("addAPIApplicationScope", 3).await?;
+    f.kill();
+    let granted = f.authorized_scopes().await?.unwrap_or_default();
+    ensure!(
+        granted.len() == 2,
+        "both scopes must be granted in Kinde at the kill: {granted:?}"
+    );
+    let status = f.grant_status().await?;
+    ensure!(
+        status["grantedScopes"].as_array().is_none_or(Vec::is_empty),
+        "no scope may be recorded as granted yet (window missed): {status}"
+    );
+    f.start()?;
+    f.converged("grant: killed after per-app scope adds", &API_SCOPES)
+        .await
+}
+
+// ---------------------------------------------------------------------------------------
+// Deletion windows
+// ---------------------------------------------------------------------------------------
+
+/// A delete performed in Kinde whose answer is lost; the client's retry is held, and the
+/// operator killed there: the Kinde object is gone, the finalizer still on.
+async fn lose_delete_then_hold(f: &Fixture, operation: &str) -> anyhow::Result<()> {
+    f.fault(json!({"operation": operation, "drop_response": true}))
+        .await?;
+    f.fault(json!({"operation": operation, "latency_ms": HOLD_MS, "status": 503}))
+        .await
+}
+
+/// M2MApplication deletion killed after `deleteApplication` happened in Kinde.
+async fn app_delete_killed_after_kinde(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.start()?;
+    f.create_app().await?;
+    f.wait_ready::<M2MApplication>(APP).await?;
+    lose_delete_then_hold(&f, "deleteApplication").await?;
+    f.delete::<M2MApplication>(APP).await?;
+    f.wait_calls("deleteApplication", 2).await?;
+    f.kill();
+    ensure!(
+        f.kinde_apps().await?.is_empty(),
+        "the application must be gone from Kinde at the kill"
+    );
+    ensure!(
+        f.exists::<M2MApplication>(APP).await?,
+        "the finalizer must still hold the object at the kill"
+    );
+    f.start()?;
+    f.gone::<M2MApplication>(APP).await?;
+    f.no_failures().await?;
+    f.counted("app delete: killed after Kinde delete", 0, 0)
+        .await
+}
+
+/// ApiRegistration deletion killed after `deleteAPI` happened in Kinde.
+async fn api_delete_killed_after_kinde(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.start()?;
+    f.create_api(&API_SCOPES).await?;
+    f.wait_ready::<ApiRegistration>(API).await?;
+    lose_delete_then_hold(&f, "deleteAPI").await?;
+    f.delete::<ApiRegistration>(API).await?;
+    f.wait_calls("deleteAPI", 2).await?;
+    f.kill();
+    ensure!(
+        f.kinde_apis().await?.is_empty(),
+        "the API must be gone from Kinde at the kill"
+    );
+    ensure!(
+        f.exists::<ApiRegistration>(API).await?,
+        "the finalizer must still hold the object at the kill"
+    );
+    f.start()?;
+    f.gone::<ApiRegistration>(API).await?;
+    f.no_failures().await?;
+    f.counted("api delete: killed after Kinde delete", 0, 0)
+        .await
+}
+
+/// ApiGrant deletion killed after the de-authorization happened in Kinde.
+async fn grant_delete_killed_after_kinde(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.converged_quietly(&API_SCOPES).await?;
+    let creds = f.credentials().await?;
+    lose_delete_then_hold(&f, "updateAPIApplications").await?;
+    let before = f.emu.call_count("updateAPIApplications").await?;
+    f.delete::<ApiGrant>(GRANT).await?;
+    f.wait_calls("updateAPIApplications", before + 2).await?;
+    f.kill();
+    ensure!(
+        f.authorized_scopes().await?.is_none(),
+        "the application must be de-authorized in Kinde at the kill"
+    );
+    ensure!(
+        f.exists::<ApiGrant>(GRANT).await?,
+        "the finalizer must still hold the grant at the kill"
+    );
+    f.start()?;
+    f.gone::<ApiGrant>(GRANT).await?;
+    f.no_failures().await?;
+    ensure!(
+        f.authorized_scopes().await?.is_none(),
+        "the application must stay de-authorized"
+    );
+    let refused = f
+        .emu
+        .token_claims(&creds.0, &creds.1, AUDIENCE)
+        .await?
+        .is_err();
+    ensure!(
+        refused,
+        "a token for {AUDIENCE} must be refused after the grant's deletion"
+    );
+    f.counted("grant delete: killed after de-authorize", 1, 1)
+        .await
+}
+
+/// Killed after `createApplication` happened, before status; the M2MApplication is
+/// deleted while the operator is down: the restarted operator finds it by marker.
+async fn app_deleted_create_unrecorded(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.fault(json!({"operation": "createApplication", "drop_response": true}))
+        .await?;
+    f.start()?;
+    f.create_app().await?;
+    f.wait_kinde("the created application in Kinde", |s| {
+        !non_management_apps(s).is_empty()
+    })
+    .await?;
+    f.kill();
+    ensure!(
+        f.app_status().await?["applicationId"].is_null(),
+        "the id must not be in status (window missed)"
+    );
+    f.delete::<M2MApplication>(APP).await?;
+    f.start()?;
+    f.gone::<M2MApplication>(APP).await?;
+    f.counted("app delete while down: create unrecorded", 0, 0)
+        .await
+}
+
+/// Killed after `addAPIs` happened, before status recorded its id; the ApiRegistration is
+/// deleted while the operator is down: the restarted operator finds the API by audience.
+async fn api_deleted_create_unrecorded(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.fault(json!({"operation": "addAPIs", "drop_response": true}))
+        .await?;
+    f.start()?;
+    f.create_api(&API_SCOPES).await?;
+    f.wait_kinde("the created API in Kinde", |s| {
+        !non_management_apis(s).is_empty()
+    })
+    .await?;
+    f.kill();
+    ensure!(
+        f.api_status().await?["apiId"].is_null(),
+        "the id must not be in status (window missed)"
+    );
+    f.delete::<ApiRegistration>(API).await?;
+    f.start()?;
+    f.gone::<ApiRegistration>(API).await?;
+    f.counted("api delete while down: create unrecorded", 0, 0)
+        .await
+}
+
+/// Killed after the authorization happened, before the grant's status recorded anything
+/// granted; the grant is deleted while the operator is down: no authorization may remain.
+async fn grant_deleted_authorize_unrecorded(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.fault(json!({"operation": "addAPIApplicationScope", "latency_ms": HOLD_MS, "status": 503}))
+        .await?;
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.wait_calls("addAPIApplicationScope", 1).await?;
+    f.kill();
+    ensure!(
+        f.authorized_scopes().await?.is_some(),
+        "the application must be authorized at the kill"
+    );
+    f.delete::<ApiGrant>(GRANT).await?;
+    f.start()?;
+    f.gone::<ApiGrant>(GRANT).await?;
+    ensure!(
+        f.authorized_scopes().await?.is_none(),
+        "the deleted grant left the application authorized for the API in Kinde"
+    );
+    f.counted("grant delete while down: authorize unrecorded", 1, 1)
+        .await
+}
+
+// ---------------------------------------------------------------------------------------
+// Fixture
+// ---------------------------------------------------------------------------------------
+
+/// One test's emulator, operator and objects.
+struct Fixture {
+    ctx: Ctx,
+    emu: Emulator,
+    operator: Option<Operator>,
+    /// Every operator started so far, for failure messages.
+    logs: Vec<std::path::PathBuf>,
+}
+
+impl Fixture {
+    async fn new(ctx: Ctx) -> anyhow::Result<Self> {
+        ctx.harness.ensure_crds().await?;
+        let emu = ctx.own_emulator()?;
+        Ok(Self {
+            ctx,
+            emu,
+            operator: None,
+            logs: Vec::new(),
+        })
+    }
+
+    /// Starts a fresh operator (the previous one must have been killed).
+    fn start(&mut self) -> anyhow::Result<()> {
+        let op = self.ctx.run_operator(&self.emu, &[], "10m", &[])?;
+        self.logs.push(op.log.clone());
+        self.operator = Some(op);
+        Ok(())
+    }
+
+    /// SIGKILLs the running operator.
+    fn kill(&mut self) {
+        if let Some(mut op) = self.operator.take() {
+            op.kill();
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        self.logs
+            .iter()
+            .enumerate()
+            .map(|(i, log)| {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+                format!("--- operator #{} ({}):\n{tail}", i + 1, log.display())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Adds context (operator logs) to a failure.
+    fn explain<T>(&self, r: anyhow::Result<T>) -> anyhow::Result<T> {
+        r.map_err(|e| e.context(format!("operator logs:\n{}", self.log_tail())))
+    }
+
+    async fn fault(&self, fault: Value) -> anyhow::Result<()> {
+        self.emu.fault(fault).await
+    }
+
+    // --- objects ----------------------------------------------------------------------
+
+    async fn create_app(&self) -> anyhow::Result<()> {
+        let app: M2MApplication = serde_json::from_value(json!({
+            "apiVersion": API_VERSION,
+            "kind": "M2MApplication",
+            "metadata": {"name": APP},
+            "spec": {"displayName": DISPLAY_NAME},
+        }))?;
+        self.ctx
+            .api::<M2MApplication>()
+            .create(&PostParams::default(), &app)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_api(&self, scopes: &[&str]) -> anyhow::Result<()> {
+        let scopes: Vec<Value> = scopes
+            .iter()
+            .map(|k| json!({"key": k, "description": format!("scope {k}")}))
+            .collect();
+        let api: ApiRegistration = serde_json::from_value(json!({
+            "apiVersion": API_VERSION,
+            "kind": "ApiRegistration",
+            "metadata": {"name": API},
+            "spec": {"displayName": "Crash Test API", "audience": AUDIENCE, "scopes": scopes},
+        }))?;
+        self.ctx
+            .api::<ApiRegistration>()
+            .create(&PostParams::default(), &api)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_grant(&self, scopes: &[&str]) -> anyhow::Result<()> {
+        let grant: ApiGrant = serde_json::from_value(json!({
+            "apiVersion": API_VERSION,
+            "kind": "ApiGrant",
+            "metadata": {"name": GRANT},
+            "spec": {"applicationRef": {"name": APP}, "apiRef": {"name": API}, "scopes": scopes},
+        }))?;
+        self.ctx
+            .api::<ApiGrant>()
+            .create(&PostParams::default(), &grant)
+            .await?;
+        Ok(())
+    }
+
+    /// The application, the API with `scopes`, and a grant of all of them.
+    async fn create_all(&self, scopes: &[&str]) -> anyhow::Result<()> {
+        self.create_api(scopes).await?;
+        self.create_app().await?;
+        self.create_grant(scopes).await
+    }
+
+    async fn get<K: Kind>(&self, name: &str) -> anyhow::Result<Option<Value>> {
+        let obj = self.ctx.api::<K>().get_opt(name).await?;
+        Ok(obj.map(|o| serde_json::to_value(o)).transpose()?)
+    }
+
+    async fn status<K: Kind>(&self, name: &str) -> anyhow::Result<Value> {
+        let obj = self
+            .get::<K>(name)
+            .await?
+            .with_context(|| format!("{} {name} does not exist", K::KIND))?;
+        Ok(obj["status"].clone())
+    }
+
+    async fn app_status(&self) -> anyhow::Result<Value> {
+        self.status::<M2MApplication>(APP).await
+    }
+
+    async fn api_status(&self) -> anyhow::Result<Value> {
+        self.status::<ApiRegistration>(API).await
+    }
+
+    async fn grant_status(&self) -> anyhow::Result<Value> {
+        self.status::<ApiGrant>(GRANT).await
+    }
+
+    async fn exists<K: Kind>(&self, name: &str) -> anyhow::Result<bool> {
+        Ok(self.get::<K>(name).await?.is_some())
+    }
+
+    async fn delete<K: Kind>(&self, name: &str) -> anyhow::Result<()> {
+        self.ctx
+            .api::<K>()
+            .delete(name, &DeleteParams::default())
+            .await?;
+        Ok(())
+    }
+
+    /// Waits for `Ready=True` for the current generation.
+    async fn wait_ready<K: Kind>(&self, name: &str) -> anyhow::Result<Value> {
+        let r = wait_for(&format!("{} {name} Ready", K::KIND), CONVERGE, || async {
+            let obj = self.get::<K>(name).await?.context("not found")?;
+            let generation = &obj["metadata"]["generation"];
+            let status = &obj["status"];
+            let ready = status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready");
+            match ready {
+                Some(c) if c["status"] == "True" && &status["observedGeneration"] == generation => {
+                    Ok(Some(status.clone()))
+                }
+                other => Err(anyhow!("Ready condition: {other:?}")),
+            }
+        })
+        .await;
+        self.explain(r)
+    }
+
+    /// Waits until the object is gone from Kubernetes (finalizer removed).
+    async fn gone<K: Kind>(&self, name: &str) -> anyhow::Result<()> {
+        let r = wait_for(
+            &format!("{} {name} to be deleted", K::KIND),
+            CONVERGE,
+            || async {
+                match self.get::<K>(name).await? {
+                    None => Ok(Some(())),
+                    Some(o) => Err(anyhow!("still there; status: {}", o["status"])),
+                }
+            },
+        )
+        .await;
+        self.explain(r)
+    }
+
+    // --- Kinde ------------------------------------------------------------------------
+
+    async fn kinde_apps(&self) -> anyhow::Result<Vec<Value>> {
+        Ok(non_management_apps(&self.emu.state().await?))
+    }
+
+    async fn kinde_apis(&self) -> anyhow::Result<Vec<Value>> {
+        Ok(non_management_apis(&self.emu.state().await?))
+    }
+
+    /// The scopes the (only) application holds on the (only) API, `None` when it is not
+    /// authorized (or either is missing).
+    async fn authorized_scopes(&self) -> anyhow::Result<Option<Vec<String>>> {
+        let apis = self.kinde_apis().await?;
+        let apps = self.kinde_apps().await?;
+        let (Some(api), Some(app)) = (apis.first(), apps.first()) else {
+            return Ok(None);
+        };
+        Ok(api["applications"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["id"] == app["id"])
+            .map(|a| strings(&a["scopes"])))
+    }
+
+    /// Waits until the emulator has counted `n` calls of `operation` (a held call counts on
+    /// arrival: the operator is then blocked inside it).
+    async fn wait_calls(&self, operation: &str, n: u64) -> anyhow::Result<()> {
+        let r = wait_for(
+            &format!("{n} {operation} call(s) in the emulator"),
+            REACH,
+            || async {
+                let got = self.emu.call_count(operation).await?;
+                Ok((got >= n).then_some(()))
+            },
+        )
+        .await;
+        self.explain(r)
+    }
+
+    /// Waits until the emulator's state satisfies `pred`.
+    async fn wait_kinde(&self, what: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<()> {
+        let r = wait_for(what, REACH, || async {
+            Ok(pred(&self.emu.state().await?).then_some(()))
+        })
+        .await;
+        self.explain(r)
+    }
+
+    /// The client id and secret in the app's Secret.
+    async fn credentials(&self) -> anyhow::Result<(String, String)> {
+        let secret = Api::<Secret>::namespaced(self.ctx.client.clone(), &self.ctx.ns)
+            .get(&format!("{APP}-credentials"))
+            .await?;
+        let data = secret.data.unwrap_or_default();
+        let key = |k: &str| {
+            data.get(k)
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                .with_context(|| format!("Secret lacks {k}"))
+        };
+        Ok((key("KINDE_CLIENT_ID")?, key("KINDE_CLIENT_SECRET")?))
+    }
+
+    /// No reconcile of the latest operator failed (no error loop after a restart).
+    async fn no_failures(&self) -> anyhow::Result<()> {
+        let log = self.logs.last().context("no operator started")?;
+        let text = std::fs::read_to_string(log)?;
+        let failures: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("reconcile failed"))
+            .collect();
+        ensure!(
+            failures.is_empty(),
+            "the restarted operator failed reconciles:\n{}",
+            failures.join("\n")
+        );
+        Ok(())
+    }
+
+    // --- assertions -------------------------------------------------------------------
+
+    /// Everything converged after the restart: all three objects Ready, exactly one Kinde
+    /// application (display name, no marker) and one API (audience, scopes) whose ids are
+    /// in status, the application authorized with the grant's scopes, and the Secret's
+    /// credentials good for a token for the audience. Records the table row.
+    async fn converged(&self, window: &str, grant_scopes: &[&str]) -> anyhow::Result<()> {
+        let r = self.check_converged(grant_scopes).await;
+        self.explain(r)?;
+        self.counted(window, 1, 1).await
+    }
+
+    /// Like [`Fixture::converged`], without a table row (a deletion test's setup).
+    async fn converged_quietly(&self, grant_scopes: &[&str]) -> anyhow::Result<()> {
+        let r = self.check_converged(grant_scopes).await;
+        self.explain(r)
+    }
+
+    async fn check_converged(&self, grant_scopes: &[&str]) -> anyhow::Result<()> {
+        let app_status = self.wait_ready::<M2MApplication>(APP).await?;
+        let api_status = self.wait_ready::<ApiRegistration>(API).await?;
+        let grant_status = self.wait_ready::<ApiGrant>(GRANT).await?;
+
+        let apps = self.kinde_apps().await?;
+        ensure!(
+            apps.len() == 1,
+            "expected exactly one Kinde application, found {}: {apps:?}",
+            apps.len()
+        );
+        let app = &apps[0];
+        ensure!(
+            app["name"] == DISPLAY_NAME && marked(&apps) == 0,
+            "the application's name must be its display name without marker: {app}"
+        );
+        ensure!(
+            app_status["applicationId"] == app["id"],
+            "status.applicationId {} is not the Kinde application {}",
+            app_status["applicationId"],
+            app["id"]
+        );
+
+        let apis = self.kinde_apis().await?;
+        ensure!(
+            apis.len() == 1,
+            "expected exactly one Kinde API, found {}: {apis:?}",
+            apis.len()
+        );
+        let api = &apis[0];
+        ensure!(api["audience"] == AUDIENCE, "unexpected API: {api}");
+        ensure!(
+            api_status["apiId"] == api["id"],
+            "status.apiId {} is not the Kinde API {}",
+            api_status["apiId"],
+            api["id"]
+        );
+        let mut kinde_scopes: Vec<(String, String)> = api["scopes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| (str_of(&s["key"]), str_of(&s["id"])))
+            .collect();
+        let mut status_scopes: Vec<(String, String)> = api_status["scopes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| (str_of(&s["key"]), str_of(&s["id"])))
+            .collect();
+        kinde_scopes.sort();
+        status_scopes.sort();
+        ensure!(
+            kinde_scopes == status_scopes && kinde_scopes.len() == API_SCOPES.len(),
+            "API scopes in Kinde {kinde_scopes:?} vs status {status_scopes:?}"
+        );
+
+        let mut granted = self
+            .authorized_scopes()
+            .await?
+            .context("the application is not authorized for the API in Kinde")?;
+        granted.sort();
+        let mut want: Vec<String> = grant_scopes.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        ensure!(
+            granted == want,
+            "scopes granted in Kinde {granted:?}, expected {want:?}"
+        );
+        ensure!(
+            grant_status["applicationId"] == app["id"] && grant_status["apiId"] == api["id"],
+            "grant status does not name the Kinde objects: {grant_status}"
+        );
+
+        let (client_id, client_secret) = self.credentials().await?;
+        ensure!(
+            app_status["clientId"] == client_id.as_str(),
+            "the Secret's client id {client_id} is not status.clientId {}",
+            app_status["clientId"]
+        );
+        let claims = self
+            .emu
+            .token_claims(&client_id, &client_secret, AUDIENCE)
+            .await?
+            .map_err(|e| anyhow!("token request with the Secret's credentials refused: {e}"))?;
+        let mut scp = strings(&claims["scp"]);
+        scp.sort();
+        ensure!(scp == want, "token scopes {scp:?}, expected {want:?}");
+        Ok(())
+    }
+
+    /// Checks and records the counts of Kinde applications and APIs.
+    async fn counted(&self, window: &str, apps: usize, apis: usize) -> anyhow::Result<()> {
+        let (got_apps, got_apis) = (
+            self.kinde_apps().await?.len(),
+            self.kinde_apis().await?.len(),
+        );
+        record(window, got_apps, got_apis);
+        ensure!(
+            (got_apps, got_apis) == (apps, apis),
+            "{window}: expected {apps} application(s) and {apis} API(s) in Kinde, found {got_apps} and {got_apis}"
+        );
+        Ok(())
+    }
+}
+
+/// The three kinds, for generic helpers.
+trait Kind:
+    kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+    + std::fmt::Debug
+{
+    const KIND: &'static str;
+}
+impl Kind for M2MApplication {
+    const KIND: &'static str = "M2MApplication";
+}
+impl Kind for ApiRegistration {
+    const KIND: &'static str = "ApiRegistration";
+}
+impl Kind for ApiGrant {
+    const KIND: &'static str = "ApiGrant";
+}
+
+fn non_management_apps(state: &Value) -> Vec<Value> {
+    state["applications"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["is_management_client"] != true)
+        .cloned()
+        .collect()
+}
+
+fn non_management_apis(state: &Value) -> Vec<Value> {
+    state["apis"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["is_management_api"] != true)
+        .cloned()
+        .collect()
+}
+
+/// How many applications still carry a creation marker.
+fn marked(apps: &[Value]) -> usize {
+    apps.iter()
+        .filter(|a| a["name"].as_str().is_some_and(|n| n.contains("[kmo:")))
+        .count()
+}
+
+fn str_of(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Summary table
+// ---------------------------------------------------------------------------------------
+
+static ROWS: Mutex<Vec<(String, usize, usize)>> = Mutex::new(Vec::new());
+
+fn record(window: &str, apps: usize, apis: usize) {
+    eprintln!("crash: {window:<48} apps={apps} apis={apis}");
+    ROWS.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((window.to_owned(), apps, apis));
+}
+
+/// Prints the windows tested with the Kinde counts found after the restart (if any ran).
+pub fn print_summary() {
+    let mut rows = ROWS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if rows.is_empty() {
+        return;
+    }
+    rows.sort();
+    eprintln!("\ncrash windows (Kinde objects after the restart):");
+    eprintln!("  {:<48} {:>5} {:>5}", "window", "apps", "APIs");
+    for (window, apps, apis) in rows {
+        eprintln!("  {window:<48} {apps:>5} {apis:>5}");
+    }
+}
