@@ -7,10 +7,12 @@
 mod support;
 
 mod apps;
+mod chart;
 mod crash;
 mod crds;
 mod grants;
 mod harness;
+mod rbac;
 
 fn main() -> std::process::ExitCode {
     let code = support::run(
@@ -20,6 +22,8 @@ fn main() -> std::process::ExitCode {
             apps::tests(),
             grants::tests(),
             crash::tests(),
+            chart::tests(),
+            rbac::tests(),
         ]
         .into_iter()
         .flatten(),

@@ -34,17 +34,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{/* Rules for the operator's own resources: cluster-wide, or in each watched namespace. */}}
 {{- define "kmo.namespacedRules" -}}
+# Watched (list + watch: the controllers' caches; no get by name), finalizers patched.
 - apiGroups: ["m2m.kinde-operator.io"]
   resources: ["apiregistrations", "m2mapplications", "apigrants"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["m2m.kinde-operator.io"]
   resources: ["apiregistrations/status", "m2mapplications/status", "apigrants/status"]
   verbs: ["patch"]
-# Setting blockOwnerDeletion on the Secret's ownerReference needs this.
-- apiGroups: ["m2m.kinde-operator.io"]
-  resources: ["m2mapplications/finalizers"]
-  verbs: ["update"]
-# Credentials Secrets: read by name, written with server-side apply, watched (metadata only).
+# No m2mapplications/finalizers: the Secret's ownerReference does not set blockOwnerDeletion
+# (with OwnerReferencesPermissionEnforcement that would need it; tests/e2e/rbac.rs runs with
+# that admission plugin on).
+# Credentials Secrets: read by name, watched (metadata only, by label), written with
+# server-side apply only (`patch`, plus `create`: the API server authorizes an apply that
+# creates a missing Secret as a create). Never `update` or `delete` (garbage collection
+# removes them through the ownerReference).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch"]
