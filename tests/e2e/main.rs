@@ -7,7 +7,12 @@
 mod support;
 
 mod control_plane;
+mod rotation;
 
 fn main() -> std::process::ExitCode {
-    support::run([control_plane::tests()].into_iter().flatten())
+    support::run(
+        [control_plane::tests(), rotation::tests()]
+            .into_iter()
+            .flatten(),
+    )
 }
