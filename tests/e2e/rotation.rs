@@ -25,6 +25,10 @@ pub fn tests() -> Vec<E2eTest> {
         support::test("rotation::cli_rotate", cli_rotate),
         support::test("rotation::scheduled", scheduled),
         support::test("rotation::grants_during_overlap", grants_during_overlap),
+        support::test(
+            "rotation::grant_deleted_before_it_saw_rotation",
+            grant_deleted_stale,
+        ),
         support::test("rotation::delete_during_overlap", delete_during_overlap),
         support::test("rotation::second_request_queued", second_request_queued),
         support::test("rotation::pause_and_resume", pause_and_resume),
@@ -892,6 +896,79 @@ async fn grants_during_overlap(ctx: Ctx) -> anyhow::Result<()> {
     wait_refused(&emu, &old, AUDIENCE).await?;
     // The other grant is untouched.
     wait_scp(&emu, &new, BILLING, &["read:billing"]).await
+}
+
+/// A grant deleted before it caught up with a rotation (it was paused meanwhile, so its
+/// status still names the predecessor) cuts the successor too, not only the predecessor.
+async fn grant_deleted_stale(ctx: Ctx) -> anyhow::Result<()> {
+    let (emu, _op) = start(&ctx).await?;
+    let app = "gs";
+    let grant = "gs-orders";
+    let old = setup(&ctx, &emu, app, &rotation_spec("1h", None)).await?;
+    let kubectl = |args: Vec<String>| {
+        let ctx = ctx.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ctx.kubectl(&args).await?.success()
+        }
+    };
+    kubectl(vec![
+        "annotate".into(),
+        "apigrant".into(),
+        grant.into(),
+        format!("{PAUSED}=true"),
+    ])
+    .await?;
+    let grants = Api::<kube::api::DynamicObject>::namespaced_with(
+        ctx.client.clone(),
+        &ctx.ns,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("m2m.kinde-operator.io", "v1alpha1", "ApiGrant"),
+            "apigrants",
+        ),
+    );
+    wait_for("the grant paused", WAIT, || async {
+        let g = grants.get(grant).await?;
+        let conds = g.data["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        Ok(conds
+            .iter()
+            .any(|c| c["type"] == "Synced" && c["reason"] == "Paused")
+            .then_some(()))
+    })
+    .await?;
+    request_rotation(&ctx, app, "r1").await?;
+    wait_handled(&ctx, app, "r1").await?;
+    let new = creds(&ctx, app).await?;
+    wait_scp(&emu, &new, AUDIENCE, &["read:orders", "write:orders"]).await?;
+    let g = grants.get(grant).await?;
+    ensure!(
+        g.data["status"]["applicationId"] == old.id.as_str(),
+        "the paused grant moved to the successor: {}",
+        g.data["status"]
+    );
+    kubectl(vec![
+        "delete".into(),
+        "apigrant".into(),
+        grant.into(),
+        "--wait=false".into(),
+    ])
+    .await?;
+    kubectl(vec![
+        "annotate".into(),
+        "apigrant".into(),
+        grant.into(),
+        format!("{PAUSED}-"),
+    ])
+    .await?;
+    wait_for("the grant gone", WAIT, || async {
+        Ok(grants.get_opt(grant).await?.is_none().then_some(()))
+    })
+    .await?;
+    wait_refused(&emu, &old, AUDIENCE).await?;
+    wait_refused(&emu, &new, AUDIENCE).await
 }
 
 /// Deleting the M2MApplication during an overlap: policy Delete removes the current and the
