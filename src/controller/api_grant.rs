@@ -306,12 +306,16 @@ async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) 
         // A rotation's predecessor keeps its access for the overlap; the application's
         // controller retires it.
         let rotated = old_api == r.api_id && retiring_clients(ctx, grant).contains(&old_app);
-        if !rotated {
+        if rotated {
+            // The rotation authorized the successor with the scopes this grant recorded:
+            // carry them over instead of granting them again.
+            status.application_id = Some(r.app_id.clone());
+        } else {
             revoke(ctx, grant, &old_api, &old_app).await?;
+            status.api_id = None;
+            status.application_id = None;
+            status.granted_scopes.clear();
         }
-        status.api_id = None;
-        status.application_id = None;
-        status.granted_scopes.clear();
     }
 
     let snapshot = match ctx.kinde_apis.get(&r.api_id).await {
