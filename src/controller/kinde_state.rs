@@ -159,8 +159,37 @@ impl AuthorizeBatcher {
             .await
             .map(drop)
             .map_err(Arc::new);
-        for p in batch {
-            let _ = p.done.send(result.clone());
+        match result {
+            Err(e) if e.is_not_found() && changes.len() > 1 => {
+                // Kinde refuses the whole batch when one application is unknown (e.g. a
+                // predecessor already deleted): that answer is about one of them only.
+                // Taken for all, a revoke would count as done and an authorization as
+                // failed. Apply each alone to learn its own outcome.
+                let mut outcomes: HashMap<String, Result<(), Arc<KindeError>>> = HashMap::new();
+                for (client_id, change) in &changes {
+                    let single = self
+                        .kinde
+                        .update_api_applications(&api_id, &[(client_id, *change)])
+                        .await
+                        .map(drop)
+                        .map_err(Arc::new);
+                    outcomes.insert((*client_id).to_owned(), single);
+                }
+                for p in batch {
+                    let outcome = outcomes
+                        .get(&p.client_id)
+                        .cloned()
+                        .unwrap_or_else(|| Err(e.clone()));
+                    // Only the last request per application was applied; earlier ones for
+                    // the same application share its outcome.
+                    let _ = p.done.send(outcome);
+                }
+            }
+            result => {
+                for p in batch {
+                    let _ = p.done.send(result.clone());
+                }
+            }
         }
     }
 }
