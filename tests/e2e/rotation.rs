@@ -30,6 +30,10 @@ pub fn tests() -> Vec<E2eTest> {
             grant_deleted_stale,
         ),
         support::test("rotation::delete_during_overlap", delete_during_overlap),
+        support::test(
+            "rotation::revoke_batched_with_gone_app",
+            revoke_batched_with_gone_app,
+        ),
         support::test("rotation::second_request_queued", second_request_queued),
         support::test("rotation::pause_and_resume", pause_and_resume),
         support::test("rotation::crash_after_successor_create", crash_after_create),
@@ -707,6 +711,12 @@ async fn annotation_rotates_once(ctx: Ctx) -> anyhow::Result<()> {
         "the same request value rotated again: {s3:?}"
     );
 
+    let whole = call_delta(&calls0, &calls_retired);
+    ensure!(
+        whole.get("addAPIApplicationScope") == Some(&2),
+        "the successor's two scopes took {:?} addAPIApplicationScope calls",
+        whole.get("addAPIApplicationScope")
+    );
     let rotation = call_delta(&calls0, &calls_switched);
     let retirement = call_delta(&calls_switched, &calls_retired);
     println!(
@@ -969,6 +979,73 @@ async fn grant_deleted_stale(ctx: Ctx) -> anyhow::Result<()> {
     .await?;
     wait_refused(&emu, &old, AUDIENCE).await?;
     wait_refused(&emu, &new, AUDIENCE).await
+}
+
+/// Kinde refuses a whole authorization batch when one application in it is unknown (a
+/// predecessor deleted before a crash let the status say so, an app deleted in the
+/// dashboard). A revoke for another application that shares the batch must not be taken
+/// as done: two grants deleted together, one of whose application is already gone from
+/// Kinde, both cut.
+async fn revoke_batched_with_gone_app(ctx: Ctx) -> anyhow::Result<()> {
+    let (emu, _op) = start(&ctx).await?;
+    let a = setup(&ctx, &emu, "ga", &rotation_spec("1h", None)).await?;
+    ctx.apply_yaml(&format!(
+        "{}{}",
+        app_yaml("gb", &rotation_spec("1h", None)),
+        grant_yaml("gb-orders", "gb", "orders", &["read:orders"])
+    ))
+    .await?;
+    let b = wait_for("the Secret of gb", WAIT, || async {
+        let c = creds(&ctx, "gb").await?;
+        Ok((c.audience == AUDIENCE).then_some(c))
+    })
+    .await?;
+    wait_scp(&emu, &b, AUDIENCE, &["read:orders"]).await?;
+    // ga's application disappears from Kinde behind the operator's back.
+    let http = reqwest::Client::new();
+    let token: Value = http
+        .post(format!("{}/oauth2/token", emu.url))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", support::KINDE_CLIENT_ID),
+            ("client_secret", support::KINDE_CLIENT_SECRET),
+            ("audience", &format!("{}/api", emu.url)),
+        ])
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let bearer = token["access_token"].as_str().context("management token")?;
+    http.delete(format!("{}/api/v1/applications/{}", emu.url, a.id))
+        .bearer_auth(bearer)
+        .send()
+        .await?
+        .error_for_status()?;
+    ctx.kubectl(&[
+        "delete",
+        "apigrant",
+        "ga-orders",
+        "gb-orders",
+        "--wait=false",
+    ])
+    .await?
+    .success()?;
+    let grants = Api::<kube::api::DynamicObject>::namespaced_with(
+        ctx.client.clone(),
+        &ctx.ns,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("m2m.kinde-operator.io", "v1alpha1", "ApiGrant"),
+            "apigrants",
+        ),
+    );
+    wait_for("both grants gone", WAIT, || async {
+        Ok((grants.get_opt("ga-orders").await?.is_none()
+            && grants.get_opt("gb-orders").await?.is_none())
+        .then_some(()))
+    })
+    .await?;
+    wait_refused(&emu, &b, AUDIENCE).await
 }
 
 /// Deleting the M2MApplication during an overlap: policy Delete removes the current and the
