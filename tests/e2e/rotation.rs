@@ -550,14 +550,11 @@ async fn finishes_cleanly(
     Ok(())
 }
 
+/// Every (client id, client secret) a Secret held, in order.
+type SeenPairs = Arc<Mutex<Vec<(String, String)>>>;
+
 /// Watches the Secret and records every (client id, client secret) it ever holds.
-fn watch_secret(
-    ctx: &Ctx,
-    name: &str,
-) -> (
-    Arc<Mutex<Vec<(String, String)>>>,
-    tokio::task::JoinHandle<()>,
-) {
+fn watch_secret(ctx: &Ctx, name: &str) -> (SeenPairs, tokio::task::JoinHandle<()>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let api = ctx.api::<Secret>();
     let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
