@@ -42,11 +42,17 @@ impl Managed for ApiGrant {
         }
         let status = obj.status.clone().unwrap_or_default();
         if let (Some(api_id), Some(app_id)) = (&status.api_id, &status.application_id) {
-            revoke(&ctx, obj.as_ref(), api_id, app_id).await?;
-            // During a rotation overlap the predecessor is cut too.
-            for retiring in retiring_clients(&ctx, &obj) {
-                if &retiring != app_id {
-                    revoke(&ctx, obj.as_ref(), api_id, &retiring).await?;
+            // Every credential of the application is cut: the one this grant recorded, the
+            // application's current one (a rotation the grant has not caught up with yet,
+            // e.g. while it was paused, already authorized the successor), and the
+            // predecessors still in their overlap.
+            let mut clients = vec![app_id.clone()];
+            clients.extend(current_client(&ctx, &obj));
+            clients.extend(retiring_clients(&ctx, &obj));
+            let mut seen = BTreeSet::new();
+            for client in clients {
+                if seen.insert(client.clone()) {
+                    revoke(&ctx, obj.as_ref(), api_id, &client).await?;
                 }
             }
         }
@@ -102,6 +108,15 @@ fn retiring_clients(ctx: &Context, grant: &ApiGrant) -> Vec<String> {
         .and_then(|app| app.status.clone())
         .map(|s| s.retiring.into_iter().map(|r| r.client_id).collect())
         .unwrap_or_default()
+}
+
+/// The referenced application's current client ID, if it has one.
+fn current_client(ctx: &Context, grant: &ApiGrant) -> Option<String> {
+    let ns = grant.namespace().unwrap_or_default();
+    ctx.apps
+        .get(&ns, &grant.spec.application_ref.name)
+        .and_then(|app| app.status.clone())
+        .and_then(|s| s.client_id)
 }
 
 /// Other live grants for the same application and API.
@@ -309,12 +324,16 @@ async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) 
         // A rotation's predecessor keeps its access for the overlap; the application's
         // controller retires it.
         let rotated = old_api == r.api_id && retiring_clients(ctx, grant).contains(&old_app);
-        if !rotated {
+        if rotated {
+            // The rotation authorized the successor with the scopes this grant recorded:
+            // carry them over instead of granting them again.
+            status.application_id = Some(r.app_id.clone());
+        } else {
             revoke(ctx, grant, &old_api, &old_app).await?;
+            status.api_id = None;
+            status.application_id = None;
+            status.granted_scopes.clear();
         }
-        status.api_id = None;
-        status.application_id = None;
-        status.granted_scopes.clear();
     }
 
     let snapshot = match ctx.kinde_apis.get(&r.api_id).await {

@@ -184,32 +184,42 @@ impl AuthorizeBatcher {
             applications = changes.len(),
             "updating API authorizations"
         );
-        let result = self.kinde.update_api_applications(&api_id, &changes).await;
+        let result = self
+            .kinde
+            .update_api_applications(&api_id, &changes)
+            .await
+            .map(drop)
+            .map_err(Arc::new);
         match result {
-            Ok(_) => {
-                for p in batch {
-                    let _ = p.done.send(Ok(()));
-                }
-            }
-            // Kinde applies a batch all or nothing: one bad entry (an application deleted
-            // meanwhile) must not fail, or worse pass as "not found", the others. Retry
-            // each alone so every caller gets its own answer.
             Err(e) if changes.len() > 1 && !e.is_transient() => {
-                tracing::debug!(api_id, error = %e, "batch refused; retrying one by one");
-                for p in batch {
+                // Kinde refuses the whole batch when one application is unknown (e.g. a
+                // predecessor already deleted) or otherwise bad: that answer is about one
+                // of them only.
+                // Taken for all, a revoke would count as done and an authorization as
+                // failed. Apply each alone to learn its own outcome.
+                let mut outcomes: HashMap<String, Result<(), Arc<KindeError>>> = HashMap::new();
+                for (client_id, change) in &changes {
                     let single = self
                         .kinde
-                        .update_api_applications(&api_id, &[(p.client_id.as_str(), p.change)])
+                        .update_api_applications(&api_id, &[(client_id, *change)])
                         .await
                         .map(drop)
                         .map_err(Arc::new);
-                    let _ = p.done.send(single);
+                    outcomes.insert((*client_id).to_owned(), single);
+                }
+                for p in batch {
+                    let outcome = outcomes
+                        .get(&p.client_id)
+                        .cloned()
+                        .unwrap_or_else(|| Err(e.clone()));
+                    // Only the last request per application was applied; earlier ones for
+                    // the same application share its outcome.
+                    let _ = p.done.send(outcome);
                 }
             }
-            Err(e) => {
-                let e = Arc::new(e);
+            result => {
                 for p in batch {
-                    let _ = p.done.send(Err(e.clone()));
+                    let _ = p.done.send(result.clone());
                 }
             }
         }

@@ -13,6 +13,7 @@ mod crds;
 mod grants;
 mod harness;
 mod rbac;
+mod rotation;
 
 fn main() -> std::process::ExitCode {
     let code = support::run(
@@ -22,6 +23,7 @@ fn main() -> std::process::ExitCode {
             apps::tests(),
             grants::tests(),
             crash::tests(),
+            rotation::tests(),
             chart::tests(),
             rbac::tests(),
         ]

@@ -53,6 +53,16 @@ pub fn repo_path(rel: &str) -> PathBuf {
 /// The operator binary under test, built by cargo for this test run.
 pub const OPERATOR_BIN: &str = env!("CARGO_BIN_EXE_kinde-m2m-operator");
 
+/// The operator binary the harness runs: `$E2E_OPERATOR_BIN` when set, else
+/// [`OPERATOR_BIN`]. Worktrees sharing one `CARGO_TARGET_DIR` overwrite each other's
+/// `target/debug/kinde-m2m-operator` (cargo uplifts the last one built), so a run can pick
+/// up another checkout's binary; point this at a private copy to be sure.
+pub fn operator_bin() -> PathBuf {
+    std::env::var_os("E2E_OPERATOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(OPERATOR_BIN))
+}
+
 /// Credentials the emulator accepts for the operator's management client.
 pub const KINDE_CLIENT_ID: &str = "e2e-operator-client";
 pub const KINDE_CLIENT_SECRET: &str = "e2e-operator-secret-0123456789abcdef";
@@ -495,7 +505,7 @@ impl Emulator {
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
         let stderr_path = dir.join(format!("emulator-{}.log", fastrand::u32(..)));
         let stderr = std::fs::File::create(&stderr_path)?;
-        let mut child = Command::new(OPERATOR_BIN)
+        let mut child = Command::new(operator_bin())
             .args(["emulator", "--listen", "127.0.0.1:0"])
             .env("KINDE_CLIENT_ID", KINDE_CLIENT_ID)
             .env("KINDE_CLIENT_SECRET", KINDE_CLIENT_SECRET)
@@ -737,11 +747,30 @@ impl Ctx {
         resync: &str,
         extra_args: &[&str],
     ) -> anyhow::Result<Operator> {
+        self.run_operator_listening(
+            emulator,
+            "127.0.0.1:0",
+            extra_namespaces,
+            resync,
+            extra_args,
+        )
+    }
+
+    /// Like [`Ctx::run_operator`], with `/healthz`, `/readyz` and `/metrics` on `listen`
+    /// (clap refuses a second `--listen` in `extra_args`).
+    pub fn run_operator_listening(
+        &self,
+        emulator: &Emulator,
+        listen: &str,
+        extra_namespaces: &[&str],
+        resync: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Operator> {
         let mut args = vec![
             "run",
             "--leader-election=false",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--resync-period",
             resync,
             "--namespace",
@@ -1044,7 +1073,7 @@ impl Operator {
             .run_dir
             .join(format!("operator-{test_name}-{}.log", fastrand::u32(..)));
         let file = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(OPERATOR_BIN);
+        let mut cmd = Command::new(operator_bin());
         cmd.args(args)
             .env("KUBECONFIG", &harness.control_plane.kubeconfig)
             .env("LOG_FORMAT", "text")
