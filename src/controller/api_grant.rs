@@ -12,7 +12,9 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
-use super::{Context, Error, Managed, Outcome, Result, apply_status, finish, record_change};
+use super::{
+    Context, Error, Managed, Outcome, Result, apply_status, record_change, wait_if_paused,
+};
 use crate::conditions::{self, reasons};
 use crate::crd::{
     ApiGrant, ApiGrantStatus, ApiRegistration, GrantFrom, KindeAnnotations, M2MApplication,
@@ -22,24 +24,22 @@ use crate::kinde::types::Authorization;
 impl Managed for ApiGrant {
     const KIND: &'static str = "ApiGrant";
 
-    async fn apply(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
-        let mut status = obj.status.clone().unwrap_or_default();
-        let outcome = converge(&obj, &ctx, &mut status).await;
-        let (action, changed) =
-            finish(&ctx, obj.as_ref(), status, outcome, |o| o.status.as_ref()).await?;
-        if changed {
-            wake_neighbours(&ctx, &obj);
-        }
-        Ok(action)
+    type Status = ApiGrantStatus;
+
+    fn current_status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+
+    async fn converge(&self, ctx: &Context, status: &mut Self::Status) -> Result<Outcome> {
+        converge(self, ctx, status).await
+    }
+
+    fn status_changed(&self, ctx: &Context) {
+        wake_neighbours(ctx, self);
     }
 
     async fn cleanup(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
-        if obj.is_paused() {
-            return Err(Error::Blocked {
-                reason: reasons::PAUSED,
-                message: "deletion waits until the paused annotation is removed".into(),
-            });
-        }
+        wait_if_paused(obj.as_ref())?;
         let status = obj.status.clone().unwrap_or_default();
         if let (Some(api_id), Some(app_id)) = (&status.api_id, &status.application_id) {
             // Every credential of the application is cut: the one this grant recorded, the

@@ -13,7 +13,7 @@ use kube::runtime::controller::Action;
 
 use super::{
     Context, Error, Managed, Outcome, Result, apply_status, effective_deletion_policy, finish,
-    record_change,
+    record_change, wait_if_paused,
 };
 use crate::conditions::reasons;
 use crate::crd::{
@@ -25,15 +25,18 @@ use crate::kinde::types::ApiScope as KindeScope;
 impl Managed for ApiRegistration {
     const KIND: &'static str = "ApiRegistration";
 
-    async fn apply(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
-        let mut status = obj.status.clone().unwrap_or_default();
-        let outcome = converge(&obj, &ctx, &mut status).await;
-        let (action, changed) =
-            finish(&ctx, obj.as_ref(), status, outcome, |o| o.status.as_ref()).await?;
-        if changed {
-            ctx.wake_grants.wake_all(&grants_referencing(&ctx, &obj));
-        }
-        Ok(action)
+    type Status = ApiRegistrationStatus;
+
+    fn current_status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+
+    async fn converge(&self, ctx: &Context, status: &mut Self::Status) -> Result<Outcome> {
+        converge(self, ctx, status).await
+    }
+
+    fn status_changed(&self, ctx: &Context) {
+        ctx.wake_grants.wake_all(&grants_referencing(ctx, self));
     }
 
     async fn cleanup(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
@@ -53,26 +56,14 @@ impl Managed for ApiRegistration {
                 );
                 let mut status = obj.status.clone().unwrap_or_default();
                 let outcome = Ok(Outcome::not_ready(reasons::IN_USE, message.clone()));
-                finish(
-                    &ctx,
-                    obj.as_ref(),
-                    std::mem::take(&mut status),
-                    outcome,
-                    |o| o.status.as_ref(),
-                )
-                .await?;
+                finish(&ctx, obj.as_ref(), std::mem::take(&mut status), outcome).await?;
                 return Err(Error::Blocked {
                     reason: reasons::IN_USE,
                     message,
                 });
             }
         }
-        if obj.is_paused() {
-            return Err(Error::Blocked {
-                reason: reasons::PAUSED,
-                message: "deletion waits until the paused annotation is removed".into(),
-            });
-        }
+        wait_if_paused(obj.as_ref())?;
         let api_id = match api_id {
             Some(id) => Some(id),
             None if policy == DeletionPolicy::Delete => unrecorded_api(&ctx, &obj).await?,

@@ -21,7 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::rotation;
 use super::{
     Context, Error, FIELD_MANAGER, Managed, Outcome, Result, Scope, api_for, apply_status,
-    effective_deletion_policy, finish, record_change,
+    effective_deletion_policy, record_change, wait_if_paused,
 };
 use crate::conditions::{self, reasons};
 use crate::crd::{
@@ -35,24 +35,22 @@ use crate::secret;
 impl Managed for M2MApplication {
     const KIND: &'static str = "M2MApplication";
 
-    async fn apply(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
-        let mut status = obj.status.clone().unwrap_or_default();
-        let outcome = converge(&obj, &ctx, &mut status).await;
-        let (action, changed) =
-            finish(&ctx, obj.as_ref(), status, outcome, |o| o.status.as_ref()).await?;
-        if changed {
-            ctx.wake_grants.wake_all(&grants_of(&ctx, &obj));
-        }
-        Ok(action)
+    type Status = M2MApplicationStatus;
+
+    fn current_status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+
+    async fn converge(&self, ctx: &Context, status: &mut Self::Status) -> Result<Outcome> {
+        converge(self, ctx, status).await
+    }
+
+    fn status_changed(&self, ctx: &Context) {
+        ctx.wake_grants.wake_all(&grants_of(ctx, self));
     }
 
     async fn cleanup(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
-        if obj.is_paused() {
-            return Err(Error::Blocked {
-                reason: reasons::PAUSED,
-                message: "deletion waits until the paused annotation is removed".into(),
-            });
-        }
+        wait_if_paused(obj.as_ref())?;
         let status = obj.status.clone().unwrap_or_default();
         if effective_deletion_policy(obj.spec.deletion_policy, obj.as_ref())
             == DeletionPolicy::Delete

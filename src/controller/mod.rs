@@ -81,10 +81,42 @@ pub trait Managed:
 {
     /// Kind name for metrics and logs.
     const KIND: &'static str;
-    /// Converge Kinde and Kubernetes to the spec.
-    fn apply(obj: Arc<Self>, ctx: Arc<Context>) -> impl Future<Output = Result<Action>> + Send;
+    /// The status subresource.
+    type Status: HasConditions + Serialize + PartialEq + Clone + Default + Send + Sync;
+    /// The status as last written.
+    fn current_status(&self) -> Option<&Self::Status>;
+    /// Converge Kinde and Kubernetes to the spec, recording what was found in `status`.
+    fn converge(
+        &self,
+        ctx: &Context,
+        status: &mut Self::Status,
+    ) -> impl Future<Output = Result<Outcome>> + Send;
+    /// Wakes the objects that depend on this one after its status changed.
+    fn status_changed(&self, ctx: &Context);
     /// Undo in Kinde what the object stands for, per its deletion policy.
     fn cleanup(obj: Arc<Self>, ctx: Arc<Context>) -> impl Future<Output = Result<Action>> + Send;
+}
+
+/// The finalizer's apply: converge, write the status, wake dependants if it changed.
+async fn apply<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let mut status = obj.current_status().cloned().unwrap_or_default();
+    let outcome = obj.converge(&ctx, &mut status).await;
+    let (action, changed) = finish(&ctx, obj.as_ref(), status, outcome).await?;
+    if changed {
+        obj.status_changed(&ctx);
+    }
+    Ok(action)
+}
+
+/// Deletion waits while the object is paused: no Kinde writes, as for any other change.
+pub fn wait_if_paused(obj: &impl KindeAnnotations) -> Result<()> {
+    if obj.is_paused() {
+        return Err(Error::Blocked {
+            reason: reasons::PAUSED,
+            message: "deletion waits until the paused annotation is removed".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Reconcile entry point: tracing span, timing, finalizer dispatch, failure Event.
@@ -97,7 +129,7 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Act
     let object_ref = obj.object_ref(&());
     let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
-            FinalizerEvent::Apply(o) => K::apply(o, ctx.clone()).await,
+            FinalizerEvent::Apply(o) => apply(o, ctx.clone()).await,
             FinalizerEvent::Cleanup(o) => K::cleanup(o, ctx.clone()).await,
         }
     })
@@ -549,19 +581,14 @@ has_conditions!(
 /// Ends an `apply`: sets conditions from the outcome, writes the status if it changed,
 /// publishes a Warning when the object turns not-Ready for a new reason, and picks the
 /// requeue. Returns whether the status changed, so callers can wake dependants.
-pub async fn finish<K, S>(
+pub async fn finish<K: Managed>(
     ctx: &Context,
     obj: &K,
-    mut status: S,
+    mut status: K::Status,
     outcome: Result<Outcome>,
-    current: impl Fn(&K) -> Option<&S>,
-) -> Result<(Action, bool)>
-where
-    K: Managed,
-    S: HasConditions + Serialize + PartialEq,
-{
+) -> Result<(Action, bool)> {
     let generation = obj.meta().generation;
-    let old = current(obj);
+    let old = obj.current_status();
     let old_ready = old
         .and_then(|s| conditions::find_condition(s.conditions(), conditions::READY))
         .map(|c| (c.status.clone(), c.reason.clone()));
