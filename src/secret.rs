@@ -15,8 +15,8 @@ use secrecy::{ExposeSecret, SecretString};
 /// Label every Secret we write carries; user labels cannot override it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "kinde-m2m-operator";
-/// Kinde application id behind the Secret: lets the operator find its app again even if
-/// the M2MApplication's status were lost (e.g. restored from a backup without status).
+/// Kinde application id behind the Secret, for people and tools looking at the Secret alone
+/// (which app to look up in the Kinde dashboard, which one a leaked secret belongs to).
 pub const APPLICATION_ID_ANNOTATION: &str = "m2m.kinde-operator.io/application-id";
 
 pub const KEY_DOMAIN: &str = "KINDE_DOMAIN";
