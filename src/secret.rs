@@ -12,9 +12,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use secrecy::{ExposeSecret, SecretString};
 
-/// Label every Secret we write carries; user labels cannot override it.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY_VALUE: &str = "kinde-m2m-operator";
+/// The label every Secret we write carries (user labels cannot override it).
+pub use crate::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 /// Kinde application id behind the Secret, for people and tools looking at the Secret alone
 /// (which app to look up in the Kinde dashboard, which one a leaked secret belongs to).
 pub const APPLICATION_ID_ANNOTATION: &str = "m2m.kinde-operator.io/application-id";

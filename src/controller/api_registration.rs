@@ -107,17 +107,9 @@ async fn unrecorded_api(ctx: &Context, obj: &ApiRegistration) -> Result<Option<S
 
 /// Grants (in any watched namespace) whose `apiRef` names this ApiRegistration.
 pub fn grants_referencing(ctx: &Context, api: &ApiRegistration) -> Vec<Arc<ApiGrant>> {
-    let (ns, name) = (api.namespace().unwrap_or_default(), api.name_any());
-    ctx.grants.find(|g| {
-        g.spec.api_ref.name == name
-            && g.spec
-                .api_ref
-                .namespace
-                .clone()
-                .or_else(|| g.namespace())
-                .as_deref()
-                == Some(ns.as_str())
-    })
+    let (ns, name) = (api.namespace(), api.name_any());
+    ctx.grants
+        .find(|g| g.spec.api_ref.name == name && g.api_namespace() == ns)
 }
 
 /// Checks what the schema may not have (servers without CEL, or edits bypassing it).
