@@ -34,6 +34,13 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// An adopted (`external-id`) Kinde object does not exist in Kinde.
     pub const EXTERNAL_NOT_FOUND: &str = "ExternalNotFound";
+    /// The `external-id` annotation is set in a namespace the cluster's adoption policy
+    /// does not admit (see `src/adoption.rs`).
+    pub const ADOPTION_NOT_PERMITTED: &str = "AdoptionNotPermitted";
+    /// The `external-id` annotation names an object that is never adopted: the operator's
+    /// management application, another resource's object, or one the adoption policy keeps
+    /// from deletion while the spec would delete it.
+    pub const ADOPTION_REFUSED: &str = "AdoptionRefused";
     /// Deletion is under way (finalizer running).
     pub const DELETING: &str = "Deleting";
 
@@ -52,6 +59,8 @@ pub mod reasons {
     pub const SECRET_CONFLICT: &str = "SecretConflict";
     /// A credential rotation is in progress.
     pub const ROTATING: &str = "Rotating";
+    /// A requested rotation waits: too many earlier credentials are still in their overlap.
+    pub const ROTATION_DEFERRED: &str = "RotationDeferred";
 
     // ApiGrant
     /// `spec.applicationRef` names no M2MApplication.

@@ -5,6 +5,7 @@
 //! trial): nothing outside `emulator` and `main.rs` may import it.
 #![forbid(unsafe_code)]
 
+pub mod adoption;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
@@ -17,3 +18,4 @@ pub mod rotate;
 pub mod run;
 pub mod secret;
 pub mod telemetry;
+pub mod validation;

@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 use secrecy::SecretString;
 use url::Url;
 
+use crate::adoption::{AdoptionArgs, AdoptionPolicy};
 use crate::controller::{self, Scope, Settings};
 use crate::crd::{ApiGrant, ApiRegistration, M2MApplication};
 use crate::http;
@@ -81,6 +82,8 @@ impl KindeArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub kinde: KindeArgs,
+    #[command(flatten)]
+    pub adoption: AdoptionArgs,
     /// Start the embedded Kinde emulator and use it instead of Kinde (local trial, demos).
     #[arg(long, env = "KINDE_EMULATOR")]
     pub kinde_emulator: bool,
@@ -162,6 +165,7 @@ async fn check_crds(client: &kube::Client, scope: &Scope) -> anyhow::Result<()> 
 /// Runs the operator until SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let kinde_config = args.kinde.config()?;
+    let adoption = AdoptionPolicy::from_args(&args.adoption)?;
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
@@ -230,6 +234,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics,
         scope,
         resync: args.resync_period,
+        adoption,
     };
     let ready_state = state.clone();
     let controllers = controller::run(

@@ -83,10 +83,31 @@ pub fn build(place: &Placement<'_>, creds: &Credentials<'_>) -> Secret {
     }
 }
 
-/// True when `existing` is controlled by `owner` (same UID, controller flag set).
-pub fn is_owned_by(existing: &Secret, owner: &OwnerReference) -> bool {
+/// The Secret the operator creates first (metadata only: owner and label), so that a
+/// Secret someone else creates at the same moment makes the create fail instead of being
+/// taken over by a server-side apply; the content follows in an apply that is conditional
+/// on the placeholder's resourceVersion.
+pub fn placeholder(desired: &Secret) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: desired.metadata.name.clone(),
+            namespace: desired.metadata.namespace.clone(),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY_LABEL.to_owned(),
+                MANAGED_BY_VALUE.to_owned(),
+            )])),
+            owner_references: desired.metadata.owner_references.clone(),
+            ..ObjectMeta::default()
+        },
+        type_: desired.type_.clone(),
+        ..Secret::default()
+    }
+}
+
+/// True when the object with `existing` metadata is controlled by `owner` (same UID,
+/// controller flag set).
+pub fn is_owned_by(existing: &ObjectMeta, owner: &OwnerReference) -> bool {
     existing
-        .metadata
         .owner_references
         .iter()
         .flatten()
@@ -114,7 +135,7 @@ pub fn needs_update(existing: &Secret, desired: &Secret) -> bool {
             .owner_references
             .iter()
             .flatten()
-            .any(|o| !is_owned_by(existing, o))
+            .any(|o| !is_owned_by(&existing.metadata, o))
 }
 
 /// Reads a key of a Secret as text (the client secret stays wrapped).
@@ -203,7 +224,7 @@ mod tests {
             Some(MANAGED_BY_VALUE)
         );
         assert_eq!(labels.get("team").map(String::as_str), Some("acme"));
-        assert!(is_owned_by(&s, &owner()));
+        assert!(is_owned_by(&s.metadata, &owner()));
     }
 
     #[test]
@@ -263,6 +284,6 @@ mod tests {
         let secret = SecretString::from("x");
         let mut s = desired(&secret, vec![]);
         s.metadata.owner_references.get_or_insert_default()[0].uid = "other".into();
-        assert!(!is_owned_by(&s, &owner()));
+        assert!(!is_owned_by(&s.metadata, &owner()));
     }
 }

@@ -7,13 +7,12 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use super::{
-    Context, Error, Managed, Outcome, Result, apply_status, record_change, wait_if_paused,
+    Context, Error, Managed, Outcome, Result, apply_status, is_older, namespace_labels,
+    record_change, wait_if_paused,
 };
 use crate::conditions::{self, reasons};
 use crate::crd::{
@@ -49,6 +48,7 @@ impl Managed for ApiGrant {
             let mut clients = vec![app_id.clone()];
             clients.extend(current_client(&ctx, &obj));
             clients.extend(retiring_clients(&ctx, &obj));
+            clients.extend(pending_client(&ctx, &obj));
             let mut seen = BTreeSet::new();
             for client in clients {
                 if seen.insert(client.clone()) {
@@ -110,6 +110,17 @@ fn retiring_clients(ctx: &Context, grant: &ApiGrant) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Client ID of the referenced application's rotation successor not switched to yet: the
+/// rotation may already have authorized it.
+fn pending_client(ctx: &Context, grant: &ApiGrant) -> Option<String> {
+    let ns = grant.namespace().unwrap_or_default();
+    ctx.apps
+        .get(&ns, &grant.spec.application_ref.name)
+        .and_then(|app| app.status.clone())
+        .and_then(|s| s.pending_successor)
+        .map(|p| p.client_id)
+}
+
 /// The referenced application's current client ID, if it has one.
 fn current_client(ctx: &Context, grant: &ApiGrant) -> Option<String> {
     let ns = grant.namespace().unwrap_or_default();
@@ -130,17 +141,6 @@ fn conflicting(ctx: &Context, grant: &ApiGrant) -> Vec<Arc<ApiGrant>> {
             && g.spec.application_ref.name == grant.spec.application_ref.name
             && g.api_object_ref() == api
     })
-}
-
-/// Older grants win: creation time, then name.
-fn is_older(a: &ApiGrant, b: &ApiGrant) -> bool {
-    let key = |g: &ApiGrant| {
-        (
-            g.meta().creation_timestamp.clone().map(|t| t.0),
-            g.name_any(),
-        )
-    };
-    key(a) < key(b)
 }
 
 /// The referenced objects, once they are usable; or why the grant must wait.
@@ -207,7 +207,7 @@ async fn resolve(
     }
     let older: Vec<String> = conflicting(ctx, grant)
         .iter()
-        .filter(|g| is_older(g, grant))
+        .filter(|g| is_older(g.as_ref(), grant))
         .map(|g| g.name_any())
         .collect();
     if let Some(winner) = older.first() {
@@ -273,12 +273,7 @@ async fn permitted(
 ) -> Result<bool> {
     let policy = &api.spec.grant_policy;
     let labels = if policy.from == GrantFrom::Selector {
-        let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-        namespaces
-            .get_metadata_opt(grant_ns)
-            .await?
-            .map(|n| n.labels().clone())
-            .unwrap_or_default()
+        namespace_labels(ctx, grant_ns).await?
     } else {
         Default::default()
     };

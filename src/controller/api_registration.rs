@@ -12,9 +12,10 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
 use super::{
-    Context, Error, Managed, Outcome, Result, apply_status, effective_deletion_policy, finish,
+    Context, Error, Managed, Outcome, Result, adoption_admitted, apply_status, effective_deletion_policy, is_older,
     record_change, wait_if_paused,
 };
+use crate::adoption;
 use crate::conditions::reasons;
 use crate::crd::{
     ApiGrant, ApiRegistration, ApiRegistrationStatus, DeletionPolicy, KindeAnnotations, ScopeStatus,
@@ -40,23 +41,38 @@ impl Managed for ApiRegistration {
     }
 
     async fn cleanup(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
-        let policy = effective_deletion_policy(obj.spec.deletion_policy, obj.as_ref());
-        let api_id = obj.status.as_ref().and_then(|s| s.api_id.clone());
-        if policy == DeletionPolicy::Delete && api_id.is_some() {
-            let users = grants_referencing(&ctx, &obj);
+        let status = obj.status.clone().unwrap_or_default();
+        let adopted = obj.external_id().is_some() || status.adopted_id.is_some();
+        let mut policy = effective_deletion_policy(obj.spec.deletion_policy, adopted);
+        let api_id = status.api_id.clone();
+        if policy == DeletionPolicy::Delete && adopted && !ctx.adoption.allow_delete {
+            // The adoption policy keeps adopted APIs out of reach, whatever the spec says.
+            policy = DeletionPolicy::Orphan;
+            record_change(
+                &ctx,
+                obj.as_ref(),
+                "Orphaned",
+                format!(
+                    "left adopted Kinde API {} in Kinde: the adoption policy does not allow deleting adopted objects",
+                    api_id.as_deref().unwrap_or("(none recorded)")
+                ),
+            )
+            .await;
+        }
+        if policy == DeletionPolicy::Delete
+            && let Some(id) = &api_id
+        {
+            let users = holders(&ctx, &obj, id);
             if !users.is_empty() {
                 let names: Vec<String> = users
                     .iter()
                     .map(|g| format!("{}/{}", g.namespace().unwrap_or_default(), g.name_any()))
                     .collect();
                 let message = format!(
-                    "deletion waits: {} ApiGrant(s) still reference this API: {}",
+                    "deletion waits: {} ApiGrant(s) still grant access to this API: {}",
                     names.len(),
                     names.join(", ")
                 );
-                let mut status = obj.status.clone().unwrap_or_default();
-                let outcome = Ok(Outcome::not_ready(reasons::IN_USE, message.clone()));
-                finish(&ctx, obj.as_ref(), std::mem::take(&mut status), outcome).await?;
                 return Err(Error::Blocked {
                     reason: reasons::IN_USE,
                     message,
@@ -89,6 +105,21 @@ impl Managed for ApiRegistration {
     }
 }
 
+/// The grants that hold access to the Kinde API `api_id` through this ApiRegistration
+/// (their status records the API): only they keep its deletion waiting. A grant the
+/// `grantPolicy` refuses never records it, so no namespace can pin a platform API by
+/// merely naming it.
+fn holders(ctx: &Context, api: &ApiRegistration, api_id: &str) -> Vec<Arc<ApiGrant>> {
+    grants_referencing(ctx, api)
+        .into_iter()
+        .filter(|g| {
+            g.status
+                .as_ref()
+                .is_some_and(|s| s.api_id.as_deref() == Some(api_id))
+        })
+        .collect()
+}
+
 /// The API created for this object whose id never reached the status (a crash or a lost
 /// response after the create): the status marks the intent with the audience, and an API
 /// with that audience is then ours. No grant can use it yet (grants wait for `apiId`).
@@ -113,7 +144,7 @@ pub fn grants_referencing(ctx: &Context, api: &ApiRegistration) -> Vec<Arc<ApiGr
 }
 
 /// Checks what the schema may not have (servers without CEL, or edits bypassing it).
-fn validate(obj: &ApiRegistration) -> Option<String> {
+fn validate(obj: &ApiRegistration, status: &ApiRegistrationStatus) -> Option<String> {
     let len = |s: &str| s.chars().count();
     let audience = &obj.spec.audience;
     if audience.trim().is_empty() || len(audience) > 64 {
@@ -138,6 +169,14 @@ fn validate(obj: &ApiRegistration) -> Option<String> {
             return Some(format!("spec.scopes key {:?} appears twice", s.key));
         }
     }
+    if status.api_id.is_some()
+        && let Some(was) = &status.audience
+        && was != audience
+    {
+        return Some(format!(
+            "spec.audience is immutable (Kinde cannot change an API's audience): the Kinde API was registered for {was:?}; re-create the ApiRegistration to change it"
+        ));
+    }
     None
 }
 
@@ -146,7 +185,7 @@ async fn converge(
     ctx: &Context,
     status: &mut ApiRegistrationStatus,
 ) -> Result<Outcome> {
-    if let Some(problem) = validate(obj) {
+    if let Some(problem) = validate(obj, status) {
         return Ok(Outcome::not_ready(reasons::INVALID_SPEC, problem));
     }
     let audience = obj.spec.audience.as_str();
@@ -228,6 +267,26 @@ async fn ensure_api(
 ) -> Result<std::result::Result<String, Outcome>> {
     let audience = obj.spec.audience.as_str();
     let external = obj.external_id();
+    let adopted = status
+        .adopted_id
+        .clone()
+        .filter(|a| status.api_id.as_deref() == Some(a.as_str()));
+    // Adoption is the platform's to grant: checked before any Kinde call, and again on
+    // every reconcile of an adopted API (the policy may have been withdrawn).
+    if let Some(id) = external.or(adopted.as_deref()) {
+        if let Err(outcome) = adoption_admitted(ctx, obj).await? {
+            return Ok(Err(outcome));
+        }
+        if let Err(refusal) = adoption::check_claims("Kinde API", id, &claims_on(ctx, obj, status, id, None)) {
+            return Ok(Err(Outcome::refused(refusal)));
+        }
+        if obj.spec.deletion_policy == Some(DeletionPolicy::Delete)
+            && let Err(refusal) =
+                adoption::check_destructive(&ctx.adoption, "spec.deletionPolicy: Delete")
+        {
+            return Ok(Err(Outcome::refused(refusal)));
+        }
+    }
     if let Some(id) = status.api_id.clone()
         && external.is_none_or(|e| e == id)
     {
@@ -244,8 +303,16 @@ async fn ensure_api(
             }
             Err(e) => return Err(e.into()),
         };
-        if api.is_management_api {
-            return Ok(Err(refuse_management(&api.audience)));
+        let facts = adoption::ApiFacts {
+            id: &api.id,
+            audience: &api.audience,
+            is_management_api: api.is_management_api,
+        };
+        let claims = claims_on(ctx, obj, status, ext, Some(&api.audience));
+        if let Err(refusal) =
+            adoption::check_api(&facts, &ctx.kinde.management_audience(), &claims)
+        {
+            return Ok(Err(Outcome::refused(refusal)));
         }
         if api.audience != audience {
             return Ok(Err(Outcome::not_ready(
@@ -258,6 +325,7 @@ async fn ensure_api(
         }
         status.api_id = Some(ext.to_owned());
         status.audience = Some(audience.to_owned());
+        status.adopted_id = Some(ext.to_owned());
         apply_status(ctx, obj, obj.status.as_ref(), status).await?;
         record_change(
             ctx,
@@ -274,14 +342,14 @@ async fn ensure_api(
         if found.is_management_api {
             return Ok(Err(refuse_management(audience)));
         }
-        if status.audience.as_deref() != Some(audience) {
-            return Ok(Err(Outcome::not_ready(
-                reasons::AUDIENCE_IN_USE,
-                format!(
-                    "audience {audience} is already registered in Kinde as API {id}; to manage that API, annotate this object with m2m.kinde-operator.io/external-id: {id}",
-                    id = found.id
-                ),
-            )));
+        // Our intent record makes an API with this audience ours, unless another
+        // ApiRegistration holds it (its create won; ours was refused or is stale).
+        let held_elsewhere = !claims_on(ctx, obj, status, &found.id, None).is_empty();
+        if status.audience.as_deref() != Some(audience) || held_elsewhere {
+            if held_elsewhere {
+                status.audience = None;
+            }
+            return Ok(Err(audience_in_use(audience, &found.id)));
         }
         // Our own create from before a crash or a lost response.
         status.api_id = Some(found.id.clone());
@@ -302,7 +370,17 @@ async fn ensure_api(
     status.audience = Some(audience.to_owned());
     status.api_id = None;
     apply_status(ctx, obj, obj.status.as_ref(), status).await?;
-    let id = ctx.kinde.create_api(&obj.display_name(), audience).await?;
+    let id = match ctx.kinde.create_api(&obj.display_name(), audience).await {
+        Ok(id) => id,
+        Err(e) => {
+            if create_definitely_refused(&e) {
+                // Kinde made nothing (e.g. another namespace's ApiRegistration registered
+                // the audience first): an API found with this audience later is not ours.
+                status.audience = None;
+            }
+            return Err(e.into());
+        }
+    };
     status.api_id = Some(id.clone());
     let marked = ApiRegistrationStatus {
         audience: Some(audience.to_owned()),
@@ -318,6 +396,66 @@ async fn ensure_api(
     )
     .await;
     Ok(Ok(id))
+}
+
+/// Whether a failed create certainly made nothing in Kinde: a refusal, as opposed to an
+/// unknown outcome (timeout, 5xx, lost or garbled response) after which the API may exist.
+fn create_definitely_refused(e: &KindeError) -> bool {
+    matches!(
+        e,
+        KindeError::Invalid { .. }
+            | KindeError::Forbidden { .. }
+            | KindeError::Unauthorized { .. }
+            | KindeError::RateLimited { .. }
+            | KindeError::Config(_)
+    )
+}
+
+fn audience_in_use(audience: &str, id: &str) -> Outcome {
+    Outcome::not_ready(
+        reasons::AUDIENCE_IN_USE,
+        format!(
+            "audience {audience} is already registered in Kinde as API {id}; to manage that API, annotate this object with m2m.kinde-operator.io/external-id: {id} (where the cluster's adoption policy allows it)"
+        ),
+    )
+}
+
+/// Other ApiRegistrations' holds on the Kinde API `id` (or, with `audience`, on an API of
+/// that audience they are creating): current, creating, or adopted by an older object.
+fn claims_on(
+    ctx: &Context,
+    obj: &ApiRegistration,
+    status: &ApiRegistrationStatus,
+    id: &str,
+    audience: Option<&str>,
+) -> Vec<adoption::Claim> {
+    let we_hold = status.api_id.as_deref() == Some(id);
+    ctx.apis
+        .find(|other| other.uid() != obj.uid())
+        .iter()
+        .filter_map(|other| {
+            let s = other.status.clone().unwrap_or_default();
+            let how = if s.api_id.as_deref() == Some(id) {
+                "current"
+            } else if s.api_id.is_none() && audience.is_some() && s.audience.as_deref() == audience
+            {
+                "creating"
+            } else if !we_hold && other.external_id() == Some(id) && is_older(other.as_ref(), obj)
+            {
+                "adopted first"
+            } else {
+                return None;
+            };
+            Some(adoption::Claim {
+                holder: format!(
+                    "ApiRegistration {}/{}",
+                    other.namespace().unwrap_or_default(),
+                    other.name_any()
+                ),
+                how,
+            })
+        })
+        .collect()
 }
 
 /// Adds, updates and removes Kinde scopes to match the spec; returns the resulting scopes.
@@ -382,4 +520,31 @@ async fn converge_scopes(
         .await;
     }
     Ok(kinde)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinde::{KindeErrorBody, Transient};
+
+    #[test]
+    fn only_a_refusal_clears_the_intent_record() {
+        let body = KindeErrorBody::default();
+        let refused = KindeError::Invalid {
+            operation: "addAPIs",
+            status: 400,
+            body,
+        };
+        assert!(create_definitely_refused(&refused));
+        let unknown = KindeError::OutcomeUnknown {
+            operation: "addAPIs",
+            reason: Transient::Timeout,
+        };
+        assert!(!create_definitely_refused(&unknown));
+        let garbled = KindeError::Decode {
+            operation: "addAPIs",
+            detail: "not JSON".into(),
+        };
+        assert!(!create_definitely_refused(&garbled));
+    }
 }

@@ -60,6 +60,23 @@ impl Error {
         }
     }
 
+    /// The error inside the finalizer wrapper (what apply or cleanup returned).
+    pub fn inner(&self) -> &Error {
+        match self {
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.inner(),
+                _ => self,
+            },
+            _ => self,
+        }
+    }
+
+    /// Whether this is a wait (deletion paused, or held by users), not a failure.
+    pub fn is_wait(&self) -> bool {
+        matches!(self.inner(), Error::Blocked { .. })
+    }
+
     /// Seconds until a retry makes sense, when the error says so.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {

@@ -40,6 +40,7 @@ pub use error::{Error, Result};
 pub use kinde_state::{ApiSnapshots, AuthorizeBatcher};
 pub use stores::{Router, StoreSet};
 
+use crate::adoption::AdoptionPolicy;
 use crate::conditions::{self, reasons};
 use crate::crd::{ApiGrant, ApiRegistration, KindeAnnotations, M2MApplication, PAUSED_ANNOTATION};
 use crate::kinde::KindeClient;
@@ -66,6 +67,10 @@ pub struct Context {
     pub wake_grants: Router<ApiGrant>,
     pub kinde_apis: ApiSnapshots,
     pub authorizer: AuthorizeBatcher,
+    /// Who may adopt existing Kinde objects (cluster-level, from the flags).
+    pub adoption: AdoptionPolicy,
+    /// Consecutive failures per object (backoff).
+    pub failures: FailureCounts,
 }
 
 /// A kind this operator reconciles.
@@ -127,42 +132,153 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Act
     let span = tracing::info_span!("reconcile", kind = K::KIND, namespace = %ns, name = %name);
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     let object_ref = obj.object_ref(&());
+    let deleting = obj.meta().deletion_timestamp.is_some();
+    let key = failure_key::<K>(&ns, &name);
     let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             FinalizerEvent::Apply(o) => apply(o, ctx.clone()).await,
-            FinalizerEvent::Cleanup(o) => K::cleanup(o, ctx.clone()).await,
+            FinalizerEvent::Cleanup(o) => cleanup_reporting(o, ctx.clone()).await,
         }
     })
     .instrument(span)
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.reconciled(K::KIND, started.elapsed());
-    if let Err(e) = &result {
-        let note = error_note(e);
-        tracing::warn!(kind = K::KIND, namespace = %ns, name = %name, reason = e.reason(), error = %note, "reconcile failed");
-        publish(
-            &ctx,
-            &object_ref,
-            EventType::Warning,
-            e.reason(),
-            note,
-            "Reconcile",
-        )
-        .await;
+    match &result {
+        Ok(_) => ctx.failures.clear(&key),
+        Err(e) => {
+            let note = error_note(e);
+            tracing::warn!(kind = K::KIND, namespace = %ns, name = %name, reason = e.reason(), error = %note, "reconcile failed");
+            // A deletion that cannot finish reports itself (conditions, one Event per
+            // change of reason): see `cleanup_reporting`.
+            if !deleting {
+                publish(
+                    &ctx,
+                    &object_ref,
+                    EventType::Warning,
+                    e.reason(),
+                    note,
+                    "Reconcile",
+                )
+                .await;
+            }
+        }
     }
     result
 }
 
-/// After a failure: count it and try again, sooner for transient Kinde trouble.
-pub fn error_policy<K: Managed>(_obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+/// Runs the kind's cleanup; when it cannot finish, the conditions say why (`Ready=False`,
+/// `Synced=False` with the reason and message) and one Event per change of reason tells it:
+/// Normal for a wait (paused, in use), Warning for a failure (Kinde refused, unavailable).
+async fn cleanup_reporting<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
+    let result = K::cleanup(obj.clone(), ctx.clone()).await;
+    if let Err(e) = &result {
+        report_unfinished_deletion(&ctx, obj.as_ref(), e).await;
+    }
+    result
+}
+
+async fn report_unfinished_deletion<K: Managed>(ctx: &Context, obj: &K, err: &Error) {
+    let old = obj.current_status();
+    let (message, event_type) = deletion_report(err);
+    let mut status = old.cloned().unwrap_or_default();
+    let generation = obj.meta().generation;
+    set_conditions(
+        status.conditions_mut(),
+        generation,
+        (false, err.reason(), message.clone()),
+        (false, err.reason(), message.clone()),
+    );
+    status.set_observed_generation(generation);
+    if let Err(e) = apply_status(ctx, obj, old, &status).await {
+        tracing::warn!(error = %e, "could not write the status of an unfinished deletion");
+    }
+    let old_reason = old
+        .and_then(|s| conditions::find_condition(s.conditions(), conditions::READY))
+        .map(|c| c.reason.clone());
+    if old_reason.as_deref() != Some(err.reason()) {
+        publish(
+            ctx,
+            &obj.object_ref(&()),
+            event_type,
+            err.reason(),
+            message,
+            "Delete",
+        )
+        .await;
+    }
+}
+
+/// The condition message and Event type of a deletion that cannot finish.
+fn deletion_report(err: &Error) -> (String, EventType) {
+    if err.is_wait() {
+        (error_note(err), EventType::Normal)
+    } else {
+        (
+            format!("deletion cannot finish: {}", error_note(err)),
+            EventType::Warning,
+        )
+    }
+}
+
+/// After a failure: count it and try again later, backing off per object (a thousand
+/// broken objects during an outage must not cost a thousand reconciles every 10 s).
+pub fn error_policy<K: Managed>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failed(K::KIND, err.reason());
-    let after = match err {
-        _ if err.retry_after().is_some() => err.retry_after().unwrap_or_default(),
-        Error::Blocked { .. } => Duration::from_secs(30),
-        Error::InvalidSpec(_) => ctx.resync,
-        _ => Duration::from_secs(10),
+    let key = failure_key::<K>(
+        &obj.namespace().unwrap_or_default(),
+        &obj.name_any(),
+    );
+    let failures = ctx.failures.bump(&key);
+    let after = if err.is_wait() {
+        WAIT_RECHECK.min(ctx.resync)
+    } else if matches!(err.inner(), Error::InvalidSpec(_)) {
+        ctx.resync
+    } else {
+        failure_backoff(failures, err.retry_after(), ctx.resync)
     };
     Action::requeue(with_jitter(after))
+}
+
+/// How often a deletion that waits (paused, in use) looks again.
+const WAIT_RECHECK: Duration = Duration::from_secs(30);
+/// First retry after a failure; doubled per consecutive failure of the same object.
+const FAILURE_BACKOFF_BASE: Duration = Duration::from_secs(10);
+/// Longest retry interval after failures (never longer than a resync either).
+const FAILURE_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// The retry interval after the `failures`-th consecutive failure: 10 s doubling up to
+/// 5 min (or the resync period, if shorter), never earlier than Kinde's own reset hint.
+fn failure_backoff(failures: u32, retry_after: Option<Duration>, resync: Duration) -> Duration {
+    let doubling = FAILURE_BACKOFF_BASE
+        .checked_mul(1u32 << failures.saturating_sub(1).min(16))
+        .unwrap_or(FAILURE_BACKOFF_MAX);
+    let backoff = doubling.min(FAILURE_BACKOFF_MAX).min(resync);
+    retry_after.map_or(backoff, |hint| hint.max(backoff))
+}
+
+fn failure_key<K: Managed>(ns: &str, name: &str) -> String {
+    format!("{}/{ns}/{name}", K::KIND)
+}
+
+/// Consecutive failures per object, for the backoff; cleared by a success.
+#[derive(Default)]
+pub struct FailureCounts(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+
+impl FailureCounts {
+    fn bump(&self, key: &str) -> u32 {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(key.to_owned()).or_default();
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    fn clear(&self, key: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
 }
 
 /// The message of an error for Events and conditions: its chain, without the finalizer
@@ -426,6 +542,7 @@ pub struct Settings {
     pub metrics: Metrics,
     pub scope: Scope,
     pub resync: Duration,
+    pub adoption: AdoptionPolicy,
 }
 
 /// Runs all controllers until `shutdown` resolves; calls `ready` once the caches are filled.
@@ -441,6 +558,7 @@ pub async fn run(
         metrics,
         scope,
         resync,
+        adoption,
     } = settings;
     let apps = build::<M2MApplication>(&client, &scope);
     let apis = build::<ApiRegistration>(&client, &scope);
@@ -461,6 +579,8 @@ pub async fn run(
         wake_grants: grants.router.clone(),
         kinde_apis: ApiSnapshots::new(kinde.clone(), resync / 2),
         authorizer: AuthorizeBatcher::new(kinde),
+        adoption,
+        failures: FailureCounts::default(),
     });
 
     let mut runs = Vec::new();
@@ -547,6 +667,11 @@ impl Outcome {
             message: message.into(),
             requeue: Duration::from_secs(60),
         }
+    }
+
+    /// An adoption the cluster's policy refuses.
+    pub fn refused(refusal: crate::adoption::Refusal) -> Self {
+        Outcome::not_ready(refusal.reason, refusal.message)
     }
 }
 
@@ -674,15 +799,111 @@ pub async fn record_change(
     .await;
 }
 
+/// Whether the cluster's adoption policy admits adoption in `obj`'s namespace: the
+/// namespace's labels are read only when a selector needs them.
+pub async fn adoption_admitted(
+    ctx: &Context,
+    obj: &impl Resource,
+) -> Result<std::result::Result<(), Outcome>> {
+    let ns = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let labels = if ctx.adoption.needs_labels(&ns) {
+        namespace_labels(ctx, &ns).await?
+    } else {
+        Default::default()
+    };
+    Ok(ctx
+        .adoption
+        .check_namespace(&ns, &labels)
+        .map_err(Outcome::refused))
+}
+
+/// The labels of a namespace (empty when it is gone).
+pub async fn namespace_labels(
+    ctx: &Context,
+    ns: &str,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
+    Ok(namespaces
+        .get_metadata_opt(ns)
+        .await?
+        .map(|n| n.labels().clone())
+        .unwrap_or_default())
+}
+
+/// Older objects win a contest (two grants for one pair, two adoptions of one Kinde
+/// object): creation time, then namespace and name.
+pub fn is_older(a: &impl Resource, b: &impl Resource) -> bool {
+    let key = |m: &kube::api::ObjectMeta| {
+        (
+            m.creation_timestamp.clone().map(|t| t.0),
+            m.namespace.clone(),
+            m.name.clone(),
+        )
+    };
+    key(a.meta()) < key(b.meta())
+}
+
 /// The deletion policy in force: the spec's, else `Delete` for objects the operator
-/// created and `Orphan` for adopted ones.
+/// created and `Orphan` for adopted ones (annotated, or adopted before).
 pub fn effective_deletion_policy(
     spec: Option<crate::crd::DeletionPolicy>,
-    obj: &impl KindeAnnotations,
+    adopted: bool,
 ) -> crate::crd::DeletionPolicy {
-    spec.unwrap_or(if obj.external_id().is_some() {
+    spec.unwrap_or(if adopted {
         crate::crd::DeletionPolicy::Orphan
     } else {
         crate::crd::DeletionPolicy::Delete
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_back_off_exponentially_per_object() {
+        let resync = Duration::from_secs(600);
+        let secs = |n| failure_backoff(n, None, resync).as_secs();
+        assert_eq!([secs(1), secs(2), secs(3), secs(4), secs(5)], [10, 20, 40, 80, 160]);
+        assert_eq!(secs(6), 300);
+        assert_eq!(secs(u32::MAX), 300, "no overflow, capped");
+        assert_eq!(secs(0), 10);
+        // Never longer than a resync, never sooner than Kinde's hint.
+        assert_eq!(failure_backoff(9, None, Duration::from_secs(60)).as_secs(), 60);
+        assert_eq!(
+            failure_backoff(1, Some(Duration::from_secs(45)), resync).as_secs(),
+            45
+        );
+        assert_eq!(
+            failure_backoff(5, Some(Duration::from_secs(45)), resync).as_secs(),
+            160
+        );
+    }
+
+    #[test]
+    fn failure_counts_are_per_object_and_cleared_by_success() {
+        let counts = FailureCounts::default();
+        assert_eq!(counts.bump("a"), 1);
+        assert_eq!(counts.bump("a"), 2);
+        assert_eq!(counts.bump("b"), 1);
+        counts.clear("a");
+        assert_eq!(counts.bump("a"), 1);
+    }
+
+    #[test]
+    fn unfinished_deletions_are_normal_when_waiting_and_warnings_when_failing() {
+        let wait = Error::Blocked {
+            reason: reasons::IN_USE,
+            message: "deletion waits: 1 ApiGrant(s) still grant access".into(),
+        };
+        let (message, kind) = deletion_report(&wait);
+        assert_eq!(kind, EventType::Normal);
+        assert!(message.starts_with("deletion waits"), "{message}");
+        assert!(wait.is_wait());
+        let failed = Error::InvalidSpec("x".into());
+        let (message, kind) = deletion_report(&failed);
+        assert_eq!(kind, EventType::Warning);
+        assert!(message.starts_with("deletion cannot finish"), "{message}");
+        assert!(!failed.is_wait());
+    }
 }

@@ -19,9 +19,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::m2m_application::{KindeApp, create_marked, grants_of};
-use super::{Context, Result, record_change};
-use crate::crd::{M2MApplication, M2MApplicationStatus, RetiringCredentials};
+use super::m2m_application::{KindeApp, MAX_RETIRING, create_marked, grants_of};
+use super::{Context, Outcome, Result, apply_status, record_change};
+use crate::conditions::reasons;
+use crate::crd::{M2MApplication, M2MApplicationStatus, PendingSuccessor, RetiringCredentials};
 use crate::kinde::types::Authorization;
 use crate::metrics::ResultLabels;
 
@@ -103,9 +104,79 @@ fn grant_targets(ctx: &Context, obj: &M2MApplication) -> BTreeMap<String, Vec<St
     targets
 }
 
-/// Performs a due rotation up to the switch: finds or creates the successor, authorizes it
-/// for every API of the app's grants with the same scopes, and records the predecessor as
-/// retiring. Returns the successor, which the caller writes into the Secret and status.
+/// A rotation that must wait because [`MAX_RETIRING`] predecessors are still in their
+/// overlap: `NotReady` until the oldest retires (the credentials in use keep working).
+pub fn deferred(status: &M2MApplicationStatus, now: Timestamp) -> Option<Outcome> {
+    if status.retiring.len() < MAX_RETIRING {
+        return None;
+    }
+    let first = status.retiring.iter().map(|r| r.retire_at.0).min()?;
+    let requeue = Duration::try_from(first.duration_since(now))
+        .unwrap_or_default()
+        .max(Duration::from_secs(1));
+    Some(Outcome::NotReady {
+        reason: reasons::ROTATION_DEFERRED,
+        message: format!(
+            "{} earlier credentials are still in their overlap (at most {MAX_RETIRING}); the rotation runs when the first retires at {first}",
+            status.retiring.len()
+        ),
+        requeue,
+    })
+}
+
+/// Disconnects and deletes a recorded successor that no rotation wants any more (a newer
+/// request superseded the one it was made for, or the request went away), so a rotation
+/// that kept failing never leaves an authorized application behind.
+pub async fn discard_stale_successor(
+    obj: &M2MApplication,
+    ctx: &Context,
+    status: &mut M2MApplicationStatus,
+    due: Option<&Due>,
+) -> Result<()> {
+    let Some(pending) = status.pending_successor.clone() else {
+        return Ok(());
+    };
+    if due.is_some_and(|d| d.key == pending.rotation) {
+        return Ok(());
+    }
+    for api_id in grant_targets(ctx, obj).keys() {
+        match ctx
+            .authorizer
+            .submit(api_id, &pending.client_id, Authorization::Deauthorize)
+            .await
+        {
+            Ok(()) => {
+                ctx.kinde_apis
+                    .note(api_id, &pending.client_id, Authorization::Deauthorize)
+                    .await
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match ctx.kinde.delete_application(&pending.application_id).await {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
+    record_change(
+        ctx,
+        obj,
+        "SuccessorDiscarded",
+        format!(
+            "deleted Kinde application {}, made for a rotation that was superseded before it finished",
+            pending.application_id
+        ),
+    )
+    .await;
+    status.pending_successor = None;
+    Ok(())
+}
+
+/// Performs a due rotation up to the switch: finds or creates the successor, records it as
+/// pending (before it gets any access), authorizes it for every API of the app's grants
+/// with the same scopes, and records the predecessor as retiring. Returns the successor,
+/// which the caller writes into the Secret and status.
 pub async fn rotate(
     obj: &M2MApplication,
     ctx: &Context,
@@ -116,7 +187,7 @@ pub async fn rotate(
     overlap: Duration,
 ) -> Result<KindeApp> {
     let marker = successor_marker(uid_marker_body, due);
-    let successor = match create_marked(obj, ctx, &marker).await {
+    let successor = match create_marked(obj, ctx, status, &marker).await {
         Ok(app) => app,
         Err(e) => {
             ctx.metrics
@@ -126,6 +197,14 @@ pub async fn rotate(
             return Err(e);
         }
     };
+    if status.pending_successor.as_ref().map(|p| &p.application_id) != Some(&successor.id) {
+        status.pending_successor = Some(PendingSuccessor {
+            application_id: successor.id.clone(),
+            client_id: successor.client_id.clone(),
+            rotation: due.key.clone(),
+        });
+        apply_status(ctx, obj, obj.status.as_ref(), status).await?;
+    }
     for (api_id, scope_ids) in grant_targets(ctx, obj) {
         ctx.authorizer
             .submit(&api_id, &successor.client_id, Authorization::Authorize)
@@ -139,6 +218,8 @@ pub async fn rotate(
                 .await?;
         }
     }
+    // The caller records the successor as current in the same status write.
+    status.pending_successor = None;
     let now = Timestamp::now();
     let retire_at = now
         .checked_add(jiff::SignedDuration::try_from(overlap).unwrap_or_default())
@@ -272,6 +353,34 @@ mod tests {
         // FNV-1a of "" is its offset basis: pins the algorithm across releases.
         assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn rotation_waits_while_too_many_predecessors_retire() {
+        let now = Timestamp::from_second(1_000_000).expect("ts");
+        let retiring = |n: usize| M2MApplicationStatus {
+            retiring: (0..n)
+                .map(|i| RetiringCredentials {
+                    application_id: format!("a{i}"),
+                    client_id: format!("a{i}"),
+                    retire_at: Time(
+                        Timestamp::from_second(1_000_100 + i64::try_from(i).expect("i"))
+                            .expect("ts"),
+                    ),
+                })
+                .collect(),
+            ..M2MApplicationStatus::default()
+        };
+        assert!(deferred(&retiring(MAX_RETIRING - 1), now).is_none());
+        match deferred(&retiring(MAX_RETIRING), now) {
+            Some(Outcome::NotReady {
+                reason, requeue, ..
+            }) => {
+                assert_eq!(reason, reasons::ROTATION_DEFERRED);
+                assert_eq!(requeue, Duration::from_secs(100));
+            }
+            other => panic!("expected a deferral, got {other:?}"),
+        }
     }
 
     #[test]

@@ -157,6 +157,12 @@ pub struct ApiRegistrationStatus {
     /// The API's scopes as they exist in Kinde, with their Kinde ids.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<ScopeStatus>,
+
+    /// Id of the Kinde API this object adopted (`external-id`), kept after the annotation
+    /// is removed: an adopted API stays adopted (never deleted unless the cluster's
+    /// adoption policy allows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted_id: Option<String>,
 }
 
 /// A scope as it exists in Kinde.

@@ -197,6 +197,42 @@ pub struct M2MApplicationStatus {
     /// When the next scheduled rotation is due (only with `spec.rotation.every`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation_time: Option<Time>,
+
+    /// Id of the Kinde application this object adopted (`external-id`), kept after the
+    /// annotation is removed: an adopted application is never deleted unless the cluster's
+    /// adoption policy allows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted_id: Option<String>,
+
+    /// `spec.organizationCode` the application was created with (immutable: a changed spec
+    /// is refused, also on servers without CEL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization_code: Option<String>,
+
+    /// A rotation's successor created but not yet switched to: recorded before it is
+    /// authorized, so a rotation that keeps failing (or is superseded by a new request)
+    /// never leaves an authorized application behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_successor: Option<PendingSuccessor>,
+
+    /// Since when a create of this object's Kinde application had an unknown outcome
+    /// (timeout, lost response): Kinde may still process it later, so until this is
+    /// cleared the operator keeps looking for, and deletes, applications carrying this
+    /// object's marker that it does not use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unconfirmed_create_since: Option<Time>,
+}
+
+/// A rotation's successor application, recorded before it is authorized.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingSuccessor {
+    /// Id of the successor Kinde application.
+    pub application_id: String,
+    /// Client ID of the successor Kinde application.
+    pub client_id: String,
+    /// The rotation it was created for (its marker key).
+    pub rotation: String,
 }
 
 /// A predecessor Kinde application kept working after a rotation.

@@ -30,7 +30,7 @@ pub use api_registration::{
 };
 pub use m2m_application::{
     DEFAULT_ROTATION_OVERLAP, M2MApplication, M2MApplicationSpec, M2MApplicationStatus,
-    RetiringCredentials, RotationSpec, SecretSpec,
+    PendingSuccessor, RetiringCredentials, RotationSpec, SecretSpec,
 };
 
 /// API group of every resource of the operator.

@@ -158,6 +158,11 @@ impl KindeClient {
         format!("{}/api", self.domain())
     }
 
+    /// The client ID of the operator's own management application (never adoptable).
+    pub fn management_client_id(&self) -> &str {
+        &self.inner.config.client_id
+    }
+
     /// The OAuth2 token endpoint for client-credentials: `<domain>/oauth2/token`.
     pub fn token_url(&self) -> String {
         format!("{}/oauth2/token", self.domain())

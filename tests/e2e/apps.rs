@@ -85,7 +85,10 @@ where
     support::test(name, move |ctx| async move {
         ctx.harness.ensure_crds().await?;
         let emu = ctx.own_emulator()?;
-        let op = ctx.run_operator(&emu, &[], resync, &[])?;
+        // Adoption is refused unless the cluster's policy admits the namespace; these tests
+        // adopt in their own namespace (tests/e2e/trust.rs covers the refusals).
+        let ns = ctx.ns.clone();
+        let op = ctx.run_operator(&emu, &[], resync, &["--adoption-namespace", &ns])?;
         let env = Arc::new(Env {
             ctx,
             emu,
