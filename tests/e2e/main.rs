@@ -14,6 +14,7 @@ mod grants;
 mod harness;
 mod rbac;
 mod rotation;
+mod trust;
 
 fn main() -> std::process::ExitCode {
     let code = support::run(
@@ -24,6 +25,7 @@ fn main() -> std::process::ExitCode {
             grants::tests(),
             crash::tests(),
             rotation::tests(),
+            trust::tests(),
             chart::tests(),
             rbac::tests(),
         ]
