@@ -21,6 +21,9 @@ use super::{Operation, Result};
 pub const MAX_BATCH: usize = 100;
 /// Guard against a server that keeps handing out next tokens.
 const MAX_PAGES: usize = 1000;
+/// Most items a listing collects: [`MAX_PAGES`] full pages. A server that ignores
+/// `page_size` could otherwise fill memory with up to [`MAX_PAGES`] bodies of the body cap.
+const MAX_ITEMS: usize = MAX_PAGES * MAX_BATCH;
 
 /// How to reach Kinde and how hard to push it.
 #[derive(Clone, Debug)]
@@ -562,6 +565,12 @@ impl KindeClient {
             let (mut batch, token) = split(page);
             let progressed = !batch.is_empty();
             items.append(&mut batch);
+            if items.len() > MAX_ITEMS {
+                return Err(KindeError::Decode {
+                    operation: op.name(),
+                    detail: format!("more than {MAX_ITEMS} items"),
+                });
+            }
             match token.filter(|t| !t.is_empty()) {
                 Some(t) if progressed && next.as_deref() != Some(t.as_str()) => next = Some(t),
                 _ => return Ok(items),
