@@ -875,8 +875,10 @@ async fn absurd_rate_limit_hints_are_clamped() {
         ((now + 4).to_string(), None),
     ] {
         env.reset_calls().await;
-        env.fault(json!({"operation": "getAPIs", "status": 429, "headers": {"ratelimit-reset": reset}}))
-            .await;
+        env.fault(
+            json!({"operation": "getAPIs", "status": 429, "headers": {"ratelimit-reset": reset}}),
+        )
+        .await;
         let err = client.list_apis(false).await.unwrap_err();
         let after = err.retry_after();
         match expected {
@@ -886,7 +888,11 @@ async fn absurd_rate_limit_hints_are_clamped() {
                 "reset {reset}: {err:?}"
             ),
         }
-        assert_eq!(env.calls_of("getAPIs").await, 1, "reset {reset}: not retried");
+        assert_eq!(
+            env.calls_of("getAPIs").await,
+            1,
+            "reset {reset}: not retried"
+        );
     }
 
     // `RateLimit-Reset: 0` is waited out for the floor (1 s), not retried at once.
@@ -935,7 +941,10 @@ async fn the_token_is_taken_after_the_rate_limit_wait() {
         .await;
     client.list_apis(false).await.unwrap();
     let calls = env.calls().await;
-    println!("getAPIs statuses after the pause: {}", calls["getAPIs"]["statuses"]);
+    println!(
+        "getAPIs statuses after the pause: {}",
+        calls["getAPIs"]["statuses"]
+    );
     assert_eq!(env.status_count("getAPIs", "429").await, 1);
     assert_eq!(
         env.status_count("getAPIs", "403").await,
@@ -989,7 +998,9 @@ async fn a_429_does_not_release_every_waiter_at_once() {
     }
     let ok = env.status_count("getAPIs", "200").await;
     let throttled = env.status_count("getAPIs", "429").await;
-    println!("{CALLERS} callers x {CALLS_EACH} calls: {ok} x 200, {throttled} x 429, {failed} callers failed");
+    println!(
+        "{CALLERS} callers x {CALLS_EACH} calls: {ok} x 200, {throttled} x 429, {failed} callers failed"
+    );
     assert_eq!(failed, 0);
     assert_eq!(ok, CALLERS * CALLS_EACH);
     // Paced after each pause, every window costs about one 429 (the call that finds it

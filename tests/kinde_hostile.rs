@@ -208,7 +208,11 @@ async fn a_huge_body_is_cut_off_at_the_cap() {
     assert!(written < CUT_OFF_BELOW, "client read {written} bytes");
     assert_bad_response(&err, "getAPIs");
     // A bad response is not retried.
-    assert_eq!(server.requests.load(Ordering::SeqCst), 2, "token + one call");
+    assert_eq!(
+        server.requests.load(Ordering::SeqCst),
+        2,
+        "token + one call"
+    );
 }
 
 #[tokio::test]
@@ -258,17 +262,15 @@ async fn a_huge_error_body_is_cut_off_and_the_status_still_counts() {
 
 #[tokio::test]
 async fn a_content_length_beyond_the_cap_is_refused_unread() {
-    let server = Hostile::start(
-        Reply::Token,
-        Reply::Lying {
-            announced: 1 << 30,
-        },
-    )
-    .await;
+    let server = Hostile::start(Reply::Token, Reply::Lying { announced: 1 << 30 }).await;
     let err = server.client().list_apis(false).await.unwrap_err();
     // Waiting for the announced GiB would end in a timeout (Retryable) instead.
     assert_bad_response(&err, "getAPIs");
-    assert_eq!(server.requests.load(Ordering::SeqCst), 2, "token + one call");
+    assert_eq!(
+        server.requests.load(Ordering::SeqCst),
+        2,
+        "token + one call"
+    );
 }
 
 #[tokio::test]

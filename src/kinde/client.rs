@@ -1007,7 +1007,6 @@ fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     half.saturating_add(jitter.min(half))
 }
 
-
 /// Kinde ids are letters, digits, `_` and `-`; anything else (a `/`, `..`, `?`) would
 /// change which endpoint a request hits, so it is refused before any request is made.
 fn is_plain_id(s: &str) -> bool {
@@ -1248,7 +1247,10 @@ mod tests {
         for attempt in [0, 1, 17, u32::MAX] {
             let d = backoff(Duration::MAX, Duration::MAX, attempt);
             assert!(d >= Duration::MAX / 2);
-            assert_eq!(backoff(Duration::ZERO, Duration::MAX, attempt), Duration::ZERO);
+            assert_eq!(
+                backoff(Duration::ZERO, Duration::MAX, attempt),
+                Duration::ZERO
+            );
         }
     }
 
@@ -1268,7 +1270,11 @@ mod tests {
     fn the_token_endpoint_refusing_is_unauthorized_not_a_refresh() {
         let h = HeaderMap::new();
         let oauth = br#"{"error":"invalid_client","error_description":"no"}"#;
-        for status in [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN, StatusCode::BAD_REQUEST] {
+        for status in [
+            StatusCode::UNAUTHORIZED,
+            StatusCode::FORBIDDEN,
+            StatusCode::BAD_REQUEST,
+        ] {
             assert!(matches!(
                 classify(Operation::Token, status, &h, oauth),
                 Attempt::Fail(KindeError::Unauthorized { .. })

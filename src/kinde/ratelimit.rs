@@ -268,7 +268,11 @@ mod tests {
         limiter.pause_until(Instant::now() + Duration::from_secs(10));
         tokio::time::advance(Duration::from_secs(2)).await;
         settle().await;
-        assert_eq!(count(&done), 0, "a slot taken before the 429 must not be used");
+        assert_eq!(
+            count(&done),
+            0,
+            "a slot taken before the 429 must not be used"
+        );
         tokio::time::advance(Duration::from_secs(9)).await;
         settle().await;
         assert_eq!(count(&done), 1);
