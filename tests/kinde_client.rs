@@ -850,3 +850,164 @@ async fn concurrent_calls_share_one_token() {
     assert_eq!(env.calls_of("token").await, 1);
     assert_eq!(env.status_count("getAPIs", "200").await, 20);
 }
+
+// ---- hostile answers (the client must neither panic nor trust them) ----
+
+#[tokio::test]
+async fn absurd_rate_limit_hints_are_clamped() {
+    let env = Emu::start().await;
+    let client = env.client();
+    client.list_apis(false).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // The five-minute ceiling the client puts on any hint.
+    let ceiling = Duration::from_secs(300);
+    for (reset, expected) in [
+        // `Duration::from_secs_f64` panicked on these two.
+        ("1e300".to_owned(), Some(ceiling)),
+        (u64::MAX.to_string(), Some(ceiling)),
+        // A unix time far ahead (here: milliseconds since the epoch).
+        ((now * 1000).to_string(), Some(ceiling)),
+        // The reset as a unix time 4 s ahead: read as "in about 4 s", longer than the
+        // test client's 2 s max_backoff, so returned to the caller.
+        ((now + 4).to_string(), None),
+    ] {
+        env.reset_calls().await;
+        env.fault(
+            json!({"operation": "getAPIs", "status": 429, "headers": {"ratelimit-reset": reset}}),
+        )
+        .await;
+        let err = client.list_apis(false).await.unwrap_err();
+        let after = err.retry_after();
+        match expected {
+            Some(d) => assert_eq!(after, Some(d), "reset {reset}: {err:?}"),
+            None => assert!(
+                after.is_some_and(|a| a > Duration::from_secs(2) && a <= Duration::from_secs(4)),
+                "reset {reset}: {err:?}"
+            ),
+        }
+        assert_eq!(
+            env.calls_of("getAPIs").await,
+            1,
+            "reset {reset}: not retried"
+        );
+    }
+
+    // `RateLimit-Reset: 0` is waited out for the floor (1 s), not retried at once.
+    env.reset_calls().await;
+    let fresh = env.client();
+    fresh.list_apis(false).await.unwrap();
+    env.fault(json!({"operation": "getAPIs", "status": 429, "headers": {"ratelimit-reset": "0"}}))
+        .await;
+    fresh.list_apis(false).await.unwrap();
+    assert_eq!(env.status_count("getAPIs", "429").await, 1);
+    assert!(
+        fresh.metrics().rate_limit_wait() >= 0.9,
+        "waited {}s after a 0 reset",
+        fresh.metrics().rate_limit_wait()
+    );
+}
+
+#[tokio::test]
+async fn absurd_token_lifetime_does_not_panic() {
+    let env = Emu::start().await;
+    // A token "valid" for u64::MAX seconds: `Instant + Duration` overflowed and panicked.
+    // Its value is not a real token, so the management API refuses it and the client
+    // fetches a real one.
+    env.fault(json!({"operation": "token", "status": 200,
+        "body": format!(r#"{{"access_token":"bogus","token_type":"bearer","expires_in":{}}}"#, u64::MAX)}))
+        .await;
+    let client = env.client();
+    client.list_apis(false).await.unwrap();
+    assert_eq!(env.calls_of("token").await, 2);
+    assert_eq!(env.status_count("getAPIs", "200").await, 1);
+}
+
+#[tokio::test]
+async fn the_token_is_taken_after_the_rate_limit_wait() {
+    let env = Emu::start().await;
+    env.control(Method::PUT, "/config", Some(json!({"token_ttl_secs": 2})))
+        .await;
+    let mut config = env.config();
+    config.max_backoff = Duration::from_secs(5);
+    let client = env.client_with(config);
+    client.list_apis(false).await.unwrap();
+    env.reset_calls().await;
+    // A 429 asking for 3 s: longer than the 2 s token lives. The retry must go out with
+    // a token fetched after the wait, not the one held before it.
+    env.fault(json!({"operation": "getAPIs", "status": 429, "headers": {"ratelimit-reset": "3"}}))
+        .await;
+    client.list_apis(false).await.unwrap();
+    let calls = env.calls().await;
+    println!(
+        "getAPIs statuses after the pause: {}",
+        calls["getAPIs"]["statuses"]
+    );
+    assert_eq!(env.status_count("getAPIs", "429").await, 1);
+    assert_eq!(
+        env.status_count("getAPIs", "403").await,
+        0,
+        "an expired token was sent"
+    );
+    assert_eq!(env.status_count("getAPIs", "200").await, 1);
+    assert_eq!(env.calls_of("token").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_does_not_release_every_waiter_at_once() {
+    let env = Emu::start().await;
+    // The production defaults (10/s, burst 10, 4 in flight) against a Kinde that allows
+    // 10 calls per 2 s: the client is faster than Kinde and must learn from the 429s.
+    let mut config = env.config();
+    config.requests_per_second = 10.0;
+    config.burst = 10;
+    config.max_in_flight = 4;
+    config.max_attempts = 5;
+    config.max_backoff = Duration::from_secs(5);
+    let client = env.client_with(config);
+    client.list_apis(false).await.unwrap();
+    const WINDOW: u64 = 10;
+    env.control(
+        Method::PUT,
+        "/rate-limit",
+        Some(json!({"requests": WINDOW, "per_seconds": 2})),
+    )
+    .await;
+    env.reset_calls().await;
+    const CALLERS: u64 = 20;
+    const CALLS_EACH: u64 = 2;
+    let tasks: Vec<_> = (0..CALLERS)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move {
+                for _ in 0..CALLS_EACH {
+                    c.list_apis(false).await?;
+                }
+                Ok::<_, KindeError>(())
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for t in tasks {
+        if let Err(e) = t.await.unwrap() {
+            println!("caller failed: {e}");
+            failed += 1;
+        }
+    }
+    let ok = env.status_count("getAPIs", "200").await;
+    let throttled = env.status_count("getAPIs", "429").await;
+    println!(
+        "{CALLERS} callers x {CALLS_EACH} calls: {ok} x 200, {throttled} x 429, {failed} callers failed"
+    );
+    assert_eq!(failed, 0);
+    assert_eq!(ok, CALLERS * CALLS_EACH);
+    // Paced after each pause, every window costs about one 429 (the call that finds it
+    // spent); released all at once, every waiter beyond the window draws one.
+    let windows = (CALLERS * CALLS_EACH).div_ceil(WINDOW);
+    assert!(
+        throttled <= windows + 1,
+        "{throttled} 429s for {windows} windows"
+    );
+}

@@ -6,13 +6,14 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode, header::HeaderMap};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
+use tokio::sync::SemaphorePermit;
 use tokio::time::Instant;
 use url::Url;
 
 use super::error::{KindeError, KindeErrorBody, Transient};
 use super::metrics::KindeMetrics;
 use super::ratelimit::Limiter;
-use super::token::{Lease, TokenCache};
+use super::token::{self, Lease, TokenCache};
 use super::types::*;
 use super::{Operation, Result};
 
@@ -20,6 +21,9 @@ use super::{Operation, Result};
 pub const MAX_BATCH: usize = 100;
 /// Guard against a server that keeps handing out next tokens.
 const MAX_PAGES: usize = 1000;
+/// Most items a listing collects: [`MAX_PAGES`] full pages. A server that ignores
+/// `page_size` could otherwise fill memory with up to [`MAX_PAGES`] bodies of the body cap.
+const MAX_ITEMS: usize = MAX_PAGES * MAX_BATCH;
 
 /// How to reach Kinde and how hard to push it.
 #[derive(Clone, Debug)]
@@ -77,12 +81,20 @@ struct Inner {
     metrics: KindeMetrics,
 }
 
-/// One request, described without its credentials.
+/// One request; management calls get the token added per attempt. Deliberately not
+/// `Debug`: the token request's body holds the client secret.
 struct Call {
     op: Operation,
     method: Method,
     url: Url,
-    body: Option<Vec<u8>>,
+    body: Option<Body>,
+    /// Sent with the management token (every call but the token request itself).
+    bearer: bool,
+}
+
+struct Body {
+    content_type: &'static str,
+    bytes: Vec<u8>,
 }
 
 /// What came back from one attempt.
@@ -520,12 +532,17 @@ impl KindeClient {
             .map_err(|e| KindeError::Decode {
                 operation: op.name(),
                 detail: format!("request body: {e}"),
-            })?;
+            })?
+            .map(|bytes| Body {
+                content_type: "application/json",
+                bytes,
+            });
         let call = Call {
             op,
             method,
             url: self.url(op, path, query)?,
             body,
+            bearer: true,
         };
         self.execute(&call).await
     }
@@ -553,6 +570,12 @@ impl KindeClient {
             let (mut batch, token) = split(page);
             let progressed = !batch.is_empty();
             items.append(&mut batch);
+            if items.len() > MAX_ITEMS {
+                return Err(KindeError::Decode {
+                    operation: op.name(),
+                    detail: format!("more than {MAX_ITEMS} items"),
+                });
+            }
             match token.filter(|t| !t.is_empty()) {
                 Some(t) if progressed && next.as_deref() != Some(t.as_str()) => next = Some(t),
                 _ => return Ok(items),
@@ -564,25 +587,26 @@ impl KindeClient {
         })
     }
 
-    /// Runs one call with authentication, throttling and the retry policy.
+    /// The retry engine: runs one call (a management call or the token request) with
+    /// throttling, authentication and the retry policy. The only place that retries, waits
+    /// out a 429 or refreshes a refused token.
     async fn execute(&self, call: &Call) -> Result<Vec<u8>> {
         let cfg = &self.inner.config;
-        let mut attempts = 0;
+        let mut attempts: u32 = 0;
         let mut refreshed = false;
         loop {
-            attempts += 1;
-            let lease = self.token().await?;
-            let outcome = self.attempt(call, &lease).await;
+            attempts = attempts.saturating_add(1);
+            let (outcome, generation) = self.attempt(call).await;
             let (error, after) = match outcome {
                 Attempt::Done(body) => return Ok(body),
                 Attempt::Fail(e) => return Err(e),
                 Attempt::RefreshToken { error } => {
-                    if refreshed {
+                    let Some(generation) = generation.filter(|_| !refreshed) else {
                         return Err(error);
-                    }
+                    };
                     refreshed = true;
-                    self.inner.token.invalidate(lease.generation).await;
-                    attempts -= 1;
+                    self.inner.token.invalidate(generation).await;
+                    attempts = attempts.saturating_sub(1);
                     continue;
                 }
                 Attempt::Retry { error, after } => (error, after),
@@ -606,39 +630,71 @@ impl KindeClient {
                 return Err(error);
             }
             tracing::debug!(operation = call.op.name(), attempt = attempts, delay_ms = delay.as_millis() as u64, error = %error, "retrying Kinde call");
-            if after.is_some() {
-                self.inner.limiter.pause_until(Instant::now() + delay);
-            } else {
-                tokio::time::sleep(delay).await;
+            match after.and_then(|d| Instant::now().checked_add(d)) {
+                // Kinde's reset applies to every caller, not just this one.
+                Some(until) => self.inner.limiter.pause_until(until),
+                None => tokio::time::sleep(delay).await,
             }
         }
     }
 
-    async fn attempt(&self, call: &Call, lease: &Lease) -> Attempt {
-        let op = call.op;
-        let (_permit, waited) = self.inner.limiter.acquire().await;
+    /// A limiter slot, then (for management calls) the token. The token is taken after
+    /// the wait: a caller parked behind a long 429 pause would otherwise send a token that
+    /// expired while it waited.
+    async fn slot(&self, call: &Call) -> Result<(SemaphorePermit<'_>, Option<Lease>)> {
+        let limiter = &self.inner.limiter;
+        let (permit, waited) = limiter.acquire().await;
         self.inner.metrics.waited(waited);
+        if !call.bearer {
+            return Ok((permit, None));
+        }
+        if let Some(lease) = self.inner.token.current() {
+            return Ok((permit, Some(lease)));
+        }
+        // The token request needs a slot of its own: holding this one while it runs would
+        // deadlock with `max_in_flight = 1`.
+        drop(permit);
+        let fetched = self.token().await?;
+        let (permit, waited) = limiter.acquire().await;
+        self.inner.metrics.waited(waited);
+        Ok((permit, Some(self.inner.token.current().unwrap_or(fetched))))
+    }
+
+    /// One attempt; also returns the generation of the token it sent, for a refresh.
+    async fn attempt(&self, call: &Call) -> (Attempt, Option<u64>) {
+        let op = call.op;
+        let (permit, lease) = match self.slot(call).await {
+            Ok(slot) => slot,
+            // The token request has been through this engine already: nothing to retry.
+            Err(e) => return (Attempt::Fail(e), None),
+        };
         let mut req = self
             .inner
             .http
-            .request(call.method.clone(), call.url.clone())
-            .bearer_auth(lease.token.expose_secret());
+            .request(call.method.clone(), call.url.clone());
+        if let Some(lease) = &lease {
+            req = req.bearer_auth(lease.token.expose_secret());
+        }
         if let Some(body) = &call.body {
             req = req
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone());
+                .header(reqwest::header::CONTENT_TYPE, body.content_type)
+                .body(body.bytes.clone());
         }
         let started = Instant::now();
         let result = match req.send().await {
             Ok(resp) => {
                 let status = resp.status();
                 let headers = resp.headers().clone();
-                resp.bytes().await.map(|b| (status, headers, b.to_vec()))
+                read_capped(resp, body_cap(status))
+                    .await
+                    .map(|b| (status, headers, b))
             }
             Err(e) => Err(e),
         };
+        drop(permit);
         let elapsed = started.elapsed();
-        match result {
+        let generation = lease.map(|l| l.generation);
+        let outcome = match result {
             Ok((status, headers, body)) => {
                 self.inner
                     .metrics
@@ -649,7 +705,19 @@ impl KindeClient {
                     elapsed_ms = elapsed.as_millis() as u64,
                     "Kinde call"
                 );
-                classify(op, status, &headers, &body)
+                match body {
+                    Some(body) => classify(op, status, &headers, &body),
+                    // An error body is only read for Kinde's code and message: the status
+                    // decides on its own.
+                    None if !status.is_success() => classify(op, status, &headers, b""),
+                    None => Attempt::Fail(KindeError::Decode {
+                        operation: op.name(),
+                        detail: format!(
+                            "the response body exceeds the {} KiB limit",
+                            MAX_BODY_BYTES / 1024
+                        ),
+                    }),
+                }
             }
             Err(e) => {
                 let (label, reason) = if e.is_timeout() {
@@ -683,7 +751,8 @@ impl KindeClient {
                     })
                 }
             }
-        }
+        };
+        (outcome, generation)
     }
 
     /// The management token from the cache, fetched when missing or about to expire.
@@ -691,105 +760,36 @@ impl KindeClient {
         self.inner.token.get(|| self.fetch_token()).await
     }
 
+    /// Mints a management token (client credentials) through the retry engine.
     async fn fetch_token(&self) -> Result<(SecretString, Duration)> {
         let cfg = &self.inner.config;
-        let op = Operation::Token;
         let audience = self.management_audience();
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", cfg.client_id.as_str()),
-            ("client_secret", cfg.client_secret.expose_secret()),
-            ("audience", audience.as_str()),
-        ];
-        let url = Url::parse(&self.token_url())
-            .map_err(|e| KindeError::Config(format!("token URL: {e}")))?;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let (_permit, waited) = self.inner.limiter.acquire().await;
-            self.inner.metrics.waited(waited);
-            let started = Instant::now();
-            let sent = self.inner.http.post(url.clone()).form(&form).send().await;
-            let result = match sent {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let headers = resp.headers().clone();
-                    resp.bytes().await.map(|b| (status, headers, b.to_vec()))
-                }
-                Err(e) => Err(e),
-            };
-            let elapsed = started.elapsed();
-            let (error, after) = match result {
-                Ok((status, headers, body)) => {
-                    self.inner
-                        .metrics
-                        .observe(op.name(), status.as_u16().to_string(), elapsed);
-                    if status.is_success() {
-                        let token: TokenResponse = decode(op, &body)?;
-                        let lifetime = Duration::from_secs(token.expires_in.unwrap_or(3600).max(1));
-                        tracing::debug!(
-                            expires_in_s = lifetime.as_secs(),
-                            "fetched Kinde management token"
-                        );
-                        return Ok((token.access_token, lifetime));
-                    }
-                    let parsed = KindeErrorBody::parse(&body);
-                    match status {
-                        StatusCode::TOO_MANY_REQUESTS => (
-                            KindeError::RateLimited {
-                                operation: op.name(),
-                                retry_after: reset_after(&headers),
-                            },
-                            reset_after(&headers),
-                        ),
-                        s if s.is_server_error() => (
-                            KindeError::Retryable {
-                                operation: op.name(),
-                                reason: Transient::Server(s.as_u16()),
-                                attempts,
-                            },
-                            None,
-                        ),
-                        s => {
-                            return Err(KindeError::Unauthorized {
-                                operation: op.name(),
-                                status: s.as_u16(),
-                                body: parsed,
-                            });
-                        }
-                    }
-                }
-                Err(e) => {
-                    let (label, reason) = if e.is_timeout() {
-                        ("timeout", Transient::Timeout)
-                    } else {
-                        ("transport", Transient::Transport)
-                    };
-                    self.inner
-                        .metrics
-                        .observe(op.name(), label.to_owned(), elapsed);
-                    (
-                        KindeError::Retryable {
-                            operation: op.name(),
-                            reason,
-                            attempts,
-                        },
-                        None,
-                    )
-                }
-            };
-            let delay =
-                after.unwrap_or_else(|| backoff(cfg.base_backoff, cfg.max_backoff, attempts));
-            if attempts >= cfg.max_attempts || delay > cfg.max_backoff {
-                return Err(error);
-            }
-            if after.is_some() {
-                // Kinde's reset applies to every caller, not just this one.
-                self.inner.limiter.pause_until(Instant::now() + delay);
-            } else {
-                tokio::time::sleep(delay).await;
-            }
-        }
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "client_credentials")
+            .append_pair("client_id", &cfg.client_id)
+            .append_pair("client_secret", cfg.client_secret.expose_secret())
+            .append_pair("audience", &audience)
+            .finish();
+        let call = Call {
+            op: Operation::Token,
+            method: Method::POST,
+            url: Url::parse(&self.token_url())
+                .map_err(|e| KindeError::Config(format!("token URL: {e}")))?,
+            body: Some(Body {
+                content_type: "application/x-www-form-urlencoded",
+                bytes: form.into_bytes(),
+            }),
+            bearer: false,
+        };
+        // Boxed: the engine asks for the token, and the token request runs in the engine.
+        let body = Box::pin(self.execute(&call)).await?;
+        let token: TokenResponse = decode(Operation::Token, &body)?;
+        let lifetime = token::lifetime(token.expires_in);
+        tracing::debug!(
+            expires_in_s = lifetime.as_secs(),
+            "fetched Kinde management token"
+        );
+        Ok((token.access_token, lifetime))
     }
 }
 
@@ -800,6 +800,17 @@ fn classify(op: Operation, status: StatusCode, headers: &HeaderMap, body: &[u8])
     }
     let parsed = KindeErrorBody::parse(body);
     let name = op.name();
+    if op == Operation::Token
+        && status != StatusCode::TOO_MANY_REQUESTS
+        && !status.is_server_error()
+    {
+        // The token endpoint refusing is about the credentials, not a token to refresh.
+        return Attempt::Fail(KindeError::Unauthorized {
+            operation: name,
+            status: status.as_u16(),
+            body: parsed,
+        });
+    }
     match status {
         StatusCode::TOO_MANY_REQUESTS => {
             // Kinde does not process throttled requests, so even creates may be repeated.
@@ -879,12 +890,115 @@ fn is_token_problem(body: &KindeErrorBody) -> bool {
     })
 }
 
+/// Largest success body read, in bytes. The biggest legitimate answers (a page of 100
+/// applications, an API listing its authorized applications) are tens of KiB; 4 MiB is far
+/// above that and, times `max_in_flight`, far below the chart's 256 MiB memory limit.
+/// Anything bigger is a misbehaving server: stop reading instead of buffering it.
+const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Error bodies are only parsed for Kinde's short `code` and `message`.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// How much of a response with `status` is read.
+fn body_cap(status: StatusCode) -> usize {
+    if status.is_success() {
+        MAX_BODY_BYTES
+    } else {
+        MAX_ERROR_BODY_BYTES
+    }
+}
+
+/// Reads the body chunk by chunk; `None` (without reading further) once it is, or its
+/// `Content-Length` announces it to be, longer than `cap`.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> reqwest::Result<Option<Vec<u8>>> {
+    if resp
+        .content_length()
+        .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > cap))
+    {
+        return Ok(None);
+    }
+    let mut body = CappedBody::new(cap);
+    while let Some(chunk) = resp.chunk().await? {
+        if !body.push(&chunk) {
+            return Ok(None);
+        }
+    }
+    Ok(Some(body.into_inner()))
+}
+
+/// A body that refuses to grow past its cap.
+struct CappedBody {
+    bytes: Vec<u8>,
+    cap: usize,
+}
+
+impl CappedBody {
+    fn new(cap: usize) -> Self {
+        Self {
+            bytes: Vec::new(),
+            cap,
+        }
+    }
+
+    /// Appends `chunk`; false (and nothing appended) when that would pass the cap.
+    fn push(&mut self, chunk: &[u8]) -> bool {
+        match self.bytes.len().checked_add(chunk.len()) {
+            Some(n) if n <= self.cap => {
+                self.bytes.extend_from_slice(chunk);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn into_inner(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
+/// Shortest wait a 429 is given: `RateLimit-Reset: 0` (or a reset in the past) would
+/// otherwise retry at once, a hot loop against a server that keeps saying 429.
+const MIN_HINT: Duration = Duration::from_secs(1);
+/// Longest wait a 429 hint is believed for: Kinde's windows are seconds to a minute. A
+/// longer hint is returned to the controller as `retry_after` and used to requeue the
+/// object, so an absurd one (a misread header) would park it until someone edits it.
+const MAX_HINT: Duration = Duration::from_secs(300);
+/// Hints at or above this many seconds are read as unix timestamps (some servers send
+/// the reset time, not the delay): as a delay it would be 31 years, as a time it is
+/// September 2001, so no plausible delay is mistaken for a time or the other way round.
+const EPOCH_HINT: f64 = 1e9;
+
 /// The wait a 429 asks for: `RateLimit-Reset` (Kinde's header) or `Retry-After`, seconds.
 fn reset_after(headers: &HeaderMap) -> Option<Duration> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    reset_after_at(headers, now)
+}
+
+/// [`reset_after`] with the current unix time given, for tests.
+fn reset_after_at(headers: &HeaderMap, now_unix: Duration) -> Option<Duration> {
     ["ratelimit-reset", "retry-after"].iter().find_map(|name| {
         let value = headers.get(*name)?.to_str().ok()?.trim();
-        let secs: f64 = value.parse().ok()?;
-        (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+        hint_delay(value.parse().ok()?, now_unix)
+    })
+}
+
+/// A hint in seconds as a wait, clamped to [`MIN_HINT`]..=[`MAX_HINT`]: a delay, or from
+/// [`EPOCH_HINT`] on, a unix time (a past one waits [`MIN_HINT`], a far one [`MAX_HINT`]).
+/// `None` for what is not a time at all (negative, NaN, infinite).
+fn hint_delay(secs: f64, now_unix: Duration) -> Option<Duration> {
+    if !secs.is_finite() || secs < 0.0 {
+        return None;
+    }
+    let delay = if secs >= EPOCH_HINT {
+        secs - now_unix.as_secs_f64()
+    } else {
+        secs
+    };
+    Some(if delay <= MIN_HINT.as_secs_f64() {
+        MIN_HINT
+    } else {
+        Duration::try_from_secs_f64(delay).map_or(MAX_HINT, |d| d.min(MAX_HINT))
     })
 }
 
@@ -894,7 +1008,8 @@ fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
         .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
         .min(max);
     let half = d / 2;
-    half + half.mul_f64(fastrand::f64())
+    let jitter = Duration::try_from_secs_f64(half.as_secs_f64() * fastrand::f64()).unwrap_or(half);
+    half.saturating_add(jitter.min(half))
 }
 
 /// Kinde ids are letters, digits, `_` and `-`; anything else (a `/`, `..`, `?`) would
@@ -1088,5 +1203,95 @@ mod tests {
             ok.expect("url").as_str(),
             "https://biz.kinde.com/api/v1/apis/api_scope_0193-ab?a=b+c"
         );
+    }
+
+    const NOW: Duration = Duration::from_secs(1_767_225_000);
+
+    #[test]
+    fn hints_are_clamped_and_never_panic() {
+        let at = |v: &str| reset_after_at(&headers(&[("ratelimit-reset", v)]), NOW);
+        // `Duration::from_secs_f64` panicked on these.
+        assert_eq!(at("1e300"), Some(MAX_HINT));
+        assert_eq!(at("18446744073709551615"), Some(MAX_HINT));
+        assert_eq!(at("999999999"), Some(MAX_HINT), "31 years is not a delay");
+        // 0 and fractions below the floor would retry at once.
+        assert_eq!(at("0"), Some(MIN_HINT));
+        assert_eq!(at("0.2"), Some(MIN_HINT));
+        assert_eq!(at("2.5"), Some(Duration::from_millis(2500)));
+        assert_eq!(at("300"), Some(MAX_HINT));
+        // Not a time at all: no hint, the default backoff applies.
+        assert_eq!(at("-5"), None);
+        assert_eq!(at("NaN"), None);
+        assert_eq!(at("inf"), None);
+        assert_eq!(at("soon"), None);
+        // A garbage RateLimit-Reset does not hide a usable Retry-After.
+        assert_eq!(
+            reset_after_at(
+                &headers(&[("ratelimit-reset", "-1"), ("retry-after", "4")]),
+                NOW
+            ),
+            Some(Duration::from_secs(4))
+        );
+    }
+
+    #[test]
+    fn epoch_hints_are_read_as_times() {
+        let at = |v: u64| hint_delay(v as f64, NOW);
+        // The reset in 30 s, sent as a unix time.
+        assert_eq!(at(NOW.as_secs() + 30), Some(Duration::from_secs(30)));
+        // In the past (clock skew): wait the floor, not a hot loop.
+        assert_eq!(at(NOW.as_secs() - 600), Some(MIN_HINT));
+        assert_eq!(at(NOW.as_secs()), Some(MIN_HINT));
+        // A time far ahead (or milliseconds since the epoch): the ceiling.
+        assert_eq!(at(NOW.as_secs() + 86_400), Some(MAX_HINT));
+        assert_eq!(at(NOW.as_secs() * 1000), Some(MAX_HINT));
+    }
+
+    #[test]
+    fn backoff_never_panics_on_extreme_config() {
+        for attempt in [0, 1, 17, u32::MAX] {
+            let d = backoff(Duration::MAX, Duration::MAX, attempt);
+            assert!(d >= Duration::MAX / 2);
+            assert_eq!(
+                backoff(Duration::ZERO, Duration::MAX, attempt),
+                Duration::ZERO
+            );
+        }
+    }
+
+    #[test]
+    fn capped_body_stops_at_the_cap() {
+        let mut body = CappedBody::new(10);
+        assert!(body.push(b"12345"));
+        assert!(body.push(b"67890"));
+        assert!(!body.push(b"x"), "one byte over");
+        assert_eq!(body.into_inner(), b"1234567890");
+        let mut body = CappedBody::new(usize::MAX);
+        assert!(body.push(b"a"));
+        assert!(body_cap(StatusCode::OK) > body_cap(StatusCode::BAD_GATEWAY));
+    }
+
+    #[test]
+    fn the_token_endpoint_refusing_is_unauthorized_not_a_refresh() {
+        let h = HeaderMap::new();
+        let oauth = br#"{"error":"invalid_client","error_description":"no"}"#;
+        for status in [
+            StatusCode::UNAUTHORIZED,
+            StatusCode::FORBIDDEN,
+            StatusCode::BAD_REQUEST,
+        ] {
+            assert!(matches!(
+                classify(Operation::Token, status, &h, oauth),
+                Attempt::Fail(KindeError::Unauthorized { .. })
+            ));
+        }
+        assert!(matches!(
+            classify(Operation::Token, StatusCode::TOO_MANY_REQUESTS, &h, b""),
+            Attempt::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(Operation::Token, StatusCode::SERVICE_UNAVAILABLE, &h, b""),
+            Attempt::Retry { .. }
+        ));
     }
 }

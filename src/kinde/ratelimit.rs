@@ -4,6 +4,13 @@
 //! Kinde publishes no numbers, only that it has a rate limiter and a concurrency limiter
 //! and that clients should throttle themselves; one pause for everyone after a 429 keeps
 //! the other tasks from running into the same wall.
+//!
+//! After a pause the callers are released at the configured rate, not all at once: a
+//! 429 says the budget is spent, so the bucket restarts empty (one call at the reset, then
+//! one per `1/rate`). Releasing the whole queue at the reset would spend the new window in
+//! one burst and draw a 429 for every caller beyond it (observed: 103 429s for 90
+//! successes). Reservations made before a pause are void: their holders queue again
+//! behind it, even if they were already waiting for a slot or an in-flight permit.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -25,23 +32,31 @@ struct State {
     burst: f64,
     /// May go negative: a negative balance is a queue of reservations.
     tokens: f64,
+    /// When `tokens` was last brought up to date; in the future while paused (the bucket
+    /// starts refilling when the pause ends).
     refilled_at: Instant,
     paused_until: Option<Instant>,
+    /// Bumped by every pause that extends the current one: a reservation taken under an
+    /// older epoch is void.
+    epoch: u64,
 }
 
 impl Limiter {
-    /// `requests_per_second <= 0` disables the rate limit; `max_in_flight` is at least 1.
+    /// `requests_per_second <= 0` (or not finite) disables the rate limit; `max_in_flight`
+    /// is at least 1.
     pub fn new(requests_per_second: f64, burst: u32, max_in_flight: usize) -> Self {
-        let rate = (requests_per_second > 0.0).then_some(requests_per_second);
+        let rate = (requests_per_second.is_finite() && requests_per_second > 0.0)
+            .then_some(requests_per_second);
         let burst = f64::from(burst.max(1));
         Self {
-            in_flight: Semaphore::new(max_in_flight.max(1)),
+            in_flight: Semaphore::new(max_in_flight.clamp(1, Semaphore::MAX_PERMITS)),
             state: Mutex::new(State {
                 rate,
                 burst,
                 tokens: burst,
                 refilled_at: Instant::now(),
                 paused_until: None,
+                epoch: 0,
             }),
         }
     }
@@ -49,50 +64,83 @@ impl Limiter {
     /// Waits for a token and a free slot; returns the slot and how long the caller waited.
     pub async fn acquire(&self) -> (SemaphorePermit<'_>, Duration) {
         let started = Instant::now();
-        let wait = self.reserve(started);
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-        // A permit is only refused when the semaphore is closed, which this type never does.
-        let permit = loop {
-            if let Ok(p) = self.in_flight.acquire().await {
-                break p;
+        loop {
+            let (wait, epoch) = self.reserve(Instant::now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
-        };
-        (permit, started.elapsed())
+            // A permit is only refused when the semaphore is closed, which this type never
+            // does.
+            let permit = loop {
+                if let Ok(p) = self.in_flight.acquire().await {
+                    break p;
+                }
+            };
+            if self.lock().epoch == epoch {
+                return (permit, started.elapsed());
+            }
+            // A 429 arrived while this caller waited: its slot was planned against a
+            // budget Kinde says is spent. Queue again behind the pause.
+        }
     }
 
     /// Makes every caller wait until `until` (a 429's reset time); never shortens a pause.
+    /// The bucket restarts empty at `until`, so the queue drains at the configured rate.
     pub fn pause_until(&self, until: Instant) {
         let mut s = self.lock();
-        if s.paused_until.is_none_or(|p| p < until) {
-            s.paused_until = Some(until);
+        if s.paused_until.is_some_and(|p| p >= until) {
+            return;
         }
+        s.paused_until = Some(until);
+        s.epoch = s.epoch.wrapping_add(1);
+        // One call may go at the reset (the probe); the rest follow at the rate.
+        s.tokens = 1.0_f64.min(s.burst);
+        s.refilled_at = until;
     }
 
-    fn reserve(&self, now: Instant) -> Duration {
+    /// Takes a slot: how long to wait for it, and the epoch it belongs to.
+    fn reserve(&self, now: Instant) -> (Duration, u64) {
         let mut s = self.lock();
+        let epoch = s.epoch;
         let pause = s
             .paused_until
-            .filter(|p| *p > now)
-            .map(|p| p - now)
+            .map(|p| p.saturating_duration_since(now))
             .unwrap_or_default();
-        let Some(rate) = s.rate else { return pause };
-        let elapsed = now.saturating_duration_since(s.refilled_at).as_secs_f64();
-        s.tokens = (s.tokens + elapsed * rate).min(s.burst);
-        s.refilled_at = now;
+        let Some(rate) = s.rate else {
+            return (pause, epoch);
+        };
+        if now > s.refilled_at {
+            let elapsed = now.saturating_duration_since(s.refilled_at).as_secs_f64();
+            s.tokens = (s.tokens + elapsed * rate).min(s.burst);
+            s.refilled_at = now;
+        }
         s.tokens -= 1.0;
-        let bucket = if s.tokens >= 0.0 {
+        // The slot is `refilled_at` (now, or the end of a pause) plus the queue ahead.
+        let start = s.refilled_at.saturating_duration_since(now);
+        let queue = if s.tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-s.tokens / rate)
+            secs(-s.tokens / rate)
         };
-        pause.max(bucket)
+        (pause.max(start.saturating_add(queue)), epoch)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // The state stays consistent even if a holder panicked: recover it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Longest wait the limiter computes: a day. Only a nonsensical configuration (a rate of
+/// one call per century) comes near it; this keeps the arithmetic total.
+const MAX_WAIT: Duration = Duration::from_secs(86_400);
+
+/// `Duration::from_secs_f64` without its panics (negative, NaN, overflow).
+fn secs(s: f64) -> Duration {
+    if s.is_nan() || s <= 0.0 {
+        Duration::ZERO
+    } else {
+        Duration::try_from_secs_f64(s).map_or(MAX_WAIT, |d| d.min(MAX_WAIT))
     }
 }
 
@@ -149,5 +197,123 @@ mod tests {
         drop(a);
         let third = tokio::time::timeout(Duration::from_secs(1), limiter.acquire()).await;
         assert!(third.is_ok());
+    }
+
+    /// Acquires on `limiter` from `n` tasks; each bumps `done` once it holds a slot.
+    fn spawn_acquirers(
+        limiter: &std::sync::Arc<Limiter>,
+        n: usize,
+        done: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..n)
+            .map(|_| {
+                let (limiter, done) = (limiter.clone(), done.clone());
+                tokio::spawn(async move {
+                    let _slot = limiter.acquire().await;
+                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                })
+            })
+            .collect()
+    }
+
+    fn count(done: &std::sync::atomic::AtomicUsize) -> usize {
+        done.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Lets the spawned tasks run until they block again (the clock is paused).
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_pause_callers_drain_at_the_rate() {
+        use std::sync::Arc;
+        let limiter = Arc::new(Limiter::new(10.0, 10, 100));
+        limiter.pause_until(Instant::now() + Duration::from_secs(5));
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks = spawn_acquirers(&limiter, 20, &done);
+        settle().await;
+        tokio::time::advance(Duration::from_millis(4990)).await;
+        settle().await;
+        assert_eq!(count(&done), 0, "nobody goes before the reset");
+        tokio::time::advance(Duration::from_millis(15)).await;
+        settle().await;
+        let at_reset = count(&done);
+        // Without pacing all 20 go at the reset and spend the new window at once.
+        assert_eq!(at_reset, 1, "one probe at the reset, not the whole queue");
+        // One more per 100 ms after that.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        settle().await;
+        assert_eq!(count(&done), 6);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        settle().await;
+        assert_eq!(count(&done), 20);
+        for t in tasks {
+            t.await.expect("join");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_voids_slots_reserved_before_it() {
+        use std::sync::Arc;
+        // Burst 1 at 1/s: the second caller is given a slot 1 s from now.
+        let limiter = Arc::new(Limiter::new(1.0, 1, 100));
+        drop(limiter.acquire().await);
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks = spawn_acquirers(&limiter, 1, &done);
+        settle().await;
+        // A 429 for a call in flight: pause 10 s.
+        limiter.pause_until(Instant::now() + Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        settle().await;
+        assert_eq!(
+            count(&done),
+            0,
+            "a slot taken before the 429 must not be used"
+        );
+        tokio::time::advance(Duration::from_secs(9)).await;
+        settle().await;
+        assert_eq!(count(&done), 1);
+        for t in tasks {
+            t.await.expect("join");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_also_holds_callers_waiting_for_a_permit() {
+        use std::sync::Arc;
+        let limiter = Arc::new(Limiter::new(0.0, 1, 1));
+        let (held, _) = limiter.acquire().await;
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks = spawn_acquirers(&limiter, 1, &done);
+        settle().await;
+        limiter.pause_until(Instant::now() + Duration::from_secs(10));
+        drop(held);
+        settle().await;
+        assert_eq!(count(&done), 0, "the waiter must honour the pause");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        settle().await;
+        assert_eq!(count(&done), 1);
+        for t in tasks {
+            t.await.expect("join");
+        }
+    }
+
+    #[test]
+    fn wait_arithmetic_never_panics() {
+        assert_eq!(secs(f64::NAN), Duration::ZERO);
+        assert_eq!(secs(-1.0), Duration::ZERO);
+        assert_eq!(secs(1e300), MAX_WAIT);
+        assert_eq!(secs(f64::INFINITY), MAX_WAIT);
+        assert_eq!(secs(0.5), Duration::from_millis(500));
+        // A rate so small that one slot is centuries away.
+        let limiter = Limiter::new(1e-300, 1, 1);
+        let now = Instant::now();
+        assert_eq!(limiter.reserve(now).0, Duration::ZERO);
+        assert_eq!(limiter.reserve(now).0, MAX_WAIT);
+        let limiter = Limiter::new(f64::INFINITY, 1, usize::MAX);
+        assert_eq!(limiter.reserve(now).0, Duration::ZERO);
     }
 }

@@ -14,6 +14,33 @@ use tokio::time::Instant;
 /// Refresh this long before expiry at most (a tenth of the lifetime for short tokens).
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 
+/// Shortest lifetime believed: a token said to live `0` s would be fetched (and billed)
+/// for every call.
+pub(crate) const MIN_LIFETIME: Duration = Duration::from_secs(1);
+/// Longest lifetime believed: a day, Kinde's default M2M token lifetime. A longer claim
+/// (`expires_in` near `u64::MAX` overflowed `Instant + Duration` and panicked) costs
+/// nothing but one fetch a day; a token Kinde stops accepting earlier is refreshed on the
+/// 401/403 anyway.
+pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(86_400);
+
+/// The lifetime to cache a token for, from the token endpoint's `expires_in` (seconds;
+/// one hour when absent, the OAuth2 default Kinde documents), clamped to
+/// [`MIN_LIFETIME`]..=[`MAX_LIFETIME`].
+pub(crate) fn lifetime(expires_in: Option<u64>) -> Duration {
+    Duration::from_secs(expires_in.unwrap_or(3600)).clamp(MIN_LIFETIME, MAX_LIFETIME)
+}
+
+/// When to refresh a token of `lifetime` received at `now`. Total: a lifetime beyond
+/// [`MAX_LIFETIME`] is clamped again here because the cache is generic over its fetcher.
+fn refresh_at(now: Instant, lifetime: Duration) -> Instant {
+    let lifetime = lifetime.min(MAX_LIFETIME);
+    let margin = REFRESH_MARGIN.min(lifetime / 10);
+    // `checked_add` only fails past the platform's Instant range; refreshing on the next
+    // call is then the safe answer.
+    now.checked_add(lifetime.saturating_sub(margin))
+        .unwrap_or(now)
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct TokenCache {
     slot: Mutex<Option<Cached>>,
@@ -48,14 +75,25 @@ impl TokenCache {
             });
         }
         let (token, lifetime) = fetch().await?;
-        let margin = REFRESH_MARGIN.min(lifetime / 10);
-        let generation = slot.as_ref().map_or(1, |c| c.generation + 1);
+        let generation = slot.as_ref().map_or(1, |c| c.generation.wrapping_add(1));
         *slot = Some(Cached {
             token: token.clone(),
-            refresh_at: Instant::now() + lifetime.saturating_sub(margin),
+            refresh_at: refresh_at(Instant::now(), lifetime),
             generation,
         });
         Ok(Lease { token, generation })
+    }
+
+    /// The cached token if it is still good, without waiting: `None` when there is none,
+    /// it is due, or a refresh is running right now (the lock is held through it).
+    pub fn current(&self) -> Option<Lease> {
+        let slot = self.slot.try_lock().ok()?;
+        slot.as_ref()
+            .filter(|c| Instant::now() < c.refresh_at)
+            .map(|c| Lease {
+                token: c.token.clone(),
+                generation: c.generation,
+            })
     }
 
     /// Drops the token Kinde refused, unless another task already replaced it.
@@ -143,5 +181,43 @@ mod tests {
         let third = cache.get(fetcher(count.clone(), ttl)).await.expect("token");
         assert_eq!(third.generation, second.generation);
         assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn lifetimes_are_clamped() {
+        assert_eq!(lifetime(None), Duration::from_secs(3600));
+        assert_eq!(lifetime(Some(0)), MIN_LIFETIME);
+        assert_eq!(lifetime(Some(120)), Duration::from_secs(120));
+        assert_eq!(lifetime(Some(u64::MAX)), MAX_LIFETIME);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_lifetime_does_not_overflow() {
+        let cache = TokenCache::default();
+        let count = Arc::new(AtomicU32::new(0));
+        // What a fetcher that forgot to clamp would hand over.
+        cache
+            .get(fetcher(count.clone(), Duration::from_secs(u64::MAX)))
+            .await
+            .expect("token");
+        assert!(cache.current().is_some());
+        tokio::time::advance(MAX_LIFETIME).await;
+        assert!(cache.current().is_none(), "refreshed within a day");
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn current_never_waits_for_a_refresh() {
+        let cache = Arc::new(TokenCache::default());
+        assert!(cache.current().is_none());
+        let count = Arc::new(AtomicU32::new(0));
+        let c = cache.clone();
+        let fetch = fetcher(count.clone(), Duration::from_secs(3600));
+        let refreshing = tokio::spawn(async move { c.get(fetch).await });
+        tokio::task::yield_now().await;
+        assert!(cache.current().is_none(), "refresh in progress");
+        refreshing.await.expect("join").expect("token");
+        let lease = cache.current().expect("fresh token");
+        assert_eq!(lease.token.expose_secret(), "token-1");
     }
 }
