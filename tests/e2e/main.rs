@@ -10,6 +10,7 @@ mod apps;
 mod chart;
 mod crash;
 mod crds;
+mod failover;
 mod grants;
 mod harness;
 mod rbac;
@@ -23,6 +24,7 @@ fn main() -> std::process::ExitCode {
             apps::tests(),
             grants::tests(),
             crash::tests(),
+            failover::tests(),
             rotation::tests(),
             chart::tests(),
             rbac::tests(),
