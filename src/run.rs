@@ -292,7 +292,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        () = controllers => {}
+        // The elector first: each time this task wakes, a passed deadline wins over more
+        // controller work.
+        biased;
         lost = lost => {
             // Fencing: Kinde has no fencing token, so the only guarantee that nothing of
             // this process writes to Kinde once a standby may have taken over is that the
@@ -303,6 +305,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::error!(reason = %lost, "lost leadership: stepping down, exiting now");
             std::process::exit(EXIT_LOST_LEADERSHIP);
         }
+        () = controllers => {}
     }
     if let Some(e) = &elector {
         e.release().await;
