@@ -162,13 +162,60 @@ async fn check_crds(client: &kube::Client, scope: &Scope) -> anyhow::Result<()> 
     check::<ApiGrant>(client, scope).await
 }
 
+/// How long the API server may keep a watch open without sending anything: kube-runtime's
+/// watcher asks for `timeoutSeconds=290`, after which the server ends the watch.
+const WATCH_SERVER_TIMEOUT: Duration = Duration::from_secs(290);
+
+/// Timeouts of the controllers' client. The read timeout must not cut healthy watches,
+/// which may stay silent until the server ends them: it sits above the watch timeout, so
+/// it only ends requests (and watches) whose connection went dead. Counting from the
+/// write of each request (`reset_reader_on_write`) keeps a pooled connection's idle
+/// time out of it.
+fn controller_timeouts(config: &mut kube::Config) {
+    config.connect_timeout = Some(Duration::from_secs(10));
+    config.read_timeout = Some(WATCH_SERVER_TIMEOUT + Duration::from_secs(30));
+    config.write_timeout = Some(Duration::from_secs(30));
+    config.reset_reader_on_write = true;
+}
+
+/// Timeouts of the leader elector's own client (its own connection pool, so its requests
+/// never queue behind the controllers'): it makes short requests only, each also bounded
+/// by `request_timeout` in [`LeaderElector`].
+fn elector_timeouts(config: &mut kube::Config, request_timeout: Duration) {
+    config.connect_timeout = Some(request_timeout);
+    config.read_timeout = Some(request_timeout);
+    config.write_timeout = Some(request_timeout);
+    config.reset_reader_on_write = true;
+}
+
+/// Lease timing: client-go's defaults. The 5 s between the renew deadline and the lease
+/// duration is the margin by which the old leader has exited before a standby takes over.
+fn lease_config(namespace: String, name: String, identity: String) -> LeaseConfig {
+    LeaseConfig {
+        namespace,
+        name,
+        identity,
+        lease_duration: Duration::from_secs(15),
+        renew_deadline: Duration::from_secs(10),
+        retry_period: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
+    }
+}
+
+/// Exit status after losing leadership (distinct from start-up failures, for alerting).
+pub const EXIT_LOST_LEADERSHIP: i32 = 3;
+
 /// Runs the operator until SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let kinde_config = args.kinde.config()?;
     let adoption = AdoptionPolicy::from_args(&args.adoption)?;
-    let client = kube::Client::try_default()
+    let kube_config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
+    let mut controller_config = kube_config.clone();
+    controller_timeouts(&mut controller_config);
+    let client =
+        kube::Client::try_from(controller_config).context("building the Kubernetes client")?;
 
     let mut registry = Registry::with_prefix("kinde_m2m_operator");
     let kinde_metrics = KindeMetrics::register(&mut registry);
@@ -194,27 +241,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|_| "kinde-m2m-operator".into()),
         fastrand::u32(..)
     );
-    let elector = args.leader_election.then(|| {
+    let elector = if args.leader_election {
         let namespace = args
             .lease_namespace
             .clone()
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .unwrap_or_else(|| "default".into());
-        LeaderElector::new(
-            client.clone(),
-            LeaseConfig {
-                namespace,
-                name: args.lease_name.clone(),
-                identity: identity.clone(),
-                lease_duration: Duration::from_secs(15),
-                renew_deadline: Duration::from_secs(10),
-                retry_period: Duration::from_secs(2),
-            },
-        )
-    });
+        let lease = lease_config(namespace, args.lease_name.clone(), identity.clone());
+        lease
+            .validate()
+            .map_err(|e| anyhow::anyhow!("leader election: {e}"))?;
+        let mut config = kube_config.clone();
+        elector_timeouts(&mut config, lease.request_timeout);
+        let client = kube::Client::try_from(config)
+            .context("building the leader election's Kubernetes client")?;
+        Some(LeaderElector::new(client, lease))
+    } else {
+        None
+    };
+    let mut elected_at = None;
     if let Some(e) = &elector {
         tokio::select! {
-            () = e.acquire() => {}
+            at = e.acquire() => elected_at = Some(at),
             () = shutdown.clone() => return finish_server(server).await,
         }
         state.set_ready(false);
@@ -243,27 +291,64 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     );
     let lost = async {
-        match &elector {
-            Some(e) => e.keep().await,
-            None => futures::future::pending().await,
+        match (&elector, elected_at) {
+            (Some(e), Some(at)) => e.keep(at).await,
+            _ => futures::future::pending().await,
         }
     };
-    let result = tokio::select! {
-        () = controllers => Ok(()),
-        () = lost => Err(anyhow::anyhow!("lost leadership; exiting so a fresh start can re-elect")),
-    };
+    tokio::select! {
+        // The elector first: each time this task wakes, a passed deadline wins over more
+        // controller work.
+        biased;
+        lost = lost => {
+            // Fencing: Kinde has no fencing token, so the only guarantee that nothing of
+            // this process writes to Kinde once a standby may have taken over is that the
+            // process is gone by then. Exiting right here, before the Lease could be
+            // taken (renew deadline < lease duration), ends every task at once, detached
+            // ones included; no release (the Lease is not ours to give, and the API
+            // server may be unreachable), no draining.
+            tracing::error!(reason = %lost, "lost leadership: stepping down, exiting now");
+            std::process::exit(EXIT_LOST_LEADERSHIP);
+        }
+        () = controllers => {}
+    }
     if let Some(e) = &elector {
         e.release().await;
     }
-    match result {
-        Ok(()) => finish_server(server).await,
-        Err(e) => {
-            server.abort();
-            Err(e)
-        }
-    }
+    finish_server(server).await
 }
 
 async fn finish_server(server: tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
     server.await.context("HTTP server task")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> kube::Config {
+        kube::Config::new("https://127.0.0.1:6443".parse().expect("a URL"))
+    }
+
+    #[test]
+    fn the_controllers_read_timeout_spares_silent_watches() {
+        let mut c = config();
+        controller_timeouts(&mut c);
+        let read = c.read_timeout.expect("a read timeout");
+        assert!(read > WATCH_SERVER_TIMEOUT, "{read:?}");
+        assert!(c.reset_reader_on_write);
+        assert!(c.connect_timeout.is_some() && c.write_timeout.is_some());
+    }
+
+    #[test]
+    fn the_elector_client_gives_up_within_the_request_timeout() {
+        let lease = lease_config("ns".into(), "lease".into(), "me".into());
+        assert_eq!(lease.validate(), Ok(()));
+        let mut c = config();
+        elector_timeouts(&mut c, lease.request_timeout);
+        for t in [c.connect_timeout, c.read_timeout, c.write_timeout] {
+            assert_eq!(t, Some(lease.request_timeout));
+        }
+        assert!(c.reset_reader_on_write);
+    }
 }

@@ -3,6 +3,7 @@
 //! arriving together into one `PATCH /apis/{id}/applications`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,6 +92,30 @@ struct Pending {
 struct Queue {
     requests: Vec<Pending>,
     last: Instant,
+    /// Which submitter flushes this queue (see [`QueueGuard`]).
+    flusher: u64,
+}
+
+/// Discards a queue whose flushing submitter went away before taking the batch: its
+/// other submitters then learn that their request was dropped (and retry) instead of
+/// waiting for a flush that never comes, and the next submitter starts a new queue.
+struct QueueGuard {
+    pending: Arc<Mutex<HashMap<String, Queue>>>,
+    api_id: String,
+    flusher: u64,
+}
+
+impl Drop for QueueGuard {
+    fn drop(&mut self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        // Once the batch was taken the entry is gone or belongs to a later flusher.
+        if pending
+            .get(&self.api_id)
+            .is_some_and(|q| q.flusher == self.flusher)
+        {
+            pending.remove(&self.api_id);
+        }
+    }
 }
 
 /// Folds (de)authorizations for the same API arriving together into one Kinde call (at
@@ -124,12 +149,15 @@ impl AuthorizeBatcher {
         client_id: &str,
         change: Authorization,
     ) -> Result<(), Arc<KindeError>> {
+        static FLUSHERS: AtomicU64 = AtomicU64::new(0);
         let (done, result) = oneshot::channel();
+        let me = FLUSHERS.fetch_add(1, Ordering::Relaxed);
         let first = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             let queue = pending.entry(api_id.to_owned()).or_insert_with(|| Queue {
                 requests: Vec::new(),
                 last: Instant::now(),
+                flusher: me,
             });
             queue.requests.push(Pending {
                 client_id: client_id.to_owned(),
@@ -137,12 +165,19 @@ impl AuthorizeBatcher {
                 done,
             });
             queue.last = Instant::now();
-            queue.requests.len() == 1
+            queue.flusher == me
         };
         if first {
-            let this = self.clone();
-            let api_id = api_id.to_owned();
-            tokio::spawn(async move { this.flush(api_id).await });
+            // Flushed in this submitter's own future, not in a detached task: whatever
+            // ends the reconciles ends the flush with them. A graceful shutdown waits
+            // for the reconciles and only then releases the Lease, so no batch of this
+            // process can reach Kinde after a successor may have started.
+            let _guard = QueueGuard {
+                pending: self.pending.clone(),
+                api_id: api_id.to_owned(),
+                flusher: me,
+            };
+            self.flush(api_id.to_owned()).await;
         }
         result.await.unwrap_or_else(|_| {
             Err(Arc::new(KindeError::Config(
@@ -223,5 +258,86 @@ impl AuthorizeBatcher {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::kinde::{KindeConfig, KindeMetrics};
+
+    fn batcher() -> AuthorizeBatcher {
+        // Nothing here reaches Kinde: the batches are abandoned before they are flushed.
+        let config = KindeConfig::new(
+            "http://127.0.0.1:9".parse().unwrap(),
+            "id".into(),
+            secrecy::SecretString::from("secret"),
+        );
+        let mut registry = prometheus_client::registry::Registry::default();
+        let kinde = KindeClient::new(config, KindeMetrics::register(&mut registry)).unwrap();
+        AuthorizeBatcher::new(kinde)
+    }
+
+    /// The flush lives in the first submitter's future: dropping that future (its
+    /// reconcile cancelled) abandons the batch, and nothing of it runs afterwards.
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_flushing_submitter_abandons_the_batch() {
+        let b = batcher();
+        let mut first = Box::pin(b.submit("api", "a", Authorization::Authorize));
+        let mut second = Box::pin(b.submit("api", "b", Authorization::Deauthorize));
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        assert!(futures::poll!(second.as_mut()).is_pending());
+        drop(first);
+        let outcome = second.await;
+        assert!(
+            matches!(outcome.as_ref().map_err(|e| e.as_ref()), Err(KindeError::Config(m)) if m.contains("dropped")),
+            "{outcome:?}"
+        );
+        let pending = b.pending.lock().unwrap();
+        assert!(
+            pending.is_empty(),
+            "a queue without a flusher was left behind"
+        );
+    }
+
+    /// A later submitter starts a fresh queue (and flushes it) once the old one is gone.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_submitter_flushes_after_an_abandoned_batch() {
+        let b = batcher();
+        let mut first = Box::pin(b.submit("api", "a", Authorization::Authorize));
+        assert!(futures::poll!(first.as_mut()).is_pending());
+        drop(first);
+        let mut next = Box::pin(b.submit("api", "c", Authorization::Authorize));
+        assert!(futures::poll!(next.as_mut()).is_pending());
+        let pending = b.pending.lock().unwrap();
+        let queue = pending.get("api").expect("a new queue");
+        assert_eq!(queue.requests.len(), 1);
+        assert_eq!(queue.requests[0].client_id, "c");
+    }
+
+    #[test]
+    fn the_guard_leaves_a_later_flushers_queue_alone() {
+        let pending: Arc<Mutex<HashMap<String, Queue>>> = Arc::default();
+        pending.lock().unwrap().insert(
+            "api".into(),
+            Queue {
+                requests: Vec::new(),
+                last: Instant::now(),
+                flusher: 2,
+            },
+        );
+        drop(QueueGuard {
+            pending: pending.clone(),
+            api_id: "api".into(),
+            flusher: 1,
+        });
+        assert!(pending.lock().unwrap().contains_key("api"));
+        drop(QueueGuard {
+            pending: pending.clone(),
+            api_id: "api".into(),
+            flusher: 2,
+        });
+        assert!(!pending.lock().unwrap().contains_key("api"));
     }
 }

@@ -10,6 +10,7 @@ mod apps;
 mod chart;
 mod crash;
 mod crds;
+mod failover;
 mod grants;
 mod harness;
 mod rbac;
@@ -24,6 +25,7 @@ fn main() -> std::process::ExitCode {
             apps::tests(),
             grants::tests(),
             crash::tests(),
+            failover::tests(),
             rotation::tests(),
             trust::tests(),
             chart::tests(),

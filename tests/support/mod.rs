@@ -40,6 +40,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use libtest_mimic::{Arguments, Failed, Trial};
 
+pub mod proxy;
+
 /// Repository root (the crate's manifest dir).
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -782,6 +784,42 @@ impl Ctx {
         args.extend_from_slice(extra_args);
         Operator::start_with(self.harness, &self.test_name, &emulator.url, &args)
     }
+
+    /// `kinde-m2m-operator run` against `emulator` watching this test's namespace, as a
+    /// leader-election candidate for the Lease `lease` in this namespace. `kubeconfig`
+    /// replaces the run's (e.g. one through a [`proxy::FreezableProxy`]); `env` is added
+    /// (e.g. `POD_NAME`, the start of the candidate's identity). Killed when dropped.
+    pub fn run_operator_electing(
+        &self,
+        emulator: &Emulator,
+        lease: &str,
+        kubeconfig: Option<&Path>,
+        env: &[(&str, &str)],
+        extra_args: &[&str],
+    ) -> anyhow::Result<Operator> {
+        let mut args = vec![
+            "run",
+            "--leader-election=true",
+            "--lease-namespace",
+            self.ns.as_str(),
+            "--lease-name",
+            lease,
+            "--listen",
+            "127.0.0.1:0",
+            "--namespace",
+            self.ns.as_str(),
+        ];
+        args.extend_from_slice(extra_args);
+        let kubeconfig = kubeconfig.unwrap_or(&self.harness.control_plane.kubeconfig);
+        Operator::spawn_with(
+            self.harness,
+            &self.test_name,
+            Some(&emulator.url),
+            &args,
+            kubeconfig,
+            env,
+        )
+    }
 }
 
 /// Creates a uniquely named namespace for `test_name`, labelled `E2E_LABEL=<test>` + `labels`.
@@ -1069,13 +1107,25 @@ impl Operator {
         emulator_url: Option<&str>,
         args: &[&str],
     ) -> anyhow::Result<Self> {
+        let kubeconfig = harness.control_plane.kubeconfig.clone();
+        Self::spawn_with(harness, test_name, emulator_url, args, &kubeconfig, &[])
+    }
+
+    fn spawn_with(
+        harness: &Harness,
+        test_name: &str,
+        emulator_url: Option<&str>,
+        args: &[&str],
+        kubeconfig: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let log = harness
             .run_dir
             .join(format!("operator-{test_name}-{}.log", fastrand::u32(..)));
         let file = std::fs::File::create(&log)?;
         let mut cmd = Command::new(operator_bin());
         cmd.args(args)
-            .env("KUBECONFIG", &harness.control_plane.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("LOG_FORMAT", "text")
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
@@ -1086,6 +1136,7 @@ impl Operator {
                 .env("KINDE_CLIENT_SECRET", KINDE_CLIENT_SECRET)
                 .env("RUST_LOG", "info,kinde_m2m_operator=debug");
         }
+        cmd.envs(env.iter().copied());
         let child = cmd.spawn().context("spawning the operator")?;
         record_child(&harness.run_dir, child.id());
         Ok(Self { child, log })
@@ -1107,6 +1158,16 @@ impl Operator {
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// How it ended, once it has (reaped here); `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Its whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Its process id (for SIGTERM tests).
