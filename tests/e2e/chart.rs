@@ -478,6 +478,7 @@ async fn watch_namespaces(ctx: Ctx) -> anyhow::Result<()> {
 
 async fn options(ctx: Ctx) -> anyhow::Result<()> {
     let h = ctx.harness;
+    adoption_values(h).await?;
     let full = "kmo-kinde-m2m-operator";
     let selector = serde_json::json!({
         "app.kubernetes.io/name": CHART_NAME,
@@ -635,6 +636,50 @@ async fn options(ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The adoption policy: refused everywhere by default (`--adoption-allow-delete=false`, no
+/// namespace), and each value becomes its flag.
+async fn adoption_values(h: &Harness) -> anyhow::Result<()> {
+    let args_of = |docs: &[Value]| -> anyhow::Result<Vec<String>> {
+        let d = object(docs, "Deployment", "kinde-system/kmo-kinde-m2m-operator")?;
+        Ok(d["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .filter(|a| a.starts_with("--adoption"))
+            .collect())
+    };
+    let defaults = args_of(&render(h, &[]).await?)?;
+    ensure!(
+        defaults == ["--adoption-allow-delete=false"],
+        "default adoption args: {defaults:?}"
+    );
+    let set = args_of(
+        &render(
+            h,
+            &[
+                "--set",
+                "adoption.namespaces={platform,legacy}",
+                "--set",
+                "adoption.namespaceSelector=m2m.kinde-operator.io/adoption=allowed",
+                "--set",
+                "adoption.allowDelete=true",
+            ],
+        )
+        .await?,
+    )?;
+    ensure!(
+        set == [
+            "--adoption-namespace=platform",
+            "--adoption-namespace=legacy",
+            "--adoption-namespace-selector=m2m.kinde-operator.io/adoption=allowed",
+            "--adoption-allow-delete=true",
+        ],
+        "adoption args: {set:?}"
+    );
+    Ok(())
+}
+
 async fn schema_rejects(ctx: Ctx) -> anyhow::Result<()> {
     let h = ctx.harness;
     for (set, mention) in [
@@ -646,6 +691,8 @@ async fn schema_rejects(ctx: Ctx) -> anyhow::Result<()> {
         ("watchNamespaces={Not_A_Namespace}", "watchNamespaces"),
         ("kinde.domain=acme.kinde.com", "kinde"),
         ("replicaCount=-1", "replicaCount"),
+        ("adoption.allowDelete=yes", "allowDelete"),
+        ("adoption.namespaces={Not_A_Namespace}", "namespaces"),
     ] {
         let err = template(h, &["--set", set]).await?.failure()?;
         ensure!(
