@@ -618,7 +618,11 @@ impl Emulator {
         let calls = self.calls().await?;
         Ok(calls
             .as_object()
-            .map(|m| m.values().filter_map(|v| v["statuses"][status].as_u64()).sum())
+            .map(|m| {
+                m.values()
+                    .filter_map(|v| v["statuses"][status].as_u64())
+                    .sum()
+            })
             .unwrap_or(0))
     }
 
