@@ -90,6 +90,7 @@ async fn start_embedded_emulator(
         management_client_id: client_id,
         management_client_secret: secret,
         state_file: None,
+        ..emulator::EmulatorConfig::default()
     })
     .await?;
     args.kinde.kinde_domain = Some(running.domain().parse()?);

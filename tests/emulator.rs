@@ -659,7 +659,8 @@ async fn authorization_and_application_scopes() {
     let (s, body) = env.app_token(&a, &a_secret, "https://orders").await;
     assert_eq!(
         (s, body["error"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("unauthorized_client"))
+        (StatusCode::BAD_REQUEST, Some("invalid_request")),
+        "Fosite: the audience is not whitelisted for the client"
     );
     env.authorize(&api, &a).await;
     let (_, body) = env.app_token(&a, &a_secret, "https://orders").await;
@@ -719,14 +720,14 @@ async fn management_auth_is_enforced() {
     let (s, b) = env.call_with(None, Method::GET, "/api/v1/apis", None).await;
     assert_eq!(
         (s, error_code(&b)),
-        (StatusCode::FORBIDDEN, "TOKEN_INVALID")
+        (StatusCode::UNAUTHORIZED, "TOKEN_INVALID")
     );
     let (s, b) = env
         .call_with(Some("not.a.jwt"), Method::GET, "/api/v1/apis", None)
         .await;
     assert_eq!(
         (s, error_code(&b)),
-        (StatusCode::FORBIDDEN, "TOKEN_INVALID")
+        (StatusCode::UNAUTHORIZED, "TOKEN_INVALID")
     );
 
     // A valid token for another audience is refused.
@@ -744,10 +745,11 @@ async fn management_auth_is_enforced() {
         .await;
     assert_eq!(
         (s, error_code(&b)),
-        (StatusCode::FORBIDDEN, "TOKEN_INVALID")
+        (StatusCode::UNAUTHORIZED, "TOKEN_INVALID")
     );
 
-    // Missing scope: 403 naming the scope; only new tokens see scope changes.
+    // Missing scope: Kinde's 403 SCOPE_MISSING naming the scope; only new tokens see scope
+    // changes.
     let (s, _) = env
         .control(
             Method::PUT,
@@ -762,13 +764,11 @@ async fn management_auth_is_enforced() {
     let (s, b) = env
         .call_with(Some(&limited), Method::GET, "/api/v1/applications", None)
         .await;
-    assert_eq!((s, error_code(&b)), (StatusCode::FORBIDDEN, "FORBIDDEN"));
-    assert!(
-        b["errors"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("read:applications")
+    assert_eq!(
+        b,
+        json!({"errors": [{"code": "SCOPE_MISSING", "message": "Scope is missing: read:applications"}]})
     );
+    assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _) = env
         .call_with(Some(&limited), Method::GET, "/api/v1/apis", None)
         .await;
@@ -801,7 +801,7 @@ async fn management_auth_is_enforced() {
     let (s, b) = env.call(Method::GET, "/api/v1/apis", None).await;
     assert_eq!(
         (s, error_code(&b)),
-        (StatusCode::FORBIDDEN, "TOKEN_INVALID")
+        (StatusCode::UNAUTHORIZED, "TOKEN_INVALID")
     );
 
     // Expiry.
@@ -833,7 +833,7 @@ async fn management_auth_is_enforced() {
     };
     assert_eq!(
         (s, error_code(&b)),
-        (StatusCode::FORBIDDEN, "TOKEN_INVALID")
+        (StatusCode::UNAUTHORIZED, "TOKEN_INVALID")
     );
 }
 
@@ -865,7 +865,7 @@ async fn token_endpoint_issues_kinde_shaped_tokens() {
     assert!(claims["jti"].is_string());
     assert!(claims.get("org_code").is_none());
 
-    // An org-scoped M2M app, with a subset of its scopes, via JSON and via Basic auth.
+    // An org-scoped M2M app, with a subset of its scopes, via the form and via Basic auth.
     let api = env.create_api("Orders", "https://orders").await;
     let read = env.create_scope(&api, "read:orders").await;
     let write = env.create_scope(&api, "write:orders").await;
@@ -889,17 +889,21 @@ async fn token_endpoint_issues_kinde_shaped_tokens() {
     let r = env
         .http
         .post(env.url("/oauth2/token"))
-        .json(
-            &json!({"grant_type": "client_credentials", "client_id": id, "client_secret": secret,
-                      "audience": "https://orders", "scope": "write:orders"}),
-        )
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+            ("client_secret", &secret),
+            ("audience", "https://orders"),
+            ("scope", "write:orders"),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.headers()["pragma"], "no-cache");
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["token_type"], "bearer", "Fosite's token_type");
     assert_eq!(body["expires_in"], 3600);
     assert_eq!(body["scope"], "write:orders");
     let claims = verify(
@@ -939,7 +943,10 @@ async fn token_endpoint_issues_kinde_shaped_tokens() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert!(r.headers().contains_key("www-authenticate"));
+    assert!(
+        !r.headers().contains_key("www-authenticate"),
+        "Fosite sets no WWW-Authenticate"
+    );
 
     // Every refusal.
     let (spa_status, spa) = env
@@ -974,7 +981,7 @@ async fn token_endpoint_issues_kinde_shaped_tokens() {
                 ("audience", "https://orders"),
             ],
             StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
+            "invalid_request",
         ),
         (
             vec![
@@ -991,8 +998,8 @@ async fn token_endpoint_issues_kinde_shaped_tokens() {
                 ("client_id", &id),
                 ("audience", "https://orders"),
             ],
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
         ),
         (
             vec![
@@ -1031,7 +1038,7 @@ async fn token_endpoint_issues_kinde_shaped_tokens() {
                 ("audience", "https://orders"),
             ],
             StatusCode::BAD_REQUEST,
-            "unauthorized_client",
+            "invalid_request",
         ),
         (
             vec![
@@ -1041,7 +1048,7 @@ async fn token_endpoint_issues_kinde_shaped_tokens() {
                 ("audience", "https://unknown"),
             ],
             StatusCode::BAD_REQUEST,
-            "unauthorized_client",
+            "invalid_request",
         ),
         (
             vec![
@@ -1051,7 +1058,7 @@ async fn token_endpoint_issues_kinde_shaped_tokens() {
                 ("audience", &audience),
             ],
             StatusCode::BAD_REQUEST,
-            "unauthorized_client",
+            "invalid_request",
         ),
         (
             vec![
@@ -1061,7 +1068,7 @@ async fn token_endpoint_issues_kinde_shaped_tokens() {
                 ("audience", "https://orders"),
             ],
             StatusCode::BAD_REQUEST,
-            "unauthorized_client",
+            "invalid_grant",
         ),
         (
             vec![
@@ -1086,8 +1093,8 @@ async fn token_endpoint_issues_kinde_shaped_tokens() {
     }
     let token_calls = env.calls("token").await;
     assert_eq!(
-        token_calls["statuses"]["401"], 3,
-        "unknown client, wrong secret, wrong Basic secret"
+        token_calls["statuses"]["401"], 4,
+        "no secret, unknown client, wrong secret, wrong Basic secret"
     );
 }
 
@@ -1354,6 +1361,62 @@ async fn rotate_secret_with_and_without_retain() {
         .await;
     assert_eq!(b["application"]["client_secret"], second.as_str());
 
+    // As in the dashboard, no second rotation while a previous secret is retained: it
+    // must be deleted first.
+    for retain in [true, false] {
+        let (s, b) = env
+            .control(
+                Method::POST,
+                &format!("/applications/{id}/rotate-secret"),
+                Some(json!({"retain_old": retain})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{b}");
+        let message = b["error"].as_str().unwrap();
+        assert!(
+            message.contains("previous client secret") && message.contains("delete it first"),
+            "{message}"
+        );
+    }
+    for secret in [&first, &second] {
+        assert_eq!(
+            env.app_token(&id, secret, "https://orders").await.0,
+            StatusCode::OK,
+            "a refused rotation changes nothing"
+        );
+    }
+    let (_, state) = env.control(Method::GET, "/state", None).await;
+    let app = state["applications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(app["previous_secret_retained"], true);
+    let (s, b) = env
+        .control(
+            Method::DELETE,
+            &format!("/applications/{id}/previous-secret"),
+            None,
+        )
+        .await;
+    assert_eq!((s, &b["deleted"]), (StatusCode::OK, &json!(true)));
+    let (s, b) = env.app_token(&id, &first, "https://orders").await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_client")),
+        "the deleted previous secret is refused"
+    );
+    let (s, b) = env
+        .control(
+            Method::DELETE,
+            &format!("/applications/{id}/previous-secret"),
+            None,
+        )
+        .await;
+    assert_eq!((s, &b["deleted"]), (StatusCode::OK, &json!(false)));
+
     let (_, b) = env
         .control(
             Method::POST,
@@ -1378,6 +1441,29 @@ async fn rotate_secret_with_and_without_retain() {
         .control(Method::POST, "/applications/nope/rotate-secret", None)
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = env
+        .control(Method::DELETE, "/applications/nope/previous-secret", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Front-end apps have no secret to rotate (the dashboard offers it for back-end and
+    // M2M apps only).
+    let (s, b) = env
+        .call(
+            Method::POST,
+            "/api/v1/applications",
+            Some(json!({"name": "web", "type": "spa"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let spa = b["application"]["id"].as_str().unwrap();
+    let (s, b) = env
+        .control(
+            Method::POST,
+            &format!("/applications/{spa}/rotate-secret"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
 }
 
 #[tokio::test]
@@ -1513,7 +1599,7 @@ async fn state_file_survives_a_restart() {
     let (s, b) = env3.call(Method::GET, "/api/v1/apis", None).await;
     assert_eq!(
         (s, error_code(&b)),
-        (StatusCode::FORBIDDEN, "TOKEN_INVALID")
+        (StatusCode::UNAUTHORIZED, "TOKEN_INVALID")
     );
     env3.emu.shutdown().await;
     std::fs::remove_dir_all(&dir).unwrap();
@@ -1568,4 +1654,507 @@ async fn binary_prints_its_url_on_stdout() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(result.unwrap()["keys"][0]["kty"], "RSA");
+}
+
+#[tokio::test]
+async fn token_invalid_status_403_keeps_the_earlier_answer() {
+    let env = start_with(EmulatorConfig {
+        token_invalid_status: 403,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let (s, b) = env
+        .call_with(Some("not.a.jwt"), Method::GET, "/api/v1/apis", None)
+        .await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::FORBIDDEN, "TOKEN_INVALID")
+    );
+    // Switched at run time through the control surface, and back by reset.
+    let (s, b) = env
+        .control(
+            Method::PUT,
+            "/config",
+            Some(json!({"token_invalid_status": 401})),
+        )
+        .await;
+    assert_eq!(
+        (s, &b["token_invalid_status"]),
+        (StatusCode::OK, &json!(401))
+    );
+    let (s, _) = env.call_with(None, Method::GET, "/api/v1/apis", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    env.control(Method::POST, "/reset", None).await;
+    let (_, b) = env.control(Method::GET, "/config", None).await;
+    assert_eq!(
+        b["token_invalid_status"], 403,
+        "reset restores the start value"
+    );
+    let (s, _) = env.call_with(None, Method::GET, "/api/v1/apis", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // A missing scope is SCOPE_MISSING in either mode.
+    env.control(
+        Method::PUT,
+        "/management-client/scopes",
+        Some(json!({"scopes": ["read:apis"]})),
+    )
+    .await;
+    let limited = env.management_token().await;
+    let (s, b) = env
+        .call_with(Some(&limited), Method::GET, "/api/v1/applications", None)
+        .await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::FORBIDDEN, "SCOPE_MISSING")
+    );
+}
+
+#[tokio::test]
+async fn not_found_mode_404() {
+    let env = start_with(EmulatorConfig {
+        not_found_status: 404,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let api = env.create_api("Orders", "https://orders").await;
+    let (app, _) = env.create_app("a").await;
+    for (method, path, code) in [
+        (
+            Method::GET,
+            "/api/v1/applications/nope".to_owned(),
+            "APPLICATION_NOT_FOUND",
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/applications/nope".to_owned(),
+            "APPLICATION_NOT_FOUND",
+        ),
+        (Method::GET, "/api/v1/apis/nope".to_owned(), "API_NOT_FOUND"),
+        (
+            Method::DELETE,
+            "/api/v1/apis/nope".to_owned(),
+            "API_NOT_FOUND",
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/apis/{api}/scopes/api_scope_nope"),
+            "API_SCOPE_NOT_FOUND",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/apis/{api}/applications/{app}/scopes/api_scope_nope"),
+            "API_SCOPE_NOT_FOUND",
+        ),
+    ] {
+        let (s, b) = env.call(method.clone(), &path, None).await;
+        assert_eq!(
+            (s, error_code(&b)),
+            (StatusCode::NOT_FOUND, code),
+            "{method} {path}"
+        );
+        assert!(b["errors"][0]["message"].is_string());
+    }
+    // Other refusals keep their status; an unknown route is still ROUTE_NOT_FOUND.
+    let (s, b) = env
+        .call(Method::POST, "/api/v1/apis", Some(json!({"name": "x"})))
+        .await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::BAD_REQUEST, "AUDIENCE_REQUIRED")
+    );
+    let (s, b) = env.call(Method::GET, "/api/v1/nothing-here", None).await;
+    assert_eq!(
+        (s, &b["errors"]["code"]),
+        (StatusCode::NOT_FOUND, &json!("ROUTE_NOT_FOUND"))
+    );
+    assert_eq!(env.calls("getApplication").await["statuses"]["404"], 1);
+
+    // Switched back at run time; bad values are refused and change nothing.
+    for bad in [
+        json!({"not_found_status": 410}),
+        json!({"token_invalid_status": 400}),
+        json!({"not_found_status": 400, "token_ttl_secs": 0}),
+    ] {
+        let (s, b) = env.control(Method::PUT, "/config", Some(bad)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    }
+    let (_, b) = env.control(Method::GET, "/config", None).await;
+    assert_eq!(
+        b,
+        json!({"token_ttl_secs": 3600, "not_found_status": 404, "token_invalid_status": 401})
+    );
+    env.control(
+        Method::PUT,
+        "/config",
+        Some(json!({"not_found_status": 400})),
+    )
+    .await;
+    let (s, b) = env
+        .call(Method::GET, "/api/v1/applications/nope", None)
+        .await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::BAD_REQUEST, "APPLICATION_NOT_FOUND")
+    );
+    let bad = emulator::spawn(EmulatorConfig {
+        not_found_status: 418,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    assert!(
+        bad.is_err(),
+        "an unknown not-found status is refused at start"
+    );
+}
+
+#[tokio::test]
+async fn concurrency_limit_refuses_calls_beyond_the_cap() {
+    let env = start().await;
+    let (s, b) = env
+        .control(
+            Method::PUT,
+            "/concurrency-limit",
+            Some(json!({"max_in_flight": 1, "reset_secs": 2})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // One call held in the emulator (counted as started), a second one meanwhile.
+    env.control(
+        Method::POST,
+        "/faults",
+        Some(json!({"operation": "getAPIs", "latency_ms": 60_000})),
+    )
+    .await;
+    let held = {
+        let http = env.http.clone();
+        let url = env.url("/api/v1/apis");
+        let token = env.token.clone();
+        tokio::spawn(async move { http.get(url).bearer_auth(token).send().await })
+    };
+    while env.calls("getAPIs").await["calls"] != 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = env
+        .http
+        .post(env.url("/api/v1/applications"))
+        .bearer_auth(&env.token)
+        .json(&json!({"name": "crowded", "type": "m2m"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["ratelimit-reset"], "2");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(error_code(&body), "TOO_MANY_REQUESTS");
+    let c = env.calls("createApplication").await;
+    assert_eq!(
+        (c["writes"].as_u64(), c["statuses"]["429"].as_u64()),
+        (Some(0), Some(1))
+    );
+    // The token endpoint is not limited.
+    env.management_token().await;
+    let (_, b) = env.control(Method::GET, "/concurrency-limit", None).await;
+    assert_eq!(
+        b["concurrency_limit"],
+        json!({"max_in_flight": 1, "reset_secs": 2})
+    );
+
+    // Once the held call is gone, calls pass again.
+    held.abort();
+    let _ = held.await;
+    env.control(Method::DELETE, "/faults", None).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, _) = env.call(Method::GET, "/api/v1/apis", None).await;
+        if s == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the aborted call never left the emulator"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.control(Method::DELETE, "/concurrency-limit", None)
+        .await;
+    let (_, b) = env.control(Method::GET, "/concurrency-limit", None).await;
+    assert_eq!(b["concurrency_limit"], Value::Null);
+}
+
+/// `/oauth2/token` as Fosite answers: form bodies only, Fosite's checks and texts.
+#[tokio::test]
+async fn token_endpoint_speaks_fosite() {
+    let env = start().await;
+    let api = env.create_api("Orders", "https://orders").await;
+    let read = env.create_scope(&api, "read:orders").await;
+    let other_api = env.create_api("Billing", "https://billing").await;
+    let bill = env.create_scope(&other_api, "read:bills").await;
+    let (id, secret) = env.create_app("svc").await;
+    env.authorize(&api, &id).await;
+    env.grant_scope(&api, &id, &read).await;
+    env.authorize(&other_api, &id).await;
+    env.grant_scope(&other_api, &id, &bill).await;
+    let invalid_request = "The request is missing a required parameter, includes an invalid parameter value, includes a parameter more than once, or is otherwise malformed.";
+
+    // JSON is not read: the body counts as empty.
+    let r = env
+        .http
+        .post(env.url("/oauth2/token"))
+        .json(&json!({"grant_type": "client_credentials", "client_id": id,
+                      "client_secret": secret, "audience": "https://orders"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/json;charset=UTF-8"
+    );
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(
+        b,
+        json!({"error": "invalid_request", "error_description": format!("{invalid_request} The POST body can not be empty.")})
+    );
+    let raw = |content_type: Option<&'static str>, body: &'static str| {
+        let mut req = env.http.post(env.url("/oauth2/token")).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status();
+            let b: Value = r.json().await.unwrap();
+            (status, b)
+        }
+    };
+    let (s, b) = raw(None, "grant_type=client_credentials").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        b["error_description"]
+            .as_str()
+            .unwrap()
+            .ends_with("The POST body can not be empty.")
+    );
+    let (s, b) = raw(Some("application/x-www-form-urlencoded"), "grant_type=%zz").await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+    assert!(b["error_description"].as_str().unwrap().ends_with(
+        "Unable to parse HTTP body, make sure to send a properly formatted form request body."
+    ));
+    let r = env.http.get(env.url("/oauth2/token")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let b: Value = r.json().await.unwrap();
+    assert!(
+        b["error_description"]
+            .as_str()
+            .unwrap()
+            .ends_with("HTTP method is 'GET', expected 'POST'.")
+    );
+
+    let described = |form: Vec<(&str, String)>| {
+        let req = env.http.post(env.url("/oauth2/token")).form(&form);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status();
+            let b: Value = r.json().await.unwrap();
+            (
+                status,
+                b["error"].as_str().unwrap_or("").to_owned(),
+                b["error_description"].as_str().unwrap_or("").to_owned(),
+                b,
+            )
+        }
+    };
+    let base = |audience: &str| {
+        vec![
+            ("grant_type", "client_credentials".to_owned()),
+            ("client_id", id.clone()),
+            ("client_secret", secret.clone()),
+            ("audience", audience.to_owned()),
+        ]
+    };
+    let (s, e, d, _) = described(base("https://nowhere")).await;
+    assert_eq!(
+        (s, e.as_str(), d),
+        (
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!(
+                "{invalid_request} Requested audience 'https://nowhere' has not been whitelisted by the OAuth 2.0 Client."
+            )
+        )
+    );
+    let mut with_scope = base("https://orders");
+    with_scope.push(("scope", "read:orders launch:rockets".to_owned()));
+    let (s, e, d, _) = described(with_scope).await;
+    assert_eq!(
+        (s, e.as_str(), d.as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            "The requested scope is invalid, unknown, or malformed. The OAuth 2.0 Client is not allowed to request scope 'launch:rockets'."
+        )
+    );
+    // A scope granted on another API is not granted for this audience.
+    let mut elsewhere = base("https://orders");
+    elsewhere.push(("scope", "read:bills".to_owned()));
+    let (_, e, d, _) = described(elsewhere).await;
+    assert_eq!(e, "invalid_scope");
+    assert!(
+        d.ends_with("not allowed to request scope 'read:bills'."),
+        "{d}"
+    );
+    let mut wrong = base("https://orders");
+    wrong[2].1 = "wrong".to_owned();
+    let (s, e, d, _) = described(wrong).await;
+    assert_eq!(
+        (s, e.as_str(), d.as_str()),
+        (
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Client authentication failed (e.g., unknown client, no client authentication included, or unsupported authentication method)."
+        )
+    );
+    let (s, e, d, _) = described(vec![("grant_type", "client_credentials".to_owned())]).await;
+    assert_eq!(
+        (s, e.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    assert!(d.ends_with("Client credentials missing or malformed in both HTTP Authorization header and HTTP POST body."));
+    let (_, e, d, _) = described(vec![("client_id", id.clone())]).await;
+    assert_eq!(e, "invalid_request");
+    assert!(
+        d.ends_with("Request parameter 'grant_type' is missing"),
+        "{d}"
+    );
+    // An unsupported grant is refused before the client is looked at.
+    let (s, e, d, _) = described(vec![
+        ("grant_type", "password".to_owned()),
+        ("client_id", "nobody".to_owned()),
+    ])
+    .await;
+    assert_eq!(
+        (s, e.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    assert!(
+        d.ends_with("has exactly whitelisted the redirect_uri you specified."),
+        "{d}"
+    );
+    // A back-end app may not use the client-credentials grant.
+    let (s, b) = env
+        .call(
+            Method::POST,
+            "/api/v1/applications",
+            Some(json!({"name": "backend", "type": "reg"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let reg = b["application"]["id"].as_str().unwrap().to_owned();
+    let reg_secret = b["application"]["client_secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    env.authorize(&api, &reg).await;
+    let (s, e, d, _) = described(vec![
+        ("grant_type", "client_credentials".to_owned()),
+        ("client_id", reg),
+        ("client_secret", reg_secret),
+        ("audience", "https://orders".to_owned()),
+    ])
+    .await;
+    assert_eq!(
+        (s, e.as_str(), d.as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            "The client is not authorized to request a token using this method. The OAuth 2.0 Client is not allowed to use authorization grant 'client_credentials'."
+        )
+    );
+
+    // Repeated parameters: the first wins (Go's Values.Get). HTTP Basic wins over the body.
+    let mut repeated = base("https://orders");
+    repeated.push(("grant_type", "password".to_owned()));
+    let (s, _, _, b) = described(repeated).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["token_type"], "bearer");
+    let r = env
+        .http
+        .post(env.url("/oauth2/token"))
+        .basic_auth(&id, Some(&secret))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "someone-else"),
+            ("client_secret", "wrong"),
+            ("audience", "https://orders"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/json;charset=UTF-8"
+    );
+}
+
+/// Spawns the binary's `emulator` with `args`; returns its URL once printed, or `None`
+/// when it exits (or prints nothing) first.
+async fn spawn_binary(args: &[&str]) -> (std::process::Child, Option<String>) {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kinde-m2m-operator"))
+        .args(["emulator", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("KINDE_EMULATOR_STATE_FILE")
+        .env_remove("KINDE_EMULATOR_DOMAIN")
+        .env_remove("KINDE_EMULATOR_NOT_FOUND_STATUS")
+        .env_remove("KINDE_EMULATOR_TOKEN_INVALID_STATUS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    });
+    let url = match tokio::time::timeout(Duration::from_secs(60), read).await {
+        Ok(Ok(Ok(line))) => line
+            .trim_end()
+            .strip_prefix("KINDE_EMULATOR_URL=")
+            .map(str::to_owned),
+        _ => None,
+    };
+    (child, url)
+}
+
+#[tokio::test]
+async fn binary_flags_set_the_answer_modes() {
+    let (mut child, url) =
+        spawn_binary(&["--not-found-status", "404", "--token-invalid-status", "403"]).await;
+    let config: Result<Value, String> = async {
+        let url = url.ok_or("no URL line")?;
+        reqwest::get(format!("{url}/_emulator/config"))
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let config = config.unwrap();
+    assert_eq!(
+        (&config["not_found_status"], &config["token_invalid_status"]),
+        (&json!(404), &json!(403))
+    );
+    let (mut child, url) = spawn_binary(&["--not-found-status", "418"]).await;
+    let status = child.wait().unwrap();
+    assert!(url.is_none() && !status.success(), "418 is refused");
 }

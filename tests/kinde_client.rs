@@ -7,7 +7,7 @@ mod support_kinde;
 
 use std::time::Duration;
 
-use kinde_m2m_operator::emulator;
+use kinde_m2m_operator::emulator::{self, EmulatorConfig};
 use kinde_m2m_operator::kinde::types::Authorization;
 use kinde_m2m_operator::kinde::{KindeError, Operation, Transient};
 use reqwest::Method;
@@ -535,19 +535,32 @@ async fn rate_limit_window_is_not_hammered() {
     assert_eq!(client.metrics().calls("getAPIs", "429"), 2);
 }
 
+/// Kinde answers a refused token with 401; the emulator's earlier 403 `TOKEN_INVALID`
+/// (its `token_invalid_status: 403` mode) is handled the same way.
 #[tokio::test]
 async fn expired_or_revoked_token_is_refreshed_once() {
-    let env = Emu::start().await;
+    for status in [401, 403] {
+        refreshed_once(status).await;
+    }
+}
+
+async fn refreshed_once(token_invalid_status: u16) {
+    let env = Emu::start_with(EmulatorConfig {
+        token_invalid_status,
+        ..EmulatorConfig::default()
+    })
+    .await;
     let client = env.client();
     client.list_apis(false).await.unwrap();
     assert_eq!(env.calls_of("token").await, 1);
 
-    // Revoked: 403 TOKEN_INVALID, one new token, success.
+    // Revoked: 401 (or 403) TOKEN_INVALID, one new token, success.
     env.control(Method::POST, "/tokens/revoke", None).await;
     env.reset_calls().await;
     client.list_apis(false).await.unwrap();
     assert_eq!(env.calls_of("token").await, 1);
-    assert_eq!(env.status_count("getAPIs", "403").await, 1);
+    let refused = token_invalid_status.to_string();
+    assert_eq!(env.status_count("getAPIs", &refused).await, 1);
     assert_eq!(env.status_count("getAPIs", "200").await, 1);
     assert_eq!(client.metrics().calls("token", "200"), 2);
 
@@ -573,7 +586,7 @@ async fn expired_or_revoked_token_is_refreshed_once() {
             .send()
             .await
             .unwrap();
-        if r.status() == reqwest::StatusCode::FORBIDDEN {
+        if r.status().as_u16() == token_invalid_status {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1010,4 +1023,36 @@ async fn a_429_does_not_release_every_waiter_at_once() {
         throttled <= windows + 1,
         "{throttled} 429s for {windows} windows"
     );
+}
+
+/// With the emulator answering "no such object" as 404 (its `not_found_status: 404`
+/// mode), every not-found path is still `NotFound`, and a wrong route is not.
+#[tokio::test]
+async fn not_found_as_404_is_not_found() {
+    let env = Emu::start_with(EmulatorConfig {
+        not_found_status: 404,
+        ..EmulatorConfig::default()
+    })
+    .await;
+    let client = env.client();
+    let app = client.create_application("gone", None).await.unwrap();
+    let api = client
+        .create_api("Gone", "https://gone.example.com")
+        .await
+        .unwrap();
+    let scope = client.create_api_scope(&api, "read:x", "").await.unwrap();
+    client.delete_api_scope(&api, &scope).await.unwrap();
+    client.delete_application(&app.id).await.unwrap();
+    client.delete_api(&api).await.unwrap();
+    for err in [
+        client.get_application(&app.id).await.unwrap_err(),
+        client.delete_application(&app.id).await.unwrap_err(),
+        client.get_api(&api).await.unwrap_err(),
+        client.delete_api(&api).await.unwrap_err(),
+        client.delete_api_scope(&api, &scope).await.unwrap_err(),
+    ] {
+        assert!(err.is_not_found(), "{err:?}");
+    }
+    assert_eq!(env.status_count("getApplication", "404").await, 1);
+    assert_eq!(env.status_count("deleteAPI", "404").await, 1);
 }

@@ -93,7 +93,8 @@ async fn walkthrough(env: &Emu, client: &KindeClient) -> Walk {
         .unwrap();
     let (status, body) = env.app_token(&client_id, &client_secret, AUDIENCE).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["error"], "unauthorized_client");
+    // Fosite's answer: the audience is not whitelisted for the client.
+    assert_eq!(body["error"], "invalid_request");
     assert!(body.get("access_token").is_none());
 
     // Still one management token for everything.

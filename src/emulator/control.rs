@@ -16,20 +16,27 @@
 //!   calls (not `/oauth2/token`); beyond it: 429 `error_response` with `RateLimit-Reset:
 //!   <seconds until the window ends>`, request not processed. `GET` shows it, `DELETE`
 //!   removes it.
+//! - `PUT /_emulator/concurrency-limit` `{max_in_flight, reset_secs? (1)}`: a management
+//!   call arriving while `max_in_flight` are being served gets 429 with `RateLimit-Reset:
+//!   reset_secs`, not processed. `GET` shows it, `DELETE` removes it.
 //! - `POST /_emulator/applications/{id}/rotate-secret` `{retain_old?: bool}` → `{client_id,
-//!   client_secret}`: new secret as the dashboard's "Rotate"; the previous one keeps
-//!   working only with `retain_old` (one retained secret at a time).
+//!   client_secret}`: new secret as the dashboard's "Rotate" (reg and m2m apps only, else
+//!   400); the previous one keeps working only with `retain_old`, until `DELETE
+//!   /_emulator/applications/{id}/previous-secret` (the dashboard's "Delete previous client
+//!   secret"); rotating while it is retained is refused with 409.
 //! - `GET|PUT /_emulator/management-client/scopes` `{scopes:[...]}`: the management
 //!   client's scopes on the Kinde Management API (new tokens only).
 //! - `POST /_emulator/tokens/revoke` → `{revoked: n}`: every token issued so far stops
 //!   working on the management API.
-//! - `GET|PUT /_emulator/config` `{token_ttl_secs}` (default 3600, 1..=86400).
+//! - `GET|PUT /_emulator/config` `{token_ttl_secs? (default 3600, 1..=86400),
+//!   not_found_status? (400|404), token_invalid_status? (401|403)}`.
 //! - `GET /_emulator/calls` → `{operation: {calls, writes, statuses: {"200": n, ...}}}`
 //!   (`writes`: mutations actually performed; a connection closed by a fault counts as
 //!   status `"dropped"`); `DELETE` resets the counters.
 //! - `GET /_emulator/state`: applications (no secrets) and APIs with their grants.
 //! - `POST /_emulator/reset`: initial state (keeps the signing key, the management
-//!   client's credentials and revoked tokens; clears faults, rate limit, counters).
+//!   client's credentials and revoked tokens; clears faults, rate and concurrency limits,
+//!   counters; the modes go back to their start values).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -41,8 +48,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::faults::{FaultSpec, RateLimit};
-use super::server::{AppState, changed, json_body};
+use super::faults::{ConcurrencyLimit, FaultSpec, RateLimit};
+use super::server::{
+    AppState, Modes, changed, check_not_found_status, check_token_invalid_status, json_body,
+};
+use super::state::RotateRefusal;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -56,7 +66,17 @@ pub fn routes() -> Router<AppState> {
                 .get(get_rate_limit)
                 .delete(clear_rate_limit),
         )
+        .route(
+            "/concurrency-limit",
+            put(set_concurrency_limit)
+                .get(get_concurrency_limit)
+                .delete(clear_concurrency_limit),
+        )
         .route("/applications/{id}/rotate-secret", post(rotate_secret))
+        .route(
+            "/applications/{id}/previous-secret",
+            axum::routing::delete(delete_previous_secret),
+        )
         .route(
             "/management-client/scopes",
             put(set_management_scopes).get(get_management_scopes),
@@ -118,6 +138,24 @@ async fn clear_rate_limit(State(shared): State<AppState>) -> Response {
     axum::Json(json!({"rate_limit": null})).into_response()
 }
 
+async fn set_concurrency_limit(State(shared): State<AppState>, body: Bytes) -> Response {
+    let limit: ConcurrencyLimit = match parse(&body) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    shared.harness().set_concurrency_limit(Some(limit));
+    axum::Json(json!({"concurrency_limit": limit})).into_response()
+}
+
+async fn get_concurrency_limit(State(shared): State<AppState>) -> Response {
+    axum::Json(json!({"concurrency_limit": shared.harness().concurrency_limit()})).into_response()
+}
+
+async fn clear_concurrency_limit(State(shared): State<AppState>) -> Response {
+    shared.harness().set_concurrency_limit(None);
+    axum::Json(json!({"concurrency_limit": null})).into_response()
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RotateBody {
@@ -138,6 +176,36 @@ async fn rotate_secret(
     match rotated {
         Ok(secret) => changed(
             axum::Json(json!({"client_id": id, "client_secret": secret})).into_response(),
+            false,
+        ),
+        Err(RotateRefusal::NoSuchApplication) => {
+            error(StatusCode::NOT_FOUND, format!("no application {id:?}"))
+        }
+        Err(RotateRefusal::PreviousSecretRetained) => error(
+            StatusCode::CONFLICT,
+            format!(
+                "application {id:?} still has a previous client secret retained; as in the Kinde dashboard, delete it first (DELETE /_emulator/applications/{id}/previous-secret), then rotate"
+            ),
+        ),
+        Err(RotateRefusal::NotRotatable(t)) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "application {id:?} is of type {}: only back-end (reg) and m2m applications have a client secret to rotate",
+                t.as_str()
+            ),
+        ),
+    }
+}
+
+/// The dashboard's "Delete previous client secret".
+async fn delete_previous_secret(
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+) -> Response {
+    let deleted = shared.inner().store.delete_previous_secret(&id);
+    match deleted {
+        Ok(deleted) => changed(
+            axum::Json(json!({"client_id": id, "deleted": deleted})).into_response(),
             false,
         ),
         Err(_) => error(StatusCode::NOT_FOUND, format!("no application {id:?}")),
@@ -187,30 +255,55 @@ async fn revoke_tokens(State(shared): State<AppState>) -> Response {
 #[serde(deny_unknown_fields)]
 struct ConfigBody {
     token_ttl_secs: Option<i64>,
+    not_found_status: Option<u16>,
+    token_invalid_status: Option<u16>,
 }
 
+fn config_json(ttl: i64, modes: Modes) -> Value {
+    json!({
+        "token_ttl_secs": ttl,
+        "not_found_status": modes.not_found_status,
+        "token_invalid_status": modes.token_invalid_status,
+    })
+}
+
+/// Validates every field before changing anything, so a refused body changes nothing.
 async fn set_config(State(shared): State<AppState>, body: Bytes) -> Response {
     let body: ConfigBody = match parse(&body) {
         Ok(b) => b,
         Err(r) => return *r,
     };
+    if let Some(ttl) = body.token_ttl_secs
+        && !(1..=86_400).contains(&ttl)
+    {
+        return error(StatusCode::BAD_REQUEST, "token_ttl_secs must be 1..=86400");
+    }
+    let mut modes = shared.modes();
+    if let Some(status) = body.not_found_status {
+        match check_not_found_status(status) {
+            Ok(s) => modes.not_found_status = s,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        }
+    }
+    if let Some(status) = body.token_invalid_status {
+        match check_token_invalid_status(status) {
+            Ok(s) => modes.token_invalid_status = s,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        }
+    }
+    shared.set_modes(modes);
     let mut inner = shared.inner();
     if let Some(ttl) = body.token_ttl_secs {
-        if !(1..=86_400).contains(&ttl) {
-            return error(StatusCode::BAD_REQUEST, "token_ttl_secs must be 1..=86400");
-        }
         inner.token_ttl_secs = ttl;
     }
     let ttl = inner.token_ttl_secs;
     drop(inner);
-    changed(
-        axum::Json(json!({"token_ttl_secs": ttl})).into_response(),
-        false,
-    )
+    changed(axum::Json(config_json(ttl, modes)).into_response(), false)
 }
 
 async fn get_config(State(shared): State<AppState>) -> Response {
-    axum::Json(json!({"token_ttl_secs": shared.inner().token_ttl_secs})).into_response()
+    let ttl = shared.inner().token_ttl_secs;
+    axum::Json(config_json(ttl, shared.modes())).into_response()
 }
 
 async fn get_calls(State(shared): State<AppState>) -> Response {
@@ -246,6 +339,7 @@ async fn dump_state(State(shared): State<AppState>) -> Response {
                 "type": app.app_type.as_str(),
                 "org_code": app.org_code,
                 "is_management_client": app.id == store.management_client_id,
+                "previous_secret_retained": !app.retained_secrets.is_empty(),
                 "apis": apis,
             })
         })

@@ -137,6 +137,33 @@ pub struct RateLimit {
     pub per_seconds: u64,
 }
 
+/// A cap on management calls in flight at once, as Kinde's concurrency limiter: a call
+/// arriving while `max_in_flight` are being served gets 429 with `RateLimit-Reset:
+/// reset_secs` and is not processed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyLimit {
+    pub max_in_flight: u32,
+    #[serde(default = "one_second")]
+    pub reset_secs: u64,
+}
+
+fn one_second() -> u64 {
+    1
+}
+
+impl ConcurrencyLimit {
+    /// Whether one more call may start while `in_flight` are being served; the refusal
+    /// carries the `RateLimit-Reset` seconds.
+    pub fn admit(&self, in_flight: u32) -> Result<(), u64> {
+        if in_flight < self.max_in_flight {
+            Ok(())
+        } else {
+            Err(self.reset_secs.max(1))
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Window {
     limit: RateLimit,
@@ -157,6 +184,10 @@ pub struct Counter {
 pub struct Harness {
     faults: VecDeque<FaultSpec>,
     window: Option<Window>,
+    concurrency: Option<ConcurrencyLimit>,
+    /// Management calls being served now (counted whether or not a limit is set, so a
+    /// limit set mid-flight sees the calls already running).
+    in_flight: u32,
     counters: BTreeMap<&'static str, Counter>,
 }
 
@@ -216,6 +247,38 @@ impl Harness {
         }
         let left = period.saturating_sub(now.duration_since(w.started));
         Err(left.as_secs_f64().ceil().max(1.0) as u64)
+    }
+
+    /// Back to the initial state (no faults, limits or counters), still counting the calls
+    /// in flight so that their end is accounted for.
+    pub fn reset(&mut self) {
+        *self = Self {
+            in_flight: self.in_flight,
+            ..Self::default()
+        };
+    }
+
+    pub fn set_concurrency_limit(&mut self, limit: Option<ConcurrencyLimit>) {
+        self.concurrency = limit;
+    }
+
+    pub fn concurrency_limit(&self) -> Option<ConcurrencyLimit> {
+        self.concurrency
+    }
+
+    /// Starts serving one management call, or returns the `RateLimit-Reset` seconds when
+    /// the concurrency limit is reached. Every `Ok` must be paired with [`Self::leave`].
+    pub fn enter(&mut self) -> Result<(), u64> {
+        if let Some(limit) = &self.concurrency {
+            limit.admit(self.in_flight)?;
+        }
+        self.in_flight = self.in_flight.saturating_add(1);
+        Ok(())
+    }
+
+    /// One call admitted by [`Self::enter`] is done.
+    pub fn leave(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
     }
 
     pub fn count_call(&mut self, op: &'static str) {
@@ -328,6 +391,32 @@ mod tests {
         assert!(f.validate().is_err());
         let f: FaultSpec = serde_json::from_str(r#"{"operation":"getAPIs"}"#).unwrap();
         assert!(f.validate().is_err());
+    }
+
+    #[test]
+    fn concurrency_limit_counts_calls_in_flight() {
+        let limit = ConcurrencyLimit {
+            max_in_flight: 2,
+            reset_secs: 0,
+        };
+        assert!(limit.admit(0).is_ok() && limit.admit(1).is_ok());
+        assert_eq!(limit.admit(2), Err(1), "reset is at least 1 s");
+        let mut h = Harness::default();
+        assert!(h.enter().is_ok(), "no limit: always admitted");
+        h.set_concurrency_limit(Some(ConcurrencyLimit {
+            max_in_flight: 2,
+            reset_secs: 3,
+        }));
+        assert!(h.enter().is_ok());
+        assert_eq!(
+            h.enter(),
+            Err(3),
+            "the call running before the limit counts"
+        );
+        h.leave();
+        assert!(h.enter().is_ok());
+        let parsed: ConcurrencyLimit = serde_json::from_str(r#"{"max_in_flight":1}"#).unwrap();
+        assert_eq!(parsed.reset_secs, 1);
     }
 
     #[test]

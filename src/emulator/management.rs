@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::server::{AppState, Shared, changed, json_body};
+use super::server::{AppState, NotFoundAnswer, Shared, changed, json_body};
 use super::state::{AppSort, AppType, KindeError, SortKey, management_audience};
 
 /// Largest accepted `page_size` (NOTES: `PAGE_SIZE_LIMIT_EXCEEDED`, "cannot be greater than 100").
@@ -90,8 +90,19 @@ pub struct ApiError(KindeError);
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::BAD_REQUEST);
-        error_response(status, self.0.code, &self.0.message)
+        let mut response = error_response(status, self.0.code, &self.0.message);
+        if is_not_found_code(self.0.code) {
+            // The not-found mode (400 or 404) is applied by the middleware, which knows it.
+            response.extensions_mut().insert(NotFoundAnswer);
+        }
+        response
     }
+}
+
+/// "No such application / API / scope" answers (`APPLICATION_NOT_FOUND`, ...), which the
+/// not-found mode answers as 400 or 404.
+fn is_not_found_code(code: &str) -> bool {
+    code.ends_with("_NOT_FOUND")
 }
 
 impl From<KindeError> for ApiError {
@@ -146,40 +157,53 @@ pub fn required_scopes(op: &str) -> &'static [&'static str] {
     }
 }
 
-fn token_invalid(message: &str) -> ApiError {
-    forbidden("TOKEN_INVALID", message.to_owned())
+/// A refused management token: 401 by default (Kinde's troubleshooting page: "401
+/// Unauthorized: missing or expired token, malformed Authorization header"), 403 in the
+/// earlier mode. The body is an `error_response` with code `TOKEN_INVALID` (a guess: the
+/// spec documents no 401).
+fn token_invalid(status: u16, message: &str) -> ApiError {
+    ApiError(KindeError {
+        status,
+        code: "TOKEN_INVALID",
+        message: message.to_owned(),
+    })
+}
+
+/// Kinde's answer to a valid token without the operation's scope: 403 `SCOPE_MISSING`,
+/// "Scope is missing: <scope>".
+fn scope_missing(scope: &str) -> ApiError {
+    forbidden("SCOPE_MISSING", format!("Scope is missing: {scope}"))
 }
 
 /// Checks the bearer token (signature, `exp`, `iss`, `aud` = management audience, not
-/// revoked) and that its `scp` allows `op`. Every failure is a 403 (the only auth status
-/// the spec documents): `TOKEN_INVALID` for the token itself, `FORBIDDEN` for a missing
-/// scope.
+/// revoked) and that its `scp` allows `op`: [`token_invalid`] for the token itself,
+/// [`scope_missing`] for a missing scope.
 fn authorize(shared: &Shared, headers: &HeaderMap, op: &str) -> Result<(), ApiError> {
+    let status = shared.modes().token_invalid_status;
     let raw = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| token_invalid("Missing bearer token"))?;
+        .ok_or_else(|| token_invalid(status, "Missing bearer token"))?;
     let token = match raw.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-        _ => return Err(token_invalid("Authorization header is not a bearer token")),
+        _ => {
+            return Err(token_invalid(
+                status,
+                "Authorization header is not a bearer token",
+            ));
+        }
     };
     let audience = management_audience(&shared.domain);
     let claims = shared
         .key
         .verify(token, shared.issuer(), &audience)
-        .map_err(|e| token_invalid(&format!("Invalid access token: {e}")))?;
+        .map_err(|e| token_invalid(status, &format!("Invalid access token: {e}")))?;
     if shared.inner().ledger.is_revoked(&claims.jti) {
-        return Err(token_invalid("Access token has been revoked"));
+        return Err(token_invalid(status, "Access token has been revoked"));
     }
     let needed = required_scopes(op);
     if !needed.iter().any(|s| claims.scp.iter().any(|c| c == s)) {
-        return Err(forbidden(
-            "FORBIDDEN",
-            format!(
-                "The access token is missing the required scope `{}`",
-                needed.first().copied().unwrap_or_default()
-            ),
-        ));
+        return Err(scope_missing(needed.first().copied().unwrap_or_default()));
     }
     Ok(())
 }
@@ -909,6 +933,20 @@ mod tests {
         assert!(paging(&q("abc"), "x").is_err());
         let bad_token = HashMap::from([("next_token".to_owned(), "nope".to_owned())]);
         assert!(paging(&bad_token, "x").is_err());
+    }
+
+    #[test]
+    fn refusals_render_as_kinde_does() {
+        let r = scope_missing("read:apis").into_response();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(r.extensions().get::<NotFoundAnswer>().is_none());
+        assert_eq!(token_invalid(401, "x").into_response().status(), 401);
+        assert_eq!(token_invalid(403, "x").into_response().status(), 403);
+        let missing: ApiError = KindeError::bad_request("API_NOT_FOUND", "API not found").into();
+        let r = missing.into_response();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(r.extensions().get::<NotFoundAnswer>().is_some());
+        assert!(!is_not_found_code("API_AUDIENCE_ALREADY_EXISTS"));
     }
 
     #[test]

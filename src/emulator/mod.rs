@@ -66,6 +66,24 @@ pub struct EmulatorArgs {
     /// atomically after every change.
     #[arg(long, env = "KINDE_EMULATOR_STATE_FILE")]
     pub state_file: Option<PathBuf>,
+    /// Status of "no such application / API / scope" answers: 400 (with a `*_NOT_FOUND`
+    /// code, as the spec documents) or 404 (same body), as other Kinde endpoints answer.
+    #[arg(long, env = "KINDE_EMULATOR_NOT_FOUND_STATUS", default_value_t = 400, value_parser = parse_not_found_status)]
+    pub not_found_status: u16,
+    /// Status of a missing, expired or revoked management token: 401 (as Kinde) or 403
+    /// (the emulator's earlier answer, `TOKEN_INVALID`).
+    #[arg(long, env = "KINDE_EMULATOR_TOKEN_INVALID_STATUS", default_value_t = 401, value_parser = parse_token_invalid_status)]
+    pub token_invalid_status: u16,
+}
+
+fn parse_not_found_status(s: &str) -> Result<u16, String> {
+    let status = s.parse::<u16>().map_err(|e| e.to_string())?;
+    server::check_not_found_status(status)
+}
+
+fn parse_token_invalid_status(s: &str) -> Result<u16, String> {
+    let status = s.parse::<u16>().map_err(|e| e.to_string())?;
+    server::check_token_invalid_status(status)
 }
 
 /// Configuration of an emulator started in-process with [`spawn`].
@@ -79,6 +97,10 @@ pub struct EmulatorConfig {
     pub management_client_secret: String,
     /// Persist state here (loaded at start, rewritten after every change).
     pub state_file: Option<PathBuf>,
+    /// 400 (default) or 404: status of "no such application / API / scope".
+    pub not_found_status: u16,
+    /// 401 (default) or 403: status of a refused management token.
+    pub token_invalid_status: u16,
 }
 
 impl std::fmt::Debug for EmulatorConfig {
@@ -89,19 +111,24 @@ impl std::fmt::Debug for EmulatorConfig {
             .field("management_client_id", &self.management_client_id)
             .field("management_client_secret", &"<redacted>")
             .field("state_file", &self.state_file)
+            .field("not_found_status", &self.not_found_status)
+            .field("token_invalid_status", &self.token_invalid_status)
             .finish()
     }
 }
 
 impl Default for EmulatorConfig {
-    /// Loopback on a free port, development credentials, no state file.
+    /// Loopback on a free port, development credentials, no state file, Kinde's answers.
     fn default() -> Self {
+        let modes = server::Modes::default();
         Self {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             domain: None,
             management_client_id: DEFAULT_CLIENT_ID.to_owned(),
             management_client_secret: DEFAULT_CLIENT_SECRET.to_owned(),
             state_file: None,
+            not_found_status: modes.not_found_status,
+            token_invalid_status: modes.token_invalid_status,
         }
     }
 }
@@ -114,6 +141,8 @@ impl From<EmulatorArgs> for EmulatorConfig {
             management_client_id: args.client_id,
             management_client_secret: args.client_secret,
             state_file: args.state_file,
+            not_found_status: args.not_found_status,
+            token_invalid_status: args.token_invalid_status,
         }
     }
 }
@@ -199,6 +228,12 @@ fn normalize_domain(domain: &str) -> anyhow::Result<String> {
 /// Binds and starts serving in the background.
 pub async fn spawn(config: EmulatorConfig) -> anyhow::Result<RunningEmulator> {
     let domain_override = config.domain.as_deref().map(normalize_domain).transpose()?;
+    let modes = server::Modes {
+        not_found_status: server::check_not_found_status(config.not_found_status)
+            .map_err(anyhow::Error::msg)?,
+        token_invalid_status: server::check_token_invalid_status(config.token_invalid_status)
+            .map_err(anyhow::Error::msg)?,
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -219,6 +254,7 @@ pub async fn spawn(config: EmulatorConfig) -> anyhow::Result<RunningEmulator> {
             config.management_client_id.clone(),
             config.management_client_secret.clone(),
             config.state_file.clone(),
+            modes,
         )
         .await?,
     );

@@ -31,6 +31,47 @@ use super::{control, management, oauth};
 /// Default access-token lifetime, as Kinde's default for M2M apps.
 pub const DEFAULT_TOKEN_TTL_SECS: i64 = 3600;
 
+/// Answers where the emulator can behave as Kinde does now or as it did before (kept for
+/// clients that must handle both): set at start (`EmulatorConfig`, CLI flags) and through
+/// `PUT /_emulator/config`; `POST /_emulator/reset` restores the start values. Not
+/// persisted: the configuration of each start wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Modes {
+    /// Status of "no such application / API / scope": 400 (`*_NOT_FOUND` code, the
+    /// default, as the spec documents) or 404 (same body).
+    pub not_found_status: u16,
+    /// Status of a missing, malformed, expired or revoked management token: 401 (as Kinde
+    /// answers, the default) or 403 (the emulator's earlier answer).
+    pub token_invalid_status: u16,
+}
+
+impl Default for Modes {
+    fn default() -> Self {
+        Self {
+            not_found_status: 400,
+            token_invalid_status: 401,
+        }
+    }
+}
+
+/// Checks a `not_found_status` value.
+pub fn check_not_found_status(status: u16) -> Result<u16, String> {
+    match status {
+        400 | 404 => Ok(status),
+        other => Err(format!("not_found_status must be 400 or 404, got {other}")),
+    }
+}
+
+/// Checks a `token_invalid_status` value.
+pub fn check_token_invalid_status(status: u16) -> Result<u16, String> {
+    match status {
+        401 | 403 => Ok(status),
+        other => Err(format!(
+            "token_invalid_status must be 401 or 403, got {other}"
+        )),
+    }
+}
+
 /// Everything the handlers share.
 pub struct Shared {
     pub domain: String,
@@ -39,6 +80,8 @@ pub struct Shared {
     pub management_client_secret: String,
     inner: Mutex<Inner>,
     harness: Mutex<Harness>,
+    modes: Mutex<Modes>,
+    initial_modes: Modes,
     persister: Option<Persister>,
 }
 
@@ -85,6 +128,7 @@ impl Shared {
         client_id: String,
         client_secret: String,
         state_file: Option<PathBuf>,
+        modes: Modes,
     ) -> anyhow::Result<Self> {
         let existing = match &state_file {
             Some(path) => match tokio::fs::read(path).await {
@@ -132,6 +176,8 @@ impl Shared {
                 version: 1,
             }),
             harness: Mutex::new(Harness::default()),
+            modes: Mutex::new(modes),
+            initial_modes: modes,
             persister: state_file.map(|path| Persister {
                 path,
                 written: tokio::sync::Mutex::new(0),
@@ -150,6 +196,14 @@ impl Shared {
 
     pub fn harness(&self) -> MutexGuard<'_, Harness> {
         self.harness.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn modes(&self) -> Modes {
+        *self.modes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_modes(&self, modes: Modes) {
+        *self.modes.lock().unwrap_or_else(|e| e.into_inner()) = modes;
     }
 
     /// Issuer of tokens (the domain).
@@ -204,8 +258,8 @@ impl Shared {
             );
             inner.token_ttl_secs = DEFAULT_TOKEN_TTL_SECS;
         }
-        let mut harness = self.harness();
-        *harness = Harness::default();
+        self.set_modes(self.initial_modes);
+        self.harness().reset();
     }
 }
 
@@ -270,18 +324,21 @@ async fn observe(
         let response = next.run(request).await;
         return persist_if_changed(&shared, response).await;
     };
-    let fault = {
+    let (fault, in_flight) = {
         let mut harness = shared.harness();
         harness.count_call(op);
-        if op != TOKEN
-            && let Err(reset) = harness.admit(Instant::now())
-        {
-            harness.count_status(op, "429");
-            drop(harness);
-            tracing::debug!(operation = op, "rate limited");
-            return rate_limited(reset);
+        let mut in_flight = None;
+        if op != TOKEN {
+            let admitted = harness.admit(Instant::now()).and_then(|()| harness.enter());
+            if let Err(reset) = admitted {
+                harness.count_status(op, "429");
+                drop(harness);
+                tracing::debug!(operation = op, "rate limited");
+                return rate_limited(reset);
+            }
+            in_flight = Some(InFlight(shared.clone()));
         }
-        harness.take_fault(op)
+        (harness.take_fault(op), in_flight)
     };
     if let Some(fault) = &fault
         && let Some(ms) = fault.latency_ms
@@ -299,12 +356,30 @@ async fn observe(
         }
         other => other,
     };
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
+    if response.extensions().get::<NotFoundAnswer>().is_some() {
+        response = not_found_as(response, shared.modes().not_found_status);
+    }
     let wrote = response
         .extensions()
         .get::<Changed>()
         .is_some_and(|c| c.write);
     let response = persist_if_changed(&shared, response).await;
+    let response = count_and_finish(&shared, op, fault, &conn, wrote, response);
+    // The call is over only now (the guard locks the harness, so not while it is held).
+    drop(in_flight);
+    response
+}
+
+/// Counts the answer of a processed call and applies a fault's `drop_response`.
+fn count_and_finish(
+    shared: &Shared,
+    op: &'static str,
+    fault: Option<FaultSpec>,
+    conn: &ConnInfo,
+    wrote: bool,
+    response: Response,
+) -> Response {
     let mut harness = shared.harness();
     if wrote && response.status().is_success() {
         harness.count_write(op);
@@ -330,6 +405,28 @@ async fn observe(
             response
         }
     }
+}
+
+/// Marks a management call counted as in flight for the concurrency limit until dropped.
+struct InFlight(AppState);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.harness().leave();
+    }
+}
+
+/// Marker a handler puts in the extensions of a "no such application / API / scope"
+/// answer, so the not-found mode can set its status.
+#[derive(Clone, Copy, Debug)]
+pub struct NotFoundAnswer;
+
+/// A not-found answer (400 `*_NOT_FOUND` as built) with the status of the current mode.
+fn not_found_as(mut response: Response, status: u16) -> Response {
+    if let Ok(status) = StatusCode::from_u16(status) {
+        *response.status_mut() = status;
+    }
+    response
 }
 
 async fn persist_if_changed(shared: &Shared, response: Response) -> Response {

@@ -85,6 +85,16 @@ impl KindeError {
     }
 }
 
+/// Why a dashboard rotation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotateRefusal {
+    NoSuchApplication,
+    /// A previous secret is still retained: the dashboard asks to delete it first.
+    PreviousSecretRetained,
+    /// Front-end and device apps have no client secret to rotate.
+    NotRotatable(AppType),
+}
+
 /// Application types as the create/get endpoints spell them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -416,21 +426,39 @@ impl Store {
         apps
     }
 
-    /// Rotates the client secret as the dashboard does; returns the new secret.
-    pub fn rotate_secret(&mut self, id: &str, retain_old: bool) -> Result<String, KindeError> {
+    /// Rotates the client secret as the dashboard does; returns the new secret. As in the
+    /// dashboard (docs: "Rotate client secret"), only back-end (`reg`) and M2M apps have a
+    /// secret to rotate, and while a previous secret is retained it must be deleted first
+    /// ([`Self::delete_previous_secret`]) before another rotation.
+    pub fn rotate_secret(&mut self, id: &str, retain_old: bool) -> Result<String, RotateRefusal> {
+        let app = self
+            .applications
+            .get_mut(id)
+            .ok_or(RotateRefusal::NoSuchApplication)?;
+        if !matches!(app.app_type, AppType::Reg | AppType::M2m) {
+            return Err(RotateRefusal::NotRotatable(app.app_type));
+        }
+        if !app.retained_secrets.is_empty() {
+            return Err(RotateRefusal::PreviousSecretRetained);
+        }
+        let new_secret = random_alnum(48);
+        let old = std::mem::replace(&mut app.client_secret, new_secret.clone());
+        if retain_old {
+            app.retained_secrets = vec![old];
+        }
+        Ok(new_secret)
+    }
+
+    /// The dashboard's "Delete previous client secret": the retained secret stops working.
+    /// Returns whether there was one.
+    pub fn delete_previous_secret(&mut self, id: &str) -> Result<bool, KindeError> {
         let app = self
             .applications
             .get_mut(id)
             .ok_or_else(KindeError::app_not_found)?;
-        let new_secret = random_alnum(48);
-        let old = std::mem::replace(&mut app.client_secret, new_secret.clone());
-        if retain_old {
-            // The dashboard keeps one previous secret; rotating again drops the older one.
-            app.retained_secrets = vec![old];
-        } else {
-            app.retained_secrets.clear();
-        }
-        Ok(new_secret)
+        let had = !app.retained_secrets.is_empty();
+        app.retained_secrets.clear();
+        Ok(had)
     }
 
     // ---- APIs ----
@@ -799,13 +827,46 @@ mod tests {
     fn rotate_secret_retains_only_when_asked() {
         let mut s = store();
         let app = s.create_application("a".into(), AppType::M2m, None);
-        let new = s.rotate_secret(&app.id, true).unwrap();
+        let new = s.rotate_secret(&app.id, false).unwrap();
         let stored = s.application(&app.id).unwrap();
-        assert!(stored.secret_matches(&new) && stored.secret_matches(&app.client_secret));
-        let newer = s.rotate_secret(&app.id, false).unwrap();
+        assert!(stored.secret_matches(&new) && !stored.secret_matches(&app.client_secret));
+        let newer = s.rotate_secret(&app.id, true).unwrap();
         let stored = s.application(&app.id).unwrap();
-        assert!(stored.secret_matches(&newer));
-        assert!(!stored.secret_matches(&new) && !stored.secret_matches(&app.client_secret));
+        assert!(stored.secret_matches(&newer) && stored.secret_matches(&new));
+    }
+
+    #[test]
+    fn rotation_waits_for_the_previous_secret_to_be_deleted() {
+        let mut s = store();
+        let app = s.create_application("a".into(), AppType::M2m, None);
+        let retained_from = s.rotate_secret(&app.id, true).unwrap();
+        for retain in [true, false] {
+            assert_eq!(
+                s.rotate_secret(&app.id, retain),
+                Err(RotateRefusal::PreviousSecretRetained)
+            );
+        }
+        let stored = s.application(&app.id).unwrap();
+        assert!(stored.secret_matches(&retained_from) && stored.secret_matches(&app.client_secret));
+        assert_eq!(s.delete_previous_secret(&app.id), Ok(true));
+        assert!(
+            !s.application(&app.id)
+                .unwrap()
+                .secret_matches(&app.client_secret)
+        );
+        assert_eq!(s.delete_previous_secret(&app.id), Ok(false));
+        assert!(s.rotate_secret(&app.id, true).is_ok());
+        assert_eq!(
+            s.rotate_secret("nope", false),
+            Err(RotateRefusal::NoSuchApplication)
+        );
+        let spa = s.create_application("web".into(), AppType::Spa, None);
+        assert_eq!(
+            s.rotate_secret(&spa.id, false),
+            Err(RotateRefusal::NotRotatable(AppType::Spa))
+        );
+        let reg = s.create_application("backend".into(), AppType::Reg, None);
+        assert!(s.rotate_secret(&reg.id, false).is_ok());
     }
 
     #[test]

@@ -59,6 +59,14 @@ pub fn tests() -> Vec<E2eTest> {
         app_test("apps::drift_app_and_authorization", "3s", drift_app),
         app_test("apps::economy_noop_resync", RESYNC_ECONOMY, economy),
         app_test("apps::economy_lifecycle_calls", "10m", lifecycle),
+        // Objects deleted in Kinde, again with "not found" answered as 404.
+        app_test_404(
+            "apps::app_adopt_and_deletion_policies",
+            "10m",
+            app_adopt_and_policies,
+        ),
+        app_test_404("apps::drift_api_deleted_in_kinde", "3s", drift_api),
+        app_test_404("apps::drift_app_and_authorization", "3s", drift_app),
     ]
 }
 
@@ -82,9 +90,33 @@ where
     F: FnOnce(Arc<Env>) -> Fut + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
+    app_test_with(name, resync, &[], body)
+}
+
+/// [`app_test`] against an emulator answering "not found" with 404, registered as `name`
+/// + [`support::NOT_FOUND_404_SUFFIX`].
+fn app_test_404<F, Fut>(name: &str, resync: &'static str, body: F) -> E2eTest
+where
+    F: FnOnce(Arc<Env>) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let name = format!("{name}{}", support::NOT_FOUND_404_SUFFIX);
+    app_test_with(&name, resync, support::NOT_FOUND_404, body)
+}
+
+fn app_test_with<F, Fut>(
+    name: &str,
+    resync: &'static str,
+    emulator_args: &'static [&'static str],
+    body: F,
+) -> E2eTest
+where
+    F: FnOnce(Arc<Env>) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     support::test(name, move |ctx| async move {
         ctx.harness.ensure_crds().await?;
-        let emu = ctx.own_emulator()?;
+        let emu = ctx.own_emulator_with(emulator_args)?;
         // Adoption is refused unless the cluster's policy admits the namespace; these tests
         // adopt in their own namespace (tests/e2e/trust.rs covers the refusals).
         let ns = ctx.ns.clone();
@@ -94,7 +126,10 @@ where
             emu,
             op: std::sync::Mutex::new(op),
         });
-        let result = body(env.clone()).await;
+        let mut result = body(env.clone()).await;
+        if result.is_ok() && !emulator_args.is_empty() {
+            result = env.emu.ensure_not_found_answered(emulator_args).await;
+        }
         result.map_err(|e| {
             let tail = env.op.lock().unwrap().log_tail(40);
             e.context(format!("operator log tail:\n{tail}"))

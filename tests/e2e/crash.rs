@@ -61,13 +61,26 @@ pub fn tests() -> Vec<E2eTest> {
             grant_killed_after_scope_adds,
         ),
         // Deletion.
+        support::test("crash::app_delete_killed_after_kinde", |ctx| {
+            app_delete_killed_after_kinde(ctx, &[])
+        }),
+        support::test("crash::api_delete_killed_after_kinde", |ctx| {
+            api_delete_killed_after_kinde(ctx, &[])
+        }),
+        // The same, with "not found" (the retried delete's answer) as 404.
         support::test(
-            "crash::app_delete_killed_after_kinde",
-            app_delete_killed_after_kinde,
+            &format!(
+                "crash::app_delete_killed_after_kinde{}",
+                support::NOT_FOUND_404_SUFFIX
+            ),
+            |ctx| app_delete_killed_after_kinde(ctx, support::NOT_FOUND_404),
         ),
         support::test(
-            "crash::api_delete_killed_after_kinde",
-            api_delete_killed_after_kinde,
+            &format!(
+                "crash::api_delete_killed_after_kinde{}",
+                support::NOT_FOUND_404_SUFFIX
+            ),
+            |ctx| api_delete_killed_after_kinde(ctx, support::NOT_FOUND_404),
         ),
         support::test(
             "crash::grant_delete_killed_after_kinde",
@@ -337,8 +350,11 @@ async fn lose_delete_then_hold(f: &Fixture, operation: &str) -> anyhow::Result<(
 }
 
 /// M2MApplication deletion killed after `deleteApplication` happened in Kinde.
-async fn app_delete_killed_after_kinde(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+async fn app_delete_killed_after_kinde(
+    ctx: Ctx,
+    emulator_args: &'static [&'static str],
+) -> anyhow::Result<()> {
+    let mut f = Fixture::new_with(ctx, emulator_args).await?;
     f.start()?;
     f.create_app().await?;
     f.wait_ready::<M2MApplication>(APP).await?;
@@ -357,13 +373,18 @@ async fn app_delete_killed_after_kinde(ctx: Ctx) -> anyhow::Result<()> {
     f.start()?;
     f.gone::<M2MApplication>(APP).await?;
     f.no_failures().await?;
+    // The restarted operator's delete met the object already gone in Kinde.
+    f.emu.ensure_not_found_answered(emulator_args).await?;
     f.counted("app delete: killed after Kinde delete", 0, 0)
         .await
 }
 
 /// ApiRegistration deletion killed after `deleteAPI` happened in Kinde.
-async fn api_delete_killed_after_kinde(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+async fn api_delete_killed_after_kinde(
+    ctx: Ctx,
+    emulator_args: &'static [&'static str],
+) -> anyhow::Result<()> {
+    let mut f = Fixture::new_with(ctx, emulator_args).await?;
     f.start()?;
     f.create_api(&API_SCOPES).await?;
     f.wait_ready::<ApiRegistration>(API).await?;
@@ -382,6 +403,8 @@ async fn api_delete_killed_after_kinde(ctx: Ctx) -> anyhow::Result<()> {
     f.start()?;
     f.gone::<ApiRegistration>(API).await?;
     f.no_failures().await?;
+    // The restarted operator's delete met the object already gone in Kinde.
+    f.emu.ensure_not_found_answered(emulator_args).await?;
     f.counted("api delete: killed after Kinde delete", 0, 0)
         .await
 }
@@ -514,8 +537,13 @@ struct Fixture {
 
 impl Fixture {
     async fn new(ctx: Ctx) -> anyhow::Result<Self> {
+        Self::new_with(ctx, &[]).await
+    }
+
+    /// A fixture whose emulator gets `emulator_args` (e.g. [`support::NOT_FOUND_404`]).
+    async fn new_with(ctx: Ctx, emulator_args: &[&str]) -> anyhow::Result<Self> {
         ctx.harness.ensure_crds().await?;
-        let emu = ctx.own_emulator()?;
+        let emu = ctx.own_emulator_with(emulator_args)?;
         Ok(Self {
             ctx,
             emu,

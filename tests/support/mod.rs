@@ -492,6 +492,13 @@ fn log_tail(path: &Path, lines: usize) -> String {
 // Kinde emulator
 // ---------------------------------------------------------------------------------------
 
+/// Emulator flags answering "no such application / API / scope" with 404 instead of 400
+/// `*_NOT_FOUND`, as Kinde may: drift and deletion tests run in both modes.
+pub const NOT_FOUND_404: &[&str] = &["--not-found-status", "404"];
+
+/// Suffix of the registered name of a test's 404-mode variant.
+pub const NOT_FOUND_404_SUFFIX: &str = "_404";
+
 /// The Kinde emulator, `kinde-m2m-operator emulator --listen 127.0.0.1:0`, as a subprocess.
 pub struct Emulator {
     /// Base URL, e.g. `http://127.0.0.1:41234` (what it printed as `KINDE_EMULATOR_URL=`).
@@ -505,10 +512,17 @@ impl Emulator {
     /// recorded there for leftover cleanup). Waits (30 s at most) for its
     /// `KINDE_EMULATOR_URL=` line.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::start_with(dir, &[])
+    }
+
+    /// Like [`Emulator::start`], with more `kinde-m2m-operator emulator` flags (e.g.
+    /// [`NOT_FOUND_404`]).
+    pub fn start_with(dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
         let stderr_path = dir.join(format!("emulator-{}.log", fastrand::u32(..)));
         let stderr = std::fs::File::create(&stderr_path)?;
         let mut child = Command::new(operator_bin())
             .args(["emulator", "--listen", "127.0.0.1:0"])
+            .args(extra_args)
             .env("KINDE_CLIENT_ID", KINDE_CLIENT_ID)
             .env("KINDE_CLIENT_SECRET", KINDE_CLIENT_SECRET)
             .env("LOG_FORMAT", "text")
@@ -599,6 +613,36 @@ impl Emulator {
         Ok(self.calls().await?[operation]["calls"]
             .as_u64()
             .unwrap_or(0))
+    }
+
+    /// Answers with HTTP `status` (e.g. `"404"`) so far, all operations together.
+    pub async fn status_total(&self, status: &str) -> anyhow::Result<u64> {
+        let calls = self.calls().await?;
+        Ok(calls
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(|v| v["statuses"][status].as_u64())
+                    .sum()
+            })
+            .unwrap_or(0))
+    }
+
+    /// Checks that the emulator started with `emulator_args` answered "not found" at
+    /// least once with its mode's status (404 under [`NOT_FOUND_404`]), so that a test's
+    /// 404 variant really went through a 404.
+    pub async fn ensure_not_found_answered(&self, emulator_args: &[&str]) -> anyhow::Result<()> {
+        let status = if emulator_args == NOT_FOUND_404 {
+            "404"
+        } else {
+            "400"
+        };
+        let n = self.status_total(status).await?;
+        anyhow::ensure!(
+            n > 0,
+            "the emulator never answered {status}: the test did not reach a not-found answer"
+        );
+        Ok(())
     }
 
     /// Mutations performed so far, all operations together.
@@ -737,6 +781,11 @@ impl Ctx {
     /// A Kinde emulator of this test's own (isolated state and call counters).
     pub fn own_emulator(&self) -> anyhow::Result<Emulator> {
         Emulator::start(&self.harness.run_dir)
+    }
+
+    /// Like [`Ctx::own_emulator`], with more emulator flags (e.g. [`NOT_FOUND_404`]).
+    pub fn own_emulator_with(&self, extra_args: &[&str]) -> anyhow::Result<Emulator> {
+        Emulator::start_with(&self.harness.run_dir, extra_args)
     }
 
     /// `kinde-m2m-operator run` against `emulator`, watching this test's namespace plus
