@@ -96,6 +96,10 @@ pub struct RunArgs {
     /// Period of the drift-detecting resync of every object (jittered by up to 10%).
     #[arg(long, env = "RESYNC_PERIOD", default_value = "10m", value_parser = humantime::parse_duration)]
     pub resync_period: Duration,
+    /// Shortest `spec.rotation.every` accepted (each scheduled rotation mints a new
+    /// authorized Kinde application; the interval must also be at least twice the overlap).
+    #[arg(long, env = "MIN_ROTATION_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub min_rotation_interval: Duration,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -283,6 +287,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         scope,
         resync: args.resync_period,
         adoption,
+        min_rotation_every: args.min_rotation_interval,
     };
     let ready_state = state.clone();
     let controllers = controller::run(

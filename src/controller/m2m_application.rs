@@ -174,9 +174,6 @@ pub(super) struct KindeApp {
     pub app_type: Option<String>,
 }
 
-/// Shortest `spec.rotation.every`: a schedule mints a new authorized Kinde application each
-/// time, so a tiny interval would fill Kinde (and `status.retiring`) within minutes.
-const MIN_ROTATION_EVERY: Duration = Duration::from_secs(3600);
 /// Most predecessors retiring at once; a rotation requested beyond that waits for the
 /// oldest to retire (`status.retiring` must stay small, and every entry is a live app).
 pub(super) const MAX_RETIRING: usize = 5;
@@ -184,7 +181,15 @@ pub(super) const MAX_RETIRING: usize = 5;
 /// Checks everything about the spec that can be checked before the first Kinde write (what
 /// the schema says, for servers without CEL, and what only the API server would refuse
 /// later: the Secret's name, labels and annotations, the object name's length for Events).
-fn validate(obj: &M2MApplication, status: &M2MApplicationStatus) -> Option<String> {
+///
+/// A schedule mints a new authorized Kinde application each time, so `spec.rotation.every`
+/// must be at least `min_every` (`--min-rotation-interval`, default 1h) and at least twice
+/// the overlap: a tiny interval would fill Kinde (and `status.retiring`) within minutes.
+fn validate(
+    obj: &M2MApplication,
+    status: &M2MApplicationStatus,
+    min_every: Duration,
+) -> Option<String> {
     let display = obj.display_name();
     if display.trim().is_empty() || display.chars().count() > 64 {
         return Some(format!(
@@ -205,9 +210,10 @@ fn validate(obj: &M2MApplication, status: &M2MApplicationStatus) -> Option<Strin
     };
     match obj.spec.rotation.every() {
         Err(e) => return Some(format!("{e:#}")),
-        Ok(Some(every)) if every < MIN_ROTATION_EVERY || every < overlap.saturating_mul(2) => {
+        Ok(Some(every)) if every < min_every || every < overlap.saturating_mul(2) => {
             return Some(format!(
-                "spec.rotation.every must be at least 1h and at least twice spec.rotation.overlap ({}), got {}",
+                "spec.rotation.every must be at least {} and at least twice spec.rotation.overlap ({}), got {}",
+                humantime::format_duration(min_every),
                 humantime::format_duration(overlap),
                 humantime::format_duration(every)
             ));
@@ -249,7 +255,7 @@ async fn converge(
     ctx: &Context,
     status: &mut M2MApplicationStatus,
 ) -> Result<Outcome> {
-    if let Some(problem) = validate(obj, status) {
+    if let Some(problem) = validate(obj, status, ctx.min_rotation_every) {
         return Ok(Outcome::not_ready(reasons::INVALID_SPEC, problem));
     }
     let paused = obj.is_paused();
@@ -829,6 +835,8 @@ mod tests {
     use super::*;
     use crate::crd::M2MApplicationSpec;
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
     fn app(name: &str, spec: serde_json::Value) -> M2MApplication {
         let mut app = M2MApplication::new(
             name,
@@ -839,7 +847,7 @@ mod tests {
     }
 
     fn problem(app: &M2MApplication) -> String {
-        validate(app, &M2MApplicationStatus::default()).unwrap_or_default()
+        validate(app, &M2MApplicationStatus::default(), HOUR).unwrap_or_default()
     }
 
     #[test]
@@ -849,7 +857,7 @@ mod tests {
             serde_json::json!({"rotation": {"every": "720h", "overlap": "1h"},
                                "secret": {"labels": {"team": "a"}, "annotations": {"x.io/y": "any value"}}}),
         );
-        assert_eq!(validate(&a, &M2MApplicationStatus::default()), None);
+        assert_eq!(validate(&a, &M2MApplicationStatus::default(), HOUR), None);
     }
 
     #[test]
@@ -862,6 +870,11 @@ mod tests {
         assert_eq!(problem(&a), "");
         let a = app("shop", serde_json::json!({"rotation": {"every": "1h", "overlap": "0s"}}));
         assert_eq!(problem(&a), "");
+        // A lower floor (`--min-rotation-interval`) still wants twice the overlap.
+        let a = app("shop", serde_json::json!({"rotation": {"every": "20s", "overlap": "3s"}}));
+        assert_eq!(validate(&a, &M2MApplicationStatus::default(), Duration::from_secs(10)), None);
+        let a = app("shop", serde_json::json!({"rotation": {"every": "20s", "overlap": "15s"}}));
+        assert!(validate(&a, &M2MApplicationStatus::default(), Duration::from_secs(10)).is_some());
     }
 
     #[test]
@@ -888,18 +901,18 @@ mod tests {
             ..M2MApplicationStatus::default()
         };
         assert!(
-            validate(&a, &created)
+            validate(&a, &created, HOUR)
                 .unwrap_or_default()
                 .contains("spec.organizationCode is immutable")
         );
         let same = app("shop", serde_json::json!({"organizationCode": "org_a"}));
-        assert_eq!(validate(&same, &created), None);
+        assert_eq!(validate(&same, &created, HOUR), None);
         // Before the application exists the code may still change.
         let fresh = M2MApplicationStatus {
             organization_code: Some("org_a".into()),
             ..M2MApplicationStatus::default()
         };
-        assert_eq!(validate(&a, &fresh), None);
+        assert_eq!(validate(&a, &fresh, HOUR), None);
     }
 
     #[test]

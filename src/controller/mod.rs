@@ -69,6 +69,8 @@ pub struct Context {
     pub authorizer: AuthorizeBatcher,
     /// Who may adopt existing Kinde objects (cluster-level, from the flags).
     pub adoption: AdoptionPolicy,
+    /// Shortest `spec.rotation.every` accepted.
+    pub min_rotation_every: Duration,
     /// Consecutive failures per object (backoff).
     pub failures: FailureCounts,
 }
@@ -193,10 +195,12 @@ async fn report_unfinished_deletion<K: Managed>(ctx: &Context, obj: &K, err: &Er
     if let Err(e) = apply_status(ctx, obj, old, &status).await {
         tracing::warn!(error = %e, "could not write the status of an unfinished deletion");
     }
-    let old_reason = old
-        .and_then(|s| conditions::find_condition(s.conditions(), conditions::READY))
-        .map(|c| c.reason.clone());
-    if old_reason.as_deref() != Some(err.reason()) {
+    // Once per change of what Synced says (a paused object that is then deleted gets its
+    // Event: its Synced reason was already `Paused`, the message was the apply's).
+    let old_synced = old
+        .and_then(|s| conditions::find_condition(s.conditions(), conditions::SYNCED))
+        .map(|c| (c.reason.clone(), c.message.clone()));
+    if old_synced.as_ref() != Some(&(err.reason().to_owned(), message.clone())) {
         publish(
             ctx,
             &obj.object_ref(&()),
@@ -543,6 +547,7 @@ pub struct Settings {
     pub scope: Scope,
     pub resync: Duration,
     pub adoption: AdoptionPolicy,
+    pub min_rotation_every: Duration,
 }
 
 /// Runs all controllers until `shutdown` resolves; calls `ready` once the caches are filled.
@@ -559,6 +564,7 @@ pub async fn run(
         scope,
         resync,
         adoption,
+        min_rotation_every,
     } = settings;
     let apps = build::<M2MApplication>(&client, &scope);
     let apis = build::<ApiRegistration>(&client, &scope);
@@ -580,6 +586,7 @@ pub async fn run(
         kinde_apis: ApiSnapshots::new(kinde.clone(), resync / 2),
         authorizer: AuthorizeBatcher::new(kinde),
         adoption,
+        min_rotation_every,
         failures: FailureCounts::default(),
     });
 

@@ -3,14 +3,15 @@
 //! Kinde: tests and local users drive and inspect the emulator with it.
 //!
 //! - `POST /_emulator/faults` `{operation, status?, times? (1), latency_ms?, drop_response?,
-//!   body?, headers?}` → 201 `{"fault": ...}`. The next `times` calls of `operation` (a
+//!   detached?, body?, headers?}` → 201 `{"fault": ...}`. The next `times` calls of `operation` (a
 //!   spec operationId, or `token`) get the fault: `latency_ms` delays the call (then
 //!   normal handling unless another field says otherwise); `status` answers with that
 //!   status without processing the request (body: `body` verbatim, else an
 //!   `error_response`/OAuth2 error; headers: `headers`, else `RateLimit-Reset: 1` for a
 //!   429); `drop_response: true` processes the request (the write happens) and then closes
 //!   the connection without any response, or, with `status`, answers with that fault
-//!   response instead of the real one. `GET` → `{"faults":[...]}` (pending, with the
+//!   response instead of the real one; `detached: true` finishes the call (the write
+//!   happens) even after the client gave up, e.g. a `latency_ms` beyond its timeout. `GET` → `{"faults":[...]}` (pending, with the
 //!   remaining `times`); `DELETE` → `{"cleared": n}`.
 //! - `PUT /_emulator/rate-limit` `{requests, per_seconds}`: fixed window over management
 //!   calls (not `/oauth2/token`); beyond it: 429 `error_response` with `RateLimit-Reset:

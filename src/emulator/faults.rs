@@ -83,6 +83,11 @@ pub struct FaultSpec {
     pub latency_ms: Option<u64>,
     #[serde(default)]
     pub drop_response: bool,
+    /// Finish the call even if the client has given up meanwhile (with `latency_ms`
+    /// longer than the client's timeout: a create Kinde completes after the client
+    /// reported its outcome unknown).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detached: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -369,6 +374,7 @@ mod tests {
             times,
             latency_ms: None,
             drop_response: false,
+            detached: false,
             body: None,
             headers: None,
         };

@@ -340,6 +340,30 @@ async fn observe(
         }
         (harness.take_fault(op), in_flight)
     };
+    // A detached call is finished even when the client gives up meanwhile (Kinde completing a
+    // request the client timed out on): the work runs in a task of its own.
+    let detached = fault.as_ref().is_some_and(|f| f.detached);
+    let work = process(shared, op, fault, conn, in_flight, request, next);
+    if detached {
+        tokio::spawn(work)
+            .await
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    } else {
+        work.await
+    }
+}
+
+/// The rest of an emulated call after admission: the fault's latency and status, the
+/// handler, the not-found mode, persistence and counting.
+async fn process(
+    shared: AppState,
+    op: &'static str,
+    fault: Option<FaultSpec>,
+    conn: ConnInfo,
+    in_flight: Option<InFlight>,
+    request: Request,
+    next: Next,
+) -> Response {
     if let Some(fault) = &fault
         && let Some(ms) = fault.latency_ms
     {

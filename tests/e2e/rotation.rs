@@ -98,7 +98,15 @@ fn free_port() -> anyhow::Result<u16> {
 /// Starts an operator on `emulator` for the test's namespace, `/metrics` on a free port.
 fn operator(ctx: &Ctx, emulator: &Emulator) -> anyhow::Result<Running> {
     let addr = format!("127.0.0.1:{}", free_port()?);
-    let op = ctx.run_operator_listening(emulator, &addr, &[], "10m", &[])?;
+    // Scheduled rotations here run every few seconds (`scheduled`): below the 1h floor an
+    // installation enforces by default.
+    let op = ctx.run_operator_listening(
+        emulator,
+        &addr,
+        &[],
+        "10m",
+        &["--min-rotation-interval", "10s"],
+    )?;
     Ok(Running {
         op,
         metrics: format!("http://{addr}/metrics"),

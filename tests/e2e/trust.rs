@@ -52,6 +52,7 @@ pub fn tests() -> Vec<E2eTest> {
             "trust::superseded_rotation_leaves_nothing_behind",
             superseded_rotation_leaves_nothing_behind,
         ),
+        support::test("trust::late_create_is_swept", late_create_is_swept),
     ]
 }
 
@@ -881,6 +882,45 @@ async fn superseded_rotation_leaves_nothing_behind(ctx: Ctx) -> anyhow::Result<(
             "{}",
             done.data["status"]
         );
+        Ok(())
+    }
+    .await;
+    with_log(result, &op)
+}
+
+/// A create Kinde completes after the client gave up (timeout: outcome unknown) lands after
+/// the operator, finding nothing, created the application again: the late copy carries the
+/// object's marker and is found and deleted, leaving exactly one application.
+async fn late_create_is_swept(ctx: Ctx) -> anyhow::Result<()> {
+    let (emulator, op) = start(&ctx, &[], &["--kinde-timeout", "2s"]).await?;
+    let result = async {
+        // The first create is answered never and performed 15 s later: after the client's
+        // timeout and after the retry (10 s backoff) has created the application again.
+        emulator
+            .fault(json!({"operation": "createApplication", "latency_ms": 15000, "detached": true}))
+            .await?;
+        apply_in(&ctx, &ctx.ns, &app_yaml("late", &[], "  displayName: Late")).await?;
+        let obj = wait_reason::<M2MApplication>(&ctx, &ctx.ns, "late", "Reconciled").await?;
+        let id = status_str(&obj, "applicationId")?;
+        ensure!(
+            !obj.data["status"]["unconfirmedCreateSince"].is_null(),
+            "the unknown outcome was not noted: {}",
+            obj.data["status"]
+        );
+        wait_for("the late copy to land", Duration::from_secs(60), || async {
+            Ok((emulator.call_count("createApplication").await? == 2
+                && emulator.calls().await?["createApplication"]["writes"] == 2)
+                .then_some(()))
+        })
+        .await?;
+        let apps = wait_for("exactly one application", Duration::from_secs(180), || async {
+            let apps = kinde_apps(&emulator).await?;
+            Ok((apps.len() == 1).then_some(apps))
+        })
+        .await?;
+        ensure!(apps[0]["id"] == id.as_str(), "the wrong one survived: {apps:?}");
+        ensure!(apps[0]["name"] == "Late", "name: {}", apps[0]);
+        wait_reason::<M2MApplication>(&ctx, &ctx.ns, "late", "Reconciled").await?;
         Ok(())
     }
     .await;
