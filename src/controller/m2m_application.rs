@@ -956,6 +956,141 @@ mod tests {
         assert_eq!(ids, ["cur", "next", "old"]);
     }
 
+    /// A mock API server answering `script` in order; returns what was asked, as
+    /// `(method, path, accepts metadata only)`.
+    async fn mock_secrets(
+        script: Vec<(u16, serde_json::Value)>,
+        call: impl AsyncFnOnce(Api<Secret>) -> Option<(Secret, bool)>,
+    ) -> (Option<(Secret, bool)>, Vec<(String, String, bool)>) {
+        let (svc, mut handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut script = script.into_iter();
+            while let Some((req, send)) = handle.next_request().await {
+                let meta_only = req
+                    .headers()
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("PartialObjectMetadata"));
+                seen.push((req.method().to_string(), req.uri().path().to_owned(), meta_only));
+                let (status, body) = script.next().unwrap_or((500, serde_json::json!({})));
+                send.send_response(
+                    http::Response::builder()
+                        .status(status)
+                        .body(kube::client::Body::from(body.to_string().into_bytes()))
+                        .expect("response"),
+                );
+            }
+            seen
+        });
+        let client = kube::Client::new(svc, "acme");
+        let result = call(Api::namespaced(client, "acme")).await;
+        let seen = server.await.expect("mock server");
+        (result, seen)
+    }
+
+    fn owner(uid: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "m2m.kinde-operator.io/v1alpha1".into(),
+            kind: "M2MApplication".into(),
+            name: "shop".into(),
+            uid: uid.into(),
+            controller: Some(true),
+            ..Default::default()
+        }
+    }
+
+    fn metadata_of(uid: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "shop-credentials", "namespace": "acme", "resourceVersion": "7",
+                         "ownerReferences": [owner(uid)]}
+        })
+    }
+
+    fn status_of(code: u16, reason: &str) -> serde_json::Value {
+        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "reason": reason, "code": code, "message": reason})
+    }
+
+    fn desired() -> Secret {
+        let mut s = Secret::default();
+        s.metadata.name = Some("shop-credentials".into());
+        s.metadata.namespace = Some("acme".into());
+        s.metadata.owner_references = Some(vec![owner("mine")]);
+        s
+    }
+
+    #[tokio::test]
+    async fn a_foreign_secret_is_checked_on_metadata_and_never_read_or_written() {
+        let (result, seen) = mock_secrets(vec![(200, metadata_of("someone-else"))], async |api| {
+            owned_secret(&api, "shop-credentials", &desired(), &owner("mine"))
+                .await
+                .expect("no error")
+        })
+        .await;
+        assert!(result.is_none(), "a foreign Secret counts as a conflict");
+        assert_eq!(
+            seen,
+            [(
+                "GET".to_owned(),
+                "/api/v1/namespaces/acme/secrets/shop-credentials".to_owned(),
+                true
+            )],
+            "only a metadata read"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_created_meanwhile_by_someone_else_is_not_taken_over() {
+        let (result, seen) = mock_secrets(
+            vec![(404, status_of(404, "NotFound")), (409, status_of(409, "AlreadyExists"))],
+            async |api| {
+                owned_secret(&api, "shop-credentials", &desired(), &owner("mine"))
+                    .await
+                    .expect("no error")
+            },
+        )
+        .await;
+        assert!(result.is_none(), "the lost create race is a conflict");
+        let methods: Vec<&str> = seen.iter().map(|(m, _, _)| m.as_str()).collect();
+        assert_eq!(methods, ["GET", "POST"], "no apply after the refused create: {seen:?}");
+    }
+
+    #[tokio::test]
+    async fn an_owned_secret_is_read_whole_and_a_missing_one_created_as_a_placeholder() {
+        let full = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": metadata_of("mine")["metadata"].clone(), "data": {"KINDE_CLIENT_ID": "YQ=="}});
+        let (result, seen) = mock_secrets(vec![(200, metadata_of("mine")), (200, full)], async |api| {
+            owned_secret(&api, "shop-credentials", &desired(), &owner("mine"))
+                .await
+                .expect("no error")
+        })
+        .await;
+        let (found, created) = result.expect("owned");
+        assert!(!created);
+        assert!(found.data.is_some());
+        assert_eq!(seen.iter().map(|(_, _, m)| *m).collect::<Vec<_>>(), [true, false]);
+
+        let placeholder = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": metadata_of("mine")["metadata"].clone()});
+        let (result, seen) = mock_secrets(
+            vec![(404, status_of(404, "NotFound")), (201, placeholder)],
+            async |api| {
+                owned_secret(&api, "shop-credentials", &desired(), &owner("mine"))
+                    .await
+                    .expect("no error")
+            },
+        )
+        .await;
+        let (made, created) = result.expect("created");
+        assert!(created && made.data.is_none(), "the placeholder carries no data");
+        assert_eq!(seen[1].0, "POST");
+    }
+
     #[test]
     fn adopted_application_is_current_until_rotated() {
         let mut status = M2MApplicationStatus {
