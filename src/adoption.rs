@@ -30,7 +30,11 @@ use crate::validation::{is_label_value, is_qualified_name};
 pub struct AdoptionArgs {
     /// Namespace whose objects may adopt existing Kinde objects (external-id annotation);
     /// repeat for several. Default: adoption is refused everywhere.
-    #[arg(long = "adoption-namespace", env = "KINDE_ADOPTION_NAMESPACES", value_delimiter = ',')]
+    #[arg(
+        long = "adoption-namespace",
+        env = "KINDE_ADOPTION_NAMESPACES",
+        value_delimiter = ','
+    )]
     pub adoption_namespaces: Vec<String>,
     /// Label selector on Namespaces whose objects may adopt (e.g.
     /// `m2m.kinde-operator.io/adoption=allowed`); `=`, `==`, `!=`, `key` and `!key` terms,
@@ -58,7 +62,9 @@ impl AdoptionPolicy {
         let selector = match args.adoption_namespace_selector.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(s) => Some(parse_selector(s).map_err(|e| {
-                anyhow::anyhow!("--adoption-namespace-selector (KINDE_ADOPTION_NAMESPACE_SELECTOR): {e}")
+                anyhow::anyhow!(
+                    "--adoption-namespace-selector (KINDE_ADOPTION_NAMESPACE_SELECTOR): {e}"
+                )
             })?),
         };
         Ok(Self {
@@ -307,7 +313,10 @@ mod tests {
     fn default_policy_admits_no_namespace() {
         let policy = AdoptionPolicy::default();
         let refusal = policy
-            .check_namespace("tenant-a", &labels(&[("m2m.kinde-operator.io/adoption", "allowed")]))
+            .check_namespace(
+                "tenant-a",
+                &labels(&[("m2m.kinde-operator.io/adoption", "allowed")]),
+            )
             .expect_err("refused");
         assert_eq!(refusal.reason, reasons::ADOPTION_NOT_PERMITTED);
         assert!(refusal.message.contains("tenant-a"), "{}", refusal.message);
@@ -318,20 +327,34 @@ mod tests {
     fn listed_namespaces_and_selected_labels_are_admitted() {
         let policy = AdoptionPolicy::from_args(&AdoptionArgs {
             adoption_namespaces: vec!["platform".into(), " ".into()],
-            adoption_namespace_selector: Some("m2m.kinde-operator.io/adoption=allowed,!frozen".into()),
+            adoption_namespace_selector: Some(
+                "m2m.kinde-operator.io/adoption=allowed,!frozen".into(),
+            ),
             adoption_allow_delete: false,
         })
         .expect("policy");
         assert!(policy.admits("platform", &labels(&[])));
         assert!(!policy.needs_labels("platform"));
         assert!(policy.needs_labels("tenant"));
-        assert!(policy.admits("tenant", &labels(&[("m2m.kinde-operator.io/adoption", "allowed")])));
+        assert!(policy.admits(
+            "tenant",
+            &labels(&[("m2m.kinde-operator.io/adoption", "allowed")])
+        ));
         assert!(!policy.admits(
             "tenant",
-            &labels(&[("m2m.kinde-operator.io/adoption", "allowed"), ("frozen", "")])
+            &labels(&[
+                ("m2m.kinde-operator.io/adoption", "allowed"),
+                ("frozen", "")
+            ])
         ));
-        assert!(!policy.admits("tenant", &labels(&[("m2m.kinde-operator.io/adoption", "no")])));
-        assert!(!policy.admits("", &labels(&[])), "a blank entry admits nothing");
+        assert!(!policy.admits(
+            "tenant",
+            &labels(&[("m2m.kinde-operator.io/adoption", "no")])
+        ));
+        assert!(
+            !policy.admits("", &labels(&[])),
+            "a blank entry admits nothing"
+        );
     }
 
     #[test]
@@ -347,7 +370,10 @@ mod tests {
             ..AdoptionArgs::default()
         })
         .expect_err("bad selector");
-        assert!(err.to_string().contains("--adoption-namespace-selector"), "{err}");
+        assert!(
+            err.to_string().contains("--adoption-namespace-selector"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -375,7 +401,11 @@ mod tests {
         }];
         let refusal = check_app_id("app1", "mgmt", &claims).expect_err("refused");
         assert_eq!(refusal.reason, reasons::ADOPTION_REFUSED);
-        assert!(refusal.message.contains("tenant-b/shop"), "{}", refusal.message);
+        assert!(
+            refusal.message.contains("tenant-b/shop"),
+            "{}",
+            refusal.message
+        );
         assert!(refusal.message.contains("retiring"), "{}", refusal.message);
         assert!(check_app_id("app1", "mgmt", &[]).is_ok());
     }

@@ -25,6 +25,7 @@
 //! round. On graceful shutdown the Lease is released for a fast hand-over.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -33,6 +34,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use tokio::time::Instant;
+
+use crate::kinde::WriteFence;
 
 /// Timing of the election, as in client-go's defaults.
 #[derive(Clone, Debug)]
@@ -196,6 +199,8 @@ pub struct LeaderElector {
     api: Api<Lease>,
     config: LeaseConfig,
     observed: std::sync::Mutex<Option<Observed>>,
+    /// Opened for each term won or renewed, up to its step-down instant.
+    fence: Arc<WriteFence>,
 }
 
 impl LeaderElector {
@@ -204,7 +209,15 @@ impl LeaderElector {
             api: Api::namespaced(client, &config.namespace),
             config,
             observed: std::sync::Mutex::new(None),
+            fence: Arc::new(WriteFence::open()),
         }
+    }
+
+    /// Fences Kinde writes to this elector's terms: `fence` allows writes only until the
+    /// step-down instant of the last successful claim (see `kinde::WriteFence`).
+    pub fn with_fence(mut self, fence: Arc<WriteFence>) -> Self {
+        self.fence = fence;
+        self
     }
 
     /// Waits until this replica holds the Lease; returns the instant at which the winning
@@ -216,6 +229,8 @@ impl LeaderElector {
             match self.try_claim().await {
                 Ok(Claim::Held) => {
                     tracing::info!(lease = %self.config.name, identity = %self.config.identity, "became leader");
+                    self.fence
+                        .allow_until(step_down_at(started, self.config.renew_deadline));
                     return started;
                 }
                 Ok(Claim::HeldByOther(holder)) => {
@@ -246,10 +261,20 @@ impl LeaderElector {
                 (started, self.try_claim().await)
             };
             tokio::select! {
-                () = tokio::time::sleep_until(deadline) => return Lost::DeadlinePassed,
+                () = tokio::time::sleep_until(deadline) => {
+                    self.fence.close();
+                    return Lost::DeadlinePassed;
+                }
                 (started, outcome) = renewal => match outcome {
-                    Ok(Claim::Held) => last_renewal = started,
-                    Ok(Claim::HeldByOther(holder)) => return Lost::TakenBy(holder),
+                    Ok(Claim::Held) => {
+                        last_renewal = started;
+                        self.fence
+                            .allow_until(step_down_at(started, self.config.renew_deadline));
+                    }
+                    Ok(Claim::HeldByOther(holder)) => {
+                        self.fence.close();
+                        return Lost::TakenBy(holder);
+                    }
                     Err(e) => tracing::warn!(error = %e, "renewing the leader Lease failed"),
                 },
             }

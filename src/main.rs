@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the operator.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Rotate an M2MApplication's credentials now (sets its rotate-requested-at annotation).
     Rotate(rotate::RotateArgs),
     /// Run the Kinde emulator as an HTTP server.
@@ -47,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 None
             };
-            run::run(args).await
+            run::run(*args).await
         }
         Command::Rotate(args) => rotate::run(args).await,
         Command::Emulator(args) => emulator::run(args).await,

@@ -2,6 +2,7 @@
 //! endpoints and graceful shutdown around the controllers.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -17,7 +18,7 @@ use crate::adoption::{AdoptionArgs, AdoptionPolicy};
 use crate::controller::{self, Scope, Settings};
 use crate::crd::{ApiGrant, ApiRegistration, M2MApplication};
 use crate::http;
-use crate::kinde::{KindeClient, KindeConfig, KindeMetrics};
+use crate::kinde::{KindeClient, KindeConfig, KindeMetrics, WriteFence};
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::Metrics;
 
@@ -221,6 +222,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client =
         kube::Client::try_from(controller_config).context("building the Kubernetes client")?;
 
+    // With leader election, Kinde writes are allowed only inside a won term (see
+    // `kinde::WriteFence`): closed until the Lease is held.
+    let fence = Arc::new(if args.leader_election {
+        WriteFence::closed()
+    } else {
+        WriteFence::open()
+    });
+    let mut kinde_config = kinde_config;
+    kinde_config.write_fence = fence.clone();
     let mut registry = Registry::with_prefix("kinde_m2m_operator");
     let kinde_metrics = KindeMetrics::register(&mut registry);
     let metrics = Metrics::register(&mut registry);
@@ -259,7 +269,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         elector_timeouts(&mut config, lease.request_timeout);
         let client = kube::Client::try_from(config)
             .context("building the leader election's Kubernetes client")?;
-        Some(LeaderElector::new(client, lease))
+        Some(LeaderElector::new(client, lease).with_fence(fence.clone()))
     } else {
         None
     };

@@ -1056,3 +1056,27 @@ async fn not_found_as_404_is_not_found() {
     assert_eq!(env.status_count("getApplication", "404").await, 1);
     assert_eq!(env.status_count("deleteAPI", "404").await, 1);
 }
+
+/// A closed write fence (leadership lapsed, e.g. after the process was paused) stops every
+/// write before it is sent; reads still go out.
+#[tokio::test]
+async fn a_closed_write_fence_sends_no_write() {
+    let env = Emu::start().await;
+    let fence = std::sync::Arc::new(kinde_m2m_operator::kinde::WriteFence::closed());
+    let mut config = env.config();
+    config.write_fence = fence.clone();
+    let client = env.client_with(config);
+    client.list_apis(false).await.unwrap();
+    let err = client.create_application("fenced", None).await.unwrap_err();
+    assert!(matches!(err, KindeError::Fenced { .. }), "{err:?}");
+    assert_eq!(err.kind().as_str(), "NotLeader");
+    assert_eq!(
+        env.calls_of("createApplication").await,
+        0,
+        "the write was sent"
+    );
+    // A won term opens it.
+    fence.allow_until(tokio::time::Instant::now() + Duration::from_secs(60));
+    client.create_application("allowed", None).await.unwrap();
+    assert_eq!(env.calls_of("createApplication").await, 1);
+}

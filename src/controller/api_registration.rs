@@ -12,8 +12,8 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
 use super::{
-    Context, Error, Managed, Outcome, Result, adoption_admitted, apply_status, effective_deletion_policy, is_older,
-    record_change, wait_if_paused,
+    Context, Error, Managed, Outcome, Result, adoption_admitted, apply_status,
+    effective_deletion_policy, is_older, record_change, wait_if_paused,
 };
 use crate::adoption;
 use crate::conditions::reasons;
@@ -277,7 +277,9 @@ async fn ensure_api(
         if let Err(outcome) = adoption_admitted(ctx, obj).await? {
             return Ok(Err(outcome));
         }
-        if let Err(refusal) = adoption::check_claims("Kinde API", id, &claims_on(ctx, obj, status, id, None)) {
+        if let Err(refusal) =
+            adoption::check_claims("Kinde API", id, &claims_on(ctx, obj, status, id, None))
+        {
             return Ok(Err(Outcome::refused(refusal)));
         }
         if obj.spec.deletion_policy == Some(DeletionPolicy::Delete)
@@ -309,8 +311,7 @@ async fn ensure_api(
             is_management_api: api.is_management_api,
         };
         let claims = claims_on(ctx, obj, status, ext, Some(&api.audience));
-        if let Err(refusal) =
-            adoption::check_api(&facts, &ctx.kinde.management_audience(), &claims)
+        if let Err(refusal) = adoption::check_api(&facts, &ctx.kinde.management_audience(), &claims)
         {
             return Ok(Err(Outcome::refused(refusal)));
         }
@@ -407,6 +408,7 @@ fn create_definitely_refused(e: &KindeError) -> bool {
             | KindeError::Forbidden { .. }
             | KindeError::Unauthorized { .. }
             | KindeError::RateLimited { .. }
+            | KindeError::Fenced { .. }
             | KindeError::Config(_)
     )
 }
@@ -440,8 +442,7 @@ fn claims_on(
             } else if s.api_id.is_none() && audience.is_some() && s.audience.as_deref() == audience
             {
                 "creating"
-            } else if !we_hold && other.external_id() == Some(id) && is_older(other.as_ref(), obj)
-            {
+            } else if !we_hold && other.external_id() == Some(id) && is_older(other.as_ref(), obj) {
                 "adopted first"
             } else {
                 return None;

@@ -66,7 +66,10 @@ impl Managed for M2MApplication {
                 ids.extend(find_all_marked(&ctx, &uid_marker_body(obj.as_ref())?).await?);
             }
             // The adoption policy may keep adopted applications out of reach.
-            if let Some(kept) = status.adopted_id.as_ref().filter(|_| !ctx.adoption.allow_delete)
+            if let Some(kept) = status
+                .adopted_id
+                .as_ref()
+                .filter(|_| !ctx.adoption.allow_delete)
                 && ids.remove(kept)
             {
                 record_change(
@@ -235,7 +238,9 @@ fn validate(
                 return Some(format!("{field}: {k:?} is not a valid key"));
             }
             if field == "spec.secret.labels" && !validation::is_label_value(v) {
-                return Some(format!("{field}: the value of {k:?} is not a valid label value"));
+                return Some(format!(
+                    "{field}: the value of {k:?} is not a valid label value"
+                ));
             }
         }
     }
@@ -345,7 +350,12 @@ async fn converge(
     let next_retire = rotation::retire_due(obj, ctx, status).await?;
     let next_rotation = rotation::until_next(status, Timestamp::now());
     Ok(
-        match next_retire.into_iter().chain(next_rotation).chain(next_sweep).min() {
+        match next_retire
+            .into_iter()
+            .chain(next_rotation)
+            .chain(next_sweep)
+            .min()
+        {
             Some(d) => Outcome::ReadyFor(d),
             None => Outcome::Ready,
         },
@@ -386,8 +396,7 @@ async fn ensure_app(
             return Ok(Err(outcome));
         }
         let claims = claims_on(ctx, obj, status, id);
-        if let Err(refusal) =
-            adoption::check_app_id(id, ctx.kinde.management_client_id(), &claims)
+        if let Err(refusal) = adoption::check_app_id(id, ctx.kinde.management_client_id(), &claims)
         {
             return Ok(Err(Outcome::refused(refusal)));
         }
@@ -460,7 +469,9 @@ async fn ensure_app(
         // Even a marked app left by a crash is only picked up once writes are allowed.
         return Ok(Err(Outcome::Paused { ready: false }));
     }
-    Ok(Ok(create_marked(obj, ctx, status, &creation_marker(obj)?).await?))
+    Ok(Ok(
+        create_marked(obj, ctx, status, &creation_marker(obj)?).await?
+    ))
 }
 
 /// The adopted application, while it is still the current one (a rotation replaces it
@@ -496,10 +507,7 @@ fn claims_on(
                 .is_some_and(|p| p.application_id == id)
             {
                 "creating"
-            } else if !we_hold
-                && other.external_id() == Some(id)
-                && is_older(other.as_ref(), obj)
-            {
+            } else if !we_hold && other.external_id() == Some(id) && is_older(other.as_ref(), obj) {
                 "adopted first"
             } else {
                 return None;
@@ -607,15 +615,13 @@ async fn sweep_unconfirmed(
             .await;
         }
     }
-    Ok(
-        match unconfirmed_watch_left(&since, Timestamp::now()) {
-            Some(left) => Some(left.min(UNCONFIRMED_CREATE_POLL)),
-            None => {
-                status.unconfirmed_create_since = None;
-                None
-            }
-        },
-    )
+    Ok(match unconfirmed_watch_left(&since, Timestamp::now()) {
+        Some(left) => Some(left.min(UNCONFIRMED_CREATE_POLL)),
+        None => {
+            status.unconfirmed_create_since = None;
+            None
+        }
+    })
 }
 
 /// Time left of the watch that began at `since`, `None` once it is over.
@@ -633,7 +639,12 @@ fn used_application_ids(status: &M2MApplicationStatus) -> std::collections::BTre
         .iter()
         .cloned()
         .chain(status.retiring.iter().map(|r| r.application_id.clone()))
-        .chain(status.pending_successor.iter().map(|p| p.application_id.clone()))
+        .chain(
+            status
+                .pending_successor
+                .iter()
+                .map(|p| p.application_id.clone()),
+        )
         .collect()
 }
 
@@ -680,8 +691,11 @@ fn change_note(
     name: &str,
 ) -> (&'static str, String) {
     let same_client = secret::key_is(existing, secret::KEY_CLIENT_ID, &app.client_id);
-    let same_secret =
-        secret::key_is(existing, secret::KEY_CLIENT_SECRET, app.secret.expose_secret());
+    let same_secret = secret::key_is(
+        existing,
+        secret::KEY_CLIENT_SECRET,
+        app.secret.expose_secret(),
+    );
     let want_audience = secret::read_key(desired, secret::KEY_AUDIENCE).unwrap_or_default();
     if same_client && !same_secret {
         (
@@ -863,18 +877,51 @@ mod tests {
     #[test]
     fn rotation_interval_is_bounded() {
         for every in ["1s", "59m", "1h30m"] {
-            let a = app("shop", serde_json::json!({"rotation": {"every": every, "overlap": "1h"}}));
-            assert!(problem(&a).contains("spec.rotation.every"), "{every}: {}", problem(&a));
+            let a = app(
+                "shop",
+                serde_json::json!({"rotation": {"every": every, "overlap": "1h"}}),
+            );
+            assert!(
+                problem(&a).contains("spec.rotation.every"),
+                "{every}: {}",
+                problem(&a)
+            );
         }
-        let a = app("shop", serde_json::json!({"rotation": {"every": "2h", "overlap": "1h"}}));
+        let a = app(
+            "shop",
+            serde_json::json!({"rotation": {"every": "2h", "overlap": "1h"}}),
+        );
         assert_eq!(problem(&a), "");
-        let a = app("shop", serde_json::json!({"rotation": {"every": "1h", "overlap": "0s"}}));
+        let a = app(
+            "shop",
+            serde_json::json!({"rotation": {"every": "1h", "overlap": "0s"}}),
+        );
         assert_eq!(problem(&a), "");
         // A lower floor (`--min-rotation-interval`) still wants twice the overlap.
-        let a = app("shop", serde_json::json!({"rotation": {"every": "20s", "overlap": "3s"}}));
-        assert_eq!(validate(&a, &M2MApplicationStatus::default(), Duration::from_secs(10)), None);
-        let a = app("shop", serde_json::json!({"rotation": {"every": "20s", "overlap": "15s"}}));
-        assert!(validate(&a, &M2MApplicationStatus::default(), Duration::from_secs(10)).is_some());
+        let a = app(
+            "shop",
+            serde_json::json!({"rotation": {"every": "20s", "overlap": "3s"}}),
+        );
+        assert_eq!(
+            validate(
+                &a,
+                &M2MApplicationStatus::default(),
+                Duration::from_secs(10)
+            ),
+            None
+        );
+        let a = app(
+            "shop",
+            serde_json::json!({"rotation": {"every": "20s", "overlap": "15s"}}),
+        );
+        assert!(
+            validate(
+                &a,
+                &M2MApplicationStatus::default(),
+                Duration::from_secs(10)
+            )
+            .is_some()
+        );
     }
 
     #[test]
@@ -883,13 +930,33 @@ mod tests {
         let a = app(&long, serde_json::json!({"displayName": "Shop"}));
         assert!(problem(&a).contains("metadata.name"), "{}", problem(&a));
         let ok = "a".repeat(validation::MAX_NAME_FOR_EVENTS);
-        assert_eq!(problem(&app(&ok, serde_json::json!({"displayName": "Shop"}))), "");
-        let a = app("shop", serde_json::json!({"secret": {"name": "Not_A_Name"}}));
+        assert_eq!(
+            problem(&app(&ok, serde_json::json!({"displayName": "Shop"}))),
+            ""
+        );
+        let a = app(
+            "shop",
+            serde_json::json!({"secret": {"name": "Not_A_Name"}}),
+        );
         assert!(problem(&a).contains("Secret name"), "{}", problem(&a));
-        let a = app("shop", serde_json::json!({"secret": {"labels": {"team": "a b"}}}));
-        assert!(problem(&a).contains("spec.secret.labels"), "{}", problem(&a));
-        let a = app("shop", serde_json::json!({"secret": {"annotations": {"bad key": "v"}}}));
-        assert!(problem(&a).contains("spec.secret.annotations"), "{}", problem(&a));
+        let a = app(
+            "shop",
+            serde_json::json!({"secret": {"labels": {"team": "a b"}}}),
+        );
+        assert!(
+            problem(&a).contains("spec.secret.labels"),
+            "{}",
+            problem(&a)
+        );
+        let a = app(
+            "shop",
+            serde_json::json!({"secret": {"annotations": {"bad key": "v"}}}),
+        );
+        assert!(
+            problem(&a).contains("spec.secret.annotations"),
+            "{}",
+            problem(&a)
+        );
     }
 
     #[test]
@@ -975,7 +1042,11 @@ mod tests {
                     .get(http::header::ACCEPT)
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.contains("PartialObjectMetadata"));
-                seen.push((req.method().to_string(), req.uri().path().to_owned(), meta_only));
+                seen.push((
+                    req.method().to_string(),
+                    req.uri().path().to_owned(),
+                    meta_only,
+                ));
                 let (status, body) = script.next().unwrap_or((500, serde_json::json!({})));
                 send.send_response(
                     http::Response::builder()
@@ -1047,7 +1118,10 @@ mod tests {
     #[tokio::test]
     async fn a_secret_created_meanwhile_by_someone_else_is_not_taken_over() {
         let (result, seen) = mock_secrets(
-            vec![(404, status_of(404, "NotFound")), (409, status_of(409, "AlreadyExists"))],
+            vec![
+                (404, status_of(404, "NotFound")),
+                (409, status_of(409, "AlreadyExists")),
+            ],
             async |api| {
                 owned_secret(&api, "shop-credentials", &desired(), &owner("mine"))
                     .await
@@ -1057,23 +1131,31 @@ mod tests {
         .await;
         assert!(result.is_none(), "the lost create race is a conflict");
         let methods: Vec<&str> = seen.iter().map(|(m, _, _)| m.as_str()).collect();
-        assert_eq!(methods, ["GET", "POST"], "no apply after the refused create: {seen:?}");
+        assert_eq!(
+            methods,
+            ["GET", "POST"],
+            "no apply after the refused create: {seen:?}"
+        );
     }
 
     #[tokio::test]
     async fn an_owned_secret_is_read_whole_and_a_missing_one_created_as_a_placeholder() {
         let full = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
             "metadata": metadata_of("mine")["metadata"].clone(), "data": {"KINDE_CLIENT_ID": "YQ=="}});
-        let (result, seen) = mock_secrets(vec![(200, metadata_of("mine")), (200, full)], async |api| {
-            owned_secret(&api, "shop-credentials", &desired(), &owner("mine"))
-                .await
-                .expect("no error")
-        })
-        .await;
+        let (result, seen) =
+            mock_secrets(vec![(200, metadata_of("mine")), (200, full)], async |api| {
+                owned_secret(&api, "shop-credentials", &desired(), &owner("mine"))
+                    .await
+                    .expect("no error")
+            })
+            .await;
         let (found, created) = result.expect("owned");
         assert!(!created);
         assert!(found.data.is_some());
-        assert_eq!(seen.iter().map(|(_, _, m)| *m).collect::<Vec<_>>(), [true, false]);
+        assert_eq!(
+            seen.iter().map(|(_, _, m)| *m).collect::<Vec<_>>(),
+            [true, false]
+        );
 
         let placeholder = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
             "metadata": metadata_of("mine")["metadata"].clone()});
@@ -1087,7 +1169,10 @@ mod tests {
         )
         .await;
         let (made, created) = result.expect("created");
-        assert!(created && made.data.is_none(), "the placeholder carries no data");
+        assert!(
+            created && made.data.is_none(),
+            "the placeholder carries no data"
+        );
         assert_eq!(seen[1].0, "POST");
     }
 

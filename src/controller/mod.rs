@@ -229,10 +229,7 @@ fn deletion_report(err: &Error) -> (String, EventType) {
 /// broken objects during an outage must not cost a thousand reconciles every 10 s).
 pub fn error_policy<K: Managed>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failed(K::KIND, err.reason());
-    let key = failure_key::<K>(
-        &obj.namespace().unwrap_or_default(),
-        &obj.name_any(),
-    );
+    let key = failure_key::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any());
     let failures = ctx.failures.bump(&key);
     let after = if err.is_wait() {
         WAIT_RECHECK.min(ctx.resync)
@@ -278,10 +275,7 @@ impl FailureCounts {
     }
 
     fn clear(&self, key: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
 }
 
@@ -871,12 +865,18 @@ mod tests {
     fn failures_back_off_exponentially_per_object() {
         let resync = Duration::from_secs(600);
         let secs = |n| failure_backoff(n, None, resync).as_secs();
-        assert_eq!([secs(1), secs(2), secs(3), secs(4), secs(5)], [10, 20, 40, 80, 160]);
+        assert_eq!(
+            [secs(1), secs(2), secs(3), secs(4), secs(5)],
+            [10, 20, 40, 80, 160]
+        );
         assert_eq!(secs(6), 300);
         assert_eq!(secs(u32::MAX), 300, "no overflow, capped");
         assert_eq!(secs(0), 10);
         // Never longer than a resync, never sooner than Kinde's hint.
-        assert_eq!(failure_backoff(9, None, Duration::from_secs(60)).as_secs(), 60);
+        assert_eq!(
+            failure_backoff(9, None, Duration::from_secs(60)).as_secs(),
+            60
+        );
         assert_eq!(
             failure_backoff(1, Some(Duration::from_secs(45)), resync).as_secs(),
             45

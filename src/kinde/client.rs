@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::error::{KindeError, KindeErrorBody, Transient};
+use super::fence::WriteFence;
 use super::metrics::KindeMetrics;
 use super::ratelimit::Limiter;
 use super::token::{self, Lease, TokenCache};
@@ -46,6 +47,8 @@ pub struct KindeConfig {
     pub base_backoff: Duration,
     /// Longest single wait; a 429 asking for longer is returned to the caller instead.
     pub max_backoff: Duration,
+    /// Writes are sent only while this allows them (leader election's term).
+    pub write_fence: Arc<WriteFence>,
 }
 
 impl KindeConfig {
@@ -62,6 +65,7 @@ impl KindeConfig {
             max_attempts: 5,
             base_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
+            write_fence: Arc::new(WriteFence::open()),
         }
     }
 }
@@ -668,6 +672,18 @@ impl KindeClient {
             // The token request has been through this engine already: nothing to retry.
             Err(e) => return (Attempt::Fail(e), None),
         };
+        // A management write (the token request changes nothing in Kinde) is sent only
+        // while the leadership term lasts; lapsed (e.g. the process was paused): not sent.
+        let is_write = call.bearer && call.method != Method::GET;
+        if is_write && !self.inner.config.write_fence.allows(Instant::now()) {
+            drop(permit);
+            return (
+                Attempt::Fail(KindeError::Fenced {
+                    operation: op.name(),
+                }),
+                None,
+            );
+        }
         let mut req = self
             .inner
             .http

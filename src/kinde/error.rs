@@ -19,6 +19,7 @@ pub enum ErrorKind {
     Invalid,
     Decode,
     Config,
+    Fenced,
 }
 
 impl ErrorKind {
@@ -34,6 +35,7 @@ impl ErrorKind {
             ErrorKind::Invalid => "KindeRejected",
             ErrorKind::Decode => "KindeBadResponse",
             ErrorKind::Config => "KindeConfig",
+            ErrorKind::Fenced => "NotLeader",
         }
     }
 }
@@ -225,6 +227,10 @@ pub enum KindeError {
     #[error("{operation}: `{id}` is not a valid Kinde id (letters, digits, `_` and `-` only)")]
     InvalidId { operation: &'static str, id: String },
 
+    /// A write not sent because this replica's leadership term has ended.
+    #[error("{operation}: not sent: this replica is no longer the leader")]
+    Fenced { operation: &'static str },
+
     /// The client was configured with something unusable.
     #[error("Kinde client configuration: {0}")]
     Config(String),
@@ -243,6 +249,7 @@ impl KindeError {
             KindeError::Invalid { .. } | KindeError::InvalidId { .. } => ErrorKind::Invalid,
             KindeError::Decode { .. } => ErrorKind::Decode,
             KindeError::Config(_) => ErrorKind::Config,
+            KindeError::Fenced { .. } => ErrorKind::Fenced,
         }
     }
 

@@ -6,6 +6,7 @@
 
 mod client;
 mod error;
+mod fence;
 mod metrics;
 mod ratelimit;
 mod token;
@@ -13,6 +14,7 @@ pub mod types;
 
 pub use client::{KindeClient, KindeConfig};
 pub use error::{ErrorKind, KindeError, KindeErrorBody, Transient};
+pub use fence::WriteFence;
 pub use metrics::KindeMetrics;
 pub use ratelimit::Limiter;
 

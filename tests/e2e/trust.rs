@@ -62,7 +62,11 @@ const WAIT: Duration = Duration::from_secs(60);
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-async fn start(ctx: &Ctx, extra_ns: &[&str], args: &[&str]) -> anyhow::Result<(Emulator, Operator)> {
+async fn start(
+    ctx: &Ctx,
+    extra_ns: &[&str],
+    args: &[&str],
+) -> anyhow::Result<(Emulator, Operator)> {
     ctx.harness.ensure_crds().await?;
     let emulator = ctx.own_emulator()?;
     let operator = ctx.run_operator(&emulator, extra_ns, "10m", args)?;
@@ -75,10 +79,14 @@ fn dyn_api<K: kube::Resource<DynamicType = ()>>(ctx: &Ctx, ns: &str) -> Api<Dyna
 
 /// Applies `yaml` (one or more objects) into `ns`.
 async fn apply_in(ctx: &Ctx, ns: &str, yaml: &str) -> anyhow::Result<()> {
-    support::kubectl(ctx.harness, &["--namespace", ns, "apply", "-f", "-"], Some(yaml))
-        .await?
-        .success()
-        .map(drop)
+    support::kubectl(
+        ctx.harness,
+        &["--namespace", ns, "apply", "-f", "-"],
+        Some(yaml),
+    )
+    .await?
+    .success()
+    .map(drop)
 }
 
 fn app_yaml(name: &str, annotations: &[(&str, &str)], spec: &str) -> String {
@@ -129,7 +137,11 @@ async fn wait_reason<K: kube::Resource<DynamicType = ()>>(
     name: &str,
     reason: &str,
 ) -> anyhow::Result<DynamicObject> {
-    let want = if reason == "Reconciled" { "True" } else { "False" };
+    let want = if reason == "Reconciled" {
+        "True"
+    } else {
+        "False"
+    };
     let api = dyn_api::<K>(ctx, ns);
     wait_for(
         &format!("{} {ns}/{name} Ready={want} {reason}", K::kind(&())),
@@ -302,8 +314,14 @@ async fn tenant_cannot_adopt_foreign_applications(ctx: Ctx) -> anyhow::Result<()
     )
     .await?;
     let result = async {
-        apply_in(&ctx, &victim_ns, &app_yaml("victim", &[], "  displayName: Victim")).await?;
-        let victim = wait_reason::<M2MApplication>(&ctx, &victim_ns, "victim", "Reconciled").await?;
+        apply_in(
+            &ctx,
+            &victim_ns,
+            &app_yaml("victim", &[], "  displayName: Victim"),
+        )
+        .await?;
+        let victim =
+            wait_reason::<M2MApplication>(&ctx, &victim_ns, "victim", "Reconciled").await?;
         let victim_id = status_str(&victim, "applicationId")?;
 
         let thieves = [
@@ -325,7 +343,11 @@ async fn tenant_cannot_adopt_foreign_applications(ctx: Ctx) -> anyhow::Result<()
         apply_in(
             &ctx,
             &outsider_ns,
-            &app_yaml("thief", &[(EXTERNAL_ID_ANNOTATION, &victim_id)], "  displayName: Stolen"),
+            &app_yaml(
+                "thief",
+                &[(EXTERNAL_ID_ANNOTATION, &victim_id)],
+                "  displayName: Stolen",
+            ),
         )
         .await?;
         for (name, target, reason) in thieves {
@@ -476,7 +498,11 @@ async fn adoption_by_namespace_label_keeps_adopted_objects(ctx: Ctx) -> anyhow::
         apply_in(
             &ctx,
             &ctx.ns,
-            &app_yaml("legacy", &[(EXTERNAL_ID_ANNOTATION, &legacy)], "  displayName: Legacy"),
+            &app_yaml(
+                "legacy",
+                &[(EXTERNAL_ID_ANNOTATION, &legacy)],
+                "  displayName: Legacy",
+            ),
         )
         .await?;
         apply_in(
@@ -490,7 +516,11 @@ async fn adoption_by_namespace_label_keeps_adopted_objects(ctx: Ctx) -> anyhow::
         )
         .await?;
         let obj = wait_reason::<M2MApplication>(&ctx, &ctx.ns, "legacy", "Reconciled").await?;
-        ensure!(status_str(&obj, "applicationId")? == legacy, "{}", obj.data["status"]);
+        ensure!(
+            status_str(&obj, "applicationId")? == legacy,
+            "{}",
+            obj.data["status"]
+        );
         ensure!(
             secret_exists(&ctx, &ctx.ns, "legacy-credentials").await?,
             "no Secret for the adopted app"
@@ -506,7 +536,11 @@ async fn adoption_by_namespace_label_keeps_adopted_objects(ctx: Ctx) -> anyhow::
             delete_obj::<M2MApplication>(&ctx, &ctx.ns, name).await?;
             wait_gone::<M2MApplication>(&ctx, &ctx.ns, name).await?;
         }
-        let ids: Vec<Value> = kinde_apps(&emulator).await?.into_iter().map(|a| a["id"].clone()).collect();
+        let ids: Vec<Value> = kinde_apps(&emulator)
+            .await?
+            .into_iter()
+            .map(|a| a["id"].clone())
+            .collect();
         ensure!(
             ids.contains(&json!(legacy)) && ids.contains(&json!(doomed)),
             "an adopted application was deleted: {ids:?}"
@@ -516,7 +550,11 @@ async fn adoption_by_namespace_label_keeps_adopted_objects(ctx: Ctx) -> anyhow::
         apply_in(
             &ctx,
             &ctx.ns,
-            &app_yaml("again", &[(EXTERNAL_ID_ANNOTATION, &legacy)], "  displayName: Legacy"),
+            &app_yaml(
+                "again",
+                &[(EXTERNAL_ID_ANNOTATION, &legacy)],
+                "  displayName: Legacy",
+            ),
         )
         .await?;
         wait_reason::<M2MApplication>(&ctx, &ctx.ns, "again", "Reconciled").await?;
@@ -563,7 +601,9 @@ async fn one_audience_in_two_namespaces(ctx: Ctx) -> anyhow::Result<()> {
         let settled = wait_for("one Ready and one AudienceInUse", WAIT, || async {
             let mut reasons = Vec::new();
             for ns in [&ctx.ns, &other_ns] {
-                let obj = dyn_api::<ApiRegistration>(&ctx, ns).get("contested").await?;
+                let obj = dyn_api::<ApiRegistration>(&ctx, ns)
+                    .get("contested")
+                    .await?;
                 reasons.push((ns.clone(), ready_of(&obj).map(|(_, r, _)| r), obj));
             }
             let ready: Vec<_> = reasons
@@ -575,7 +615,11 @@ async fn one_audience_in_two_namespaces(ctx: Ctx) -> anyhow::Result<()> {
                 .filter(|(_, r, _)| r.as_deref() == Some("AudienceInUse"))
                 .collect();
             if ready.len() == 1 && in_use.len() == 1 {
-                return Ok(Some((ready[0].0.clone(), ready[0].2.clone(), in_use[0].0.clone())));
+                return Ok(Some((
+                    ready[0].0.clone(),
+                    ready[0].2.clone(),
+                    in_use[0].0.clone(),
+                )));
             }
             Err(anyhow!(
                 "reasons: {:?}",
@@ -592,9 +636,18 @@ async fn one_audience_in_two_namespaces(ctx: Ctx) -> anyhow::Result<()> {
             .flatten()
             .filter(|a| a["audience"] == audience)
             .count();
-        ensure!(with_audience == 1, "APIs with the audience: {with_audience}");
-        let loser = dyn_api::<ApiRegistration>(&ctx, &loser_ns).get("contested").await?;
-        ensure!(loser.data["status"]["apiId"].is_null(), "loser: {}", loser.data["status"]);
+        ensure!(
+            with_audience == 1,
+            "APIs with the audience: {with_audience}"
+        );
+        let loser = dyn_api::<ApiRegistration>(&ctx, &loser_ns)
+            .get("contested")
+            .await?;
+        ensure!(
+            loser.data["status"]["apiId"].is_null(),
+            "loser: {}",
+            loser.data["status"]
+        );
 
         delete_obj::<ApiRegistration>(&ctx, &loser_ns, "contested").await?;
         wait_gone::<ApiRegistration>(&ctx, &loser_ns, "contested").await?;
@@ -660,9 +713,17 @@ async fn specs_checked_before_kinde(ctx: Ctx) -> anyhow::Result<()> {
         let long = "a".repeat(245);
         let cases = [
             (long.as_str(), "  displayName: Long", "metadata.name"),
-            ("badlabel", "  secret:\n    labels:\n      team: \"a b\"", "spec.secret.labels"),
+            (
+                "badlabel",
+                "  secret:\n    labels:\n      team: \"a b\"",
+                "spec.secret.labels",
+            ),
             ("fast", "  rotation:\n    every: 1s", "spec.rotation.every"),
-            ("short", "  rotation:\n    every: 1h\n    overlap: 1h", "spec.rotation.every"),
+            (
+                "short",
+                "  rotation:\n    every: 1h\n    overlap: 1h",
+                "spec.rotation.every",
+            ),
         ];
         for (name, spec, _) in &cases {
             apply_in(&ctx, &ctx.ns, &app_yaml(name, &[], spec)).await?;
@@ -696,7 +757,11 @@ async fn immutable_fields_rechecked(ctx: Ctx) -> anyhow::Result<()> {
         apply_in(
             &ctx,
             &ctx.ns,
-            &app_yaml("org-app", &[], "  displayName: Org app\n  organizationCode: org_a"),
+            &app_yaml(
+                "org-app",
+                &[],
+                "  displayName: Org app\n  organizationCode: org_a",
+            ),
         )
         .await?;
         let api = wait_reason::<ApiRegistration>(&ctx, &ctx.ns, "fixed", "Reconciled").await?;
@@ -717,7 +782,11 @@ async fn immutable_fields_rechecked(ctx: Ctx) -> anyhow::Result<()> {
         )
         .await?;
         let obj = wait_reason::<ApiRegistration>(&ctx, &ctx.ns, "fixed", "InvalidSpec").await?;
-        ensure!(message(&obj).contains("spec.audience is immutable"), "{}", message(&obj));
+        ensure!(
+            message(&obj).contains("spec.audience is immutable"),
+            "{}",
+            message(&obj)
+        );
         let obj = wait_reason::<M2MApplication>(&ctx, &ctx.ns, "org-app", "InvalidSpec").await?;
         ensure!(
             message(&obj).contains("spec.organizationCode is immutable"),
@@ -746,7 +815,12 @@ async fn immutable_fields_rechecked(ctx: Ctx) -> anyhow::Result<()> {
 async fn refused_deletion_says_why(ctx: Ctx) -> anyhow::Result<()> {
     let (emulator, op) = start(&ctx, &[], &[]).await?;
     let result = async {
-        apply_in(&ctx, &ctx.ns, &app_yaml("stuck", &[], "  displayName: Stuck")).await?;
+        apply_in(
+            &ctx,
+            &ctx.ns,
+            &app_yaml("stuck", &[], "  displayName: Stuck"),
+        )
+        .await?;
         wait_reason::<M2MApplication>(&ctx, &ctx.ns, "stuck", "Reconciled").await?;
         let scopes = emulator
             .control(reqwest::Method::GET, "management-client/scopes", None)
@@ -796,13 +870,17 @@ async fn refused_deletion_says_why(ctx: Ctx) -> anyhow::Result<()> {
         emulator
             .control(reqwest::Method::POST, "tokens/revoke", Some(json!({})))
             .await?;
-        wait_for("the deletion to finish", Duration::from_secs(400), || async {
-            Ok(dyn_api::<M2MApplication>(&ctx, &ctx.ns)
-                .get_opt("stuck")
-                .await?
-                .is_none()
-                .then_some(()))
-        })
+        wait_for(
+            "the deletion to finish",
+            Duration::from_secs(400),
+            || async {
+                Ok(dyn_api::<M2MApplication>(&ctx, &ctx.ns)
+                    .get_opt("stuck")
+                    .await?
+                    .is_none()
+                    .then_some(()))
+            },
+        )
         .await?;
         ensure!(kinde_apps(&emulator).await?.is_empty(), "the app survived");
         Ok(())
@@ -913,12 +991,19 @@ async fn late_create_is_swept(ctx: Ctx) -> anyhow::Result<()> {
                 .then_some(()))
         })
         .await?;
-        let apps = wait_for("exactly one application", Duration::from_secs(180), || async {
-            let apps = kinde_apps(&emulator).await?;
-            Ok((apps.len() == 1).then_some(apps))
-        })
+        let apps = wait_for(
+            "exactly one application",
+            Duration::from_secs(180),
+            || async {
+                let apps = kinde_apps(&emulator).await?;
+                Ok((apps.len() == 1).then_some(apps))
+            },
+        )
         .await?;
-        ensure!(apps[0]["id"] == id.as_str(), "the wrong one survived: {apps:?}");
+        ensure!(
+            apps[0]["id"] == id.as_str(),
+            "the wrong one survived: {apps:?}"
+        );
         ensure!(apps[0]["name"] == "Late", "name: {}", apps[0]);
         wait_reason::<M2MApplication>(&ctx, &ctx.ns, "late", "Reconciled").await?;
         Ok(())
