@@ -608,6 +608,44 @@ impl Emulator {
             .unwrap_or(0))
     }
 
+    /// A Kinde Management API call (`path` like `/api/v1/apis`) with a token of the
+    /// operator's management client: changes made in Kinde behind the operator's back.
+    /// Fails on a non-2xx answer; returns the JSON body (`Null` when there is none).
+    pub async fn mgmt(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let http = reqwest::Client::new();
+        let token: serde_json::Value = http
+            .post(format!("{}/oauth2/token", self.url))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", KINDE_CLIENT_ID),
+                ("client_secret", KINDE_CLIENT_SECRET),
+                ("audience", &format!("{}/api", self.url)),
+            ])
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let token = token["access_token"].as_str().context("no access_token")?;
+        let url = format!("{}{path}", self.url);
+        let mut req = http.request(method, &url).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("{url}: HTTP {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+
     /// `GET /_emulator/state`: applications and APIs (no secrets).
     pub async fn state(&self) -> anyhow::Result<serde_json::Value> {
         self.control(reqwest::Method::GET, "state", None).await
@@ -1063,9 +1101,32 @@ impl Operator {
         Self::spawn(harness, test_name, Some(emulator_url), args)
     }
 
+    /// Like [`Operator::start_with`], against another control plane (`kubeconfig`), e.g.
+    /// a private one a test may break (delete CRDs) without touching the shared one.
+    pub fn start_in(
+        harness: &Harness,
+        test_name: &str,
+        kubeconfig: &Path,
+        emulator_url: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::spawn_in(harness, test_name, kubeconfig, Some(emulator_url), args)
+    }
+
     fn spawn(
         harness: &Harness,
         test_name: &str,
+        emulator_url: Option<&str>,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let kubeconfig = harness.control_plane.kubeconfig.clone();
+        Self::spawn_in(harness, test_name, &kubeconfig, emulator_url, args)
+    }
+
+    fn spawn_in(
+        harness: &Harness,
+        test_name: &str,
+        kubeconfig: &Path,
         emulator_url: Option<&str>,
         args: &[&str],
     ) -> anyhow::Result<Self> {
@@ -1075,7 +1136,7 @@ impl Operator {
         let file = std::fs::File::create(&log)?;
         let mut cmd = Command::new(operator_bin());
         cmd.args(args)
-            .env("KUBECONFIG", &harness.control_plane.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("LOG_FORMAT", "text")
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
@@ -1107,6 +1168,11 @@ impl Operator {
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Its process id (for SIGTERM tests).
