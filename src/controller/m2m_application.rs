@@ -168,6 +168,52 @@ async fn converge(
     ctx: &Context,
     status: &mut M2MApplicationStatus,
 ) -> Result<Outcome> {
+    // A rotation is decided on `lastHandledRotateRequest`/`lastRotationTime` as the
+    // reflector has them, and the reflector can lag behind our own last status write: a
+    // reconcile woken by the Secret that rotation just wrote (or by a grant) can start
+    // before the watch delivers that status. The rotation then looks pending again and,
+    // its successor having lost its marker, a third application would be created. So a
+    // rotation that looks due is confirmed on the object as the API server has it now
+    // (a `list`, the verb the operator is granted), and the whole reconcile runs on that.
+    if !obj.is_paused() && rotation_looks_due(obj, status, Timestamp::now()) {
+        let fresh = current_copy(ctx, obj).await?;
+        if let Some(fresh) = fresh.filter(|f| f.resource_version() != obj.resource_version()) {
+            tracing::debug!("rotation looked due on a stale cached copy; using the current one");
+            *status = fresh.status.clone().unwrap_or_default();
+            return converge_on(&fresh, ctx, status).await;
+        }
+    }
+    converge_on(obj, ctx, status).await
+}
+
+/// Whether [`converge_on`] would rotate now, given `status` (pure).
+fn rotation_looks_due(obj: &M2MApplication, status: &M2MApplicationStatus, now: Timestamp) -> bool {
+    let every = obj.spec.rotation.every().ok().flatten();
+    let base = status
+        .last_rotation_time
+        .clone()
+        .or_else(|| obj.meta().creation_timestamp.clone());
+    let status = M2MApplicationStatus {
+        next_rotation_time: rotation::next_scheduled(every, base.as_ref(), now),
+        ..status.clone()
+    };
+    rotation::due(obj, &status, now).is_some()
+}
+
+/// The object as the API server has it now (a quorum read, not the cache).
+async fn current_copy(ctx: &Context, obj: &M2MApplication) -> Result<Option<M2MApplication>> {
+    let ns = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<M2MApplication> = Api::namespaced(ctx.client.clone(), &ns);
+    let params =
+        kube::api::ListParams::default().fields(&format!("metadata.name={}", obj.name_any()));
+    Ok(api.list(&params).await?.items.into_iter().next())
+}
+
+async fn converge_on(
+    obj: &M2MApplication,
+    ctx: &Context,
+    status: &mut M2MApplicationStatus,
+) -> Result<Outcome> {
     if let Some(problem) = validate(obj) {
         return Ok(Outcome::not_ready(reasons::INVALID_SPEC, problem));
     }
@@ -506,4 +552,54 @@ async fn ensure_secret(
     }
     record_change(ctx, obj, note.0, note.1).await;
     Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{M2MApplicationSpec, ROTATE_REQUESTED_AT_ANNOTATION};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_000_000).expect("ts")
+    }
+
+    #[test]
+    fn a_request_looks_due_until_status_records_it() {
+        let mut app = M2MApplication::new("a", M2MApplicationSpec::default());
+        let status = M2MApplicationStatus::default();
+        assert!(!rotation_looks_due(&app, &status, now()));
+        app.annotations_mut()
+            .insert(ROTATE_REQUESTED_AT_ANNOTATION.into(), "B".into());
+        // A stale copy: the request looks pending.
+        app.status = Some(M2MApplicationStatus {
+            last_handled_rotate_request: Some("A".into()),
+            ..Default::default()
+        });
+        assert!(rotation_looks_due(&app, &status, now()));
+        // The current copy: handled.
+        app.status = Some(M2MApplicationStatus {
+            last_handled_rotate_request: Some("B".into()),
+            ..Default::default()
+        });
+        assert!(!rotation_looks_due(&app, &status, now()));
+    }
+
+    #[test]
+    fn the_schedule_looks_due_from_the_last_rotation() {
+        let mut spec = M2MApplicationSpec::default();
+        spec.rotation.every = Some("1h".into());
+        let app = M2MApplication::new("a", spec);
+        let at = |s: i64| Some(Time(Timestamp::from_second(s).expect("ts")));
+        let stale = M2MApplicationStatus {
+            last_rotation_time: at(1_000_000 - 3_600),
+            ..Default::default()
+        };
+        assert!(rotation_looks_due(&app, &stale, now()));
+        let current = M2MApplicationStatus {
+            last_rotation_time: at(1_000_000 - 60),
+            ..Default::default()
+        };
+        assert!(!rotation_looks_due(&app, &current, now()));
+    }
 }

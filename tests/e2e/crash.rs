@@ -838,6 +838,27 @@ async fn api_scope_deleted_in_kinde_granted_again(ctx: Ctx) -> anyhow::Result<()
     })
     .await;
     f.explain(r)?;
+    // The grant's Ready is still True from before: wait for what it must bring about.
+    let (client_id, client_secret) = f.credentials().await?;
+    let mut want: Vec<String> = API_SCOPES.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    let r = wait_for(
+        "a token carrying the re-created scope",
+        CONVERGE,
+        || async {
+            let claims = f
+                .emu
+                .token_claims(&client_id, &client_secret, AUDIENCE)
+                .await?
+                .map_err(|e| anyhow!("token refused: {e}"))?;
+            let mut scp = strings(&claims["scp"]);
+            scp.sort();
+            ensure!(scp == want, "token scopes {scp:?}, expected {want:?}");
+            Ok(Some(()))
+        },
+    )
+    .await;
+    f.explain(r)?;
     f.converged("api scope re-created: granted again (no kill)", &API_SCOPES)
         .await
 }
