@@ -264,6 +264,25 @@ async fn resolve(
     }))
 }
 
+/// The granted keys whose Kinde scope is still the one granted. A scope deleted and
+/// re-created in Kinde (a new id) lost the application's grant with it and must be granted
+/// again. Keys no longer wanted stay in (they are withdrawn); a status from before scope ids
+/// were recorded is trusted by key.
+fn still_granted(status: &ApiGrantStatus, scopes: &[(String, String)]) -> BTreeSet<String> {
+    status
+        .granted_scopes
+        .iter()
+        .filter(|key| {
+            status.granted_scope_ids.is_empty()
+                || scopes
+                    .iter()
+                    .find(|(k, _)| k == *key)
+                    .is_none_or(|(_, id)| status.granted_scope_ids.contains(id))
+        })
+        .cloned()
+        .collect()
+}
+
 /// Whether the API's grant policy admits grants from `grant_ns`.
 async fn permitted(
     ctx: &Context,
@@ -300,6 +319,8 @@ async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) 
                 status.application_id = None;
                 status.audience = None;
                 status.granted_scopes.clear();
+                status.granted_scope_ids.clear();
+                status.granted_scope_ids.clear();
             }
             // Access granted under a reference that no longer resolves (a missing or
             // not-Ready object) stays until the reference is fixed or the grant deleted;
@@ -328,6 +349,7 @@ async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) 
             status.api_id = None;
             status.application_id = None;
             status.granted_scopes.clear();
+            status.granted_scope_ids.clear();
         }
     }
 
@@ -352,7 +374,7 @@ async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) 
     let desired: BTreeSet<&str> = r.scopes.iter().map(|(k, _)| k.as_str()).collect();
     let applied: BTreeSet<String> =
         if authorized && status.application_id.as_deref() == Some(r.app_id.as_str()) {
-            status.granted_scopes.iter().cloned().collect()
+            still_granted(status, &r.scopes)
         } else {
             BTreeSet::new()
         };
@@ -417,6 +439,7 @@ async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) 
         changes.push(format!("withdrew {key}"));
     }
     status.granted_scopes = desired.iter().map(|s| (*s).to_owned()).collect();
+    status.granted_scope_ids = r.scopes.iter().map(|(_, id)| id.clone()).collect();
     if !changes.is_empty() {
         record_change(
             ctx,
@@ -427,4 +450,51 @@ async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) 
         .await;
     }
     Ok(Outcome::Ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(keys: &[&str], ids: &[&str]) -> ApiGrantStatus {
+        ApiGrantStatus {
+            granted_scopes: keys.iter().map(|s| (*s).to_owned()).collect(),
+            granted_scope_ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+            ..ApiGrantStatus::default()
+        }
+    }
+
+    fn scopes(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, i)| ((*k).to_owned(), (*i).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_scope_recreated_in_kinde_is_granted_again() {
+        let s = status(&["read", "write"], &["id-r", "id-w"]);
+        let now = scopes(&[("read", "id-r"), ("write", "id-w2")]);
+        let kept: Vec<String> = still_granted(&s, &now).into_iter().collect();
+        assert_eq!(kept, ["read"], "write has a new id: not granted any more");
+    }
+
+    #[test]
+    fn unchanged_and_unwanted_scopes_count_as_granted() {
+        let s = status(&["read", "old"], &["id-r", "id-o"]);
+        let now = scopes(&[("read", "id-r")]);
+        let kept: Vec<String> = still_granted(&s, &now).into_iter().collect();
+        assert_eq!(
+            kept,
+            ["old", "read"],
+            "old stays in so that it is withdrawn"
+        );
+    }
+
+    #[test]
+    fn a_status_without_ids_is_trusted_by_key() {
+        let s = status(&["read"], &[]);
+        let now = scopes(&[("read", "id-new")]);
+        assert_eq!(still_granted(&s, &now).len(), 1);
+    }
 }

@@ -73,6 +73,8 @@ pub struct Context {
     pub min_rotation_every: Duration,
     /// Consecutive failures per object (backoff).
     pub failures: FailureCounts,
+    /// Status versions written, until the reflector shows them.
+    pub written: WrittenVersions,
 }
 
 /// A kind this operator reconciles.
@@ -134,8 +136,9 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Act
     let span = tracing::info_span!("reconcile", kind = K::KIND, namespace = %ns, name = %name);
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     let object_ref = obj.object_ref(&());
+    let key = object_key::<K>(&ns, &name);
+    let obj = current_copy(&ctx.client, &ctx.written, obj, &key).await?;
     let deleting = obj.meta().deletion_timestamp.is_some();
-    let key = failure_key::<K>(&ns, &name);
     let result = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             FinalizerEvent::Apply(o) => apply(o, ctx.clone()).await,
@@ -147,7 +150,12 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Act
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.reconciled(K::KIND, started.elapsed());
     match &result {
-        Ok(_) => ctx.failures.clear(&key),
+        Ok(_) => {
+            ctx.failures.clear(&key);
+            if deleting {
+                ctx.written.forget(&key);
+            }
+        }
         Err(e) => {
             let note = error_note(e);
             tracing::warn!(kind = K::KIND, namespace = %ns, name = %name, reason = e.reason(), error = %note, "reconcile failed");
@@ -229,7 +237,7 @@ fn deletion_report(err: &Error) -> (String, EventType) {
 /// broken objects during an outage must not cost a thousand reconciles every 10 s).
 pub fn error_policy<K: Managed>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failed(K::KIND, err.reason());
-    let key = failure_key::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any());
+    let key = object_key::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any());
     let failures = ctx.failures.bump(&key);
     let after = if err.is_wait() {
         WAIT_RECHECK.min(ctx.resync)
@@ -258,8 +266,75 @@ fn failure_backoff(failures: u32, retry_after: Option<Duration>, resync: Duratio
     retry_after.map_or(backoff, |hint| hint.max(backoff))
 }
 
-fn failure_key<K: Managed>(ns: &str, name: &str) -> String {
-    format!("{}/{ns}/{name}", K::KIND)
+/// The key of an object in the per-object bookkeeping (failures, written versions).
+fn object_key<K: Resource<DynamicType = ()>>(ns: &str, name: &str) -> String {
+    format!("{}/{ns}/{name}", K::kind(&()))
+}
+
+/// The copy of the object to reconcile: the reflector's, unless it lags behind a status this
+/// operator wrote itself (status writes are not worth a reconcile, so a reconcile woken by
+/// something else, such as the Secret or a dependant just written, can start before the
+/// watch delivers that status). Deciding on such a stale copy redoes work already done (a
+/// rotation already handled, scopes already granted) and overwrites the newer status
+/// (dropping a predecessor from `status.retiring`); then the object is read from the API
+/// server (a `list` by name: a quorum read, with the verb the operator already has).
+async fn current_copy<K: Managed>(
+    client: &Client,
+    written_versions: &WrittenVersions,
+    cached: Arc<K>,
+    key: &str,
+) -> Result<Arc<K>> {
+    let Some(written) = written_versions.get(key) else {
+        return Ok(cached);
+    };
+    if cached.resource_version().as_deref() == Some(written.as_str()) {
+        // The watch has caught up with our write.
+        written_versions.forget(key);
+        return Ok(cached);
+    }
+    let ns = cached
+        .namespace()
+        .ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    let params =
+        kube::api::ListParams::default().fields(&format!("metadata.name={}", cached.name_any()));
+    let Some(fresh) = api.list(&params).await?.items.into_iter().next() else {
+        written_versions.forget(key);
+        return Ok(cached);
+    };
+    tracing::debug!(
+        cached = ?cached.resource_version(),
+        current = ?fresh.resource_version(),
+        "the cached copy lags behind our own status write; reconciling the current one"
+    );
+    // Until the watch delivers this version (or ours), the cache is known to be behind.
+    if let Some(rv) = fresh.resource_version() {
+        written_versions.record(key, rv);
+    }
+    Ok(Arc::new(fresh))
+}
+
+/// The resourceVersion of each object's last status written by this operator, until the
+/// reflector has caught up with it (see [`current_copy`]).
+#[derive(Default)]
+pub struct WrittenVersions(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+impl WrittenVersions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, key: &str, resource_version: String) {
+        self.lock().insert(key.to_owned(), resource_version);
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        self.lock().get(key).cloned()
+    }
+
+    fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
 }
 
 /// Consecutive failures per object, for the backoff; cleared by a success.
@@ -350,12 +425,17 @@ pub async fn apply_status<K: Managed, S: Serialize + PartialEq>(
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let written = api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    if let Some(rv) = written.resource_version() {
+        ctx.written
+            .record(&object_key::<K>(&ns, &obj.name_any()), rv);
+    }
     Ok(())
 }
 
@@ -582,6 +662,7 @@ pub async fn run(
         adoption,
         min_rotation_every,
         failures: FailureCounts::default(),
+        written: WrittenVersions::default(),
     });
 
     let mut runs = Vec::new();
@@ -884,6 +965,79 @@ mod tests {
         assert_eq!(
             failure_backoff(5, Some(Duration::from_secs(45)), resync).as_secs(),
             160
+        );
+    }
+
+    /// A cached copy behind our own status write is replaced by a quorum read; one that
+    /// caught up is used as it is, without any request.
+    #[tokio::test]
+    async fn a_copy_behind_our_own_write_is_read_again() {
+        use crate::crd::{M2MApplication, M2MApplicationSpec};
+        let (svc, mut handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some((req, send)) = handle.next_request().await {
+                seen.push(format!("{} {}", req.method(), req.uri()));
+                let list = serde_json::json!({
+                    "apiVersion": "m2m.kinde-operator.io/v1alpha1", "kind": "M2MApplicationList",
+                    "metadata": {"resourceVersion": "9"},
+                    "items": [{"apiVersion": "m2m.kinde-operator.io/v1alpha1", "kind": "M2MApplication",
+                               "metadata": {"name": "shop", "namespace": "acme", "resourceVersion": "7"},
+                               "spec": {}, "status": {"lastHandledRotateRequest": "B"}}]
+                });
+                send.send_response(
+                    http::Response::builder()
+                        .status(200)
+                        .body(kube::client::Body::from(list.to_string().into_bytes()))
+                        .expect("response"),
+                );
+            }
+            seen
+        });
+        let client = kube::Client::new(svc, "acme");
+        let written = WrittenVersions::default();
+        let mut stale = M2MApplication::new("shop", M2MApplicationSpec::default());
+        stale.metadata.namespace = Some("acme".into());
+        stale.metadata.resource_version = Some("5".into());
+        let key = object_key::<M2MApplication>("acme", "shop");
+
+        // Nothing written: the cache is trusted, no request.
+        let same = current_copy(&client, &written, Arc::new(stale.clone()), &key)
+            .await
+            .expect("copy");
+        assert_eq!(same.resource_version().as_deref(), Some("5"));
+
+        written.record(&key, "7".into());
+        let fresh = current_copy(&client, &written, Arc::new(stale.clone()), &key)
+            .await
+            .expect("copy");
+        assert_eq!(fresh.resource_version().as_deref(), Some("7"));
+        assert_eq!(
+            fresh
+                .status
+                .as_ref()
+                .and_then(|s| s.last_handled_rotate_request.as_deref()),
+            Some("B")
+        );
+
+        // The watch delivers version 7: trusted again, and forgotten.
+        let mut caught_up = stale;
+        caught_up.metadata.resource_version = Some("7".into());
+        current_copy(&client, &written, Arc::new(caught_up), &key)
+            .await
+            .expect("copy");
+        assert_eq!(written.get(&key), None);
+        drop(client);
+        let seen = server.await.expect("server");
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            seen[0].starts_with(
+                "GET /apis/m2m.kinde-operator.io/v1alpha1/namespaces/acme/m2mapplications?"
+            ) && seen[0].contains("fieldSelector=metadata.name%3Dshop"),
+            "{seen:?}"
         );
     }
 

@@ -127,6 +127,11 @@ pub struct ApiGrantStatus {
     /// Scope keys currently granted in Kinde.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub granted_scopes: Vec<String>,
+
+    /// Kinde ids of the scopes granted (a scope re-created in Kinde under a new id must be
+    /// granted again: Kinde dropped the application's grant of the old one with it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub granted_scope_ids: Vec<String>,
 }
 
 impl ApiGrant {

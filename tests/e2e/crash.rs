@@ -20,9 +20,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, ensure};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kinde_m2m_operator::crd::{API_VERSION, ApiGrant, ApiRegistration, M2MApplication};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use crate::support::{self, Ctx, E2eTest, Emulator, Operator, wait_for};
@@ -98,6 +98,28 @@ pub fn tests() -> Vec<E2eTest> {
             "crash::grant_deleted_while_down_authorize_unrecorded",
             grant_deleted_authorize_unrecorded,
         ),
+        // Moves, drift and deletions behind the operator's back.
+        support::test(
+            "crash::grant_api_ref_moved_killed_before_authorize",
+            grant_api_ref_moved_killed_before_authorize,
+        ),
+        support::test(
+            "crash::api_recreated_after_kinde_delete_killed_in_create",
+            api_recreated_after_kinde_delete_killed_in_create,
+        ),
+        support::test(
+            "crash::api_scope_drift_killed_mid_correction",
+            api_scope_drift_killed_mid_correction,
+        ),
+        support::test(
+            "crash::api_scope_deleted_in_kinde_granted_again",
+            api_scope_deleted_in_kinde_granted_again,
+        ),
+        support::test(
+            "crash::namespace_deleted_while_down",
+            namespace_deleted_while_down,
+        ),
+        support::test("crash::crds_deleted_while_down", crds_deleted_while_down),
     ]
 }
 
@@ -107,6 +129,15 @@ const GRANT: &str = "grant";
 const DISPLAY_NAME: &str = "Crash Test App";
 const AUDIENCE: &str = "https://crash.example.com";
 const API_SCOPES: [&str; 2] = ["read:users", "write:flags"];
+/// A second ApiRegistration (a grant's `apiRef` moves to it).
+const API2: &str = "api2";
+const AUDIENCE2: &str = "https://crash-moved.example.com";
+/// An annotation whose change makes the operator reconcile at once (it stands in for the
+/// drift-detecting resync, which the tests run at 10 minutes).
+const POKE: &str = "e2e.kinde-operator.io/poke";
+const APP_CRD: &str = "m2mapplications.m2m.kinde-operator.io";
+const API_CRD: &str = "apiregistrations.m2m.kinde-operator.io";
+const GRANT_CRD: &str = "apigrants.m2m.kinde-operator.io";
 /// How long a held call stays in the emulator: far beyond the kill.
 const HOLD_MS: u64 = 300_000;
 /// Waiting for convergence (an unknown outcome is retried after ~10 s).
@@ -523,6 +554,600 @@ async fn grant_deleted_authorize_unrecorded(ctx: Ctx) -> anyhow::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Moves, drift and deletions behind the operator's back
+// ---------------------------------------------------------------------------------------
+
+/// An ApiGrant's `spec.apiRef` moves to another ApiRegistration; the operator is killed
+/// between de-authorizing the old pair (the first `updateAPIApplications`, which passes)
+/// and authorizing the new one (the second, held). After the restart the application holds
+/// the grant's scopes on the new API only.
+async fn grant_api_ref_moved_killed_before_authorize(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.converged_quietly(&API_SCOPES).await?;
+    f.create_api_as(API2, AUDIENCE2, &API_SCOPES, json!({}))
+        .await?;
+    let api2_id = f.wait_ready::<ApiRegistration>(API2).await?["apiId"].clone();
+    ensure!(api2_id.is_string(), "no apiId for {API2}");
+    let creds = f.credentials().await?;
+    f.fault(json!({"operation": "updateAPIApplications", "latency_ms": 1}))
+        .await?;
+    f.fault(json!({"operation": "updateAPIApplications", "latency_ms": HOLD_MS, "status": 503}))
+        .await?;
+    let before = f.emu.call_count("updateAPIApplications").await?;
+    f.merge::<ApiGrant>(GRANT, json!({"spec": {"apiRef": {"name": API2}}}))
+        .await?;
+    f.wait_calls("updateAPIApplications", before + 2).await?;
+    f.kill();
+    ensure!(
+        f.scopes_on(AUDIENCE).await?.is_none(),
+        "the old pair must be de-authorized in Kinde at the kill"
+    );
+    ensure!(
+        f.scopes_on(AUDIENCE2).await?.is_none(),
+        "the held authorization must not have reached Kinde"
+    );
+    let status = f.grant_status().await?;
+    ensure!(
+        status["apiId"] == api2_id,
+        "the new pair must be recorded before it is authorized (window missed): {status}"
+    );
+    f.start()?;
+    let r = async {
+        let grant = f.wait_ready::<ApiGrant>(GRANT).await?;
+        f.wait_ready::<M2MApplication>(APP).await?;
+        f.wait_ready::<ApiRegistration>(API).await?;
+        f.wait_ready::<ApiRegistration>(API2).await?;
+        let apps = f.kinde_apps().await?;
+        ensure!(
+            apps.len() == 1 && marked(&apps) == 0 && apps[0]["name"] == DISPLAY_NAME,
+            "expected one unmarked Kinde application: {apps:?}"
+        );
+        ensure!(
+            grant["apiId"] == api2_id && grant["audience"] == AUDIENCE2,
+            "the grant's status must name the new API: {grant}"
+        );
+        let mut want: Vec<String> = API_SCOPES.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        let mut on_new = f
+            .scopes_on(AUDIENCE2)
+            .await?
+            .context("the application is not authorized for the new API")?;
+        on_new.sort();
+        ensure!(
+            on_new == want,
+            "scopes on the new API {on_new:?}, expected {want:?}"
+        );
+        ensure!(
+            f.scopes_on(AUDIENCE).await?.is_none(),
+            "the application is still authorized for the old API"
+        );
+        let claims = f
+            .emu
+            .token_claims(&creds.0, &creds.1, AUDIENCE2)
+            .await?
+            .map_err(|e| anyhow!("token for the new audience refused: {e}"))?;
+        let mut scp = strings(&claims["scp"]);
+        scp.sort();
+        ensure!(scp == want, "token scopes {scp:?}, expected {want:?}");
+        ensure!(
+            f.emu
+                .token_claims(&creds.0, &creds.1, AUDIENCE)
+                .await?
+                .is_err(),
+            "a token for the old audience {AUDIENCE} must be refused"
+        );
+        // The application's Secret follows the grant to the new audience.
+        wait_for("KINDE_AUDIENCE to name the new API", CONVERGE, || async {
+            let audience = f.secret_key("KINDE_AUDIENCE").await?;
+            Ok((audience == AUDIENCE2).then_some(()))
+        })
+        .await
+    }
+    .await;
+    f.explain(r)?;
+    f.no_failures().await?;
+    f.counted("grant apiRef moved: killed before authorize", 1, 2)
+        .await
+}
+
+/// The API is deleted in Kinde behind the operator's back; the operator is killed while it
+/// re-creates it (`addAPIs` held). After the restart there is one API again (a new id), with
+/// its scopes, and the grant authorizes the application on it.
+async fn api_recreated_after_kinde_delete_killed_in_create(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.converged_quietly(&API_SCOPES).await?;
+    let old_id = str_of(&f.api_status().await?["apiId"]);
+    // The hold first: a reconcile that notices the deletion before the poke (a late wake
+    // from the setup) is held too.
+    f.fault(json!({"operation": "addAPIs", "latency_ms": HOLD_MS, "status": 503}))
+        .await?;
+    let before = f.emu.call_count("addAPIs").await?;
+    f.emu
+        .mgmt(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/apis/{old_id}"),
+            None,
+        )
+        .await?;
+    f.poke::<ApiRegistration>(API).await?;
+    f.wait_calls("addAPIs", before + 1).await?;
+    f.kill();
+    ensure!(
+        f.kinde_apis().await?.is_empty(),
+        "the held re-create must not have reached Kinde"
+    );
+    let status = f.api_status().await?;
+    ensure!(
+        status["apiId"].is_null() && status["audience"] == AUDIENCE,
+        "expected the intent marked (audience, no apiId) at the kill (window missed): {status}"
+    );
+    f.start()?;
+    // Ready is still True from before the deletion (only an annotation changed since):
+    // wait for the new id before checking the rest.
+    let r = wait_for("a new apiId in status", CONVERGE, || async {
+        let id = str_of(&f.api_status().await?["apiId"]);
+        Ok((!id.is_empty() && id != old_id).then_some(()))
+    })
+    .await;
+    f.explain(r)?;
+    f.converged(
+        "api re-created after Kinde delete: killed in addAPIs",
+        &API_SCOPES,
+    )
+    .await
+}
+
+/// Scope drift: in Kinde, one of the API's scopes is deleted and a foreign one added while
+/// the operator is down (done while it runs, a reconcile could correct it before the hold is
+/// in place). The restarted operator is killed while it re-creates the missing scope
+/// (`addAPIScope` held), restarted, killed again while it deletes the foreign one
+/// (`deleteAPIScope` held), and restarted: the API ends with exactly its declared scopes,
+/// status names their Kinde ids, the grant's scopes are granted (the re-created scope has a
+/// new id, and deleting a scope in Kinde took it from the application) and a token carries
+/// them.
+async fn api_scope_drift_killed_mid_correction(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.converged_quietly(&API_SCOPES).await?;
+    f.kill();
+    let status = f.api_status().await?;
+    let api_id = str_of(&status["apiId"]);
+    let dropped = API_SCOPES[1];
+    let dropped_id = status["scopes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["key"] == dropped)
+        .map(|s| str_of(&s["id"]))
+        .context("no scope id in status")?;
+    f.emu
+        .mgmt(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/apis/{api_id}/scopes/{dropped_id}"),
+            None,
+        )
+        .await?;
+    f.emu
+        .mgmt(
+            reqwest::Method::POST,
+            &format!("/api/v1/apis/{api_id}/scopes"),
+            Some(json!({"key": "foreign:scope", "description": "added in Kinde"})),
+        )
+        .await?;
+
+    f.fault(json!({"operation": "addAPIScope", "latency_ms": HOLD_MS, "status": 503}))
+        .await?;
+    let adds = f.emu.call_count("addAPIScope").await?;
+    f.start()?;
+    f.wait_calls("addAPIScope", adds + 1).await?;
+    f.kill();
+    let keys = f.kinde_scope_keys().await?;
+    ensure!(
+        keys == ["foreign:scope", API_SCOPES[0]],
+        "expected the drifted scopes at the first kill: {keys:?}"
+    );
+
+    f.fault(json!({"operation": "deleteAPIScope", "latency_ms": HOLD_MS, "status": 503}))
+        .await?;
+    let deletes = f.emu.call_count("deleteAPIScope").await?;
+    f.start()?;
+    f.wait_calls("deleteAPIScope", deletes + 1).await?;
+    f.kill();
+    let keys = f.kinde_scope_keys().await?;
+    ensure!(
+        keys == ["foreign:scope", API_SCOPES[0], API_SCOPES[1]],
+        "expected the missing scope back and the foreign one still there at the second kill: {keys:?}"
+    );
+
+    f.start()?;
+    // Ready is still True from before (no status was written since): wait until status
+    // names the re-created scope's new id before checking the rest.
+    let r = wait_for("status to name the re-created scope", CONVERGE, || async {
+        let ids: Vec<String> = f.api_status().await?["scopes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["key"] == dropped)
+            .map(|s| str_of(&s["id"]))
+            .collect();
+        Ok((ids.len() == 1 && ids[0] != dropped_id).then_some(()))
+    })
+    .await;
+    f.explain(r)?;
+    let r = async {
+        f.wait_ready::<ApiRegistration>(API).await?;
+        f.wait_ready::<M2MApplication>(APP).await?;
+        f.wait_ready::<ApiGrant>(GRANT).await?;
+        let keys = f.kinde_scope_keys().await?;
+        ensure!(
+            keys == API_SCOPES,
+            "the API must end with exactly its declared scopes: {keys:?}"
+        );
+        let apis = f.kinde_apis().await?;
+        let mut kinde: Vec<(String, String)> = apis[0]["scopes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| (str_of(&s["key"]), str_of(&s["id"])))
+            .collect();
+        let mut recorded: Vec<(String, String)> = f.api_status().await?["scopes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| (str_of(&s["key"]), str_of(&s["id"])))
+            .collect();
+        kinde.sort();
+        recorded.sort();
+        ensure!(
+            kinde == recorded,
+            "API scopes in Kinde {kinde:?} vs status {recorded:?}"
+        );
+        let apps = f.kinde_apps().await?;
+        ensure!(
+            apps.len() == 1 && marked(&apps) == 0,
+            "expected one unmarked application: {apps:?}"
+        );
+        Ok(())
+    }
+    .await;
+    f.explain(r)?;
+    f.no_failures().await?;
+    // The grant's side of a re-created scope is `api_scope_deleted_in_kinde_granted_again`.
+    f.counted("api scope drift: killed in add, then in delete", 1, 1)
+        .await
+}
+
+/// A scope deleted in Kinde is re-created by the ApiRegistration with a new id; Kinde took
+/// the deleted scope from every application, so the grant must grant the new one again: a
+/// token with the Secret's credentials carries every scope of the grant. (No kill: this is
+/// the end state the crash windows above rely on.)
+async fn api_scope_deleted_in_kinde_granted_again(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.converged_quietly(&API_SCOPES).await?;
+    let status = f.api_status().await?;
+    let api_id = str_of(&status["apiId"]);
+    let dropped = API_SCOPES[1];
+    let dropped_id = status["scopes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["key"] == dropped)
+        .map(|s| str_of(&s["id"]))
+        .context("no scope id in status")?;
+    f.emu
+        .mgmt(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/apis/{api_id}/scopes/{dropped_id}"),
+            None,
+        )
+        .await?;
+    f.poke::<ApiRegistration>(API).await?;
+    let r = wait_for("status to name the re-created scope", CONVERGE, || async {
+        let ids: Vec<String> = f.api_status().await?["scopes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["key"] == dropped)
+            .map(|s| str_of(&s["id"]))
+            .collect();
+        Ok((ids.len() == 1 && ids[0] != dropped_id).then_some(()))
+    })
+    .await;
+    f.explain(r)?;
+    // The grant's Ready is still True from before: wait for what it must bring about.
+    let (client_id, client_secret) = f.credentials().await?;
+    let mut want: Vec<String> = API_SCOPES.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    let r = wait_for(
+        "a token carrying the re-created scope",
+        CONVERGE,
+        || async {
+            let claims = f
+                .emu
+                .token_claims(&client_id, &client_secret, AUDIENCE)
+                .await?
+                .map_err(|e| anyhow!("token refused: {e}"))?;
+            let mut scp = strings(&claims["scp"]);
+            scp.sort();
+            ensure!(scp == want, "token scopes {scp:?}, expected {want:?}");
+            Ok(Some(()))
+        },
+    )
+    .await;
+    f.explain(r)?;
+    f.converged("api scope re-created: granted again (no kill)", &API_SCOPES)
+        .await
+}
+
+/// The namespace is deleted while the operator is down: the namespace controller marks the
+/// three objects deleted, and their finalizers hold them (and the namespace). After the
+/// restart the operator cleans up per deletion policy (the API, `Delete`, is deleted in
+/// Kinde once the grant is gone; the application, `Orphan`, stays) and the namespace
+/// finishes deleting.
+async fn namespace_deleted_while_down(ctx: Ctx) -> anyhow::Result<()> {
+    let mut f = Fixture::new(ctx).await?;
+    f.start()?;
+    f.create_api(&API_SCOPES).await?;
+    f.create_app_as(json!({"displayName": DISPLAY_NAME, "deletionPolicy": "Orphan"}))
+        .await?;
+    f.create_grant(&API_SCOPES).await?;
+    f.converged_quietly(&API_SCOPES).await?;
+    let app_id = f.app_status().await?["applicationId"].clone();
+    let creds = f.credentials().await?;
+    f.kill();
+
+    let namespaces = Api::<Namespace>::all(f.ctx.client.clone());
+    namespaces
+        .delete(&f.ctx.ns, &DeleteParams::background())
+        .await?;
+    let r = wait_for(
+        "the namespace controller to mark all three objects deleted",
+        CONVERGE,
+        || async {
+            let mut pending = Vec::new();
+            for (kind, obj) in [
+                ("M2MApplication", f.get::<M2MApplication>(APP).await?),
+                ("ApiRegistration", f.get::<ApiRegistration>(API).await?),
+                ("ApiGrant", f.get::<ApiGrant>(GRANT).await?),
+            ] {
+                let obj = obj.with_context(|| format!("{kind} gone while the operator is down"))?;
+                if obj["metadata"]["deletionTimestamp"].is_null() {
+                    pending.push(kind);
+                }
+            }
+            if pending.is_empty() {
+                Ok(Some(()))
+            } else {
+                Err(anyhow!("not marked deleted yet: {pending:?}"))
+            }
+        },
+    )
+    .await;
+    f.explain(r)?;
+    ensure!(
+        f.scopes_on(AUDIENCE).await?.is_some(),
+        "nothing may change in Kinde while the operator is down"
+    );
+
+    f.start()?;
+    let r = wait_for("the namespace to finish deleting", CONVERGE, || async {
+        match namespaces.get_opt(&f.ctx.ns).await? {
+            None => Ok(Some(())),
+            Some(n) => Err(anyhow!("still there: {:?}", n.status)),
+        }
+    })
+    .await;
+    f.explain(r)?;
+    let apps = f.kinde_apps().await?;
+    ensure!(
+        apps.len() == 1 && apps[0]["id"] == app_id && marked(&apps) == 0,
+        "the orphaned application must stay in Kinde, unmarked: {apps:?}"
+    );
+    ensure!(
+        f.emu
+            .token_claims(&creds.0, &creds.1, AUDIENCE)
+            .await?
+            .is_err(),
+        "a token for {AUDIENCE} must be refused once the API is deleted"
+    );
+    f.counted("namespace deleted while down", 1, 0).await
+}
+
+/// CRDs deleted while the operator is down, on a private control plane (the shared one's
+/// CRDs serve every other test).
+///
+/// What must happen: a CRD's deletion waits for its objects, and their finalizers hold them
+/// until the operator has undone them in Kinde. So (1) with the ApiGrant CRD deleted, the
+/// restarted operator revokes the grant (token refused), its finalizer goes, the CRD
+/// finishes deleting, and the operator keeps working for the other kinds (a rename still
+/// reaches Kinde). (2) When the remaining CRDs are gone for good before the restart (their
+/// objects' finalizers removed by hand), the operator has nothing to act on: it refuses to
+/// start with an error naming the missing kind (no panic), and writes nothing to Kinde
+/// (what the released objects stood for stays there, no duplicates).
+async fn crds_deleted_while_down(ctx: Ctx) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+    let dir = ctx
+        .harness
+        .run_dir
+        .join(format!("cp-crash-crds-{}", fastrand::u32(..)));
+    let cp = tokio::task::spawn_blocking(move || {
+        support::ControlPlane::start(&dir, Some(std::process::id()))
+    })
+    .await??;
+    let client = cp.client().await?;
+    let crds_dir = support::repo_path("crds");
+    let out = tokio::process::Command::new(ctx.harness.kubectl_bin()?)
+        .args(["apply", "--validate=false", "-f"])
+        .arg(&crds_dir)
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "installing the CRDs on the private control plane: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names = [APP_CRD, API_CRD, GRANT_CRD].map(String::from);
+    support::wait_crds_established(&client, &names, CONVERGE).await?;
+    let ns = support::create_namespace(&client, &ctx.test_name, &[]).await?;
+    let private = Ctx {
+        client: client.clone(),
+        ns,
+        ..ctx.clone()
+    };
+    let mut f = Fixture::new(private).await?;
+    f.kubeconfig = Some(cp.kubeconfig.clone());
+    f.start()?;
+    f.create_all(&API_SCOPES).await?;
+    f.converged_quietly(&API_SCOPES).await?;
+    let creds = f.credentials().await?;
+    let app_id = f.app_status().await?["applicationId"].clone();
+    f.kill();
+
+    // (1) The ApiGrant CRD.
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    crds.delete(GRANT_CRD, &DeleteParams::background()).await?;
+    let r = wait_for(
+        "the ApiGrant marked deleted with its CRD",
+        CONVERGE,
+        || async {
+            let grant = f.get::<ApiGrant>(GRANT).await?.context("grant gone")?;
+            Ok((!grant["metadata"]["deletionTimestamp"].is_null()).then_some(()))
+        },
+    )
+    .await;
+    f.explain(r)?;
+    f.start()?;
+    let r = wait_for("the ApiGrant CRD to finish deleting", CONVERGE, || async {
+        Ok(crds.get_opt(GRANT_CRD).await?.is_none().then_some(()))
+    })
+    .await;
+    f.explain(r)?;
+    ensure!(
+        f.scopes_on(AUDIENCE).await?.is_none(),
+        "the deleted grant left the application authorized in Kinde"
+    );
+    ensure!(
+        f.emu
+            .token_claims(&creds.0, &creds.1, AUDIENCE)
+            .await?
+            .is_err(),
+        "a token for {AUDIENCE} must be refused once the grant is gone"
+    );
+    f.merge::<M2MApplication>(
+        APP,
+        json!({"spec": {"displayName": "Renamed After CRD Loss"}}),
+    )
+    .await?;
+    let r = f
+        .wait_kinde("the rename to reach Kinde", |s| {
+            non_management_apps(s)
+                .iter()
+                .any(|a| a["name"] == "Renamed After CRD Loss")
+        })
+        .await;
+    f.explain(r)?;
+    f.wait_ready::<M2MApplication>(APP).await?;
+    f.wait_ready::<ApiRegistration>(API).await?;
+    ensure!(
+        f.running(),
+        "the operator exited after the ApiGrant CRD went"
+    );
+    f.counted("ApiGrant CRD deleted while down", 1, 1).await?;
+
+    // (2) The other CRDs, gone for good before the restart.
+    f.kill();
+    for crd in [APP_CRD, API_CRD] {
+        crds.delete(crd, &DeleteParams::background()).await?;
+    }
+    let r = wait_for(
+        "the objects released by hand and the CRDs gone",
+        CONVERGE,
+        || async {
+            // Removing the finalizers is what an administrator does to force a deletion;
+            // it leaves the Kinde objects behind, by definition.
+            for (name, kind_crd) in [(APP, APP_CRD), (API, API_CRD)] {
+                let unfinalize = json!({"metadata": {"finalizers": null}});
+                let _ = match kind_crd {
+                    APP_CRD => f.merge::<M2MApplication>(name, unfinalize).await,
+                    _ => f.merge::<ApiRegistration>(name, unfinalize).await,
+                };
+            }
+            let left: Vec<&str> = {
+                let mut left = Vec::new();
+                for crd in [APP_CRD, API_CRD] {
+                    if crds.get_opt(crd).await?.is_some() {
+                        left.push(crd);
+                    }
+                }
+                left
+            };
+            if left.is_empty() {
+                Ok(Some(()))
+            } else {
+                Err(anyhow!("CRDs still there: {left:?}"))
+            }
+        },
+    )
+    .await;
+    f.explain(r)?;
+    let writes = f.emu.total_writes().await?;
+    f.start()?;
+    // It checks its CRDs before starting the controllers: it must exit with an error that
+    // names the missing kind (a crash-looping pod with a clear message), not panic.
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    let status = loop {
+        if let Some(status) = f.exit_status() {
+            break status;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return f.explain(Err(anyhow!(
+                "the operator is still running after {CONVERGE:?} without its CRDs"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ensure!(
+        !status.success(),
+        "the operator exited successfully without its CRDs"
+    );
+    let text = std::fs::read_to_string(f.logs.last().context("no operator log")?)?;
+    ensure!(
+        missing_crd_reported(&text) && !text.contains("panicked"),
+        "expected a clear error naming the missing CRDs, and no panic:\n{}",
+        f.log_tail()
+    );
+    ensure!(
+        f.emu.total_writes().await? == writes,
+        "the operator wrote to Kinde without its CRDs"
+    );
+    let apps = f.kinde_apps().await?;
+    ensure!(
+        apps.len() == 1 && apps[0]["id"] == app_id,
+        "expected the one application left behind: {apps:?}"
+    );
+    f.counted("all CRDs deleted while down", 1, 1).await
+}
+
+/// Whether an operator log says that a kind cannot be queried and points at the CRDs.
+fn missing_crd_reported(log: &str) -> bool {
+    log.lines().any(|l| {
+        ["ApiRegistration", "M2MApplication", "ApiGrant"]
+            .iter()
+            .any(|k| l.contains(&format!("{k} not queryable")))
+            && l.contains("CRDs")
+    })
+}
+
+// ---------------------------------------------------------------------------------------
 // Fixture
 // ---------------------------------------------------------------------------------------
 
@@ -533,6 +1158,8 @@ struct Fixture {
     operator: Option<Operator>,
     /// Every operator started so far, for failure messages.
     logs: Vec<std::path::PathBuf>,
+    /// Another control plane to run the operator against (default: the run's).
+    kubeconfig: Option<std::path::PathBuf>,
 }
 
 impl Fixture {
@@ -549,15 +1176,44 @@ impl Fixture {
             emu,
             operator: None,
             logs: Vec::new(),
+            kubeconfig: None,
         })
     }
 
     /// Starts a fresh operator (the previous one must have been killed).
     fn start(&mut self) -> anyhow::Result<()> {
-        let op = self.ctx.run_operator(&self.emu, &[], "10m", &[])?;
+        let op = match &self.kubeconfig {
+            None => self.ctx.run_operator(&self.emu, &[], "10m", &[])?,
+            Some(kubeconfig) => Operator::start_in(
+                self.ctx.harness,
+                &self.ctx.test_name,
+                kubeconfig,
+                &self.emu.url,
+                &[
+                    "run",
+                    "--leader-election=false",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--resync-period",
+                    "10m",
+                    "--namespace",
+                    &self.ctx.ns,
+                ],
+            )?,
+        };
         self.logs.push(op.log.clone());
         self.operator = Some(op);
         Ok(())
+    }
+
+    /// The current operator's exit status, once it has exited.
+    fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.operator.as_mut().and_then(Operator::exit_status)
+    }
+
+    /// Whether the current operator is still running.
+    fn running(&mut self) -> bool {
+        self.operator.as_mut().is_some_and(Operator::is_running)
     }
 
     /// SIGKILLs the running operator.
@@ -593,11 +1249,16 @@ impl Fixture {
     // --- objects ----------------------------------------------------------------------
 
     async fn create_app(&self) -> anyhow::Result<()> {
+        self.create_app_as(json!({"displayName": DISPLAY_NAME}))
+            .await
+    }
+
+    async fn create_app_as(&self, spec: Value) -> anyhow::Result<()> {
         let app: M2MApplication = serde_json::from_value(json!({
             "apiVersion": API_VERSION,
             "kind": "M2MApplication",
             "metadata": {"name": APP},
-            "spec": {"displayName": DISPLAY_NAME},
+            "spec": spec,
         }))?;
         self.ctx
             .api::<M2MApplication>()
@@ -607,15 +1268,31 @@ impl Fixture {
     }
 
     async fn create_api(&self, scopes: &[&str]) -> anyhow::Result<()> {
+        self.create_api_as(API, AUDIENCE, scopes, json!({})).await
+    }
+
+    /// An ApiRegistration `name` for `audience` with `scopes`, `extra` merged into its spec.
+    async fn create_api_as(
+        &self,
+        name: &str,
+        audience: &str,
+        scopes: &[&str],
+        extra: Value,
+    ) -> anyhow::Result<()> {
         let scopes: Vec<Value> = scopes
             .iter()
             .map(|k| json!({"key": k, "description": format!("scope {k}")}))
             .collect();
+        let mut spec =
+            json!({"displayName": "Crash Test API", "audience": audience, "scopes": scopes});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
         let api: ApiRegistration = serde_json::from_value(json!({
             "apiVersion": API_VERSION,
             "kind": "ApiRegistration",
-            "metadata": {"name": API},
-            "spec": {"displayName": "Crash Test API", "audience": AUDIENCE, "scopes": scopes},
+            "metadata": {"name": name},
+            "spec": spec,
         }))?;
         self.ctx
             .api::<ApiRegistration>()
@@ -674,6 +1351,22 @@ impl Fixture {
         Ok(self.get::<K>(name).await?.is_some())
     }
 
+    /// A JSON merge patch of the object.
+    async fn merge<K: Kind>(&self, name: &str, patch: Value) -> anyhow::Result<()> {
+        self.ctx
+            .api::<K>()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Changes an annotation the operator does not read: an immediate reconcile.
+    async fn poke<K: Kind>(&self, name: &str) -> anyhow::Result<()> {
+        let value = fastrand::u64(..).to_string();
+        self.merge::<K>(name, json!({"metadata": {"annotations": {POKE: value}}}))
+            .await
+    }
+
     async fn delete<K: Kind>(&self, name: &str) -> anyhow::Result<()> {
         self.ctx
             .api::<K>()
@@ -730,6 +1423,40 @@ impl Fixture {
         Ok(non_management_apis(&self.emu.state().await?))
     }
 
+    /// The scope keys of the (only) application on the Kinde API for `audience`, `None`
+    /// when it is not authorized there (or either is missing).
+    async fn scopes_on(&self, audience: &str) -> anyhow::Result<Option<Vec<String>>> {
+        let state = self.emu.state().await?;
+        let apps = non_management_apps(&state);
+        let apis = non_management_apis(&state);
+        let (Some(api), Some(app)) = (
+            apis.iter().find(|a| a["audience"] == audience),
+            apps.first(),
+        ) else {
+            return Ok(None);
+        };
+        Ok(api["applications"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["id"] == app["id"])
+            .map(|a| strings(&a["scopes"])))
+    }
+
+    /// The scope keys of the (only) Kinde API, sorted.
+    async fn kinde_scope_keys(&self) -> anyhow::Result<Vec<String>> {
+        let apis = self.kinde_apis().await?;
+        ensure!(apis.len() == 1, "expected one Kinde API: {apis:?}");
+        let mut keys: Vec<String> = apis[0]["scopes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| str_of(&s["key"]))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
     /// The scopes the (only) application holds on the (only) API, `None` when it is not
     /// authorized (or either is missing).
     async fn authorized_scopes(&self) -> anyhow::Result<Option<Vec<String>>> {
@@ -768,6 +1495,19 @@ impl Fixture {
         })
         .await;
         self.explain(r)
+    }
+
+    /// One key of the app's Secret.
+    async fn secret_key(&self, key: &str) -> anyhow::Result<String> {
+        let secret = Api::<Secret>::namespaced(self.ctx.client.clone(), &self.ctx.ns)
+            .get(&format!("{APP}-credentials"))
+            .await?;
+        secret
+            .data
+            .unwrap_or_default()
+            .get(key)
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+            .with_context(|| format!("Secret lacks {key}"))
     }
 
     /// The client id and secret in the app's Secret.

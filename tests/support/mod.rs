@@ -654,6 +654,44 @@ impl Emulator {
             .unwrap_or(0))
     }
 
+    /// A Kinde Management API call (`path` like `/api/v1/apis`) with a token of the
+    /// operator's management client: changes made in Kinde behind the operator's back.
+    /// Fails on a non-2xx answer; returns the JSON body (`Null` when there is none).
+    pub async fn mgmt(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let http = reqwest::Client::new();
+        let token: serde_json::Value = http
+            .post(format!("{}/oauth2/token", self.url))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", KINDE_CLIENT_ID),
+                ("client_secret", KINDE_CLIENT_SECRET),
+                ("audience", &format!("{}/api", self.url)),
+            ])
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let token = token["access_token"].as_str().context("no access_token")?;
+        let url = format!("{}{path}", self.url);
+        let mut req = http.request(method, &url).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("{url}: HTTP {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+
     /// `GET /_emulator/state`: applications and APIs (no secrets).
     pub async fn state(&self) -> anyhow::Result<serde_json::Value> {
         self.control(reqwest::Method::GET, "state", None).await
@@ -1150,6 +1188,18 @@ impl Operator {
         Self::spawn(harness, test_name, Some(emulator_url), args)
     }
 
+    /// Like [`Operator::start_with`], against another control plane (`kubeconfig`), e.g.
+    /// a private one a test may break (delete CRDs) without touching the shared one.
+    pub fn start_in(
+        harness: &Harness,
+        test_name: &str,
+        kubeconfig: &Path,
+        emulator_url: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::spawn_in(harness, test_name, kubeconfig, Some(emulator_url), args)
+    }
+
     fn spawn(
         harness: &Harness,
         test_name: &str,
@@ -1158,6 +1208,16 @@ impl Operator {
     ) -> anyhow::Result<Self> {
         let kubeconfig = harness.control_plane.kubeconfig.clone();
         Self::spawn_with(harness, test_name, emulator_url, args, &kubeconfig, &[])
+    }
+
+    fn spawn_in(
+        harness: &Harness,
+        test_name: &str,
+        kubeconfig: &Path,
+        emulator_url: Option<&str>,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::spawn_with(harness, test_name, emulator_url, args, kubeconfig, &[])
     }
 
     fn spawn_with(
