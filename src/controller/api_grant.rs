@@ -11,8 +11,8 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use super::{
-    Context, Error, Managed, Outcome, Result, apply_status, is_older, namespace_labels,
-    record_change, wait_if_paused,
+    Context, Error, Managed, Outcome, Result, apply_status, deauthorize, is_older,
+    namespace_labels, record_change, wait_if_paused,
 };
 use crate::conditions::{self, reasons};
 use crate::crd::{
@@ -78,18 +78,7 @@ fn wake_neighbours(ctx: &Context, grant: &ApiGrant) {
 
 /// De-authorizes `app_id` for `api_id` (Kinde app ids are their client ids).
 async fn revoke(ctx: &Context, grant: &ApiGrant, api_id: &str, app_id: &str) -> Result<()> {
-    match ctx
-        .authorizer
-        .submit(api_id, app_id, Authorization::Deauthorize)
-        .await
-    {
-        Ok(()) => {}
-        Err(e) if e.is_not_found() => {}
-        Err(e) => return Err(e.into()),
-    }
-    ctx.kinde_apis
-        .note(api_id, app_id, Authorization::Deauthorize)
-        .await;
+    deauthorize(ctx, api_id, app_id).await?;
     record_change(
         ctx,
         grant,

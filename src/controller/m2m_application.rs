@@ -23,7 +23,8 @@ use secrecy::{ExposeSecret, SecretString};
 use super::rotation;
 use super::{
     Context, Error, FIELD_MANAGER, Managed, Outcome, Result, Scope, adoption_admitted, api_for,
-    apply_status, effective_deletion_policy, is_older, record_change, wait_if_paused,
+    apply_status, delete_kinde_application, effective_deletion_policy, is_older, record_change,
+    wait_if_paused,
 };
 use crate::adoption;
 use crate::conditions::{self, reasons};
@@ -83,18 +84,14 @@ impl Managed for M2MApplication {
                 .await;
             }
             for id in ids {
-                match ctx.kinde.delete_application(&id).await {
-                    Ok(()) => {
-                        record_change(
-                            &ctx,
-                            obj.as_ref(),
-                            "Deleted",
-                            format!("deleted Kinde application {id}"),
-                        )
-                        .await;
-                    }
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e.into()),
+                if delete_kinde_application(&ctx, &id).await? {
+                    record_change(
+                        &ctx,
+                        obj.as_ref(),
+                        "Deleted",
+                        format!("deleted Kinde application {id}"),
+                    )
+                    .await;
                 }
             }
         }
@@ -598,11 +595,7 @@ async fn sweep_unconfirmed(
     for app in ctx.kinde.list_applications().await? {
         let ours = adoption::carries_marker_of(&app.name, &body);
         if ours && !in_use.contains(&app.id) {
-            match ctx.kinde.delete_application(&app.id).await {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e.into()),
-            }
+            delete_kinde_application(ctx, &app.id).await?;
             record_change(
                 ctx,
                 obj,

@@ -44,6 +44,7 @@ use crate::adoption::AdoptionPolicy;
 use crate::conditions::{self, reasons};
 use crate::crd::{ApiGrant, ApiRegistration, KindeAnnotations, M2MApplication, PAUSED_ANNOTATION};
 use crate::kinde::KindeClient;
+use crate::kinde::types::Authorization;
 use crate::metrics::Metrics;
 
 /// Finalizer on all three kinds.
@@ -860,6 +861,34 @@ pub async fn finish<K: Managed>(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Deletes a Kinde application; `false` when it was already gone (Kinde's not-found counts
+/// as done).
+pub async fn delete_kinde_application(ctx: &Context, id: &str) -> Result<bool> {
+    match ctx.kinde.delete_application(id).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// De-authorizes `client_id` for `api_id` (through the batcher; an application or API
+/// already gone counts as done) and keeps the API snapshot cache in step.
+pub async fn deauthorize(ctx: &Context, api_id: &str, client_id: &str) -> Result<()> {
+    match ctx
+        .authorizer
+        .submit(api_id, client_id, Authorization::Deauthorize)
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
+    ctx.kinde_apis
+        .note(api_id, client_id, Authorization::Deauthorize)
+        .await;
+    Ok(())
 }
 
 /// Publishes a Normal Event about a change made in Kinde.

@@ -20,7 +20,9 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::m2m_application::{KindeApp, MAX_RETIRING, create_marked, grants_of};
-use super::{Context, Outcome, Result, apply_status, record_change};
+use super::{
+    Context, Outcome, Result, apply_status, deauthorize, delete_kinde_application, record_change,
+};
 use crate::conditions::reasons;
 use crate::crd::{M2MApplication, M2MApplicationStatus, PendingSuccessor, RetiringCredentials};
 use crate::kinde::types::Authorization;
@@ -140,25 +142,9 @@ pub async fn discard_stale_successor(
         return Ok(());
     }
     for api_id in grant_targets(ctx, obj).keys() {
-        match ctx
-            .authorizer
-            .submit(api_id, &pending.client_id, Authorization::Deauthorize)
-            .await
-        {
-            Ok(()) => {
-                ctx.kinde_apis
-                    .note(api_id, &pending.client_id, Authorization::Deauthorize)
-                    .await
-            }
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e.into()),
-        }
+        deauthorize(ctx, api_id, &pending.client_id).await?;
     }
-    match ctx.kinde.delete_application(&pending.application_id).await {
-        Ok(()) => {}
-        Err(e) if e.is_not_found() => {}
-        Err(e) => return Err(e.into()),
-    }
+    delete_kinde_application(ctx, &pending.application_id).await?;
     record_change(
         ctx,
         obj,
@@ -279,43 +265,32 @@ pub async fn retire_due(
             remaining.push(r);
             continue;
         }
-        for api_id in targets.keys() {
-            match ctx
-                .authorizer
-                .submit(api_id, &r.client_id, Authorization::Deauthorize)
-                .await
-            {
-                Ok(()) => {
-                    ctx.kinde_apis
-                        .note(api_id, &r.client_id, Authorization::Deauthorize)
-                        .await
-                }
-                Err(e) if e.is_not_found() => {}
-                Err(e) => {
-                    status.retiring.push(r.clone());
-                    status.retiring.extend(remaining);
-                    return Err(e.into());
+        let retired = async {
+            for api_id in targets.keys() {
+                deauthorize(ctx, api_id, &r.client_id).await?;
+            }
+            delete_kinde_application(ctx, &r.application_id).await
+        };
+        match retired.await {
+            Ok(deleted_now) => {
+                if deleted_now {
+                    record_change(
+                        ctx,
+                        obj,
+                        "PredecessorRetired",
+                        format!(
+                            "overlap over: de-authorized and deleted Kinde application {}",
+                            r.application_id
+                        ),
+                    )
+                    .await;
                 }
             }
-        }
-        match ctx.kinde.delete_application(&r.application_id).await {
-            Ok(()) => {
-                record_change(
-                    ctx,
-                    obj,
-                    "PredecessorRetired",
-                    format!(
-                        "overlap over: de-authorized and deleted Kinde application {}",
-                        r.application_id
-                    ),
-                )
-                .await;
-            }
-            Err(e) if e.is_not_found() => {}
             Err(e) => {
+                // Still retiring: the next reconcile tries again.
                 status.retiring.push(r);
                 status.retiring.extend(remaining);
-                return Err(e.into());
+                return Err(e);
             }
         }
     }

@@ -686,11 +686,14 @@ async fn api_recreated_after_kinde_delete_killed_in_create(ctx: Ctx) -> anyhow::
         "expected the intent marked (audience, no apiId) at the kill (window missed): {status}"
     );
     f.start()?;
-    // Ready is still True from before the deletion (only an annotation changed since):
-    // wait for the new id before checking the rest.
-    let r = wait_for("a new apiId in status", CONVERGE, || async {
-        let id = str_of(&f.api_status().await?["apiId"]);
-        Ok((!id.is_empty() && id != old_id).then_some(()))
+    // Ready is still True from before the deletion (only an annotation changed since), and
+    // the new id is recorded right after the create, before the scopes exist: wait for the
+    // new id with every scope recorded before checking the rest.
+    let r = wait_for("a new apiId and its scopes in status", CONVERGE, || async {
+        let status = f.api_status().await?;
+        let id = str_of(&status["apiId"]);
+        let scopes = status["scopes"].as_array().map_or(0, Vec::len);
+        Ok((!id.is_empty() && id != old_id && scopes == API_SCOPES.len()).then_some(()))
     })
     .await;
     f.explain(r)?;

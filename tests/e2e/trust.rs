@@ -53,6 +53,10 @@ pub fn tests() -> Vec<E2eTest> {
             superseded_rotation_leaves_nothing_behind,
         ),
         support::test("trust::late_create_is_swept", late_create_is_swept),
+        support::test(
+            "trust::failures_back_off_per_object",
+            failures_back_off_per_object,
+        ),
     ]
 }
 
@@ -1006,6 +1010,41 @@ async fn late_create_is_swept(ctx: Ctx) -> anyhow::Result<()> {
         );
         ensure!(apps[0]["name"] == "Late", "name: {}", apps[0]);
         wait_reason::<M2MApplication>(&ctx, &ctx.ns, "late", "Reconciled").await?;
+        Ok(())
+    }
+    .await;
+    with_log(result, &op)
+}
+
+/// During a Kinde outage a failing object is retried with exponential backoff (10 s, 20 s,
+/// 40 s, ...), not every 10 s: over a 75 s outage its create is tried about 4 times (0, 10,
+/// 30, 70 s) where a fixed 10 s retry tried 8 times. A slow machine only lowers the count.
+async fn failures_back_off_per_object(ctx: Ctx) -> anyhow::Result<()> {
+    let (emulator, op) = start(&ctx, &[], &[]).await?;
+    let result = async {
+        emulator
+            .fault(json!({"operation": "createApplication", "status": 500, "times": 1000}))
+            .await?;
+        apply_in(
+            &ctx,
+            &ctx.ns,
+            &app_yaml("broken", &[], "  displayName: Broken"),
+        )
+        .await?;
+        wait_for("the first attempt", WAIT, || async {
+            Ok((emulator.call_count("createApplication").await? >= 1).then_some(()))
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_secs(75)).await;
+        let attempts = emulator.call_count("createApplication").await?;
+        println!("createApplication attempts over a 75 s outage: {attempts} (fixed 10 s retry: 8)");
+        ensure!(
+            (2..=5).contains(&attempts),
+            "{attempts} create attempts in 75 s: expected 10 s, 20 s, 40 s backoff (3-5)"
+        );
+        emulator
+            .control(reqwest::Method::DELETE, "faults", None)
+            .await?;
         Ok(())
     }
     .await;
