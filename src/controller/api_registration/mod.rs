@@ -11,10 +11,11 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
-use super::{
-    Context, Error, Managed, Outcome, Result, adoption_admitted, apply_status,
-    effective_deletion_policy, is_older, record_change, wait_if_paused,
+use super::kernel::{
+    Error, Managed, Outcome, Result, adoption_admitted, apply_status, effective_deletion_policy,
+    is_older, record_change, wait_if_paused,
 };
+use super::world::{Ctx, World, wake_dependants_of_api};
 use crate::adoption;
 use crate::conditions::reasons;
 use crate::crd::{
@@ -27,20 +28,21 @@ impl Managed for ApiRegistration {
     const KIND: &'static str = "ApiRegistration";
 
     type Status = ApiRegistrationStatus;
+    type World = World;
 
     fn current_status(&self) -> Option<&Self::Status> {
         self.status.as_ref()
     }
 
-    async fn converge(&self, ctx: &Context, status: &mut Self::Status) -> Result<Outcome> {
+    async fn converge(&self, ctx: &Ctx, status: &mut Self::Status) -> Result<Outcome> {
         converge(self, ctx, status).await
     }
 
-    fn status_changed(&self, ctx: &Context) {
-        ctx.wake_grants.wake_all(&grants_referencing(ctx, self));
+    fn wake_dependants(&self, world: &World) {
+        wake_dependants_of_api(world, self);
     }
 
-    async fn cleanup(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
+    async fn cleanup(obj: Arc<Self>, ctx: Arc<Ctx>) -> Result<Action> {
         let status = obj.status.clone().unwrap_or_default();
         let adopted = obj.external_id().is_some() || status.adopted_id.is_some();
         let mut policy = effective_deletion_policy(obj.spec.deletion_policy, adopted);
@@ -109,8 +111,9 @@ impl Managed for ApiRegistration {
 /// (their status records the API): only they keep its deletion waiting. A grant the
 /// `grantPolicy` refuses never records it, so no namespace can pin a platform API by
 /// merely naming it.
-fn holders(ctx: &Context, api: &ApiRegistration, api_id: &str) -> Vec<Arc<ApiGrant>> {
-    grants_referencing(ctx, api)
+fn holders(ctx: &Ctx, api: &ApiRegistration, api_id: &str) -> Vec<Arc<ApiGrant>> {
+    ctx.world
+        .grants_referencing(api)
         .into_iter()
         .filter(|g| {
             g.status
@@ -123,7 +126,7 @@ fn holders(ctx: &Context, api: &ApiRegistration, api_id: &str) -> Vec<Arc<ApiGra
 /// The API created for this object whose id never reached the status (a crash or a lost
 /// response after the create): the status marks the intent with the audience, and an API
 /// with that audience is then ours. No grant can use it yet (grants wait for `apiId`).
-async fn unrecorded_api(ctx: &Context, obj: &ApiRegistration) -> Result<Option<String>> {
+async fn unrecorded_api(ctx: &Ctx, obj: &ApiRegistration) -> Result<Option<String>> {
     let audience = obj.spec.audience.as_str();
     let marked = obj.status.as_ref().and_then(|s| s.audience.as_deref()) == Some(audience);
     if !marked || obj.external_id().is_some() {
@@ -134,13 +137,6 @@ async fn unrecorded_api(ctx: &Context, obj: &ApiRegistration) -> Result<Option<S
         .into_iter()
         .find(|a| a.audience == audience && !a.is_management_api)
         .map(|a| a.id))
-}
-
-/// Grants (in any watched namespace) whose `apiRef` names this ApiRegistration.
-pub fn grants_referencing(ctx: &Context, api: &ApiRegistration) -> Vec<Arc<ApiGrant>> {
-    let (ns, name) = (api.namespace(), api.name_any());
-    ctx.grants
-        .find(|g| g.spec.api_ref.name == name && g.api_namespace() == ns)
 }
 
 /// Checks what the schema may not have (servers without CEL, or edits bypassing it).
@@ -182,7 +178,7 @@ fn validate(obj: &ApiRegistration, status: &ApiRegistrationStatus) -> Option<Str
 
 async fn converge(
     obj: &ApiRegistration,
-    ctx: &Context,
+    ctx: &Ctx,
     status: &mut ApiRegistrationStatus,
 ) -> Result<Outcome> {
     if let Some(problem) = validate(obj, status) {
@@ -261,7 +257,7 @@ fn refuse_management(audience: &str) -> Outcome {
 /// The id of the Kinde API, found, adopted or created; or why there is none.
 async fn ensure_api(
     obj: &ApiRegistration,
-    ctx: &Context,
+    ctx: &Ctx,
     status: &mut ApiRegistrationStatus,
     paused: bool,
 ) -> Result<std::result::Result<String, Outcome>> {
@@ -425,14 +421,15 @@ fn audience_in_use(audience: &str, id: &str) -> Outcome {
 /// Other ApiRegistrations' holds on the Kinde API `id` (or, with `audience`, on an API of
 /// that audience they are creating): current, creating, or adopted by an older object.
 fn claims_on(
-    ctx: &Context,
+    ctx: &Ctx,
     obj: &ApiRegistration,
     status: &ApiRegistrationStatus,
     id: &str,
     audience: Option<&str>,
 ) -> Vec<adoption::Claim> {
     let we_hold = status.api_id.as_deref() == Some(id);
-    ctx.apis
+    ctx.world
+        .apis
         .find(|other| other.uid() != obj.uid())
         .iter()
         .filter_map(|other| {
@@ -462,7 +459,7 @@ fn claims_on(
 /// Adds, updates and removes Kinde scopes to match the spec; returns the resulting scopes.
 async fn converge_scopes(
     obj: &ApiRegistration,
-    ctx: &Context,
+    ctx: &Ctx,
     api_id: &str,
     mut kinde: Vec<KindeScope>,
     paused: bool,

@@ -19,69 +19,20 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::m2m_application::{KindeApp, MAX_RETIRING, create_marked, grants_of};
-use super::{
-    Context, Outcome, Result, apply_status, deauthorize, delete_kinde_application, record_change,
+use super::decide::{Due, next_scheduled, successor_marker};
+use super::kinde_app::{KindeApp, create_marked};
+use crate::controller::kernel::{
+    Result, apply_status, deauthorize, delete_kinde_application, record_change,
 };
-use crate::conditions::reasons;
+use crate::controller::world::Ctx;
 use crate::crd::{M2MApplication, M2MApplicationStatus, PendingSuccessor, RetiringCredentials};
 use crate::kinde::types::Authorization;
 use crate::metrics::ResultLabels;
 
-/// A rotation to perform now: why, and the key that names its successor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Due {
-    /// What goes into `status.lastHandledRotateRequest` (the annotation's value), if any.
-    pub request: Option<String>,
-    /// Stable key of this rotation (request value, or the scheduled time).
-    pub key: String,
-}
-
-/// Whether a rotation is due: a new `rotate-requested-at` value, or the schedule.
-pub fn due(obj: &M2MApplication, status: &M2MApplicationStatus, now: Timestamp) -> Option<Due> {
-    if let Some(request) = obj.pending_rotate_request() {
-        return Some(Due {
-            request: Some(request.to_owned()),
-            key: format!("request:{request}"),
-        });
-    }
-    let next = status.next_rotation_time.as_ref()?;
-    (next.0 <= now).then(|| Due {
-        request: None,
-        key: format!("schedule:{}", next.0),
-    })
-}
-
-/// When the next scheduled rotation is, counted from the last one (or from now).
-pub fn next_scheduled(
-    every: Option<Duration>,
-    last: Option<&Time>,
-    now: Timestamp,
-) -> Option<Time> {
-    let every = jiff::SignedDuration::try_from(every?).ok()?;
-    let base = last.map_or(now, |t| t.0);
-    base.checked_add(every).ok().map(Time)
-}
-
-/// FNV-1a: a hash that stays the same across builds and platforms (the marker must).
-fn stable_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// The name marker of the successor for `due`.
-pub fn successor_marker(uid_marker_body: &str, due: &Due) -> String {
-    format!(
-        "[kmo:{uid_marker_body}:{:08x}]",
-        stable_hash(&due.key) as u32
-    )
-}
-
 /// For each API the app's grants name: (api_id, scope ids granted).
-fn grant_targets(ctx: &Context, obj: &M2MApplication) -> BTreeMap<String, Vec<String>> {
+fn grant_targets(ctx: &Ctx, obj: &M2MApplication) -> BTreeMap<String, Vec<String>> {
     let mut targets: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for grant in grants_of(ctx, obj) {
+    for grant in ctx.world.grants_of(obj) {
         let Some(status) = grant.status.as_ref() else {
             continue;
         };
@@ -90,6 +41,7 @@ fn grant_targets(ctx: &Context, obj: &M2MApplication) -> BTreeMap<String, Vec<St
         };
         let api_ns = grant.api_namespace().unwrap_or_default();
         let scope_ids: Vec<String> = ctx
+            .world
             .apis
             .get(&api_ns, &grant.spec.api_ref.name)
             .and_then(|api| api.status.clone())
@@ -106,32 +58,12 @@ fn grant_targets(ctx: &Context, obj: &M2MApplication) -> BTreeMap<String, Vec<St
     targets
 }
 
-/// A rotation that must wait because [`MAX_RETIRING`] predecessors are still in their
-/// overlap: `NotReady` until the oldest retires (the credentials in use keep working).
-pub fn deferred(status: &M2MApplicationStatus, now: Timestamp) -> Option<Outcome> {
-    if status.retiring.len() < MAX_RETIRING {
-        return None;
-    }
-    let first = status.retiring.iter().map(|r| r.retire_at.0).min()?;
-    let requeue = Duration::try_from(first.duration_since(now))
-        .unwrap_or_default()
-        .max(Duration::from_secs(1));
-    Some(Outcome::NotReady {
-        reason: reasons::ROTATION_DEFERRED,
-        message: format!(
-            "{} earlier credentials are still in their overlap (at most {MAX_RETIRING}); the rotation runs when the first retires at {first}",
-            status.retiring.len()
-        ),
-        requeue,
-    })
-}
-
 /// Disconnects and deletes a recorded successor that no rotation wants any more (a newer
 /// request superseded the one it was made for, or the request went away), so a rotation
 /// that kept failing never leaves an authorized application behind.
 pub async fn discard_stale_successor(
     obj: &M2MApplication,
-    ctx: &Context,
+    ctx: &Ctx,
     status: &mut M2MApplicationStatus,
     due: Option<&Due>,
 ) -> Result<()> {
@@ -165,7 +97,7 @@ pub async fn discard_stale_successor(
 /// which the caller writes into the Secret and status.
 pub async fn rotate(
     obj: &M2MApplication,
-    ctx: &Context,
+    ctx: &Ctx,
     status: &mut M2MApplicationStatus,
     current: &KindeApp,
     due: &Due,
@@ -254,7 +186,7 @@ pub async fn rotate(
 /// deletes them. Returns how long until the next one is due.
 pub async fn retire_due(
     obj: &M2MApplication,
-    ctx: &Context,
+    ctx: &Ctx,
     status: &mut M2MApplicationStatus,
 ) -> Result<Option<Duration>> {
     let now = Timestamp::now();
@@ -301,76 +233,4 @@ pub async fn retire_due(
         .map(|r| r.retire_at.0.duration_since(now))
         .min()
         .and_then(|d| Duration::try_from(d).ok()))
-}
-
-/// Seconds until the next scheduled rotation, if any.
-pub fn until_next(status: &M2MApplicationStatus, now: Timestamp) -> Option<Duration> {
-    let next = status.next_rotation_time.as_ref()?;
-    Duration::try_from(next.0.duration_since(now)).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn marker_is_stable_and_distinct_per_request() {
-        let a = Due {
-            request: Some("1".into()),
-            key: "request:1".into(),
-        };
-        let b = Due {
-            request: Some("2".into()),
-            key: "request:2".into(),
-        };
-        assert_eq!(successor_marker("abc", &a), successor_marker("abc", &a));
-        assert_ne!(successor_marker("abc", &a), successor_marker("abc", &b));
-        // FNV-1a of "" is its offset basis: pins the algorithm across releases.
-        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
-    }
-
-    #[test]
-    fn rotation_waits_while_too_many_predecessors_retire() {
-        let now = Timestamp::from_second(1_000_000).expect("ts");
-        let retiring = |n: usize| M2MApplicationStatus {
-            retiring: (0..n)
-                .map(|i| RetiringCredentials {
-                    application_id: format!("a{i}"),
-                    client_id: format!("a{i}"),
-                    retire_at: Time(
-                        Timestamp::from_second(1_000_100 + i64::try_from(i).expect("i"))
-                            .expect("ts"),
-                    ),
-                })
-                .collect(),
-            ..M2MApplicationStatus::default()
-        };
-        assert!(deferred(&retiring(MAX_RETIRING - 1), now).is_none());
-        match deferred(&retiring(MAX_RETIRING), now) {
-            Some(Outcome::NotReady {
-                reason, requeue, ..
-            }) => {
-                assert_eq!(reason, reasons::ROTATION_DEFERRED);
-                assert_eq!(requeue, Duration::from_secs(100));
-            }
-            other => panic!("expected a deferral, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn schedule() {
-        let now = Timestamp::from_second(1_000_000).expect("ts");
-        let every = Some(Duration::from_secs(3600));
-        assert_eq!(
-            next_scheduled(every, None, now).map(|t| t.0.as_second()),
-            Some(1_003_600)
-        );
-        let last = Time(Timestamp::from_second(999_000).expect("ts"));
-        assert_eq!(
-            next_scheduled(every, Some(&last), now).map(|t| t.0.as_second()),
-            Some(1_002_600)
-        );
-        assert_eq!(next_scheduled(None, None, now), None);
-    }
 }

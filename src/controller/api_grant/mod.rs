@@ -7,13 +7,14 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::{Resource, ResourceExt};
 
-use super::{
-    Context, Error, Managed, Outcome, Result, apply_status, deauthorize, is_older,
-    namespace_labels, record_change, wait_if_paused,
+use super::kernel::{
+    Error, Managed, Outcome, Result, apply_status, deauthorize, is_older, namespace_labels,
+    record_change, wait_if_paused,
 };
+use super::world::{Ctx, World, wake_dependants_of_grant};
 use crate::conditions::{self, reasons};
 use crate::crd::{
     ApiGrant, ApiGrantStatus, ApiRegistration, GrantFrom, KindeAnnotations, M2MApplication,
@@ -24,20 +25,21 @@ impl Managed for ApiGrant {
     const KIND: &'static str = "ApiGrant";
 
     type Status = ApiGrantStatus;
+    type World = World;
 
     fn current_status(&self) -> Option<&Self::Status> {
         self.status.as_ref()
     }
 
-    async fn converge(&self, ctx: &Context, status: &mut Self::Status) -> Result<Outcome> {
+    async fn converge(&self, ctx: &Ctx, status: &mut Self::Status) -> Result<Outcome> {
         converge(self, ctx, status).await
     }
 
-    fn status_changed(&self, ctx: &Context) {
-        wake_neighbours(ctx, self);
+    fn wake_dependants(&self, world: &World) {
+        wake_dependants_of_grant(world, self);
     }
 
-    async fn cleanup(obj: Arc<Self>, ctx: Arc<Context>) -> Result<Action> {
+    async fn cleanup(obj: Arc<Self>, ctx: Arc<Ctx>) -> Result<Action> {
         wait_if_paused(obj.as_ref())?;
         let status = obj.status.clone().unwrap_or_default();
         if let (Some(api_id), Some(app_id)) = (&status.api_id, &status.application_id) {
@@ -56,28 +58,12 @@ impl Managed for ApiGrant {
                 }
             }
         }
-        wake_neighbours(&ctx, &obj);
-        // A grant that lost a conflict to this one may take over now.
-        for other in conflicting(&ctx, &obj) {
-            ctx.wake_grants
-                .wake(&other.namespace().unwrap_or_default(), &other.name_any());
-        }
         Ok(Action::await_change())
     }
 }
 
-/// The application (its Secret lists this grant's audience) and the API (its deletion may
-/// wait on this grant) need another look when the grant changes.
-fn wake_neighbours(ctx: &Context, grant: &ApiGrant) {
-    let ns = grant.namespace().unwrap_or_default();
-    ctx.wake_apps.wake(&ns, &grant.spec.application_ref.name);
-    if let Some(api_ns) = grant.api_namespace() {
-        ctx.wake_apis.wake(&api_ns, &grant.spec.api_ref.name);
-    }
-}
-
 /// De-authorizes `app_id` for `api_id` (Kinde app ids are their client ids).
-async fn revoke(ctx: &Context, grant: &ApiGrant, api_id: &str, app_id: &str) -> Result<()> {
+async fn revoke(ctx: &Ctx, grant: &ApiGrant, api_id: &str, app_id: &str) -> Result<()> {
     deauthorize(ctx, api_id, app_id).await?;
     record_change(
         ctx,
@@ -90,9 +76,10 @@ async fn revoke(ctx: &Context, grant: &ApiGrant, api_id: &str, app_id: &str) -> 
 }
 
 /// Client IDs of the referenced application's predecessors still in their overlap.
-fn retiring_clients(ctx: &Context, grant: &ApiGrant) -> Vec<String> {
+fn retiring_clients(ctx: &Ctx, grant: &ApiGrant) -> Vec<String> {
     let ns = grant.namespace().unwrap_or_default();
-    ctx.apps
+    ctx.world
+        .apps
         .get(&ns, &grant.spec.application_ref.name)
         .and_then(|app| app.status.clone())
         .map(|s| s.retiring.into_iter().map(|r| r.client_id).collect())
@@ -101,9 +88,10 @@ fn retiring_clients(ctx: &Context, grant: &ApiGrant) -> Vec<String> {
 
 /// Client ID of the referenced application's rotation successor not switched to yet: the
 /// rotation may already have authorized it.
-fn pending_client(ctx: &Context, grant: &ApiGrant) -> Option<String> {
+fn pending_client(ctx: &Ctx, grant: &ApiGrant) -> Option<String> {
     let ns = grant.namespace().unwrap_or_default();
-    ctx.apps
+    ctx.world
+        .apps
         .get(&ns, &grant.spec.application_ref.name)
         .and_then(|app| app.status.clone())
         .and_then(|s| s.pending_successor)
@@ -111,25 +99,13 @@ fn pending_client(ctx: &Context, grant: &ApiGrant) -> Option<String> {
 }
 
 /// The referenced application's current client ID, if it has one.
-fn current_client(ctx: &Context, grant: &ApiGrant) -> Option<String> {
+fn current_client(ctx: &Ctx, grant: &ApiGrant) -> Option<String> {
     let ns = grant.namespace().unwrap_or_default();
-    ctx.apps
+    ctx.world
+        .apps
         .get(&ns, &grant.spec.application_ref.name)
         .and_then(|app| app.status.clone())
         .and_then(|s| s.client_id)
-}
-
-/// Other live grants for the same application and API.
-fn conflicting(ctx: &Context, grant: &ApiGrant) -> Vec<Arc<ApiGrant>> {
-    let (ns, name) = (grant.namespace(), grant.name_any());
-    let api = grant.api_object_ref();
-    ctx.grants.find(|g| {
-        g.namespace() == ns
-            && g.name_any() != name
-            && g.meta().deletion_timestamp.is_none()
-            && g.spec.application_ref.name == grant.spec.application_ref.name
-            && g.api_object_ref() == api
-    })
 }
 
 /// The referenced objects, once they are usable; or why the grant must wait.
@@ -143,15 +119,12 @@ struct Resolved {
     scopes: Vec<(String, String)>,
 }
 
-async fn resolve(
-    grant: &ApiGrant,
-    ctx: &Context,
-) -> Result<std::result::Result<Resolved, Outcome>> {
+async fn resolve(grant: &ApiGrant, ctx: &Ctx) -> Result<std::result::Result<Resolved, Outcome>> {
     let ns = grant
         .namespace()
         .ok_or(Error::MissingMetadata("namespace"))?;
     let app_name = &grant.spec.application_ref.name;
-    let Some(app) = ctx.apps.get(&ns, app_name) else {
+    let Some(app) = ctx.world.apps.get(&ns, app_name) else {
         return Ok(Err(Outcome::not_ready(
             reasons::APPLICATION_NOT_FOUND,
             format!("M2MApplication {ns}/{app_name} (spec.applicationRef.name) does not exist"),
@@ -159,8 +132,8 @@ async fn resolve(
     };
     let api_ns = grant.api_namespace().unwrap_or_else(|| ns.clone());
     let api_name = &grant.spec.api_ref.name;
-    let Some(api) = ctx.apis.get(&api_ns, api_name) else {
-        let watched = if ctx.apis.covers(&api_ns) {
+    let Some(api) = ctx.world.apis.get(&api_ns, api_name) else {
+        let watched = if ctx.world.apis.covers(&api_ns) {
             ""
         } else {
             " (the operator does not watch that namespace)"
@@ -194,7 +167,9 @@ async fn resolve(
             ),
         )));
     }
-    let older: Vec<String> = conflicting(ctx, grant)
+    let older: Vec<String> = ctx
+        .world
+        .conflicting(grant)
         .iter()
         .filter(|g| is_older(g.as_ref(), grant))
         .map(|g| g.name_any())
@@ -273,12 +248,7 @@ fn still_granted(status: &ApiGrantStatus, scopes: &[(String, String)]) -> BTreeS
 }
 
 /// Whether the API's grant policy admits grants from `grant_ns`.
-async fn permitted(
-    ctx: &Context,
-    api: &ApiRegistration,
-    api_ns: &str,
-    grant_ns: &str,
-) -> Result<bool> {
+async fn permitted(ctx: &Ctx, api: &ApiRegistration, api_ns: &str, grant_ns: &str) -> Result<bool> {
     let policy = &api.spec.grant_policy;
     let labels = if policy.from == GrantFrom::Selector {
         namespace_labels(ctx, grant_ns).await?
@@ -288,7 +258,7 @@ async fn permitted(
     Ok(policy.permits(api_ns, grant_ns, &labels))
 }
 
-async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) -> Result<Outcome> {
+async fn converge(grant: &ApiGrant, ctx: &Ctx, status: &mut ApiGrantStatus) -> Result<Outcome> {
     let r = match resolve(grant, ctx).await? {
         Ok(r) => r,
         Err(outcome) => {
@@ -347,7 +317,8 @@ async fn converge(grant: &ApiGrant, ctx: &Context, status: &mut ApiGrantStatus) 
         Err(e) if e.is_not_found() => {
             // Deleted in Kinde: the ApiRegistration re-creates it; wait for that.
             ctx.kinde_apis.forget(&r.api_id).await;
-            ctx.wake_apis
+            ctx.world
+                .wake_apis
                 .wake(&r.api.namespace().unwrap_or_default(), &r.api.name_any());
             return Ok(Outcome::not_ready(
                 reasons::WAITING_FOR_API,

@@ -1,0 +1,485 @@
+//! The kernel every kind uses, knowing none of them: the [`Managed`] trait a kind
+//! implements, the reconcile shell around it (tracing span, finalizer, status and
+//! conditions, Events, error policy), the shared [`Context`] (generic over the world of
+//! stores a kind's decisions look at), and the effects every kind needs (Kinde deletes and
+//! de-authorizations, Events, status writes). Pure rules live in [`rules`].
+
+mod bookkeeping;
+mod error;
+mod kinde_state;
+pub mod rules;
+mod stores;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+pub use bookkeeping::{FailureCounts, WrittenVersions};
+use bookkeeping::{current_copy, object_key};
+pub use error::{Error, Result};
+pub use kinde_state::{ApiSnapshots, AuthorizeBatcher};
+use rules::{
+    WAIT_RECHECK, deletion_report, failure_backoff, paused_conditions, set_conditions, set_failure,
+    with_jitter,
+};
+pub use rules::{effective_deletion_policy, error_note, is_older, wait_if_paused};
+pub use stores::{Router, StoreSet};
+
+use crate::adoption::AdoptionPolicy;
+use crate::conditions::{self, reasons};
+use crate::kinde::KindeClient;
+use crate::kinde::types::Authorization;
+use crate::metrics::Metrics;
+
+/// Finalizer on all three kinds.
+pub const FINALIZER: &str = "m2m.kinde-operator.io/finalizer";
+
+/// The one field manager for every server-side apply.
+pub const FIELD_MANAGER: &str = "kinde-m2m-operator";
+
+/// Everything a reconcile needs: what every kind shares, and the `world` of stores its
+/// decisions look at (defined above the kernel, so the kernel knows no kind).
+pub struct Context<W> {
+    pub client: Client,
+    pub kinde: KindeClient,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// Base period of the drift-detecting resync (jittered per object).
+    pub resync: Duration,
+    pub kinde_apis: ApiSnapshots,
+    pub authorizer: AuthorizeBatcher,
+    /// Who may adopt existing Kinde objects (cluster-level, from the flags).
+    pub adoption: AdoptionPolicy,
+    /// Shortest `spec.rotation.every` accepted.
+    pub min_rotation_every: Duration,
+    /// Consecutive failures per object (backoff).
+    pub failures: FailureCounts,
+    /// Status versions written, until the reflector shows them.
+    pub written: WrittenVersions,
+    /// The stores and routers of the kinds.
+    pub world: W,
+}
+
+/// A kind this operator reconciles.
+pub trait Managed:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// Kind name for metrics and logs.
+    const KIND: &'static str;
+    /// The stores the kind's decisions look at.
+    type World: Send + Sync + 'static;
+    /// The status subresource.
+    type Status: HasConditions + Serialize + PartialEq + Clone + Default + Send + Sync;
+    /// The status as last written.
+    fn current_status(&self) -> Option<&Self::Status>;
+    /// Converge Kinde and Kubernetes to the spec, recording what was found in `status`.
+    /// `status` starts as the status last written and is written back whatever the outcome,
+    /// also when converge fails: what was found in Kinde before the failure is kept.
+    fn converge(
+        &self,
+        ctx: &Context<Self::World>,
+        status: &mut Self::Status,
+    ) -> impl Future<Output = Result<Outcome>> + Send;
+    /// Wakes the objects that depend on this one; the kernel calls it after the object's
+    /// status changed and after its cleanup finished.
+    fn wake_dependants(&self, world: &Self::World);
+    /// Undo in Kinde what the object stands for, per its deletion policy.
+    fn cleanup(
+        obj: Arc<Self>,
+        ctx: Arc<Context<Self::World>>,
+    ) -> impl Future<Output = Result<Action>> + Send;
+}
+
+/// The finalizer's apply: converge, write the status, wake dependants if it changed.
+async fn apply<K: Managed>(obj: Arc<K>, ctx: Arc<Context<K::World>>) -> Result<Action> {
+    let mut status = obj.current_status().cloned().unwrap_or_default();
+    let outcome = obj.converge(&ctx, &mut status).await;
+    let (action, changed) = finish(&ctx, obj.as_ref(), status, outcome).await?;
+    if changed {
+        obj.wake_dependants(&ctx.world);
+    }
+    Ok(action)
+}
+
+/// Reconcile entry point: tracing span, timing, finalizer dispatch, failure Event.
+pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context<K::World>>) -> Result<Action> {
+    let started = Instant::now();
+    let ns = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let name = obj.name_any();
+    let span = tracing::info_span!("reconcile", kind = K::KIND, namespace = %ns, name = %name);
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let object_ref = obj.object_ref(&());
+    let key = object_key::<K>(&ns, &name);
+    let obj = current_copy(&ctx.client, &ctx.written, obj, &key).await?;
+    let deleting = obj.meta().deletion_timestamp.is_some();
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            FinalizerEvent::Apply(o) => apply(o, ctx.clone()).await,
+            FinalizerEvent::Cleanup(o) => cleanup_reporting(o, ctx.clone()).await,
+        }
+    })
+    .instrument(span)
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(K::KIND, started.elapsed());
+    match &result {
+        Ok(_) => {
+            ctx.failures.clear(&key);
+            if deleting {
+                ctx.written.forget(&key);
+            }
+        }
+        Err(e) => {
+            let note = error_note(e);
+            tracing::warn!(kind = K::KIND, namespace = %ns, name = %name, reason = e.reason(), error = %note, "reconcile failed");
+            // A deletion that cannot finish reports itself (conditions, one Event per
+            // change of reason): see `cleanup_reporting`.
+            if !deleting {
+                publish(
+                    &ctx,
+                    &object_ref,
+                    EventType::Warning,
+                    e.reason(),
+                    note,
+                    "Reconcile",
+                )
+                .await;
+            }
+        }
+    }
+    result
+}
+
+/// Runs the kind's cleanup; when it cannot finish, the conditions say why (`Ready=False`,
+/// `Synced=False` with the reason and message) and one Event per change of reason tells it:
+/// Normal for a wait (paused, in use), Warning for a failure (Kinde refused, unavailable).
+async fn cleanup_reporting<K: Managed>(obj: Arc<K>, ctx: Arc<Context<K::World>>) -> Result<Action> {
+    let result = K::cleanup(obj.clone(), ctx.clone()).await;
+    match &result {
+        Ok(_) => obj.wake_dependants(&ctx.world),
+        Err(e) => report_unfinished_deletion(&ctx, obj.as_ref(), e).await,
+    }
+    result
+}
+
+async fn report_unfinished_deletion<K: Managed>(ctx: &Context<K::World>, obj: &K, err: &Error) {
+    let old = obj.current_status();
+    let (message, event_type) = deletion_report(err);
+    let mut status = old.cloned().unwrap_or_default();
+    let generation = obj.meta().generation;
+    set_conditions(
+        status.conditions_mut(),
+        generation,
+        (false, err.reason(), message.clone()),
+        (false, err.reason(), message.clone()),
+    );
+    status.set_observed_generation(generation);
+    if let Err(e) = apply_status(ctx, obj, old, &status).await {
+        tracing::warn!(error = %e, "could not write the status of an unfinished deletion");
+    }
+    // Once per change of what Synced says (a paused object that is then deleted gets its
+    // Event: its Synced reason was already `Paused`, the message was the apply's).
+    let old_synced = old
+        .and_then(|s| conditions::find_condition(s.conditions(), conditions::SYNCED))
+        .map(|c| (c.reason.clone(), c.message.clone()));
+    if old_synced.as_ref() != Some(&(err.reason().to_owned(), message.clone())) {
+        publish(
+            ctx,
+            &obj.object_ref(&()),
+            event_type,
+            err.reason(),
+            message,
+            "Delete",
+        )
+        .await;
+    }
+}
+
+/// After a failure: count it and try again later, backing off per object (a thousand
+/// broken objects during an outage must not cost a thousand reconciles every 10 s).
+pub fn error_policy<K: Managed>(obj: Arc<K>, err: &Error, ctx: Arc<Context<K::World>>) -> Action {
+    ctx.metrics.failed(K::KIND, err.reason());
+    let key = object_key::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any());
+    let failures = ctx.failures.bump(&key);
+    let after = if err.is_wait() {
+        WAIT_RECHECK.min(ctx.resync)
+    } else if matches!(err.inner(), Error::InvalidSpec(_)) {
+        ctx.resync
+    } else {
+        failure_backoff(failures, err.retry_after(), ctx.resync)
+    };
+    Action::requeue(with_jitter(after))
+}
+
+/// Requeue for the periodic resync, jittered by up to +10% so objects spread out.
+pub fn resync<W>(ctx: &Context<W>) -> Action {
+    Action::requeue(with_jitter(ctx.resync))
+}
+
+/// Publishes an Event; failures are logged, never fatal (an Event is a courtesy).
+pub async fn publish<W>(
+    ctx: &Context<W>,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+    action: &str,
+) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(error = %e, reason, "could not publish Event");
+    }
+}
+
+/// Writes `status` with server-side apply, only when it differs from `current`: a no-op
+/// reconcile makes no Kubernetes write.
+pub async fn apply_status<K: Managed, S: Serialize + PartialEq>(
+    ctx: &Context<K::World>,
+    obj: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<()> {
+    if current == Some(status) {
+        return Ok(());
+    }
+    let ns = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    let written = api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    if let Some(rv) = written.resource_version() {
+        ctx.written
+            .record(&object_key::<K>(&ns, &obj.name_any()), rv);
+    }
+    Ok(())
+}
+
+/// How a reconcile ended, short of an error.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Converged: Kinde matches the spec.
+    Ready,
+    /// Converged, with work due within this long (retiring credentials, a scheduled
+    /// rotation): requeue then at the latest.
+    ReadyFor(Duration),
+    /// Paused by annotation; `ready` tells whether the object is usable as it stands.
+    Paused { ready: bool },
+    /// Cannot converge now: waiting on another object, or refused (bad input); the
+    /// reason is a condition reason, the message tells the user what to do.
+    NotReady {
+        reason: &'static str,
+        message: String,
+        requeue: Duration,
+    },
+}
+
+impl Outcome {
+    pub fn not_ready(reason: &'static str, message: impl Into<String>) -> Self {
+        Outcome::NotReady {
+            reason,
+            message: message.into(),
+            requeue: Duration::from_secs(60),
+        }
+    }
+
+    /// An adoption the cluster's policy refuses.
+    pub fn refused(refusal: crate::adoption::Refusal) -> Self {
+        Outcome::not_ready(refusal.reason, refusal.message)
+    }
+}
+
+/// Status types with conditions.
+pub trait HasConditions {
+    fn conditions(&self) -> &[Condition];
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+    fn set_observed_generation(&mut self, generation: Option<i64>);
+}
+
+/// Ends an `apply`: sets conditions from the outcome, writes the status if it changed,
+/// publishes a Warning when the object turns not-Ready for a new reason, and picks the
+/// requeue. Returns whether the status changed, so callers can wake dependants.
+pub async fn finish<K: Managed>(
+    ctx: &Context<K::World>,
+    obj: &K,
+    mut status: K::Status,
+    outcome: Result<Outcome>,
+) -> Result<(Action, bool)> {
+    let generation = obj.meta().generation;
+    let old = obj.current_status();
+    let old_ready = old
+        .and_then(|s| conditions::find_condition(s.conditions(), conditions::READY))
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    match &outcome {
+        Ok(Outcome::Ready | Outcome::ReadyFor(_)) => set_conditions(
+            status.conditions_mut(),
+            generation,
+            (
+                true,
+                reasons::RECONCILED,
+                format!("{} is in sync with Kinde", K::KIND),
+            ),
+            (true, reasons::RECONCILED, "last reconcile converged".into()),
+        ),
+        Ok(Outcome::Paused { ready }) => {
+            paused_conditions(status.conditions_mut(), generation, *ready)
+        }
+        Ok(Outcome::NotReady {
+            reason, message, ..
+        }) => set_conditions(
+            status.conditions_mut(),
+            generation,
+            (false, reason, message.clone()),
+            (false, reason, message.clone()),
+        ),
+        Err(e) => set_failure(status.conditions_mut(), generation, e, false),
+    }
+    status.set_observed_generation(generation);
+    let changed = old != Some(&status);
+    apply_status(ctx, obj, old, &status).await?;
+    if let Ok(Outcome::NotReady {
+        reason, message, ..
+    }) = &outcome
+        && old_ready != Some((conditions::FALSE.to_owned(), (*reason).to_owned()))
+    {
+        publish(
+            ctx,
+            &obj.object_ref(&()),
+            EventType::Warning,
+            reason,
+            message.clone(),
+            "Reconcile",
+        )
+        .await;
+    }
+    match outcome {
+        Ok(Outcome::Ready) | Ok(Outcome::Paused { .. }) => Ok((resync(ctx), changed)),
+        Ok(Outcome::ReadyFor(d)) if d < ctx.resync => {
+            // A second past the due time, so the work is really due when we look.
+            Ok((Action::requeue(d + Duration::from_secs(1)), changed))
+        }
+        Ok(Outcome::ReadyFor(_)) => Ok((resync(ctx), changed)),
+        // Never later than a resync: what a waiting object depends on without watching it
+        // (a namespace's labels under a `Selector` grant policy) is re-read at least as often
+        // as drift is.
+        Ok(Outcome::NotReady {
+            requeue, reason, ..
+        }) => {
+            let requeue = requeue.min(ctx.resync);
+            tracing::debug!(reason, ?requeue, "not ready; looking again later");
+            Ok((Action::requeue(with_jitter(requeue)), changed))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes a Kinde application; `false` when it was already gone (Kinde's not-found counts
+/// as done).
+pub async fn delete_kinde_application<W>(ctx: &Context<W>, id: &str) -> Result<bool> {
+    match ctx.kinde.delete_application(id).await {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// De-authorizes `client_id` for `api_id` (through the batcher; an application or API
+/// already gone counts as done) and keeps the API snapshot cache in step.
+pub async fn deauthorize<W>(ctx: &Context<W>, api_id: &str, client_id: &str) -> Result<()> {
+    match ctx
+        .authorizer
+        .submit(api_id, client_id, Authorization::Deauthorize)
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
+    }
+    ctx.kinde_apis
+        .note(api_id, client_id, Authorization::Deauthorize)
+        .await;
+    Ok(())
+}
+
+/// Publishes a Normal Event about a change made in Kinde.
+pub async fn record_change<W>(
+    ctx: &Context<W>,
+    obj: &impl Resource<DynamicType = ()>,
+    reason: &str,
+    note: String,
+) {
+    tracing::info!(reason, "{note}");
+    publish(
+        ctx,
+        &obj.object_ref(&()),
+        EventType::Normal,
+        reason,
+        note,
+        reason,
+    )
+    .await;
+}
+
+/// Whether the cluster's adoption policy admits adoption in `obj`'s namespace: the
+/// namespace's labels are read only when a selector needs them.
+pub async fn adoption_admitted<W>(
+    ctx: &Context<W>,
+    obj: &impl Resource,
+) -> Result<std::result::Result<(), Outcome>> {
+    let ns = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let labels = if ctx.adoption.needs_labels(&ns) {
+        namespace_labels(ctx, &ns).await?
+    } else {
+        Default::default()
+    };
+    Ok(ctx
+        .adoption
+        .check_namespace(&ns, &labels)
+        .map_err(Outcome::refused))
+}
+
+/// The labels of a namespace (empty when it is gone).
+pub async fn namespace_labels<W>(
+    ctx: &Context<W>,
+    ns: &str,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
+    Ok(namespaces
+        .get_metadata_opt(ns)
+        .await?
+        .map(|n| n.labels().clone())
+        .unwrap_or_default())
+}

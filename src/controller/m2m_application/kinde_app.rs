@@ -1,0 +1,152 @@
+//! The object's Kinde applications: read, found by marker, created under a marker, and the
+//! sweep for copies a create with an unknown outcome left behind.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use secrecy::SecretString;
+
+use super::decide::{
+    UNCONFIRMED_CREATE_POLL, uid_marker_body, unconfirmed_watch_left, used_application_ids,
+};
+use crate::adoption;
+use crate::controller::kernel::{Result, delete_kinde_application, record_change};
+use crate::controller::world::Ctx;
+use crate::crd::{M2MApplication, M2MApplicationStatus};
+use crate::kinde::KindeError;
+
+/// What the operator knows of its Kinde application after finding or creating it.
+pub(super) struct KindeApp {
+    pub id: String,
+    pub client_id: String,
+    pub name: String,
+    pub secret: SecretString,
+    /// Kinde's type (`m2m`, `reg`, ...) when known; adoption refuses anything but `m2m`.
+    pub app_type: Option<String>,
+}
+
+/// The ids of every application carrying one of this object's markers (creation or
+/// rotation: `[kmo:<uid body>...]`).
+pub(super) async fn find_all_marked(ctx: &Ctx, uid_body: &str) -> Result<Vec<String>> {
+    let apps = ctx.kinde.list_applications().await?;
+    Ok(apps
+        .into_iter()
+        .filter(|a| adoption::carries_marker_of(&a.name, uid_body))
+        .map(|a| a.id)
+        .collect())
+}
+
+/// The id of the application whose name carries `marker`, if any.
+pub(super) async fn find_marked(ctx: &Ctx, marker: &str) -> Result<Option<String>> {
+    let apps = ctx.kinde.list_applications().await?;
+    Ok(apps
+        .into_iter()
+        .find(|a| a.name.ends_with(marker))
+        .map(|a| a.id))
+}
+
+/// The application carrying `marker` in its name: found (created before a crash or a lost
+/// response) or created now. Never creates a second one for the same marker; a create
+/// whose outcome is unknown is noted in `status`, so that a copy Kinde makes later is found
+/// and deleted ([`sweep_unconfirmed`]).
+pub(super) async fn create_marked(
+    obj: &M2MApplication,
+    ctx: &Ctx,
+    status: &mut M2MApplicationStatus,
+    marker: &str,
+) -> Result<KindeApp> {
+    if let Some(id) = find_marked(ctx, marker).await? {
+        let app = read_app(ctx, &id).await?;
+        record_change(
+            ctx,
+            obj,
+            "Created",
+            format!("created Kinde application {id}"),
+        )
+        .await;
+        return Ok(app);
+    }
+    let name = format!("{} {marker}", obj.display_name());
+    let created = match ctx
+        .kinde
+        .create_application(&name, obj.spec.organization_code.as_deref())
+        .await
+    {
+        Ok(created) => created,
+        Err(e) => {
+            if matches!(e, KindeError::OutcomeUnknown { .. }) {
+                status.unconfirmed_create_since = Some(Time(Timestamp::now()));
+            }
+            return Err(e.into());
+        }
+    };
+    record_change(
+        ctx,
+        obj,
+        "Created",
+        format!("created Kinde application {}", created.id),
+    )
+    .await;
+    Ok(KindeApp {
+        id: created.id,
+        client_id: created.client_id,
+        name,
+        secret: created.client_secret,
+        app_type: Some("m2m".into()),
+    })
+}
+
+/// After a create whose outcome was unknown: deletes applications that carry one of this
+/// object's markers (creation or rotation) but are none of those it uses (current,
+/// retiring, pending successor). Runs once the current application is renamed (it no
+/// longer carries a marker). Returns when to look again, `None` once the watch is over.
+pub(super) async fn sweep_unconfirmed(
+    obj: &M2MApplication,
+    ctx: &Ctx,
+    status: &mut M2MApplicationStatus,
+) -> Result<Option<Duration>> {
+    let Some(since) = status.unconfirmed_create_since.clone() else {
+        return Ok(None);
+    };
+    let body = uid_marker_body(obj)?;
+    let in_use = used_application_ids(status);
+    for app in ctx.kinde.list_applications().await? {
+        let ours = adoption::carries_marker_of(&app.name, &body);
+        if ours && !in_use.contains(&app.id) {
+            delete_kinde_application(ctx, &app.id).await?;
+            record_change(
+                ctx,
+                obj,
+                "DuplicateDeleted",
+                format!(
+                    "deleted Kinde application {}: a copy Kinde made of a create whose outcome was unknown",
+                    app.id
+                ),
+            )
+            .await;
+        }
+    }
+    Ok(match unconfirmed_watch_left(&since, Timestamp::now()) {
+        Some(left) => Some(left.min(UNCONFIRMED_CREATE_POLL)),
+        None => {
+            status.unconfirmed_create_since = None;
+            None
+        }
+    })
+}
+
+pub(super) async fn read_app(ctx: &Ctx, id: &str) -> std::result::Result<KindeApp, KindeError> {
+    let app = ctx.kinde.get_application(id).await?;
+    let secret = app.client_secret.ok_or_else(|| KindeError::Decode {
+        operation: "getApplication",
+        detail: "response lacks `application.client_secret`".into(),
+    })?;
+    Ok(KindeApp {
+        id: app.id,
+        client_id: app.client_id,
+        name: app.name,
+        secret,
+        app_type: app.app_type,
+    })
+}

@@ -1,0 +1,301 @@
+//! The credentials Secret: ownership checked on metadata, created as a placeholder, then
+//! written by one server-side apply conditional on the version checked.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Resource, ResourceExt};
+
+use super::decide::change_note;
+use super::kinde_app::KindeApp;
+use crate::conditions::{self, reasons};
+use crate::controller::kernel::{Error, FIELD_MANAGER, Outcome, Result, record_change};
+use crate::controller::world::Ctx;
+use crate::crd::M2MApplication;
+use crate::secret;
+
+/// Audiences of the application's Ready grants, for `KINDE_AUDIENCE`.
+fn audiences(ctx: &Ctx, obj: &M2MApplication) -> Vec<String> {
+    ctx.world
+        .grants_of(obj)
+        .iter()
+        .filter(|g| g.meta().deletion_timestamp.is_none())
+        .filter_map(|g| g.status.as_ref())
+        .filter(|s| conditions::is_true(&s.conditions, conditions::READY))
+        .filter_map(|s| s.audience.clone())
+        .collect()
+}
+
+/// The Secret to write the credentials into, with whether it was created just now; `None`
+/// when a Secret of that name belongs to someone else. Ownership is checked on metadata
+/// first, so a foreign Secret's data is never read; a missing Secret is created as a
+/// placeholder (owner and label only), so that one someone else creates at the same moment
+/// makes the create fail (409) instead of being taken over by a server-side apply.
+async fn owned_secret(
+    api: &Api<Secret>,
+    name: &str,
+    desired: &Secret,
+    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) -> Result<Option<(Secret, bool)>> {
+    if let Some(meta) = api.get_metadata_opt(name).await? {
+        if !secret::is_owned_by(&meta.metadata, owner) {
+            return Ok(None);
+        }
+        if let Some(found) = api.get_opt(name).await? {
+            return Ok(Some((found, false)));
+        }
+    }
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, &secret::placeholder(desired)).await {
+        Ok(created) => Ok(Some((created, true))),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates or restores the credentials Secret; refuses to touch a Secret it does not own.
+pub(super) async fn ensure_secret(
+    obj: &M2MApplication,
+    ctx: &Ctx,
+    app: &KindeApp,
+    name: &str,
+) -> Result<std::result::Result<(), Outcome>> {
+    let ns = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let owner = obj
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingMetadata("uid"))?;
+    let domain = ctx.kinde.domain();
+    let token_url = ctx.kinde.token_url();
+    let desired = secret::build(
+        &secret::Placement {
+            name,
+            namespace: &ns,
+            owner: owner.clone(),
+            labels: obj.spec.secret.labels.as_ref(),
+            annotations: obj.spec.secret.annotations.as_ref(),
+        },
+        &secret::Credentials {
+            domain: &domain,
+            token_url: &token_url,
+            application_id: &app.id,
+            client_id: &app.client_id,
+            client_secret: &app.secret,
+            audiences: audiences(ctx, obj),
+        },
+    );
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let conflict = || {
+        Outcome::not_ready(
+            reasons::SECRET_CONFLICT,
+            format!(
+                "Secret {ns}/{name} exists and is not owned by this M2MApplication; delete it or choose another spec.secret.name"
+            ),
+        )
+    };
+    let (existing, created) = match owned_secret(&api, name, &desired, &owner).await? {
+        Some(found) => found,
+        None => return Ok(Err(conflict())),
+    };
+    // The apply is conditional on the version whose ownership was checked: a Secret
+    // replaced meanwhile makes it fail (409) and the next reconcile looks again.
+    let mut desired = desired;
+    desired.metadata.resource_version = existing.metadata.resource_version.clone();
+    let note = if created {
+        (
+            "SecretCreated",
+            format!(
+                "wrote credentials of Kinde application {} to Secret {name}",
+                app.id
+            ),
+        )
+    } else if !secret::needs_update(&existing, &desired) {
+        return Ok(Ok(()));
+    } else {
+        change_note(&existing, &desired, app, name)
+    };
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&desired),
+    )
+    .await?;
+    // Server-side apply never removes a key another field manager added (`kubectl edit`,
+    // a tool): drop such keys explicitly, or the Secret would differ from the desired one
+    // forever and every resync would apply it again, with an Event each time.
+    let foreign: serde_json::Map<String, serde_json::Value> = existing
+        .data
+        .iter()
+        .flatten()
+        .filter(|(k, _)| secret::read_key(&desired, k).is_none())
+        .map(|(k, _)| (k.clone(), serde_json::Value::Null))
+        .collect();
+    if !foreign.is_empty() {
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "data": foreign })),
+        )
+        .await?;
+    }
+    record_change(ctx, obj, note.0, note.1).await;
+    Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    /// A mock API server answering `script` in order; returns what was asked, as
+    /// `(method, path, accepts metadata only)`.
+    async fn mock_secrets(
+        script: Vec<(u16, serde_json::Value)>,
+        call: impl AsyncFnOnce(Api<Secret>) -> Option<(Secret, bool)>,
+    ) -> (Option<(Secret, bool)>, Vec<(String, String, bool)>) {
+        let (svc, mut handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut script = script.into_iter();
+            while let Some((req, send)) = handle.next_request().await {
+                let meta_only = req
+                    .headers()
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("PartialObjectMetadata"));
+                seen.push((
+                    req.method().to_string(),
+                    req.uri().path().to_owned(),
+                    meta_only,
+                ));
+                let (status, body) = script.next().unwrap_or((500, serde_json::json!({})));
+                send.send_response(
+                    http::Response::builder()
+                        .status(status)
+                        .body(kube::client::Body::from(body.to_string().into_bytes()))
+                        .expect("response"),
+                );
+            }
+            seen
+        });
+        let client = kube::Client::new(svc, "acme");
+        let result = call(Api::namespaced(client, "acme")).await;
+        let seen = server.await.expect("mock server");
+        (result, seen)
+    }
+
+    fn owner(uid: &str) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "m2m.kinde-operator.io/v1alpha1".into(),
+            kind: "M2MApplication".into(),
+            name: "shop".into(),
+            uid: uid.into(),
+            controller: Some(true),
+            ..Default::default()
+        }
+    }
+
+    fn metadata_of(uid: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "shop-credentials", "namespace": "acme", "resourceVersion": "7",
+                         "ownerReferences": [owner(uid)]}
+        })
+    }
+
+    fn status_of(code: u16, reason: &str) -> serde_json::Value {
+        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "reason": reason, "code": code, "message": reason})
+    }
+
+    fn desired() -> Secret {
+        let mut s = Secret::default();
+        s.metadata.name = Some("shop-credentials".into());
+        s.metadata.namespace = Some("acme".into());
+        s.metadata.owner_references = Some(vec![owner("mine")]);
+        s
+    }
+
+    #[tokio::test]
+    async fn a_foreign_secret_is_checked_on_metadata_and_never_read_or_written() {
+        let (result, seen) = mock_secrets(vec![(200, metadata_of("someone-else"))], async |api| {
+            owned_secret(&api, "shop-credentials", &desired(), &owner("mine"))
+                .await
+                .expect("no error")
+        })
+        .await;
+        assert!(result.is_none(), "a foreign Secret counts as a conflict");
+        assert_eq!(
+            seen,
+            [(
+                "GET".to_owned(),
+                "/api/v1/namespaces/acme/secrets/shop-credentials".to_owned(),
+                true
+            )],
+            "only a metadata read"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_created_meanwhile_by_someone_else_is_not_taken_over() {
+        let (result, seen) = mock_secrets(
+            vec![
+                (404, status_of(404, "NotFound")),
+                (409, status_of(409, "AlreadyExists")),
+            ],
+            async |api| {
+                owned_secret(&api, "shop-credentials", &desired(), &owner("mine"))
+                    .await
+                    .expect("no error")
+            },
+        )
+        .await;
+        assert!(result.is_none(), "the lost create race is a conflict");
+        let methods: Vec<&str> = seen.iter().map(|(m, _, _)| m.as_str()).collect();
+        assert_eq!(
+            methods,
+            ["GET", "POST"],
+            "no apply after the refused create: {seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_owned_secret_is_read_whole_and_a_missing_one_created_as_a_placeholder() {
+        let full = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": metadata_of("mine")["metadata"].clone(), "data": {"KINDE_CLIENT_ID": "YQ=="}});
+        let (result, seen) =
+            mock_secrets(vec![(200, metadata_of("mine")), (200, full)], async |api| {
+                owned_secret(&api, "shop-credentials", &desired(), &owner("mine"))
+                    .await
+                    .expect("no error")
+            })
+            .await;
+        let (found, created) = result.expect("owned");
+        assert!(!created);
+        assert!(found.data.is_some());
+        assert_eq!(
+            seen.iter().map(|(_, _, m)| *m).collect::<Vec<_>>(),
+            [true, false]
+        );
+
+        let placeholder = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": metadata_of("mine")["metadata"].clone()});
+        let (result, seen) = mock_secrets(
+            vec![(404, status_of(404, "NotFound")), (201, placeholder)],
+            async |api| {
+                owned_secret(&api, "shop-credentials", &desired(), &owner("mine"))
+                    .await
+                    .expect("no error")
+            },
+        )
+        .await;
+        let (made, created) = result.expect("created");
+        assert!(
+            created && made.data.is_none(),
+            "the placeholder carries no data"
+        );
+        assert_eq!(seen[1].0, "POST");
+    }
+}
