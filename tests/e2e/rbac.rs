@@ -62,10 +62,8 @@ impl Mode {
 
 pub fn tests() -> Vec<E2eTest> {
     vec![
-        support::test("rbac::cluster_wide_install", |ctx| {
-            run(ctx, Mode::ClusterWide)
-        }),
-        support::test("rbac::namespaced_install", |ctx| run(ctx, Mode::Namespaced)),
+        support::test("rbac::cluster_wide_install", cluster_wide_install),
+        support::test("rbac::namespaced_install", namespaced_install),
     ]
 }
 
@@ -259,6 +257,14 @@ fn free_port() -> anyhow::Result<u16> {
 // ---------------------------------------------------------------------------------------
 // The test
 // ---------------------------------------------------------------------------------------
+
+async fn cluster_wide_install(ctx: Ctx) -> anyhow::Result<()> {
+    run(ctx, Mode::ClusterWide).await
+}
+
+async fn namespaced_install(ctx: Ctx) -> anyhow::Result<()> {
+    run(ctx, Mode::Namespaced).await
+}
 
 async fn run(ctx: Ctx, mode: Mode) -> anyhow::Result<()> {
     let h = ctx.harness;
