@@ -1,6 +1,7 @@
 //! Every end-to-end test is registered as `<file>::<function>` (plus
 //! `support::NOT_FOUND_404_SUFFIX` for a 404-mode variant), so a failing name can be grepped
 //! straight to its body. Reads the sources of `tests/e2e/*.rs`; needs no control plane.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 

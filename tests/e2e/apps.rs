@@ -790,7 +790,7 @@ async fn api_deletion_waits_for_grants(env: Arc<Env>) -> anyhow::Result<()> {
     let t = std::time::Instant::now();
     env.wait_gone(&env.apis(), "shared").await?;
     eprintln!(
-        "api_in_use: ApiRegistration gone {:?} after its last grant",
+        "api_deletion_waits_for_grants: ApiRegistration gone {:?} after its last grant",
         t.elapsed()
     );
     ensure!(

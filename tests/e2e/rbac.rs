@@ -248,12 +248,6 @@ impl Drop for OperatorProcess {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 // ---------------------------------------------------------------------------------------
 // The test
 // ---------------------------------------------------------------------------------------
@@ -452,7 +446,7 @@ fn start_operator(
     emulator: &Emulator,
     watched: &[&str],
 ) -> anyhow::Result<OperatorProcess> {
-    let port = free_port()?;
+    let port = support::free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let log = dir.join(format!("operator-{}.log", fastrand::u32(..)));
     let file = std::fs::File::create(&log)?;

@@ -98,15 +98,9 @@ struct Running {
     metrics: String,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Starts an operator on `emulator` for the test's namespace, `/metrics` on a free port.
 fn operator(ctx: &Ctx, emulator: &Emulator) -> anyhow::Result<Running> {
-    let addr = format!("127.0.0.1:{}", free_port()?);
+    let addr = format!("127.0.0.1:{}", support::free_port()?);
     // Scheduled rotations here run every few seconds (`scheduled`): below the 1h floor an
     // installation enforces by default.
     let op = ctx.run_operator_listening(
