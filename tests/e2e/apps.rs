@@ -26,47 +26,75 @@ pub fn tests() -> Vec<E2eTest> {
         app_test(
             "apps::api_create_and_scopes_converge",
             "10m",
-            api_create_and_scopes,
+            api_create_and_scopes_converge,
         ),
         app_test(
             "apps::api_adopt_and_deletion_policies",
             "10m",
-            api_adopt_and_policies,
+            api_adopt_and_deletion_policies,
         ),
         app_test(
             "apps::api_management_guard_and_audience_in_use",
             "10m",
-            api_refusals,
+            api_management_guard_and_audience_in_use,
         ),
-        app_test("apps::api_deletion_waits_for_grants", "10m", api_in_use),
+        app_test(
+            "apps::api_deletion_waits_for_grants",
+            "10m",
+            api_deletion_waits_for_grants,
+        ),
         app_test(
             "apps::app_create_secret_and_delete",
             "10m",
-            app_create_secret,
+            app_create_secret_and_delete,
         ),
         app_test("apps::app_secret_conflict", "10m", app_secret_conflict),
         app_test(
             "apps::app_adopt_and_deletion_policies",
             "10m",
-            app_adopt_and_policies,
+            app_adopt_and_deletion_policies,
         ),
         app_test(
             "apps::app_rotated_secret_written_through",
             "3s",
-            app_rotation,
+            app_rotated_secret_written_through,
         ),
-        app_test("apps::drift_api_deleted_in_kinde", "3s", drift_api),
-        app_test("apps::drift_app_and_authorization", "3s", drift_app),
-        app_test("apps::economy_noop_resync", RESYNC_ECONOMY, economy),
-        app_test("apps::economy_lifecycle_calls", "10m", lifecycle),
+        app_test(
+            "apps::drift_api_deleted_in_kinde",
+            "3s",
+            drift_api_deleted_in_kinde,
+        ),
+        app_test(
+            "apps::drift_app_and_authorization",
+            "3s",
+            drift_app_and_authorization,
+        ),
+        app_test(
+            "apps::economy_noop_resync",
+            RESYNC_ECONOMY,
+            economy_noop_resync,
+        ),
+        app_test(
+            "apps::economy_lifecycle_calls",
+            "10m",
+            economy_lifecycle_calls,
+        ),
         // Objects deleted in Kinde, again with "not found" answered as 404.
         app_test_404(
             "apps::app_adopt_and_deletion_policies",
             "10m",
-            app_adopt_and_policies,
+            app_adopt_and_deletion_policies,
         ),
-        app_test_404("apps::drift_api_deleted_in_kinde", "3s", drift_api),
-        app_test_404("apps::drift_app_and_authorization", "3s", drift_app),
+        app_test_404(
+            "apps::drift_api_deleted_in_kinde",
+            "3s",
+            drift_api_deleted_in_kinde,
+        ),
+        app_test_404(
+            "apps::drift_app_and_authorization",
+            "3s",
+            drift_app_and_authorization,
+        ),
     ]
 }
 
@@ -479,7 +507,7 @@ fn check_status_scopes(obj: &Value, kinde_api: &Value, keys: &[&str]) -> anyhow:
 
 /// Create → the API and its scopes exist in Kinde, status carries the ids; scopes added,
 /// removed and re-described converge; deleting a created API deletes it in Kinde.
-async fn api_create_and_scopes(env: Arc<Env>) -> anyhow::Result<()> {
+async fn api_create_and_scopes_converge(env: Arc<Env>) -> anyhow::Result<()> {
     let audience = "https://orders.example.com";
     env.create_api(
         "orders",
@@ -572,7 +600,7 @@ async fn api_create_and_scopes(env: Arc<Env>) -> anyhow::Result<()> {
 
 /// Adoption by `external-id`; the default deletion policy orphans adopted APIs and deletes
 /// created ones; an explicit `Orphan` keeps a created one.
-async fn api_adopt_and_policies(env: Arc<Env>) -> anyhow::Result<()> {
+async fn api_adopt_and_deletion_policies(env: Arc<Env>) -> anyhow::Result<()> {
     let legacy_id = env
         .kinde_create_api("Legacy", "https://legacy.example.com")
         .await?;
@@ -653,7 +681,7 @@ async fn api_adopt_and_policies(env: Arc<Env>) -> anyhow::Result<()> {
 
 /// The Management API's audience is refused without any Kinde write; an audience already in
 /// Kinde is `AudienceInUse` naming the API id, and adopting that id makes it Ready.
-async fn api_refusals(env: Arc<Env>) -> anyhow::Result<()> {
+async fn api_management_guard_and_audience_in_use(env: Arc<Env>) -> anyhow::Result<()> {
     let writes_before = env.emu.total_writes().await?;
     let management = format!("{}/api", env.emu.url);
     env.create_api("mgmt", json!({"audience": management}), json!({}))
@@ -725,7 +753,7 @@ async fn api_refusals(env: Arc<Env>) -> anyhow::Result<()> {
 
 /// Deleting an ApiRegistration (policy Delete) waits with `InUse` while a grant references
 /// it, and completes once the grant is gone.
-async fn api_in_use(env: Arc<Env>) -> anyhow::Result<()> {
+async fn api_deletion_waits_for_grants(env: Arc<Env>) -> anyhow::Result<()> {
     let audience = "https://shared.example.com";
     env.create_api(
         "shared",
@@ -762,7 +790,7 @@ async fn api_in_use(env: Arc<Env>) -> anyhow::Result<()> {
     let t = std::time::Instant::now();
     env.wait_gone(&env.apis(), "shared").await?;
     eprintln!(
-        "api_in_use: ApiRegistration gone {:?} after its last grant",
+        "api_deletion_waits_for_grants: ApiRegistration gone {:?} after its last grant",
         t.elapsed()
     );
     ensure!(
@@ -780,7 +808,7 @@ async fn api_in_use(env: Arc<Env>) -> anyhow::Result<()> {
 /// is gone, `org_code`), the Secret per SPEC section 3 written with the status; Secret
 /// deleted → recreated, edited → restored; displayName → rename; delete → Kinde app deleted
 /// and the Secret garbage collected.
-async fn app_create_secret(env: Arc<Env>) -> anyhow::Result<()> {
+async fn app_create_secret_and_delete(env: Arc<Env>) -> anyhow::Result<()> {
     env.create_app("acme", json!({"organizationCode": "org_acme"}), json!({}))
         .await?;
     // The Secret is written in the reconcile that learns the secret, before the status
@@ -1029,7 +1057,7 @@ async fn app_secret_conflict(env: Arc<Env>) -> anyhow::Result<()> {
 
 /// Adoption by `external-id` reads the secret back from Kinde into the Secret; adopted →
 /// orphaned on delete by default; explicit `Orphan` keeps a created app.
-async fn app_adopt_and_policies(env: Arc<Env>) -> anyhow::Result<()> {
+async fn app_adopt_and_deletion_policies(env: Arc<Env>) -> anyhow::Result<()> {
     let created = env
         .mgmt(
             reqwest::Method::POST,
@@ -1144,7 +1172,7 @@ async fn app_adopt_and_policies(env: Arc<Env>) -> anyhow::Result<()> {
 
 /// A secret rotated in the Kinde dashboard is written through at the next resync, with an
 /// Event `CredentialsUpdated`.
-async fn app_rotation(env: Arc<Env>) -> anyhow::Result<()> {
+async fn app_rotated_secret_written_through(env: Arc<Env>) -> anyhow::Result<()> {
     env.create_app("rotated", json!({}), json!({})).await?;
     let obj = env
         .wait_ready(&env.apps(), "rotated", "True", "Reconciled")
@@ -1182,7 +1210,7 @@ async fn app_rotation(env: Arc<Env>) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 
 /// An API deleted in Kinde is re-created; an adopted one is reported, not re-created.
-async fn drift_api(env: Arc<Env>) -> anyhow::Result<()> {
+async fn drift_api_deleted_in_kinde(env: Arc<Env>) -> anyhow::Result<()> {
     let adopted_id = env
         .kinde_create_api("Adopted", "https://adopted.example.com")
         .await?;
@@ -1274,7 +1302,7 @@ async fn drift_api(env: Arc<Env>) -> anyhow::Result<()> {
 
 /// App deleted in Kinde → re-created (new client id in the Secret, grant follows);
 /// authorization removed in Kinde → restored; app renamed in Kinde → renamed back.
-async fn drift_app(env: Arc<Env>) -> anyhow::Result<()> {
+async fn drift_app_and_authorization(env: Arc<Env>) -> anyhow::Result<()> {
     let audience = "https://drift.example.com";
     env.create_api(
         "drift",
@@ -1504,7 +1532,7 @@ fn fmt_counts(m: &BTreeMap<String, u64>) -> String {
 
 /// After everything is Ready, a no-op resync makes no Kinde and no Kubernetes writes, and
 /// reads what README "Economy" promises. Prints the measured counts.
-async fn economy(env: Arc<Env>) -> anyhow::Result<()> {
+async fn economy_noop_resync(env: Arc<Env>) -> anyhow::Result<()> {
     let audience = "https://economy.example.com";
     env.create_api(
         "economy",
@@ -1635,7 +1663,7 @@ async fn economy(env: Arc<Env>) -> anyhow::Result<()> {
 /// Kinde calls and Kubernetes writes of one lifecycle, create → Ready → delete, of an
 /// ApiRegistration (2 scopes), an M2MApplication and an ApiGrant, without resyncs in the
 /// way; printed, and checked for duplicates (one create of each Kinde object).
-async fn lifecycle(env: Arc<Env>) -> anyhow::Result<()> {
+async fn economy_lifecycle_calls(env: Arc<Env>) -> anyhow::Result<()> {
     let start = call_counts(&env.emu).await?;
     let writes: Counts = Arc::default();
     let watches = vec![

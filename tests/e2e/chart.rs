@@ -33,10 +33,13 @@ pub fn tests() -> Vec<E2eTest> {
     vec![
         support::test("chart::lint", lint),
         support::test("chart::template_defaults", template_defaults),
-        support::test("chart::template_required_values", required_values),
-        support::test("chart::template_watch_namespaces", watch_namespaces),
-        support::test("chart::template_options", options),
-        support::test("chart::values_schema_rejects", schema_rejects),
+        support::test("chart::template_required_values", template_required_values),
+        support::test(
+            "chart::template_watch_namespaces",
+            template_watch_namespaces,
+        ),
+        support::test("chart::template_options", template_options),
+        support::test("chart::values_schema_rejects", values_schema_rejects),
         support::test("chart::crds_are_generated", crds_are_generated),
         support::test("chart::install", install),
     ]
@@ -409,7 +412,7 @@ async fn template_defaults(ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn required_values(ctx: Ctx) -> anyhow::Result<()> {
+async fn template_required_values(ctx: Ctx) -> anyhow::Result<()> {
     let h = ctx.harness;
     for (set, value) in [
         ("kinde.domain=", "kinde.domain"),
@@ -429,7 +432,7 @@ async fn required_values(ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn watch_namespaces(ctx: Ctx) -> anyhow::Result<()> {
+async fn template_watch_namespaces(ctx: Ctx) -> anyhow::Result<()> {
     let h = ctx.harness;
     let docs = render(h, &["--set", "watchNamespaces={team-a,team-b}"]).await?;
     let full = "kmo-kinde-m2m-operator";
@@ -476,7 +479,7 @@ async fn watch_namespaces(ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn options(ctx: Ctx) -> anyhow::Result<()> {
+async fn template_options(ctx: Ctx) -> anyhow::Result<()> {
     let h = ctx.harness;
     adoption_values(h).await?;
     let full = "kmo-kinde-m2m-operator";
@@ -680,7 +683,7 @@ async fn adoption_values(h: &Harness) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn schema_rejects(ctx: Ctx) -> anyhow::Result<()> {
+async fn values_schema_rejects(ctx: Ctx) -> anyhow::Result<()> {
     let h = ctx.harness;
     for (set, mention) in [
         // Not a value of the chart at all.

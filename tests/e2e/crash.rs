@@ -32,29 +32,32 @@ pub fn tests() -> Vec<E2eTest> {
         // M2MApplication creation.
         support::test(
             "crash::app_create_killed_before_kinde",
-            app_killed_before_create,
+            app_create_killed_before_kinde,
         ),
         support::test(
             "crash::app_create_killed_after_kinde_before_status",
-            app_killed_after_create,
+            app_create_killed_after_kinde_before_status,
         ),
         support::test(
             "crash::app_create_killed_before_marker_rename",
-            app_killed_before_rename,
+            app_create_killed_before_marker_rename,
         ),
-        support::test("crash::app_create_lost_response", app_lost_create_response),
+        support::test("crash::app_create_lost_response", app_create_lost_response),
         // ApiRegistration creation.
         support::test(
             "crash::api_create_killed_after_kinde_before_status",
-            api_killed_after_create,
+            api_create_killed_after_kinde_before_status,
         ),
-        support::test("crash::api_create_killed_mid_scopes", api_killed_mid_scopes),
-        support::test("crash::api_create_lost_response", api_lost_create_response),
-        support::test("crash::api_scope_lost_response", api_lost_scope_response),
+        support::test(
+            "crash::api_create_killed_mid_scopes",
+            api_create_killed_mid_scopes,
+        ),
+        support::test("crash::api_create_lost_response", api_create_lost_response),
+        support::test("crash::api_scope_lost_response", api_scope_lost_response),
         // ApiGrant creation.
         support::test(
             "crash::grant_killed_after_authorize_before_status",
-            grant_killed_after_authorize,
+            grant_killed_after_authorize_before_status,
         ),
         support::test(
             "crash::grant_killed_after_scope_adds",
@@ -88,15 +91,15 @@ pub fn tests() -> Vec<E2eTest> {
         ),
         support::test(
             "crash::app_deleted_while_down_create_unrecorded",
-            app_deleted_create_unrecorded,
+            app_deleted_while_down_create_unrecorded,
         ),
         support::test(
             "crash::api_deleted_while_down_create_unrecorded",
-            api_deleted_create_unrecorded,
+            api_deleted_while_down_create_unrecorded,
         ),
         support::test(
             "crash::grant_deleted_while_down_authorize_unrecorded",
-            grant_deleted_authorize_unrecorded,
+            grant_deleted_while_down_authorize_unrecorded,
         ),
         // Moves, drift and deletions behind the operator's back.
         support::test(
@@ -150,7 +153,7 @@ const REACH: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------------------
 
 /// (a) Killed while `createApplication` is in flight and before it takes effect.
-async fn app_killed_before_create(ctx: Ctx) -> anyhow::Result<()> {
+async fn app_create_killed_before_kinde(ctx: Ctx) -> anyhow::Result<()> {
     let mut f = Fixture::new(ctx).await?;
     f.fault(json!({"operation": "createApplication", "latency_ms": HOLD_MS, "status": 503}))
         .await?;
@@ -168,7 +171,7 @@ async fn app_killed_before_create(ctx: Ctx) -> anyhow::Result<()> {
 }
 
 /// (b) Killed after `createApplication` happened in Kinde, before status recorded the id.
-async fn app_killed_after_create(ctx: Ctx) -> anyhow::Result<()> {
+async fn app_create_killed_after_kinde_before_status(ctx: Ctx) -> anyhow::Result<()> {
     let mut f = Fixture::new(ctx).await?;
     f.fault(json!({"operation": "createApplication", "drop_response": true}))
         .await?;
@@ -194,7 +197,7 @@ async fn app_killed_after_create(ctx: Ctx) -> anyhow::Result<()> {
 }
 
 /// (c) Killed after status recorded the id, before the marker is removed from the name.
-async fn app_killed_before_rename(ctx: Ctx) -> anyhow::Result<()> {
+async fn app_create_killed_before_marker_rename(ctx: Ctx) -> anyhow::Result<()> {
     let mut f = Fixture::new(ctx).await?;
     f.fault(json!({"operation": "updateApplication", "latency_ms": HOLD_MS, "status": 503}))
         .await?;
@@ -219,7 +222,7 @@ async fn app_killed_before_rename(ctx: Ctx) -> anyhow::Result<()> {
 
 /// (d) The create's response is lost, no kill: the operator finds its application by
 /// marker instead of creating a second one.
-async fn app_lost_create_response(ctx: Ctx) -> anyhow::Result<()> {
+async fn app_create_lost_response(ctx: Ctx) -> anyhow::Result<()> {
     let mut f = Fixture::new(ctx).await?;
     f.fault(json!({"operation": "createApplication", "drop_response": true}))
         .await?;
@@ -236,7 +239,7 @@ async fn app_lost_create_response(ctx: Ctx) -> anyhow::Result<()> {
 }
 
 /// Killed after `addAPIs` happened in Kinde, before status recorded the API id.
-async fn api_killed_after_create(ctx: Ctx) -> anyhow::Result<()> {
+async fn api_create_killed_after_kinde_before_status(ctx: Ctx) -> anyhow::Result<()> {
     let mut f = Fixture::new(ctx).await?;
     f.fault(json!({"operation": "addAPIs", "drop_response": true}))
         .await?;
@@ -258,7 +261,7 @@ async fn api_killed_after_create(ctx: Ctx) -> anyhow::Result<()> {
 }
 
 /// Killed between two scope creations: the first scope is in Kinde, the second held.
-async fn api_killed_mid_scopes(ctx: Ctx) -> anyhow::Result<()> {
+async fn api_create_killed_mid_scopes(ctx: Ctx) -> anyhow::Result<()> {
     let mut f = Fixture::new(ctx).await?;
     // Faults for one operation apply in order: the first scope passes, the second is held.
     f.fault(json!({"operation": "addAPIScope", "latency_ms": 1}))
@@ -280,7 +283,7 @@ async fn api_killed_mid_scopes(ctx: Ctx) -> anyhow::Result<()> {
 }
 
 /// The `addAPIs` response is lost, no kill: the API is adopted by its audience.
-async fn api_lost_create_response(ctx: Ctx) -> anyhow::Result<()> {
+async fn api_create_lost_response(ctx: Ctx) -> anyhow::Result<()> {
     let mut f = Fixture::new(ctx).await?;
     f.fault(json!({"operation": "addAPIs", "drop_response": true}))
         .await?;
@@ -297,7 +300,7 @@ async fn api_lost_create_response(ctx: Ctx) -> anyhow::Result<()> {
 }
 
 /// An `addAPIScope` response is lost, no kill: the scope is found, not created twice.
-async fn api_lost_scope_response(ctx: Ctx) -> anyhow::Result<()> {
+async fn api_scope_lost_response(ctx: Ctx) -> anyhow::Result<()> {
     let mut f = Fixture::new(ctx).await?;
     f.fault(json!({"operation": "addAPIScope", "drop_response": true}))
         .await?;
@@ -315,7 +318,7 @@ async fn api_lost_scope_response(ctx: Ctx) -> anyhow::Result<()> {
 
 /// Killed after `updateAPIApplications` authorized the app, before status (the first
 /// per-app scope add is held).
-async fn grant_killed_after_authorize(ctx: Ctx) -> anyhow::Result<()> {
+async fn grant_killed_after_authorize_before_status(ctx: Ctx) -> anyhow::Result<()> {
     let mut f = Fixture::new(ctx).await?;
     f.fault(json!({"operation": "addAPIApplicationScope", "latency_ms": HOLD_MS, "status": 503}))
         .await?;
@@ -482,7 +485,7 @@ async fn grant_delete_killed_after_kinde(ctx: Ctx) -> anyhow::Result<()> {
 
 /// Killed after `createApplication` happened, before status; the M2MApplication is
 /// deleted while the operator is down: the restarted operator finds it by marker.
-async fn app_deleted_create_unrecorded(ctx: Ctx) -> anyhow::Result<()> {
+async fn app_deleted_while_down_create_unrecorded(ctx: Ctx) -> anyhow::Result<()> {
     let mut f = Fixture::new(ctx).await?;
     f.fault(json!({"operation": "createApplication", "drop_response": true}))
         .await?;
@@ -506,7 +509,7 @@ async fn app_deleted_create_unrecorded(ctx: Ctx) -> anyhow::Result<()> {
 
 /// Killed after `addAPIs` happened, before status recorded its id; the ApiRegistration is
 /// deleted while the operator is down: the restarted operator finds the API by audience.
-async fn api_deleted_create_unrecorded(ctx: Ctx) -> anyhow::Result<()> {
+async fn api_deleted_while_down_create_unrecorded(ctx: Ctx) -> anyhow::Result<()> {
     let mut f = Fixture::new(ctx).await?;
     f.fault(json!({"operation": "addAPIs", "drop_response": true}))
         .await?;
@@ -530,7 +533,7 @@ async fn api_deleted_create_unrecorded(ctx: Ctx) -> anyhow::Result<()> {
 
 /// Killed after the authorization happened, before the grant's status recorded anything
 /// granted; the grant is deleted while the operator is down: no authorization may remain.
-async fn grant_deleted_authorize_unrecorded(ctx: Ctx) -> anyhow::Result<()> {
+async fn grant_deleted_while_down_authorize_unrecorded(ctx: Ctx) -> anyhow::Result<()> {
     let mut f = Fixture::new(ctx).await?;
     f.fault(json!({"operation": "addAPIApplicationScope", "latency_ms": HOLD_MS, "status": 503}))
         .await?;

@@ -16,14 +16,17 @@ pub fn tests() -> Vec<E2eTest> {
     vec![
         support::test(
             "crds::install_with_kubectl_and_established",
-            install_with_kubectl,
+            install_with_kubectl_and_established,
         ),
         support::test("crds::examples_accepted", examples_accepted),
         support::test(
             "crds::invalid_specs_rejected_naming_the_field",
-            invalid_specs_rejected,
+            invalid_specs_rejected_naming_the_field,
         ),
-        support::test("crds::kubectl_get_kinde_printer_columns", kubectl_get_kinde),
+        support::test(
+            "crds::kubectl_get_kinde_printer_columns",
+            kubectl_get_kinde_printer_columns,
+        ),
     ]
 }
 
@@ -31,7 +34,7 @@ pub fn tests() -> Vec<E2eTest> {
 /// schema does not know `x-kubernetes-validations`; the harness installs them so) gives
 /// three CRDs that become Established, are discoverable with their short names and the
 /// `kinde` category, and keep their structural validation. Re-applying changes nothing.
-async fn install_with_kubectl(ctx: Ctx) -> anyhow::Result<()> {
+async fn install_with_kubectl_and_established(ctx: Ctx) -> anyhow::Result<()> {
     let installed = ctx.harness.ensure_crds().await?;
     let mut names: Vec<String> = ["apiregistrations", "m2mapplications", "apigrants"]
         .iter()
@@ -214,7 +217,7 @@ const VALID_SPEC: &str = "  audience: https://api.example.com
 /// (c) Invalid specs are refused by the API server itself (client-side validation off),
 /// and the error names the offending field and the rule. The unbroken base is accepted, so
 /// a refusal is about the one broken field.
-async fn invalid_specs_rejected(ctx: Ctx) -> anyhow::Result<()> {
+async fn invalid_specs_rejected_naming_the_field(ctx: Ctx) -> anyhow::Result<()> {
     ctx.harness.ensure_crds().await?;
     let long_audience = format!("https://{}.example.com", "a".repeat(50));
     ensure!(long_audience.len() > 64);
@@ -294,7 +297,7 @@ async fn invalid_specs_rejected(ctx: Ctx) -> anyhow::Result<()> {
 }
 
 /// (d) `kubectl get kinde -A` lists all three kinds with their printer columns.
-async fn kubectl_get_kinde(ctx: Ctx) -> anyhow::Result<()> {
+async fn kubectl_get_kinde_printer_columns(ctx: Ctx) -> anyhow::Result<()> {
     ctx.harness.ensure_crds().await?;
     ctx.apply_yaml(&format!(
         "{}\n---\n{}\n---\n{}",

@@ -11,7 +11,7 @@ use anyhow::{Context as _, anyhow, ensure};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kinde_m2m_operator::crd::M2MApplication;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::support::proxy::{FreezableProxy, kubeconfig_server, kubeconfig_via};
 use crate::support::{self, Ctx, E2eTest, Emulator, Operator, wait_for};
@@ -112,20 +112,9 @@ async fn converged(ctx: &Ctx, name: &str, op: &Operator) -> anyhow::Result<Strin
     .map_err(|e| e.context(op.log_tail(40)))
 }
 
-/// The Kinde applications other than the operator's own management client.
-async fn kinde_apps(emu: &Emulator) -> anyhow::Result<Vec<Value>> {
-    Ok(emu.state().await?["applications"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["is_management_client"] != true)
-        .cloned()
-        .collect())
-}
-
 /// Exactly one Kinde application per object, each the one its status names.
 async fn one_app_each(emu: &Emulator, ids: &[&str]) -> anyhow::Result<()> {
-    let apps = kinde_apps(emu).await?;
+    let apps = emu.kinde_apps().await?;
     let mut found: Vec<&str> = apps.iter().filter_map(|a| a["id"].as_str()).collect();
     found.sort_unstable();
     let mut want = ids.to_vec();

@@ -22,7 +22,10 @@ pub fn tests() -> Vec<E2eTest> {
         support::test("grants::policy_selector_label", policy_selector_label),
         support::test("grants::conflict_older_wins", conflict_older_wins),
         support::test("grants::waits_then_converges", waits_then_converges),
-        support::test("grants::bad_input_never_reaches_kinde", bad_input),
+        support::test(
+            "grants::bad_input_never_reaches_kinde",
+            bad_input_never_reaches_kinde,
+        ),
         support::test("grants::paused_grant", paused_grant),
         support::test("grants::api_ref_change", api_ref_change),
     ]
@@ -691,7 +694,7 @@ async fn waits_then_converges(ctx: Ctx) -> anyhow::Result<()> {
 
 /// Bad input never reaches Kinde and never crashes the operator: each bad grant (and the
 /// Management API as an ApiRegistration) gets its reason and an Event; zero Kinde writes.
-async fn bad_input(ctx: Ctx) -> anyhow::Result<()> {
+async fn bad_input_never_reaches_kinde(ctx: Ctx) -> anyhow::Result<()> {
     let other = ctx.extra_namespace(&[]).await?;
     let (emulator, mut operator) = start(&ctx, &[&other], "10m").await?;
     let a = aud("bad");

@@ -14,7 +14,10 @@ pub fn tests() -> Vec<E2eTest> {
         support::test("harness::namespace_per_test", namespace_per_test),
         support::test("harness::owner_reference_gc", owner_reference_gc),
         support::test("harness::namespace_deletion", namespace_deletion),
-        support::test("harness::emulator_issues_management_token", emulator_token),
+        support::test(
+            "harness::emulator_issues_management_token",
+            emulator_issues_management_token,
+        ),
     ]
 }
 
@@ -99,7 +102,7 @@ fn config_map(
 
 /// The emulator subprocess is up and knows the operator's credentials: a client-credentials
 /// token for the Management API audience is issued for them and refused for a wrong secret.
-async fn emulator_token(ctx: Ctx) -> anyhow::Result<()> {
+async fn emulator_issues_management_token(ctx: Ctx) -> anyhow::Result<()> {
     let emulator = ctx.harness.emulator()?;
     let http = reqwest::Client::new();
     let token = |secret: &'static str| {

@@ -62,10 +62,8 @@ impl Mode {
 
 pub fn tests() -> Vec<E2eTest> {
     vec![
-        support::test("rbac::cluster_wide_install", |ctx| {
-            run(ctx, Mode::ClusterWide)
-        }),
-        support::test("rbac::namespaced_install", |ctx| run(ctx, Mode::Namespaced)),
+        support::test("rbac::cluster_wide_install", cluster_wide_install),
+        support::test("rbac::namespaced_install", namespaced_install),
     ]
 }
 
@@ -250,15 +248,17 @@ impl Drop for OperatorProcess {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 // ---------------------------------------------------------------------------------------
 // The test
 // ---------------------------------------------------------------------------------------
+
+async fn cluster_wide_install(ctx: Ctx) -> anyhow::Result<()> {
+    run(ctx, Mode::ClusterWide).await
+}
+
+async fn namespaced_install(ctx: Ctx) -> anyhow::Result<()> {
+    run(ctx, Mode::Namespaced).await
+}
 
 async fn run(ctx: Ctx, mode: Mode) -> anyhow::Result<()> {
     let h = ctx.harness;
@@ -446,7 +446,7 @@ fn start_operator(
     emulator: &Emulator,
     watched: &[&str],
 ) -> anyhow::Result<OperatorProcess> {
-    let port = free_port()?;
+    let port = support::free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let log = dir.join(format!("operator-{}.log", fastrand::u32(..)));
     let file = std::fs::File::create(&log)?;

@@ -27,7 +27,7 @@ pub fn tests() -> Vec<E2eTest> {
         support::test("rotation::grants_during_overlap", grants_during_overlap),
         support::test(
             "rotation::grant_deleted_before_it_saw_rotation",
-            grant_deleted_stale,
+            grant_deleted_before_it_saw_rotation,
         ),
         support::test("rotation::delete_during_overlap", delete_during_overlap),
         support::test(
@@ -36,9 +36,18 @@ pub fn tests() -> Vec<E2eTest> {
         ),
         support::test("rotation::second_request_queued", second_request_queued),
         support::test("rotation::pause_and_resume", pause_and_resume),
-        support::test("rotation::crash_after_successor_create", crash_after_create),
-        support::test("rotation::crash_after_secret_switch", crash_after_switch),
-        support::test("rotation::crash_after_status_write", crash_after_status),
+        support::test(
+            "rotation::crash_after_successor_create",
+            crash_after_successor_create,
+        ),
+        support::test(
+            "rotation::crash_after_secret_switch",
+            crash_after_secret_switch,
+        ),
+        support::test(
+            "rotation::crash_after_status_write",
+            crash_after_status_write,
+        ),
         support::test("rotation::crash_during_retirement", crash_during_retirement),
         support::test("rotation::lost_create_response", lost_create_response),
         support::test("rotation::zero_downtime", zero_downtime),
@@ -89,15 +98,9 @@ struct Running {
     metrics: String,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Starts an operator on `emulator` for the test's namespace, `/metrics` on a free port.
 fn operator(ctx: &Ctx, emulator: &Emulator) -> anyhow::Result<Running> {
-    let addr = format!("127.0.0.1:{}", free_port()?);
+    let addr = format!("127.0.0.1:{}", support::free_port()?);
     // Scheduled rotations here run every few seconds (`scheduled`): below the 1h floor an
     // installation enforces by default.
     let op = ctx.run_operator_listening(
@@ -915,7 +918,7 @@ async fn grants_during_overlap(ctx: Ctx) -> anyhow::Result<()> {
 
 /// A grant deleted before it caught up with a rotation (it was paused meanwhile, so its
 /// status still names the predecessor) cuts the successor too, not only the predecessor.
-async fn grant_deleted_stale(ctx: Ctx) -> anyhow::Result<()> {
+async fn grant_deleted_before_it_saw_rotation(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, _op) = start(&ctx).await?;
     let app = "gs";
     let grant = "gs-orders";
@@ -1236,7 +1239,7 @@ async fn pause_and_resume(ctx: Ctx) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------
 
 /// SIGKILL after the successor was created, while its authorization is in flight.
-async fn crash_after_create(ctx: Ctx) -> anyhow::Result<()> {
+async fn crash_after_successor_create(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, mut op) = start(&ctx).await?;
     let app = "ca";
     let old = setup(&ctx, &emu, app, &rotation_spec("3s", None)).await?;
@@ -1257,7 +1260,7 @@ async fn crash_after_create(ctx: Ctx) -> anyhow::Result<()> {
 /// SIGKILL after the Secret switch, before the status write. Nothing Kinde-side sits
 /// between the two, so the status write is made to fail: the CRD's schema briefly refuses
 /// `lastHandledRotateRequest` values with `!`, and the request is `hold!`.
-async fn crash_after_switch(ctx: Ctx) -> anyhow::Result<()> {
+async fn crash_after_secret_switch(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, mut op) = start(&ctx).await?;
     let app = "cs";
     let old = setup(&ctx, &emu, app, &rotation_spec("3s", None)).await?;
@@ -1359,7 +1362,7 @@ async fn crash_after_switch(ctx: Ctx) -> anyhow::Result<()> {
 }
 
 /// SIGKILL after the status write, while the successor's marker rename is in flight.
-async fn crash_after_status(ctx: Ctx) -> anyhow::Result<()> {
+async fn crash_after_status_write(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, mut op) = start(&ctx).await?;
     let app = "cst";
     let old = setup(&ctx, &emu, app, &rotation_spec("3s", None)).await?;

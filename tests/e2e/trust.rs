@@ -172,18 +172,6 @@ fn status_str(obj: &DynamicObject, field: &str) -> anyhow::Result<String> {
         .with_context(|| format!("status.{field} missing: {}", obj.data["status"]))
 }
 
-/// Kinde applications other than the management client.
-async fn kinde_apps(emulator: &Emulator) -> anyhow::Result<Vec<Value>> {
-    let state = emulator.state().await?;
-    Ok(state["applications"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|a| a["is_management_client"] != true)
-        .collect())
-}
-
 async fn kinde_api(emulator: &Emulator, id: &str) -> anyhow::Result<Option<Value>> {
     let state = emulator.state().await?;
     Ok(state["apis"]
@@ -388,7 +376,7 @@ async fn tenant_cannot_adopt_foreign_applications(ctx: Ctx) -> anyhow::Result<()
             );
         }
         // The refusals made no Kinde write; B's app keeps its name.
-        let apps = kinde_apps(&emulator).await?;
+        let apps = emulator.kinde_apps().await?;
         ensure!(apps.len() == 1, "Kinde applications: {apps:?}");
         ensure!(apps[0]["name"] == "Victim", "victim renamed: {}", apps[0]);
 
@@ -396,7 +384,7 @@ async fn tenant_cannot_adopt_foreign_applications(ctx: Ctx) -> anyhow::Result<()
             delete_obj::<M2MApplication>(&ctx, &ctx.ns, name).await?;
             wait_gone::<M2MApplication>(&ctx, &ctx.ns, name).await?;
         }
-        let apps = kinde_apps(&emulator).await?;
+        let apps = emulator.kinde_apps().await?;
         ensure!(
             apps.iter().any(|a| a["id"] == victim_id.as_str()),
             "deleting the refused adopter deleted the victim's app: {apps:?}"
@@ -540,7 +528,8 @@ async fn adoption_by_namespace_label_keeps_adopted_objects(ctx: Ctx) -> anyhow::
             delete_obj::<M2MApplication>(&ctx, &ctx.ns, name).await?;
             wait_gone::<M2MApplication>(&ctx, &ctx.ns, name).await?;
         }
-        let ids: Vec<Value> = kinde_apps(&emulator)
+        let ids: Vec<Value> = emulator
+            .kinde_apps()
             .await?
             .into_iter()
             .map(|a| a["id"].clone())
@@ -886,7 +875,7 @@ async fn refused_deletion_says_why(ctx: Ctx) -> anyhow::Result<()> {
             },
         )
         .await?;
-        ensure!(kinde_apps(&emulator).await?.is_empty(), "the app survived");
+        ensure!(emulator.kinde_apps().await?.is_empty(), "the app survived");
         Ok(())
     }
     .await;
@@ -949,7 +938,7 @@ async fn superseded_rotation_leaves_nothing_behind(ctx: Ctx) -> anyhow::Result<(
         .await?;
         let current = status_str(&done, "applicationId")?;
         ensure!(current != original && current != pending, "current {current}");
-        let apps = kinde_apps(&emulator).await?;
+        let apps = emulator.kinde_apps().await?;
         let ids: Vec<&str> = apps.iter().filter_map(|a| a["id"].as_str()).collect();
         ensure!(
             !ids.contains(&pending.as_str()),
@@ -999,7 +988,7 @@ async fn late_create_is_swept(ctx: Ctx) -> anyhow::Result<()> {
             "exactly one application",
             Duration::from_secs(180),
             || async {
-                let apps = kinde_apps(&emulator).await?;
+                let apps = emulator.kinde_apps().await?;
                 Ok((apps.len() == 1).then_some(apps))
             },
         )

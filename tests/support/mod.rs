@@ -697,6 +697,17 @@ impl Emulator {
         self.control(reqwest::Method::GET, "state", None).await
     }
 
+    /// The Kinde applications in the emulator's state other than the management client.
+    pub async fn kinde_apps(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        Ok(self.state().await?["applications"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["is_management_client"] != true)
+            .cloned()
+            .collect())
+    }
+
     /// Injects a fault: `{operation, status?, times?, latency_ms?, drop_response?, body?}`.
     pub async fn fault(&self, fault: serde_json::Value) -> anyhow::Result<()> {
         self.control(reqwest::Method::POST, "faults", Some(fault))
@@ -1040,6 +1051,13 @@ pub async fn kubectl(
 /// Polls `check` (every 200 ms) until it returns `Ok(Some(v))`, then returns `v`.
 /// `Ok(None)` and `Err(_)` both mean "not yet"; on timeout the error names `what` and
 /// carries the last error or "still not" state, so a failure says what was observed.
+/// A port on 127.0.0.1 that was free a moment ago (for a listener started next).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
