@@ -137,7 +137,7 @@ async fn unrecorded_api(ctx: &Context, obj: &ApiRegistration) -> Result<Option<S
 }
 
 /// Grants (in any watched namespace) whose `apiRef` names this ApiRegistration.
-pub fn grants_referencing(ctx: &Context, api: &ApiRegistration) -> Vec<Arc<ApiGrant>> {
+fn grants_referencing(ctx: &Context, api: &ApiRegistration) -> Vec<Arc<ApiGrant>> {
     let (ns, name) = (api.namespace(), api.name_any());
     ctx.grants
         .find(|g| g.spec.api_ref.name == name && g.api_namespace() == ns)

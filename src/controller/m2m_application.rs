@@ -101,7 +101,7 @@ impl Managed for M2MApplication {
 }
 
 /// The grants in the application's namespace that name it.
-pub fn grants_of(ctx: &Context, app: &M2MApplication) -> Vec<Arc<ApiGrant>> {
+pub(crate) fn grants_of(ctx: &Context, app: &M2MApplication) -> Vec<Arc<ApiGrant>> {
     let (ns, name) = (app.namespace(), app.name_any());
     ctx.grants
         .find(|g| g.namespace() == ns && g.spec.application_ref.name == name)

@@ -7,11 +7,11 @@
 //! application, whose Secret lists the grant's audience), the Kinde API snapshot cache and
 //! the authorization batcher.
 
-pub mod api_grant;
+pub(crate) mod api_grant;
 pub mod api_registration;
 mod error;
 mod kinde_state;
-pub mod m2m_application;
+pub(crate) mod m2m_application;
 mod rotation;
 mod stores;
 
@@ -48,9 +48,9 @@ use crate::kinde::types::Authorization;
 use crate::metrics::Metrics;
 
 /// Finalizer on all three kinds.
-pub const FINALIZER: &str = "m2m.kinde-operator.io/finalizer";
+const FINALIZER: &str = "m2m.kinde-operator.io/finalizer";
 /// The one field manager for every server-side apply.
-pub const FIELD_MANAGER: &str = "kinde-m2m-operator";
+const FIELD_MANAGER: &str = "kinde-m2m-operator";
 
 /// Everything a reconcile needs.
 pub struct Context {
@@ -119,7 +119,7 @@ async fn apply<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action> {
 }
 
 /// Deletion waits while the object is paused: no Kinde writes, as for any other change.
-pub fn wait_if_paused(obj: &impl KindeAnnotations) -> Result<()> {
+fn wait_if_paused(obj: &impl KindeAnnotations) -> Result<()> {
     if obj.is_paused() {
         return Err(Error::Blocked {
             reason: reasons::PAUSED,
@@ -236,7 +236,7 @@ fn deletion_report(err: &Error) -> (String, EventType) {
 
 /// After a failure: count it and try again later, backing off per object (a thousand
 /// broken objects during an outage must not cost a thousand reconciles every 10 s).
-pub fn error_policy<K: Managed>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy<K: Managed>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.failed(K::KIND, err.reason());
     let key = object_key::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any());
     let failures = ctx.failures.bump(&key);
@@ -357,7 +357,7 @@ impl FailureCounts {
 
 /// The message of an error for Events and conditions: its chain, without the finalizer
 /// wrapper, at most 1 KiB (the Events API limit).
-pub fn error_note(e: &Error) -> String {
+fn error_note(e: &Error) -> String {
     let inner: &Error = match e {
         Error::Finalizer(f) => match f.as_ref() {
             kube::runtime::finalizer::Error::ApplyFailed(i)
@@ -410,7 +410,7 @@ pub async fn publish(
 
 /// Writes `status` with server-side apply, only when it differs from `current`: a no-op
 /// reconcile makes no Kubernetes write.
-pub async fn apply_status<K: Managed, S: Serialize + PartialEq>(
+async fn apply_status<K: Managed, S: Serialize + PartialEq>(
     ctx: &Context,
     obj: &K,
     current: Option<&S>,
@@ -441,7 +441,7 @@ pub async fn apply_status<K: Managed, S: Serialize + PartialEq>(
 }
 
 /// Sets Ready and Synced for `generation`; keeps lastTransitionTime where status holds.
-pub fn set_conditions(
+fn set_conditions(
     conds: &mut Vec<Condition>,
     generation: Option<i64>,
     ready: (bool, &str, String),
@@ -474,12 +474,7 @@ pub fn set_conditions(
 
 /// Conditions for a reconcile that could not finish: Synced says why; Ready keeps its
 /// status unless `not_ready` (the object is not usable, e.g. its Kinde object is gone).
-pub fn set_failure(
-    conds: &mut Vec<Condition>,
-    generation: Option<i64>,
-    err: &Error,
-    not_ready: bool,
-) {
+fn set_failure(conds: &mut Vec<Condition>, generation: Option<i64>, err: &Error, not_ready: bool) {
     let now = Time(jiff::Timestamp::now());
     let note = error_note(err);
     let ready_now = conditions::is_true(conds, conditions::READY) && !not_ready;
@@ -510,7 +505,7 @@ pub fn set_failure(
 }
 
 /// The status message for a paused object.
-pub fn paused_conditions(conds: &mut Vec<Condition>, generation: Option<i64>, ready: bool) {
+fn paused_conditions(conds: &mut Vec<Condition>, generation: Option<i64>, ready: bool) {
     let msg = format!("{PAUSED_ANNOTATION} is set: no Kinde writes until it is removed");
     let ready_reason = if ready {
         reasons::RECONCILED
@@ -562,7 +557,7 @@ impl Scope {
     }
 }
 
-pub(crate) fn api_for<K>(client: &Client, ns: &Option<String>) -> Api<K>
+fn api_for<K>(client: &Client, ns: &Option<String>) -> Api<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
 {
@@ -744,7 +739,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn not_ready(reason: &'static str, message: impl Into<String>) -> Self {
+    fn not_ready(reason: &'static str, message: impl Into<String>) -> Self {
         Outcome::NotReady {
             reason,
             message: message.into(),
@@ -892,7 +887,7 @@ pub async fn deauthorize(ctx: &Context, api_id: &str, client_id: &str) -> Result
 }
 
 /// Publishes a Normal Event about a change made in Kinde.
-pub async fn record_change(
+async fn record_change(
     ctx: &Context,
     obj: &impl Resource<DynamicType = ()>,
     reason: &str,
@@ -912,7 +907,7 @@ pub async fn record_change(
 
 /// Whether the cluster's adoption policy admits adoption in `obj`'s namespace: the
 /// namespace's labels are read only when a selector needs them.
-pub async fn adoption_admitted(
+async fn adoption_admitted(
     ctx: &Context,
     obj: &impl Resource,
 ) -> Result<std::result::Result<(), Outcome>> {
@@ -929,7 +924,7 @@ pub async fn adoption_admitted(
 }
 
 /// The labels of a namespace (empty when it is gone).
-pub async fn namespace_labels(
+async fn namespace_labels(
     ctx: &Context,
     ns: &str,
 ) -> Result<std::collections::BTreeMap<String, String>> {
@@ -943,7 +938,7 @@ pub async fn namespace_labels(
 
 /// Older objects win a contest (two grants for one pair, two adoptions of one Kinde
 /// object): creation time, then namespace and name.
-pub fn is_older(a: &impl Resource, b: &impl Resource) -> bool {
+fn is_older(a: &impl Resource, b: &impl Resource) -> bool {
     let key = |m: &kube::api::ObjectMeta| {
         (
             m.creation_timestamp.clone().map(|t| t.0),
@@ -956,7 +951,7 @@ pub fn is_older(a: &impl Resource, b: &impl Resource) -> bool {
 
 /// The deletion policy in force: the spec's, else `Delete` for objects the operator
 /// created and `Orphan` for adopted ones (annotated, or adopted before).
-pub fn effective_deletion_policy(
+fn effective_deletion_policy(
     spec: Option<crate::crd::DeletionPolicy>,
     adopted: bool,
 ) -> crate::crd::DeletionPolicy {

@@ -53,7 +53,7 @@ pub fn due(obj: &M2MApplication, status: &M2MApplicationStatus, now: Timestamp) 
 }
 
 /// When the next scheduled rotation is, counted from the last one (or from now).
-pub fn next_scheduled(
+pub(crate) fn next_scheduled(
     every: Option<Duration>,
     last: Option<&Time>,
     now: Timestamp,
@@ -71,7 +71,7 @@ fn stable_hash(s: &str) -> u64 {
 }
 
 /// The name marker of the successor for `due`.
-pub fn successor_marker(uid_marker_body: &str, due: &Due) -> String {
+fn successor_marker(uid_marker_body: &str, due: &Due) -> String {
     format!(
         "[kmo:{uid_marker_body}:{:08x}]",
         stable_hash(&due.key) as u32
@@ -108,7 +108,7 @@ fn grant_targets(ctx: &Context, obj: &M2MApplication) -> BTreeMap<String, Vec<St
 
 /// A rotation that must wait because [`MAX_RETIRING`] predecessors are still in their
 /// overlap: `NotReady` until the oldest retires (the credentials in use keep working).
-pub fn deferred(status: &M2MApplicationStatus, now: Timestamp) -> Option<Outcome> {
+pub(crate) fn deferred(status: &M2MApplicationStatus, now: Timestamp) -> Option<Outcome> {
     if status.retiring.len() < MAX_RETIRING {
         return None;
     }
@@ -129,7 +129,7 @@ pub fn deferred(status: &M2MApplicationStatus, now: Timestamp) -> Option<Outcome
 /// Disconnects and deletes a recorded successor that no rotation wants any more (a newer
 /// request superseded the one it was made for, or the request went away), so a rotation
 /// that kept failing never leaves an authorized application behind.
-pub async fn discard_stale_successor(
+pub(crate) async fn discard_stale_successor(
     obj: &M2MApplication,
     ctx: &Context,
     status: &mut M2MApplicationStatus,
@@ -252,7 +252,7 @@ pub async fn rotate(
 
 /// Retires predecessors whose overlap has ended: de-authorizes them for the app's APIs and
 /// deletes them. Returns how long until the next one is due.
-pub async fn retire_due(
+pub(crate) async fn retire_due(
     obj: &M2MApplication,
     ctx: &Context,
     status: &mut M2MApplicationStatus,
@@ -304,7 +304,7 @@ pub async fn retire_due(
 }
 
 /// Seconds until the next scheduled rotation, if any.
-pub fn until_next(status: &M2MApplicationStatus, now: Timestamp) -> Option<Duration> {
+pub(crate) fn until_next(status: &M2MApplicationStatus, now: Timestamp) -> Option<Duration> {
     let next = status.next_rotation_time.as_ref()?;
     Duration::try_from(next.0.duration_since(now)).ok()
 }
