@@ -860,7 +860,7 @@ pub async fn finish<K: Managed>(
 
 /// Deletes a Kinde application; `false` when it was already gone (Kinde's not-found counts
 /// as done).
-pub async fn delete_kinde_application(ctx: &Context, id: &str) -> Result<bool> {
+async fn delete_kinde_application(ctx: &Context, id: &str) -> Result<bool> {
     match ctx.kinde.delete_application(id).await {
         Ok(()) => Ok(true),
         Err(e) if e.is_not_found() => Ok(false),
@@ -870,7 +870,7 @@ pub async fn delete_kinde_application(ctx: &Context, id: &str) -> Result<bool> {
 
 /// De-authorizes `client_id` for `api_id` (through the batcher; an application or API
 /// already gone counts as done) and keeps the API snapshot cache in step.
-pub async fn deauthorize(ctx: &Context, api_id: &str, client_id: &str) -> Result<()> {
+async fn deauthorize(ctx: &Context, api_id: &str, client_id: &str) -> Result<()> {
     match ctx
         .authorizer
         .submit(api_id, client_id, Authorization::Deauthorize)
