@@ -6,6 +6,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
 # Declared test targets must exist for cargo to read the manifest.
 COPY tests ./tests
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

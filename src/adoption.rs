@@ -79,16 +79,8 @@ impl AdoptionPolicy {
         })
     }
 
-    /// A policy admitting exactly `namespaces` (tests, and callers without flags).
-    pub fn for_namespaces<'a>(namespaces: impl IntoIterator<Item = &'a str>) -> Self {
-        Self {
-            namespaces: namespaces.into_iter().map(str::to_owned).collect(),
-            ..Self::default()
-        }
-    }
-
     /// Whether the policy needs the namespace's labels to decide.
-    pub fn needs_labels(&self, namespace: &str) -> bool {
+    pub(crate) fn needs_labels(&self, namespace: &str) -> bool {
         !self.namespaces.contains(namespace) && self.selector.is_some()
     }
 
@@ -99,7 +91,7 @@ impl AdoptionPolicy {
     }
 
     /// The refusal for a namespace the policy does not admit, if it does not.
-    pub fn check_namespace(
+    pub(crate) fn check_namespace(
         &self,
         namespace: &str,
         labels: &BTreeMap<String, String>,
@@ -138,7 +130,7 @@ impl Refusal {
 
 /// Another resource's hold on a Kinde object, as the controllers found it in their stores.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claim {
+pub(crate) struct Claim {
     /// `<namespace>/<name>` of the other resource.
     pub holder: String,
     /// How it holds the object (`current`, `retiring`, `adopted first`, `creating`).
@@ -147,7 +139,7 @@ pub struct Claim {
 
 /// What is known of a Kinde application someone wants to adopt.
 #[derive(Debug, Clone)]
-pub struct AppFacts<'a> {
+pub(crate) struct AppFacts<'a> {
     pub id: &'a str,
     pub client_id: &'a str,
     pub name: &'a str,
@@ -157,7 +149,11 @@ pub struct AppFacts<'a> {
 
 /// Checks an application's adoption before any Kinde call: never the management client,
 /// never another resource's object.
-pub fn check_app_id(id: &str, management_client_id: &str, claims: &[Claim]) -> Result<(), Refusal> {
+pub(crate) fn check_app_id(
+    id: &str,
+    management_client_id: &str,
+    claims: &[Claim],
+) -> Result<(), Refusal> {
     if id == management_client_id {
         return Err(Refusal::refused(format!(
             "Kinde application {id} is the operator's own management application; it is never adopted"
@@ -167,7 +163,7 @@ pub fn check_app_id(id: &str, management_client_id: &str, claims: &[Claim]) -> R
 }
 
 /// Checks an application's adoption once it was read from Kinde.
-pub fn check_app(
+pub(crate) fn check_app(
     app: &AppFacts<'_>,
     management_client_id: &str,
     own_marker_body: &str,
@@ -198,7 +194,7 @@ pub fn check_app(
 
 /// What is known of a Kinde API someone wants to adopt.
 #[derive(Debug, Clone)]
-pub struct ApiFacts<'a> {
+pub(crate) struct ApiFacts<'a> {
     pub id: &'a str,
     pub audience: &'a str,
     pub is_management_api: bool,
@@ -206,7 +202,7 @@ pub struct ApiFacts<'a> {
 
 /// Checks an API's adoption once it was read from Kinde: never the Management API, never
 /// another resource's API.
-pub fn check_api(
+pub(crate) fn check_api(
     api: &ApiFacts<'_>,
     management_audience: &str,
     claims: &[Claim],
@@ -224,7 +220,7 @@ pub fn check_api(
 }
 
 /// Refuses an object another resource holds.
-pub fn check_claims(what: &str, id: &str, claims: &[Claim]) -> Result<(), Refusal> {
+pub(crate) fn check_claims(what: &str, id: &str, claims: &[Claim]) -> Result<(), Refusal> {
     match claims.first() {
         None => Ok(()),
         Some(c) => Err(Refusal::refused(format!(
@@ -235,7 +231,7 @@ pub fn check_claims(what: &str, id: &str, claims: &[Claim]) -> Result<(), Refusa
 }
 
 /// The refusal for deleting an adopted object when the policy keeps adopted objects.
-pub fn check_destructive(policy: &AdoptionPolicy, what: &str) -> Result<(), Refusal> {
+pub(crate) fn check_destructive(policy: &AdoptionPolicy, what: &str) -> Result<(), Refusal> {
     if policy.allow_delete {
         return Ok(());
     }
@@ -245,14 +241,14 @@ pub fn check_destructive(policy: &AdoptionPolicy, what: &str) -> Result<(), Refu
 }
 
 /// The body of an operator name marker (`<name> [kmo:<body>]`), if `name` carries one.
-pub fn marker_body(name: &str) -> Option<&str> {
+fn marker_body(name: &str) -> Option<&str> {
     let start = name.rfind(" [kmo:")?;
     name[start + " [kmo:".len()..].trim_end().strip_suffix(']')
 }
 
 /// Whether `name` carries a marker of the object whose UID marker body is `uid_body`
 /// (its creation marker `[kmo:<body>]` or a rotation's `[kmo:<body>:<hash>]`).
-pub fn carries_marker_of(name: &str, uid_body: &str) -> bool {
+pub(crate) fn carries_marker_of(name: &str, uid_body: &str) -> bool {
     marker_body(name).is_some_and(|b| {
         b.strip_prefix(uid_body)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with(':'))
@@ -260,7 +256,7 @@ pub fn carries_marker_of(name: &str, uid_body: &str) -> bool {
 }
 
 /// Parses an equality-based label selector: `k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-joined.
-pub fn parse_selector(s: &str) -> Result<Selector, String> {
+fn parse_selector(s: &str) -> Result<Selector, String> {
     let mut exprs = Vec::new();
     for term in s.split(',').map(str::trim) {
         if term.is_empty() {

@@ -14,53 +14,43 @@ pub const READY: &str = "Ready";
 pub const SYNCED: &str = "Synced";
 
 /// `status` of a condition that holds.
-pub const TRUE: &str = "True";
+const TRUE: &str = "True";
 /// `status` of a condition that does not hold.
-pub const FALSE: &str = "False";
-/// `status` of a condition whose state is not known yet.
-pub const UNKNOWN: &str = "Unknown";
+pub(crate) const FALSE: &str = "False";
 
 /// Condition reasons (UpperCamelCase, stable: users and alerts match on them).
 pub mod reasons {
     /// Everything converged.
-    pub const RECONCILED: &str = "Reconciled";
+    pub(crate) const RECONCILED: &str = "Reconciled";
     /// The `m2m.kinde-operator.io/paused` annotation stops Kinde writes.
     pub const PAUSED: &str = "Paused";
-    /// Work in progress (first reconcile, creation in Kinde under way).
-    pub const PROGRESSING: &str = "Progressing";
-    /// A Kinde call failed (transport, 5xx, rate limit after retries, unexpected answer).
-    pub const KINDE_ERROR: &str = "KindeError";
     /// The spec cannot be acted on (checked again by the operator, e.g. on servers without CEL).
-    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub(crate) const INVALID_SPEC: &str = "InvalidSpec";
     /// An adopted (`external-id`) Kinde object does not exist in Kinde.
-    pub const EXTERNAL_NOT_FOUND: &str = "ExternalNotFound";
+    pub(crate) const EXTERNAL_NOT_FOUND: &str = "ExternalNotFound";
     /// The `external-id` annotation is set in a namespace the cluster's adoption policy
     /// does not admit (see `src/adoption.rs`).
-    pub const ADOPTION_NOT_PERMITTED: &str = "AdoptionNotPermitted";
+    pub(crate) const ADOPTION_NOT_PERMITTED: &str = "AdoptionNotPermitted";
     /// The `external-id` annotation names an object that is never adopted: the operator's
     /// management application, another resource's object, or one the adoption policy keeps
     /// from deletion while the spec would delete it.
-    pub const ADOPTION_REFUSED: &str = "AdoptionRefused";
-    /// Deletion is under way (finalizer running).
-    pub const DELETING: &str = "Deleting";
+    pub(crate) const ADOPTION_REFUSED: &str = "AdoptionRefused";
 
     // ApiRegistration
     /// The audience already exists in Kinde and the API is not adopted; the message names
     /// the Kinde API id to adopt.
-    pub const AUDIENCE_IN_USE: &str = "AudienceInUse";
+    pub(crate) const AUDIENCE_IN_USE: &str = "AudienceInUse";
     /// The audience is the Kinde Management API's (or a Kinde API flagged
     /// `is_management_api`): refused without any Kinde write.
-    pub const MANAGEMENT_API_REFUSED: &str = "ManagementApiRefused";
+    pub(crate) const MANAGEMENT_API_REFUSED: &str = "ManagementApiRefused";
     /// Deletion (policy `Delete`) waits while ApiGrants still reference the API.
-    pub const IN_USE: &str = "InUse";
+    pub(crate) const IN_USE: &str = "InUse";
 
     // M2MApplication
     /// The credentials Secret exists and is not owned by this M2MApplication.
-    pub const SECRET_CONFLICT: &str = "SecretConflict";
-    /// A credential rotation is in progress.
-    pub const ROTATING: &str = "Rotating";
+    pub(crate) const SECRET_CONFLICT: &str = "SecretConflict";
     /// A requested rotation waits: too many earlier credentials are still in their overlap.
-    pub const ROTATION_DEFERRED: &str = "RotationDeferred";
+    pub(crate) const ROTATION_DEFERRED: &str = "RotationDeferred";
 
     // ApiGrant
     /// `spec.applicationRef` names no M2MApplication.
@@ -68,15 +58,15 @@ pub mod reasons {
     /// `spec.apiRef` names no ApiRegistration.
     pub const API_NOT_FOUND: &str = "ApiNotFound";
     /// A scope of `spec.scopes` is not declared on the ApiRegistration.
-    pub const SCOPE_NOT_FOUND: &str = "ScopeNotFound";
+    pub(crate) const SCOPE_NOT_FOUND: &str = "ScopeNotFound";
     /// The ApiRegistration's `grantPolicy` does not admit the grant's namespace.
-    pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
+    pub(crate) const REF_NOT_PERMITTED: &str = "RefNotPermitted";
     /// An older ApiGrant already grants the same application access to the same API.
     pub const CONFLICT: &str = "Conflict";
     /// The referenced M2MApplication is not Ready yet.
-    pub const WAITING_FOR_APPLICATION: &str = "WaitingForApplication";
+    pub(crate) const WAITING_FOR_APPLICATION: &str = "WaitingForApplication";
     /// The referenced ApiRegistration is not Ready yet.
-    pub const WAITING_FOR_API: &str = "WaitingForApi";
+    pub(crate) const WAITING_FOR_API: &str = "WaitingForApi";
 }
 
 /// Build a condition stamped `now`. `status` true maps to `"True"`, false to `"False"`.
@@ -84,7 +74,7 @@ pub mod reasons {
 /// An empty `message` is replaced by `reason`: the message is for humans, and the project's
 /// v1.20 test apiserver (built with a swapped `reflect2`) decodes `""` inside custom
 /// resources as `null`, refusing the whole status write ("must be of type string").
-pub fn new_condition(
+pub(crate) fn new_condition(
     type_: &str,
     status: bool,
     reason: &str,
@@ -114,7 +104,7 @@ pub fn new_condition(
 /// observedGeneration are still updated). Returns whether anything other than the timestamp
 /// changed, so a caller can skip a no-op status write. Order of existing conditions is kept;
 /// a new type is appended.
-pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) -> bool {
+pub(crate) fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) -> bool {
     match conditions.iter_mut().find(|c| c.type_ == new.type_) {
         Some(existing) => {
             if existing.status == new.status {
@@ -132,12 +122,15 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) -> boo
 }
 
 /// The condition of this type, if present.
-pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+pub(crate) fn find_condition<'a>(
+    conditions: &'a [Condition],
+    type_: &str,
+) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
 }
 
 /// Whether the condition of this type is present with status `"True"`.
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+pub(crate) fn is_true(conditions: &[Condition], type_: &str) -> bool {
     find_condition(conditions, type_).is_some_and(|c| c.status == TRUE)
 }
 
@@ -163,14 +156,7 @@ mod tests {
         let mut conds = vec![];
         assert!(set_condition(
             &mut conds,
-            new_condition(
-                READY,
-                false,
-                reasons::PROGRESSING,
-                "creating",
-                Some(1),
-                at(10)
-            )
+            new_condition(READY, false, reasons::PAUSED, "paused", Some(1), at(10))
         ));
         assert!(set_condition(
             &mut conds,
@@ -186,8 +172,8 @@ mod tests {
         let mut conds = vec![new_condition(
             READY,
             false,
-            reasons::PROGRESSING,
-            "creating",
+            reasons::PAUSED,
+            "paused",
             Some(1),
             at(10),
         )];
@@ -215,8 +201,8 @@ mod tests {
         let mut conds = vec![new_condition(
             READY,
             false,
-            reasons::PROGRESSING,
-            "creating",
+            reasons::PAUSED,
+            "paused",
             Some(1),
             at(10),
         )];

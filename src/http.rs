@@ -27,12 +27,12 @@ impl State {
         }
     }
 
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
     /// The metrics in Prometheus text format.
-    pub fn render_metrics(&self) -> Result<String, std::fmt::Error> {
+    fn render_metrics(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
@@ -67,7 +67,7 @@ async fn metrics(AxumState(state): AxumState<State>) -> impl IntoResponse {
 }
 
 /// The router, separate from `serve` for tests.
-pub fn router(state: State) -> Router {
+pub(crate) fn router(state: State) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -39,7 +39,7 @@ use crate::kinde::WriteFence;
 
 /// Timing of the election, as in client-go's defaults.
 #[derive(Clone, Debug)]
-pub struct LeaseConfig {
+pub(crate) struct LeaseConfig {
     pub namespace: String,
     pub name: String,
     /// This replica's identity (pod name + a random suffix).
@@ -195,7 +195,7 @@ enum CallError {
 }
 
 /// A candidate for leadership.
-pub struct LeaderElector {
+pub(crate) struct LeaderElector {
     api: Api<Lease>,
     config: LeaseConfig,
     observed: std::sync::Mutex<Option<Observed>>,
@@ -215,14 +215,14 @@ impl LeaderElector {
 
     /// Fences Kinde writes to this elector's terms: `fence` allows writes only until the
     /// step-down instant of the last successful claim (see `kinde::WriteFence`).
-    pub fn with_fence(mut self, fence: Arc<WriteFence>) -> Self {
+    pub(crate) fn with_fence(mut self, fence: Arc<WriteFence>) -> Self {
         self.fence = fence;
         self
     }
 
     /// Waits until this replica holds the Lease; returns the instant at which the winning
     /// attempt started (what [`LeaderElector::keep`] counts the renew deadline from).
-    pub async fn acquire(&self) -> Instant {
+    pub(crate) async fn acquire(&self) -> Instant {
         let mut reported = None::<String>;
         loop {
             let started = Instant::now();

@@ -1,15 +1,15 @@
 //! kinde-m2m-operator: manage Kinde machine-to-machine access declaratively.
 //!
 //! The library holds everything; `src/main.rs` only parses the command line and calls in.
-//! `emulator` is a separate product part (a faithful Kinde emulator for tests and local
-//! trial): nothing outside `emulator` and `main.rs` may import it.
+//! The Kinde emulator is a separate crate (`crates/kinde-emulator`, a faithful Kinde
+//! emulator for tests and local trial): this library never imports it; only `main.rs` and
+//! the tests do (tests/boundaries.rs checks it).
 #![forbid(unsafe_code)]
 
 pub mod adoption;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
-pub mod emulator;
 pub mod http;
 pub mod kinde;
 pub mod leader;

@@ -2,7 +2,8 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use kinde_m2m_operator::{crd, emulator, rotate, run, telemetry};
+use kinde_emulator as emulator;
+use kinde_m2m_operator::{crd, rotate, run, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(name = "kinde-m2m-operator", version, about)]

@@ -16,13 +16,13 @@ use secrecy::{ExposeSecret, SecretString};
 pub use crate::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 /// Kinde application id behind the Secret, for people and tools looking at the Secret alone
 /// (which app to look up in the Kinde dashboard, which one a leaked secret belongs to).
-pub const APPLICATION_ID_ANNOTATION: &str = "m2m.kinde-operator.io/application-id";
+const APPLICATION_ID_ANNOTATION: &str = "m2m.kinde-operator.io/application-id";
 
-pub const KEY_DOMAIN: &str = "KINDE_DOMAIN";
-pub const KEY_CLIENT_ID: &str = "KINDE_CLIENT_ID";
-pub const KEY_CLIENT_SECRET: &str = "KINDE_CLIENT_SECRET";
-pub const KEY_TOKEN_URL: &str = "KINDE_TOKEN_URL";
-pub const KEY_AUDIENCE: &str = "KINDE_AUDIENCE";
+const KEY_DOMAIN: &str = "KINDE_DOMAIN";
+pub(crate) const KEY_CLIENT_ID: &str = "KINDE_CLIENT_ID";
+pub(crate) const KEY_CLIENT_SECRET: &str = "KINDE_CLIENT_SECRET";
+const KEY_TOKEN_URL: &str = "KINDE_TOKEN_URL";
+pub(crate) const KEY_AUDIENCE: &str = "KINDE_AUDIENCE";
 
 /// Everything that goes into the Secret.
 pub struct Credentials<'a> {
@@ -87,7 +87,7 @@ pub fn build(place: &Placement<'_>, creds: &Credentials<'_>) -> Secret {
 /// Secret someone else creates at the same moment makes the create fail instead of being
 /// taken over by a server-side apply; the content follows in an apply that is conditional
 /// on the placeholder's resourceVersion.
-pub fn placeholder(desired: &Secret) -> Secret {
+pub(crate) fn placeholder(desired: &Secret) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: desired.metadata.name.clone(),
@@ -106,7 +106,7 @@ pub fn placeholder(desired: &Secret) -> Secret {
 
 /// True when the object with `existing` metadata is controlled by `owner` (same UID,
 /// controller flag set).
-pub fn is_owned_by(existing: &ObjectMeta, owner: &OwnerReference) -> bool {
+pub(crate) fn is_owned_by(existing: &ObjectMeta, owner: &OwnerReference) -> bool {
     existing
         .owner_references
         .iter()
@@ -116,7 +116,7 @@ pub fn is_owned_by(existing: &ObjectMeta, owner: &OwnerReference) -> bool {
 
 /// True when `existing` lacks something `desired` sets: a data key or value, a label or
 /// annotation we own, the type. Extra labels and annotations others added are left alone.
-pub fn needs_update(existing: &Secret, desired: &Secret) -> bool {
+pub(crate) fn needs_update(existing: &Secret, desired: &Secret) -> bool {
     let subset = |want: &Option<BTreeMap<String, String>>,
                   have: &Option<BTreeMap<String, String>>| {
         want.iter()
@@ -139,13 +139,13 @@ pub fn needs_update(existing: &Secret, desired: &Secret) -> bool {
 }
 
 /// Reads a key of a Secret as text (the client secret stays wrapped).
-pub fn read_key(secret: &Secret, key: &str) -> Option<String> {
+pub(crate) fn read_key(secret: &Secret, key: &str) -> Option<String> {
     let value = secret.data.as_ref()?.get(key)?;
     String::from_utf8(value.0.clone()).ok()
 }
 
 /// Whether a key of a Secret holds exactly `value` (compares bytes; copies nothing).
-pub fn key_is(secret: &Secret, key: &str, value: &str) -> bool {
+pub(crate) fn key_is(secret: &Secret, key: &str, value: &str) -> bool {
     secret
         .data
         .as_ref()

@@ -5,12 +5,12 @@
 /// Longest object name whose Events the API server accepts: kube's recorder names an Event
 /// `<object name>.<nanoseconds, hex>` (16 hex digits for years to come) and names are
 /// DNS-1123 subdomains of at most 253 characters.
-pub const MAX_NAME_FOR_EVENTS: usize = 253 - 17;
+pub(crate) const MAX_NAME_FOR_EVENTS: usize = 253 - 17;
 
 /// A DNS-1123 subdomain (object names such as a Secret's): at most 253 characters,
 /// lowercase alphanumerics, `-` and `.`, each dot-separated part starting and ending with an
 /// alphanumeric.
-pub fn is_dns1123_subdomain(s: &str) -> bool {
+pub(crate) fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|part| {
@@ -25,7 +25,7 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
 
 /// A label or annotation key: an optional DNS-1123 subdomain prefix and `/`, then a name of
 /// 1-63 alphanumerics, `-`, `_` and `.`, starting and ending with an alphanumeric.
-pub fn is_qualified_name(key: &str) -> bool {
+pub(crate) fn is_qualified_name(key: &str) -> bool {
     let (prefix, name) = match key.split_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
@@ -35,7 +35,7 @@ pub fn is_qualified_name(key: &str) -> bool {
 
 /// A label value: empty, or 1-63 alphanumerics, `-`, `_` and `.`, starting and ending with
 /// an alphanumeric.
-pub fn is_label_value(v: &str) -> bool {
+pub(crate) fn is_label_value(v: &str) -> bool {
     v.is_empty() || is_label_name(v)
 }
 

@@ -30,7 +30,7 @@ mod support_openapi;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use kinde_m2m_operator::emulator;
+use kinde_emulator as emulator;
 use kinde_m2m_operator::kinde::types::{ApplicationType, CreateApplicationRequest};
 use reqwest::Method;
 use serde_json::{Value, json};

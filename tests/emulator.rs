@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use kinde_m2m_operator::emulator::{self, EmulatorConfig, RunningEmulator};
+use kinde_emulator::{EmulatorConfig, RunningEmulator};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -19,7 +19,9 @@ struct Env {
 }
 
 async fn start_with(config: EmulatorConfig) -> Env {
-    let emu = emulator::spawn(config).await.expect("emulator starts");
+    let emu = kinde_emulator::spawn(config)
+        .await
+        .expect("emulator starts");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -59,8 +61,8 @@ impl Env {
         let (status, body) = self
             .token_request(&[
                 ("grant_type", "client_credentials"),
-                ("client_id", emulator::DEFAULT_CLIENT_ID),
-                ("client_secret", emulator::DEFAULT_CLIENT_SECRET),
+                ("client_id", kinde_emulator::DEFAULT_CLIENT_ID),
+                ("client_secret", kinde_emulator::DEFAULT_CLIENT_SECRET),
                 ("audience", &audience),
             ])
             .await;
@@ -843,7 +845,7 @@ async fn token_endpoint_issues_kinde_shaped_tokens() {
     // Management token: claims and JWKS verification.
     let audience = env.emu.management_audience();
     let claims = verify(&env, &env.token, &audience).await;
-    assert_eq!(claims["azp"], emulator::DEFAULT_CLIENT_ID);
+    assert_eq!(claims["azp"], kinde_emulator::DEFAULT_CLIENT_ID);
     assert_eq!(claims["aud"], json!([audience]));
     assert_eq!(claims["gty"], json!(["client_credentials"]));
     assert_eq!(claims["iss"], env.emu.domain());
@@ -1244,8 +1246,8 @@ async fn faults_status_latency_and_lost_responses() {
     let (s, b) = env
         .token_request(&[
             ("grant_type", "client_credentials"),
-            ("client_id", emulator::DEFAULT_CLIENT_ID),
-            ("client_secret", emulator::DEFAULT_CLIENT_SECRET),
+            ("client_id", kinde_emulator::DEFAULT_CLIENT_ID),
+            ("client_secret", kinde_emulator::DEFAULT_CLIENT_SECRET),
             ("audience", &audience),
         ])
         .await;
@@ -1562,7 +1564,7 @@ async fn state_file_survives_a_restart() {
     assert!(file.exists());
     env.emu.shutdown().await;
 
-    let emu = emulator::spawn(config).await.unwrap();
+    let emu = kinde_emulator::spawn(config).await.unwrap();
     let env2 = Env {
         emu,
         http: env.http.clone(),
@@ -1584,7 +1586,7 @@ async fn state_file_survives_a_restart() {
     // Revocation is persisted too.
     env2.control(Method::POST, "/tokens/revoke", None).await;
     env2.emu.shutdown().await;
-    let emu = emulator::spawn(EmulatorConfig {
+    let emu = kinde_emulator::spawn(EmulatorConfig {
         state_file: Some(file.clone()),
         domain: Some("https://example.kinde.test".to_owned()),
         ..EmulatorConfig::default()
@@ -1796,7 +1798,7 @@ async fn not_found_mode_404() {
         (s, error_code(&b)),
         (StatusCode::BAD_REQUEST, "APPLICATION_NOT_FOUND")
     );
-    let bad = emulator::spawn(EmulatorConfig {
+    let bad = kinde_emulator::spawn(EmulatorConfig {
         not_found_status: 418,
         ..EmulatorConfig::default()
     })

@@ -7,7 +7,7 @@ mod support_kinde;
 
 use std::time::Duration;
 
-use kinde_m2m_operator::emulator::{self, EmulatorConfig};
+use kinde_emulator::EmulatorConfig;
 use kinde_m2m_operator::kinde::types::Authorization;
 use kinde_m2m_operator::kinde::{KindeError, Operation, Transient};
 use reqwest::Method;
@@ -89,7 +89,11 @@ async fn applications_lifecycle() {
             .iter()
             .any(|a| a.id == created.id && a.name == "billing-v2")
     );
-    assert!(listed.iter().any(|a| a.id == emulator::DEFAULT_CLIENT_ID));
+    assert!(
+        listed
+            .iter()
+            .any(|a| a.id == kinde_emulator::DEFAULT_CLIENT_ID)
+    );
 
     // Org-scoped creation reaches Kinde with the org code.
     let org = client
@@ -572,8 +576,8 @@ async fn refreshed_once(token_invalid_status: u16) {
     short.list_apis(false).await.unwrap();
     let (_, mine) = env
         .app_token(
-            emulator::DEFAULT_CLIENT_ID,
-            emulator::DEFAULT_CLIENT_SECRET,
+            kinde_emulator::DEFAULT_CLIENT_ID,
+            kinde_emulator::DEFAULT_CLIENT_SECRET,
             &env.emu.management_audience(),
         )
         .await;
@@ -680,7 +684,8 @@ async fn refused_credentials_are_unauthorized() {
     let env = Emu::start().await;
 
     // Wrong secret: 401 from the token endpoint, not retried, no management call.
-    let wrong = env.client_with(env.config_with(emulator::DEFAULT_CLIENT_ID, "not-the-secret"));
+    let wrong =
+        env.client_with(env.config_with(kinde_emulator::DEFAULT_CLIENT_ID, "not-the-secret"));
     let err = wrong.list_apis(false).await.unwrap_err();
     assert!(
         matches!(err, KindeError::Unauthorized { status: 401, .. }),
@@ -703,7 +708,7 @@ async fn refused_credentials_are_unauthorized() {
         Method::POST,
         &format!(
             "/applications/{}/rotate-secret",
-            emulator::DEFAULT_CLIENT_ID
+            kinde_emulator::DEFAULT_CLIENT_ID
         ),
         Some(json!({})),
     )

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
-use kinde_m2m_operator::emulator::{self, EmulatorConfig};
+use kinde_emulator::EmulatorConfig;
 use kinde_m2m_operator::kinde::types::Authorization;
 use kinde_m2m_operator::kinde::{KindeClient, KindeError, Operation};
 use reqwest::{Method, StatusCode};
@@ -198,7 +198,7 @@ async fn no_secret_in_logs_or_errors() {
         ..EmulatorConfig::default()
     })
     .await;
-    let mut config = env.config_with(emulator::DEFAULT_CLIENT_ID, mgmt_secret);
+    let mut config = env.config_with(kinde_emulator::DEFAULT_CLIENT_ID, mgmt_secret);
     config.request_timeout = Duration::from_millis(2000);
     let client = env.client_with(config);
 
@@ -273,14 +273,14 @@ async fn no_secret_in_logs_or_errors() {
     errors.push(client.delete_application(&created.id).await.unwrap_err());
     // Wrong and rotated management credentials.
     let wrong_secret = "Wr0ng/Secret+value";
-    let wrong = env.client_with(env.config_with(emulator::DEFAULT_CLIENT_ID, wrong_secret));
+    let wrong = env.client_with(env.config_with(kinde_emulator::DEFAULT_CLIENT_ID, wrong_secret));
     errors.push(wrong.list_apis(false).await.unwrap_err());
     let rotated = env
         .control(
             Method::POST,
             &format!(
                 "/applications/{}/rotate-secret",
-                emulator::DEFAULT_CLIENT_ID
+                kinde_emulator::DEFAULT_CLIENT_ID
             ),
             Some(json!({})),
         )
@@ -306,7 +306,7 @@ async fn no_secret_in_logs_or_errors() {
         );
     }
 
-    let id = emulator::DEFAULT_CLIENT_ID;
+    let id = kinde_emulator::DEFAULT_CLIENT_ID;
     let secrets = vec![
         (
             "the management secret".to_owned(),

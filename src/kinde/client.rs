@@ -19,7 +19,7 @@ use super::types::*;
 use super::{Operation, Result};
 
 /// Kinde caps bulk writes at 100 objects per request, and some list endpoints at 100 a page.
-pub const MAX_BATCH: usize = 100;
+const MAX_BATCH: usize = 100;
 /// Guard against a server that keeps handing out next tokens.
 const MAX_PAGES: usize = 1000;
 /// Most items a listing collects: [`MAX_PAGES`] full pages. A server that ignores

@@ -108,7 +108,7 @@ impl KindeErrorBody {
 
     /// Kinde reports some missing objects as 400 with a `*_NOT_FOUND` code
     /// (`ROUTE_NOT_FOUND` excepted, see [`Self::is_route_not_found`]).
-    pub fn is_not_found_code(&self) -> bool {
+    pub(crate) fn is_not_found_code(&self) -> bool {
         self.code
             .as_deref()
             .is_some_and(|c| c.ends_with("_NOT_FOUND"))
@@ -118,7 +118,7 @@ impl KindeErrorBody {
     /// `ROUTE_NOT_FOUND`: the URL is wrong (domain, path, API version), which says nothing
     /// about the object. Counting it as "gone" would let a delete succeed against a
     /// misconfigured domain and orphan the Kinde object.
-    pub fn is_route_not_found(&self) -> bool {
+    pub(crate) fn is_route_not_found(&self) -> bool {
         self.code.as_deref() == Some("ROUTE_NOT_FOUND")
     }
 }

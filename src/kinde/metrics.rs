@@ -10,14 +10,14 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CallLabels {
+struct CallLabels {
     pub operation: &'static str,
     /// HTTP status code, or `transport` / `timeout` when there was none.
     pub status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OperationLabels {
+struct OperationLabels {
     pub operation: &'static str,
 }
 

@@ -2,7 +2,8 @@
 //! Kinde itself or the emulator.
 //!
 //! `KindeClient` does the HTTP, authentication (cached management token), throttling,
-//! retries and metrics; `KindeApi` is what controllers depend on, so tests can swap it.
+//! retries and metrics. Controllers use it directly; tests point it at the emulator
+//! (`crates/kinde-emulator`) rather than swapping it for a fake.
 
 mod client;
 mod error;
@@ -93,7 +94,7 @@ impl Operation {
 
     /// Whether repeating the request after an unknown outcome is harmless. Creates are not:
     /// names are not unique in Kinde, so a blind retry of a lost create makes a duplicate.
-    pub fn retry_safe(self) -> bool {
+    fn retry_safe(self) -> bool {
         !matches!(
             self,
             Operation::CreateApplication | Operation::CreateApi | Operation::CreateApiScope

@@ -62,7 +62,7 @@ impl Limiter {
     }
 
     /// Waits for a token and a free slot; returns the slot and how long the caller waited.
-    pub async fn acquire(&self) -> (SemaphorePermit<'_>, Duration) {
+    pub(crate) async fn acquire(&self) -> (SemaphorePermit<'_>, Duration) {
         let started = Instant::now();
         loop {
             let (wait, epoch) = self.reserve(Instant::now());
@@ -86,7 +86,7 @@ impl Limiter {
 
     /// Makes every caller wait until `until` (a 429's reset time); never shortens a pause.
     /// The bucket restarts empty at `until`, so the queue drains at the configured rate.
-    pub fn pause_until(&self, until: Instant) {
+    pub(crate) fn pause_until(&self, until: Instant) {
         let mut s = self.lock();
         if s.paused_until.is_some_and(|p| p >= until) {
             return;

@@ -16,12 +16,12 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(60);
 
 /// Shortest lifetime believed: a token said to live `0` s would be fetched (and billed)
 /// for every call.
-pub(crate) const MIN_LIFETIME: Duration = Duration::from_secs(1);
+const MIN_LIFETIME: Duration = Duration::from_secs(1);
 /// Longest lifetime believed: a day, Kinde's default M2M token lifetime. A longer claim
 /// (`expires_in` near `u64::MAX` overflowed `Instant + Duration` and panicked) costs
 /// nothing but one fetch a day; a token Kinde stops accepting earlier is refreshed on the
 /// 401/403 anyway.
-pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(86_400);
+const MAX_LIFETIME: Duration = Duration::from_secs(86_400);
 
 /// The lifetime to cache a token for, from the token endpoint's `expires_in` (seconds;
 /// one hour when absent, the OAuth2 default Kinde documents), clamped to
@@ -97,7 +97,7 @@ impl TokenCache {
     }
 
     /// Drops the token Kinde refused, unless another task already replaced it.
-    pub async fn invalidate(&self, generation: u64) {
+    pub(crate) async fn invalidate(&self, generation: u64) {
         let mut slot = self.slot.lock().await;
         if let Some(c) = slot.as_mut().filter(|c| c.generation == generation) {
             c.refresh_at = Instant::now();

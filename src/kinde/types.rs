@@ -88,7 +88,7 @@ pub(crate) struct CreateApiRequest<'a> {
 }
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct IdOnly {
+pub struct IdOnly {
     pub id: String,
 }
 

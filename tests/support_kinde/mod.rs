@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use kinde_m2m_operator::emulator::{self, EmulatorConfig, RunningEmulator};
+use kinde_emulator::{EmulatorConfig, RunningEmulator};
 use kinde_m2m_operator::kinde::{KindeClient, KindeConfig, KindeMetrics};
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
@@ -22,7 +22,9 @@ impl Emu {
     }
 
     pub async fn start_with(config: EmulatorConfig) -> Self {
-        let emu = emulator::spawn(config).await.expect("emulator starts");
+        let emu = kinde_emulator::spawn(config)
+            .await
+            .expect("emulator starts");
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
@@ -36,7 +38,10 @@ impl Emu {
 
     /// A client config for the default management credentials, tuned for tests.
     pub fn config(&self) -> KindeConfig {
-        self.config_with(emulator::DEFAULT_CLIENT_ID, emulator::DEFAULT_CLIENT_SECRET)
+        self.config_with(
+            kinde_emulator::DEFAULT_CLIENT_ID,
+            kinde_emulator::DEFAULT_CLIENT_SECRET,
+        )
     }
 
     pub fn config_with(&self, client_id: &str, client_secret: &str) -> KindeConfig {

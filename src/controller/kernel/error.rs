@@ -73,7 +73,7 @@ impl Error {
     }
 
     /// Whether this is a wait (deletion paused, or held by users), not a failure.
-    pub fn is_wait(&self) -> bool {
+    pub(crate) fn is_wait(&self) -> bool {
         matches!(self.inner(), Error::Blocked { .. })
     }
 

@@ -143,7 +143,7 @@ impl AuthorizeBatcher {
 
     /// (De)authorizes `client_id` for `api_id`, sharing the Kinde call with others
     /// submitted for the same API meanwhile.
-    pub async fn submit(
+    pub(crate) async fn submit(
         &self,
         api_id: &str,
         client_id: &str,

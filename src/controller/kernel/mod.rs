@@ -7,6 +7,7 @@
 mod bookkeeping;
 mod error;
 mod kinde_state;
+mod outcome;
 pub mod rules;
 mod stores;
 
@@ -30,15 +31,16 @@ pub use bookkeeping::{FailureCounts, WrittenVersions};
 use bookkeeping::{current_copy, object_key};
 pub use error::{Error, Result};
 pub use kinde_state::{ApiSnapshots, AuthorizeBatcher};
+pub use outcome::Outcome;
 use rules::{
-    WAIT_RECHECK, deletion_report, failure_backoff, paused_conditions, set_conditions, set_failure,
-    with_jitter,
+    WAIT_RECHECK, deletion_report, failure_backoff, outcome_event, requeue_after, set_conditions,
+    set_outcome_conditions, with_jitter,
 };
 pub use rules::{effective_deletion_policy, error_note, is_older, wait_if_paused};
 pub use stores::{Router, StoreSet};
 
 use crate::adoption::AdoptionPolicy;
-use crate::conditions::{self, reasons};
+use crate::conditions;
 use crate::kinde::KindeClient;
 use crate::kinde::types::Authorization;
 use crate::metrics::Metrics;
@@ -288,40 +290,6 @@ pub async fn apply_status<K: Managed, S: Serialize + PartialEq>(
     Ok(())
 }
 
-/// How a reconcile ended, short of an error.
-#[derive(Debug)]
-pub enum Outcome {
-    /// Converged: Kinde matches the spec.
-    Ready,
-    /// Converged, with work due within this long (retiring credentials, a scheduled
-    /// rotation): requeue then at the latest.
-    ReadyFor(Duration),
-    /// Paused by annotation; `ready` tells whether the object is usable as it stands.
-    Paused { ready: bool },
-    /// Cannot converge now: waiting on another object, or refused (bad input); the
-    /// reason is a condition reason, the message tells the user what to do.
-    NotReady {
-        reason: &'static str,
-        message: String,
-        requeue: Duration,
-    },
-}
-
-impl Outcome {
-    pub fn not_ready(reason: &'static str, message: impl Into<String>) -> Self {
-        Outcome::NotReady {
-            reason,
-            message: message.into(),
-            requeue: Duration::from_secs(60),
-        }
-    }
-
-    /// An adoption the cluster's policy refuses.
-    pub fn refused(refusal: crate::adoption::Refusal) -> Self {
-        Outcome::not_ready(refusal.reason, refusal.message)
-    }
-}
-
 /// Status types with conditions.
 pub trait HasConditions {
     fn conditions(&self) -> &[Condition];
@@ -343,67 +311,27 @@ pub async fn finish<K: Managed>(
     let old_ready = old
         .and_then(|s| conditions::find_condition(s.conditions(), conditions::READY))
         .map(|c| (c.status.clone(), c.reason.clone()));
-    match &outcome {
-        Ok(Outcome::Ready | Outcome::ReadyFor(_)) => set_conditions(
-            status.conditions_mut(),
-            generation,
-            (
-                true,
-                reasons::RECONCILED,
-                format!("{} is in sync with Kinde", K::KIND),
-            ),
-            (true, reasons::RECONCILED, "last reconcile converged".into()),
-        ),
-        Ok(Outcome::Paused { ready }) => {
-            paused_conditions(status.conditions_mut(), generation, *ready)
-        }
-        Ok(Outcome::NotReady {
-            reason, message, ..
-        }) => set_conditions(
-            status.conditions_mut(),
-            generation,
-            (false, reason, message.clone()),
-            (false, reason, message.clone()),
-        ),
-        Err(e) => set_failure(status.conditions_mut(), generation, e, false),
-    }
+    set_outcome_conditions(status.conditions_mut(), generation, K::KIND, &outcome);
     status.set_observed_generation(generation);
     let changed = old != Some(&status);
     apply_status(ctx, obj, old, &status).await?;
-    if let Ok(Outcome::NotReady {
-        reason, message, ..
-    }) = &outcome
-        && old_ready != Some((conditions::FALSE.to_owned(), (*reason).to_owned()))
-    {
+    if let Some((reason, message)) = outcome_event(old_ready.as_ref(), &outcome) {
         publish(
             ctx,
             &obj.object_ref(&()),
             EventType::Warning,
             reason,
-            message.clone(),
+            message.to_owned(),
             "Reconcile",
         )
         .await;
     }
-    match outcome {
-        Ok(Outcome::Ready) | Ok(Outcome::Paused { .. }) => Ok((resync(ctx), changed)),
-        Ok(Outcome::ReadyFor(d)) if d < ctx.resync => {
-            // A second past the due time, so the work is really due when we look.
-            Ok((Action::requeue(d + Duration::from_secs(1)), changed))
-        }
-        Ok(Outcome::ReadyFor(_)) => Ok((resync(ctx), changed)),
-        // Never later than a resync: what a waiting object depends on without watching it
-        // (a namespace's labels under a `Selector` grant policy) is re-read at least as often
-        // as drift is.
-        Ok(Outcome::NotReady {
-            requeue, reason, ..
-        }) => {
-            let requeue = requeue.min(ctx.resync);
-            tracing::debug!(reason, ?requeue, "not ready; looking again later");
-            Ok((Action::requeue(with_jitter(requeue)), changed))
-        }
-        Err(e) => Err(e),
-    }
+    let outcome = outcome?;
+    let action = match requeue_after(&outcome, ctx.resync) {
+        Some(after) => Action::requeue(after),
+        None => resync(ctx),
+    };
+    Ok((action, changed))
 }
 
 /// Deletes a Kinde application; `false` when it was already gone (Kinde's not-found counts

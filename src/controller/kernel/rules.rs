@@ -9,6 +9,7 @@ use kube::Resource;
 use kube::runtime::events::EventType;
 
 use super::error::{Error, Result};
+use super::outcome::Outcome;
 use crate::conditions::{self, reasons};
 use crate::crd::{KindeAnnotations, PAUSED_ANNOTATION};
 
@@ -200,6 +201,69 @@ pub fn effective_deletion_policy(
     })
 }
 
+/// Sets Ready and Synced for how a reconcile of a `kind` ended: converged (both True,
+/// `Reconciled`), paused (Synced False `Paused`; Ready says whether the object is usable),
+/// not ready (both False with the reason), or failed (Synced False with the error's reason;
+/// Ready keeps its status, an object that worked keeps working while Kinde fails).
+pub(super) fn set_outcome_conditions(
+    conds: &mut Vec<Condition>,
+    generation: Option<i64>,
+    kind: &str,
+    outcome: &Result<Outcome>,
+) {
+    match outcome {
+        Ok(Outcome::Ready | Outcome::ReadyFor(_)) => set_conditions(
+            conds,
+            generation,
+            (
+                true,
+                reasons::RECONCILED,
+                format!("{kind} is in sync with Kinde"),
+            ),
+            (true, reasons::RECONCILED, "last reconcile converged".into()),
+        ),
+        Ok(Outcome::Paused { ready }) => paused_conditions(conds, generation, *ready),
+        Ok(Outcome::NotReady {
+            reason, message, ..
+        }) => set_conditions(
+            conds,
+            generation,
+            (false, reason, message.clone()),
+            (false, reason, message.clone()),
+        ),
+        Err(e) => set_failure(conds, generation, e, false),
+    }
+}
+
+/// The Warning Event of a not-Ready outcome, `(reason, message)`: only when Ready was not
+/// already False for that reason (no Event storm while an object waits or is refused).
+pub(super) fn outcome_event<'a>(
+    old_ready: Option<&(String, String)>,
+    outcome: &'a Result<Outcome>,
+) -> Option<(&'a str, &'a str)> {
+    match outcome {
+        Ok(Outcome::NotReady {
+            reason, message, ..
+        }) if old_ready != Some(&(conditions::FALSE.to_owned(), (*reason).to_owned())) => {
+            Some((reason, message))
+        }
+        _ => None,
+    }
+}
+
+/// When to look again after an outcome; `None`: at the next (jittered) resync. Work due
+/// sooner than a resync (retiring credentials, a scheduled rotation) is looked at a second
+/// past its time; a not-Ready object never later than a resync (what it waits on without
+/// watching it, such as a namespace's labels, is re-read at least as often as drift is).
+pub(super) fn requeue_after(outcome: &Outcome, resync: Duration) -> Option<Duration> {
+    match outcome {
+        Outcome::Ready | Outcome::Paused { .. } => None,
+        Outcome::ReadyFor(d) if *d < resync => Some(d.saturating_add(Duration::from_secs(1))),
+        Outcome::ReadyFor(_) => None,
+        Outcome::NotReady { requeue, .. } => Some(with_jitter((*requeue).min(resync))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,5 +309,144 @@ mod tests {
         assert_eq!(kind, EventType::Warning);
         assert!(message.starts_with("deletion cannot finish"), "{message}");
         assert!(!failed.is_wait());
+    }
+
+    fn ready_and_synced(conds: &[Condition]) -> ((String, String), (String, String)) {
+        let get = |t: &str| {
+            conditions::find_condition(conds, t)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+                .unwrap_or_default()
+        };
+        (get(conditions::READY), get(conditions::SYNCED))
+    }
+
+    fn pair(status: &str, reason: &str) -> (String, String) {
+        (status.to_owned(), reason.to_owned())
+    }
+
+    #[test]
+    fn ready_and_synced_per_outcome() {
+        let not_ready = |r: &'static str| Outcome::not_ready(r, "why");
+        type StatusReason = (String, String);
+        let cases: Vec<(Result<Outcome>, StatusReason, StatusReason)> = vec![
+            (
+                Ok(Outcome::Ready),
+                pair("True", "Reconciled"),
+                pair("True", "Reconciled"),
+            ),
+            (
+                Ok(Outcome::ReadyFor(Duration::from_secs(5))),
+                pair("True", "Reconciled"),
+                pair("True", "Reconciled"),
+            ),
+            (
+                Ok(Outcome::Paused { ready: true }),
+                pair("True", "Reconciled"),
+                pair("False", "Paused"),
+            ),
+            (
+                Ok(Outcome::Paused { ready: false }),
+                pair("False", "Paused"),
+                pair("False", "Paused"),
+            ),
+            (
+                Ok(not_ready(reasons::SECRET_CONFLICT)),
+                pair("False", "SecretConflict"),
+                pair("False", "SecretConflict"),
+            ),
+            (
+                Err(Error::InvalidSpec("bad".into())),
+                pair("False", "InvalidSpec"),
+                pair("False", "InvalidSpec"),
+            ),
+        ];
+        for (outcome, ready, synced) in cases {
+            let mut conds = Vec::new();
+            set_outcome_conditions(&mut conds, Some(3), "M2MApplication", &outcome);
+            assert_eq!(ready_and_synced(&conds), (ready, synced), "{outcome:?}");
+            assert!(conds.iter().all(|c| c.observed_generation == Some(3)));
+        }
+    }
+
+    #[test]
+    fn a_failure_keeps_ready_of_an_object_that_worked() {
+        let mut conds = Vec::new();
+        set_outcome_conditions(&mut conds, Some(1), "ApiGrant", &Ok(Outcome::Ready));
+        let since = conditions::find_condition(&conds, conditions::READY)
+            .map(|c| c.last_transition_time.clone());
+        let err = Error::Blocked {
+            reason: "KindeUnavailable",
+            message: "Kinde is down".into(),
+        };
+        set_outcome_conditions(&mut conds, Some(1), "ApiGrant", &Err(err));
+        let (ready, synced) = ready_and_synced(&conds);
+        assert_eq!(ready, pair("True", "Reconciled"));
+        assert_eq!(synced, pair("False", "KindeUnavailable"));
+        assert_eq!(
+            conditions::find_condition(&conds, conditions::READY)
+                .map(|c| c.last_transition_time.clone()),
+            since,
+            "lastTransitionTime kept while Ready holds"
+        );
+    }
+
+    #[test]
+    fn not_ready_events_once_per_reason() {
+        let outcome = Ok(Outcome::not_ready(reasons::CONFLICT, "older grant wins"));
+        assert_eq!(
+            outcome_event(None, &outcome),
+            Some((reasons::CONFLICT, "older grant wins"))
+        );
+        assert_eq!(
+            outcome_event(Some(&pair("True", "Reconciled")), &outcome).map(|e| e.0),
+            Some("Conflict")
+        );
+        assert_eq!(
+            outcome_event(Some(&pair("False", "Conflict")), &outcome),
+            None
+        );
+        assert_eq!(outcome_event(None, &Ok(Outcome::Ready)), None);
+    }
+
+    #[test]
+    fn requeues() {
+        let resync = Duration::from_secs(600);
+        assert_eq!(requeue_after(&Outcome::Ready, resync), None);
+        assert_eq!(
+            requeue_after(&Outcome::ReadyFor(Duration::from_secs(30)), resync),
+            Some(Duration::from_secs(31))
+        );
+        assert_eq!(
+            requeue_after(&Outcome::ReadyFor(Duration::from_secs(3600)), resync),
+            None
+        );
+        let waiting = Outcome::NotReady {
+            reason: reasons::WAITING_FOR_API,
+            message: String::new(),
+            requeue: Duration::from_secs(3600),
+        };
+        let after = requeue_after(&waiting, resync).expect("requeued");
+        assert!(after >= resync && after <= resync.mul_f64(1.1), "{after:?}");
+    }
+
+    #[test]
+    fn deletion_policy_defaults() {
+        use crate::crd::DeletionPolicy;
+        assert_eq!(
+            effective_deletion_policy(None, false),
+            DeletionPolicy::Delete
+        );
+        assert_eq!(
+            effective_deletion_policy(None, true),
+            DeletionPolicy::Orphan
+        );
+        assert_eq!(
+            effective_deletion_policy(Some(DeletionPolicy::Delete), true),
+            DeletionPolicy::Delete
+        );
+        assert_eq!(
+            effective_deletion_policy(Some(DeletionPolicy::Orphan), false),
+            DeletionPolicy::Orphan
+        );
     }
 }

@@ -89,7 +89,7 @@ impl<K: Resource<DynamicType = ()> + 'static> Router<K> {
     }
 
     /// Queues a reconcile of `namespace/name` (dropped if that namespace is not watched).
-    pub fn wake(&self, namespace: &str, name: &str) {
+    pub(crate) fn wake(&self, namespace: &str, name: &str) {
         if let Some((_, tx)) = self
             .slots
             .iter()
@@ -101,7 +101,7 @@ impl<K: Resource<DynamicType = ()> + 'static> Router<K> {
     }
 
     /// Queues a reconcile of each object.
-    pub fn wake_all<'a>(&self, objs: impl IntoIterator<Item = &'a Arc<K>>) {
+    pub(crate) fn wake_all<'a>(&self, objs: impl IntoIterator<Item = &'a Arc<K>>) {
         for o in objs {
             if let Some(ns) = o.namespace() {
                 self.wake(&ns, &o.name_any());

@@ -11,10 +11,10 @@ use axum::http::Method;
 use serde::{Deserialize, Serialize};
 
 /// The token endpoint's operation name.
-pub const TOKEN: &str = "token";
+pub(crate) const TOKEN: &str = "token";
 
 /// Every operation name a fault can target.
-pub const OPERATIONS: &[&str] = &[
+pub(crate) const OPERATIONS: &[&str] = &[
     "createApplication",
     "getApplication",
     "getApplications",
@@ -37,7 +37,7 @@ pub const OPERATIONS: &[&str] = &[
 
 /// The operation a request addresses, from its method and path; `None` for anything that
 /// is not an emulated Kinde operation (control surface, JWKS, unknown routes).
-pub fn classify(method: &Method, path: &str) -> Option<&'static str> {
+pub(crate) fn classify(method: &Method, path: &str) -> Option<&'static str> {
     if path == "/oauth2/token" {
         return (method == Method::POST).then_some(TOKEN);
     }
@@ -73,25 +73,25 @@ pub fn classify(method: &Method, path: &str) -> Option<&'static str> {
 /// A fault as posted to `POST /_emulator/faults`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FaultSpec {
-    pub operation: String,
+pub(crate) struct FaultSpec {
+    pub(crate) operation: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
+    pub(crate) status: Option<u16>,
     #[serde(default = "one")]
-    pub times: u32,
+    pub(crate) times: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latency_ms: Option<u64>,
+    pub(crate) latency_ms: Option<u64>,
     #[serde(default)]
-    pub drop_response: bool,
+    pub(crate) drop_response: bool,
     /// Finish the call even if the client has given up meanwhile (with `latency_ms`
     /// longer than the client's timeout: a create Kinde completes after the client
     /// reported its outcome unknown).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub detached: bool,
+    pub(crate) detached: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
+    pub(crate) body: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub headers: Option<BTreeMap<String, String>>,
+    pub(crate) headers: Option<BTreeMap<String, String>>,
 }
 
 fn one() -> u32 {
@@ -100,7 +100,7 @@ fn one() -> u32 {
 
 impl FaultSpec {
     /// Rejects faults that could never apply or do nothing.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if !OPERATIONS.contains(&self.operation.as_str()) {
             return Err(format!(
                 "unknown operation {:?}; expected one of {}",
@@ -137,9 +137,9 @@ impl FaultSpec {
 /// A fixed-window request budget for management calls.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct RateLimit {
-    pub requests: u32,
-    pub per_seconds: u64,
+pub(crate) struct RateLimit {
+    pub(crate) requests: u32,
+    pub(crate) per_seconds: u64,
 }
 
 /// A cap on management calls in flight at once, as Kinde's concurrency limiter: a call
@@ -147,10 +147,10 @@ pub struct RateLimit {
 /// reset_secs` and is not processed.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct ConcurrencyLimit {
-    pub max_in_flight: u32,
+pub(crate) struct ConcurrencyLimit {
+    pub(crate) max_in_flight: u32,
     #[serde(default = "one_second")]
-    pub reset_secs: u64,
+    pub(crate) reset_secs: u64,
 }
 
 fn one_second() -> u64 {
@@ -160,7 +160,7 @@ fn one_second() -> u64 {
 impl ConcurrencyLimit {
     /// Whether one more call may start while `in_flight` are being served; the refusal
     /// carries the `RateLimit-Reset` seconds.
-    pub fn admit(&self, in_flight: u32) -> Result<(), u64> {
+    pub(crate) fn admit(&self, in_flight: u32) -> Result<(), u64> {
         if in_flight < self.max_in_flight {
             Ok(())
         } else {
@@ -178,15 +178,15 @@ struct Window {
 
 /// Counters of one operation, as `GET /_emulator/calls` shows them.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Counter {
-    pub calls: u64,
-    pub writes: u64,
-    pub statuses: BTreeMap<String, u64>,
+pub(crate) struct Counter {
+    pub(crate) calls: u64,
+    pub(crate) writes: u64,
+    pub(crate) statuses: BTreeMap<String, u64>,
 }
 
 /// Faults, rate limit and counters behind one lock.
 #[derive(Debug, Default)]
-pub struct Harness {
+pub(crate) struct Harness {
     faults: VecDeque<FaultSpec>,
     window: Option<Window>,
     concurrency: Option<ConcurrencyLimit>,
@@ -197,22 +197,22 @@ pub struct Harness {
 }
 
 impl Harness {
-    pub fn add_fault(&mut self, fault: FaultSpec) {
+    pub(crate) fn add_fault(&mut self, fault: FaultSpec) {
         self.faults.push_back(fault);
     }
 
-    pub fn faults(&self) -> Vec<FaultSpec> {
+    pub(crate) fn faults(&self) -> Vec<FaultSpec> {
         self.faults.iter().cloned().collect()
     }
 
-    pub fn clear_faults(&mut self) -> usize {
+    pub(crate) fn clear_faults(&mut self) -> usize {
         let n = self.faults.len();
         self.faults.clear();
         n
     }
 
     /// Takes one use of the oldest pending fault for `op`.
-    pub fn take_fault(&mut self, op: &str) -> Option<FaultSpec> {
+    pub(crate) fn take_fault(&mut self, op: &str) -> Option<FaultSpec> {
         let idx = self.faults.iter().position(|f| f.operation == op)?;
         let fault = self.faults.get_mut(idx)?;
         fault.times -= 1;
@@ -223,7 +223,7 @@ impl Harness {
         Some(taken)
     }
 
-    pub fn set_rate_limit(&mut self, limit: Option<RateLimit>) {
+    pub(crate) fn set_rate_limit(&mut self, limit: Option<RateLimit>) {
         self.window = limit.map(|limit| Window {
             limit,
             started: Instant::now(),
@@ -231,13 +231,13 @@ impl Harness {
         });
     }
 
-    pub fn rate_limit(&self) -> Option<RateLimit> {
+    pub(crate) fn rate_limit(&self) -> Option<RateLimit> {
         self.window.as_ref().map(|w| w.limit)
     }
 
     /// Spends one request of the budget, or returns the whole seconds until the window
     /// resets (at least 1) when it is exhausted.
-    pub fn admit(&mut self, now: Instant) -> Result<(), u64> {
+    pub(crate) fn admit(&mut self, now: Instant) -> Result<(), u64> {
         let Some(w) = self.window.as_mut() else {
             return Ok(());
         };
@@ -256,24 +256,24 @@ impl Harness {
 
     /// Back to the initial state (no faults, limits or counters), still counting the calls
     /// in flight so that their end is accounted for.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         *self = Self {
             in_flight: self.in_flight,
             ..Self::default()
         };
     }
 
-    pub fn set_concurrency_limit(&mut self, limit: Option<ConcurrencyLimit>) {
+    pub(crate) fn set_concurrency_limit(&mut self, limit: Option<ConcurrencyLimit>) {
         self.concurrency = limit;
     }
 
-    pub fn concurrency_limit(&self) -> Option<ConcurrencyLimit> {
+    pub(crate) fn concurrency_limit(&self) -> Option<ConcurrencyLimit> {
         self.concurrency
     }
 
     /// Starts serving one management call, or returns the `RateLimit-Reset` seconds when
     /// the concurrency limit is reached. Every `Ok` must be paired with [`Self::leave`].
-    pub fn enter(&mut self) -> Result<(), u64> {
+    pub(crate) fn enter(&mut self) -> Result<(), u64> {
         if let Some(limit) = &self.concurrency {
             limit.admit(self.in_flight)?;
         }
@@ -282,19 +282,19 @@ impl Harness {
     }
 
     /// One call admitted by [`Self::enter`] is done.
-    pub fn leave(&mut self) {
+    pub(crate) fn leave(&mut self) {
         self.in_flight = self.in_flight.saturating_sub(1);
     }
 
-    pub fn count_call(&mut self, op: &'static str) {
+    pub(crate) fn count_call(&mut self, op: &'static str) {
         self.counters.entry(op).or_default().calls += 1;
     }
 
-    pub fn count_write(&mut self, op: &'static str) {
+    pub(crate) fn count_write(&mut self, op: &'static str) {
         self.counters.entry(op).or_default().writes += 1;
     }
 
-    pub fn count_status(&mut self, op: &'static str, status: &str) {
+    pub(crate) fn count_status(&mut self, op: &'static str, status: &str) {
         *self
             .counters
             .entry(op)
@@ -304,11 +304,11 @@ impl Harness {
             .or_default() += 1;
     }
 
-    pub fn counters(&self) -> BTreeMap<&'static str, Counter> {
+    pub(crate) fn counters(&self) -> BTreeMap<&'static str, Counter> {
         self.counters.clone()
     }
 
-    pub fn reset_counters(&mut self) {
+    pub(crate) fn reset_counters(&mut self) {
         self.counters.clear();
     }
 }

@@ -11,11 +11,11 @@ use rsa::rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 
 /// Name of the always-present Kinde Management API.
-pub const MANAGEMENT_API_NAME: &str = "Kinde Management API";
+const MANAGEMENT_API_NAME: &str = "Kinde Management API";
 
 /// Every management scope the emulator knows, i.e. the scope list of the Kinde Management
 /// API. Includes the two spellings that only appear (typo'd) in the spec's descriptions.
-pub const MANAGEMENT_SCOPE_CATALOGUE: &[&str] = &[
+const MANAGEMENT_SCOPE_CATALOGUE: &[&str] = &[
     "read:applications",
     "create:applications",
     "update:applications",
@@ -36,11 +36,11 @@ pub const MANAGEMENT_SCOPE_CATALOGUE: &[&str] = &[
 
 /// The spec's typo'd spellings (from the descriptions of `deleteAPIScope` and
 /// `deleteAPIApplicationScope`): accepted, but not granted by default.
-pub const TYPO_SCOPES: &[&str] = &["delete:apis_scopes", "delete:apis_application_scopes"];
+const TYPO_SCOPES: &[&str] = &["delete:apis_scopes", "delete:apis_application_scopes"];
 
 /// Scopes granted to the management client in the initial state: everything the operator
 /// needs, i.e. the catalogue with the corrected spelling of the two typo'd scopes.
-pub fn default_management_scopes() -> Vec<String> {
+fn default_management_scopes() -> Vec<String> {
     MANAGEMENT_SCOPE_CATALOGUE
         .iter()
         .filter(|s| !TYPO_SCOPES.contains(s))
@@ -50,14 +50,14 @@ pub fn default_management_scopes() -> Vec<String> {
 
 /// A management API failure: HTTP status plus the `errors[0]` code and message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KindeError {
-    pub status: u16,
-    pub code: &'static str,
-    pub message: String,
+pub(crate) struct KindeError {
+    pub(crate) status: u16,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
 }
 
 impl KindeError {
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status: 400,
             code,
@@ -87,7 +87,7 @@ impl KindeError {
 
 /// Why a dashboard rotation was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RotateRefusal {
+pub(crate) enum RotateRefusal {
     NoSuchApplication,
     /// A previous secret is still retained: the dashboard asks to delete it first.
     PreviousSecretRetained,
@@ -98,7 +98,7 @@ pub enum RotateRefusal {
 /// Application types as the create/get endpoints spell them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum AppType {
+pub(crate) enum AppType {
     Reg,
     Spa,
     M2m,
@@ -106,7 +106,7 @@ pub enum AppType {
 }
 
 impl AppType {
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "reg" => Some(Self::Reg),
             "spa" => Some(Self::Spa),
@@ -116,7 +116,7 @@ impl AppType {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Reg => "reg",
             Self::Spa => "spa",
@@ -126,7 +126,7 @@ impl AppType {
     }
 
     /// The human-readable label `GET /api/v1/apis/{id}` uses in `applications[].type`.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Reg => "Back-end web",
             Self::Spa => "Front-end and mobile",
@@ -137,23 +137,23 @@ impl AppType {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Application {
-    pub id: String,
-    pub name: String,
+pub(crate) struct Application {
+    pub(crate) id: String,
+    pub(crate) name: String,
     #[serde(rename = "type")]
-    pub app_type: AppType,
-    pub org_code: Option<String>,
-    pub client_secret: String,
+    pub(crate) app_type: AppType,
+    pub(crate) org_code: Option<String>,
+    pub(crate) client_secret: String,
     /// Secrets kept working by a dashboard-style rotation with "retain old secret".
     #[serde(default)]
-    pub retained_secrets: Vec<String>,
+    pub(crate) retained_secrets: Vec<String>,
     /// Creation order; the default (unsorted) listing order.
-    pub seq: u64,
+    pub(crate) seq: u64,
 }
 
 impl Application {
     /// Position in a listing sorted by `sort` (ascending; `NameDesc` reverses it).
-    pub fn sort_key(&self, sort: AppSort) -> SortKey {
+    pub(crate) fn sort_key(&self, sort: AppSort) -> SortKey {
         match sort {
             AppSort::Created => (format!("{:020}", self.seq), String::new(), self.id.clone()),
             AppSort::NameAsc | AppSort::NameDesc => name_sort_key(&self.name, &self.id),
@@ -161,7 +161,7 @@ impl Application {
     }
 
     /// Whether `secret` authenticates this client (current or retained secret).
-    pub fn secret_matches(&self, secret: &str) -> bool {
+    pub(crate) fn secret_matches(&self, secret: &str) -> bool {
         constant_time_eq(&self.client_secret, secret)
             || self
                 .retained_secrets
@@ -171,32 +171,32 @@ impl Application {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ApiScope {
-    pub id: String,
-    pub key: String,
-    pub description: String,
+pub(crate) struct ApiScope {
+    pub(crate) id: String,
+    pub(crate) key: String,
+    pub(crate) description: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Api {
-    pub id: String,
-    pub name: String,
-    pub audience: String,
-    pub is_management_api: bool,
-    pub scopes: Vec<ApiScope>,
+pub(crate) struct Api {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) audience: String,
+    pub(crate) is_management_api: bool,
+    pub(crate) scopes: Vec<ApiScope>,
     /// Authorized applications (by id) and the scope ids each was given on this API.
-    pub grants: BTreeMap<String, BTreeSet<String>>,
-    pub seq: u64,
+    pub(crate) grants: BTreeMap<String, BTreeSet<String>>,
+    pub(crate) seq: u64,
 }
 
 impl Api {
     /// Position in the name-sorted listing.
-    pub fn sort_key(&self) -> SortKey {
+    pub(crate) fn sort_key(&self) -> SortKey {
         name_sort_key(&self.name, &self.id)
     }
 
     /// Keys of the given scope ids, in the API's scope order.
-    pub fn scope_keys(&self, ids: &BTreeSet<String>) -> Vec<String> {
+    pub(crate) fn scope_keys(&self, ids: &BTreeSet<String>) -> Vec<String> {
         self.scopes
             .iter()
             .filter(|s| ids.contains(&s.id))
@@ -207,25 +207,25 @@ impl Api {
 
 /// The whole business. Serialised verbatim into the state file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Store {
-    pub applications: BTreeMap<String, Application>,
-    pub apis: BTreeMap<String, Api>,
-    pub management_client_id: String,
-    pub management_api_id: String,
+pub(crate) struct Store {
+    pub(crate) applications: BTreeMap<String, Application>,
+    pub(crate) apis: BTreeMap<String, Api>,
+    pub(crate) management_client_id: String,
+    pub(crate) management_api_id: String,
     next_seq: u64,
 }
 
 /// Outcome of `PATCH /api/v1/apis/{id}/applications`.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct AuthorizationChange {
-    pub connected: Vec<String>,
-    pub disconnected: Vec<String>,
-    pub changed: bool,
+pub(crate) struct AuthorizationChange {
+    pub(crate) connected: Vec<String>,
+    pub(crate) disconnected: Vec<String>,
+    pub(crate) changed: bool,
 }
 
 /// Sort orders of `GET /api/v1/applications`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AppSort {
+pub(crate) enum AppSort {
     Created,
     NameAsc,
     NameDesc,
@@ -234,7 +234,7 @@ pub enum AppSort {
 impl Store {
     /// The initial state: the Kinde Management API, and the management client authorized
     /// on it with the default scopes.
-    pub fn new(domain: &str, client_id: &str, client_secret: &str) -> Self {
+    pub(crate) fn new(domain: &str, client_id: &str, client_secret: &str) -> Self {
         let mut store = Self {
             applications: BTreeMap::new(),
             apis: BTreeMap::new(),
@@ -271,7 +271,7 @@ impl Store {
 
     /// A fresh initial state that keeps the management API's id (clients may have
     /// cached it).
-    pub fn reset(&self, domain: &str, client_id: &str, client_secret: &str) -> Self {
+    pub(crate) fn reset(&self, domain: &str, client_id: &str, client_secret: &str) -> Self {
         let mut fresh = Self::new(domain, client_id, client_secret);
         let new_id =
             std::mem::replace(&mut fresh.management_api_id, self.management_api_id.clone());
@@ -285,7 +285,7 @@ impl Store {
     /// Makes a loaded store agree with the current configuration: the management API's
     /// audience follows the domain, and the configured management client exists with the
     /// configured secret (keeping its grants if it already existed).
-    pub fn ensure_management_client(&mut self, domain: &str, client_id: &str, secret: &str) {
+    pub(crate) fn ensure_management_client(&mut self, domain: &str, client_id: &str, secret: &str) {
         let audience = management_audience(domain);
         let mgmt_api_id = self.management_api_id.clone();
         if let Some(api) = self.apis.get_mut(&mgmt_api_id) {
@@ -317,13 +317,13 @@ impl Store {
         self.next_seq
     }
 
-    pub fn management_api(&self) -> Option<&Api> {
+    fn management_api(&self) -> Option<&Api> {
         self.apis.get(&self.management_api_id)
     }
 
     /// Replaces the management client's scopes on the management API (authorizing it if
     /// needed). Unknown keys are added to the management API's scope list first.
-    pub fn set_management_scopes(&mut self, keys: &[String]) {
+    pub(crate) fn set_management_scopes(&mut self, keys: &[String]) {
         let client = self.management_client_id.clone();
         let Some(api) = self.apis.get_mut(&self.management_api_id) else {
             return;
@@ -347,7 +347,7 @@ impl Store {
         api.grants.insert(client, ids);
     }
 
-    pub fn management_scopes(&self) -> Vec<String> {
+    pub(crate) fn management_scopes(&self) -> Vec<String> {
         self.management_api()
             .and_then(|api| {
                 api.grants
@@ -359,7 +359,7 @@ impl Store {
 
     // ---- applications ----
 
-    pub fn create_application(
+    pub(crate) fn create_application(
         &mut self,
         name: String,
         app_type: AppType,
@@ -380,14 +380,14 @@ impl Store {
         app
     }
 
-    pub fn application(&self, id: &str) -> Result<&Application, KindeError> {
+    pub(crate) fn application(&self, id: &str) -> Result<&Application, KindeError> {
         self.applications
             .get(id)
             .ok_or_else(KindeError::app_not_found)
     }
 
     /// Renames; returns whether anything changed.
-    pub fn rename_application(
+    pub(crate) fn rename_application(
         &mut self,
         id: &str,
         name: Option<String>,
@@ -406,7 +406,7 @@ impl Store {
     }
 
     /// Deletes the application and every grant it had.
-    pub fn delete_application(&mut self, id: &str) -> Result<(), KindeError> {
+    pub(crate) fn delete_application(&mut self, id: &str) -> Result<(), KindeError> {
         self.applications
             .remove(id)
             .ok_or_else(KindeError::app_not_found)?;
@@ -417,7 +417,7 @@ impl Store {
     }
 
     /// Applications in the requested order.
-    pub fn sorted_applications(&self, sort: AppSort) -> Vec<&Application> {
+    pub(crate) fn sorted_applications(&self, sort: AppSort) -> Vec<&Application> {
         let mut apps: Vec<&Application> = self.applications.values().collect();
         apps.sort_by_cached_key(|a| a.sort_key(sort));
         if sort == AppSort::NameDesc {
@@ -430,7 +430,11 @@ impl Store {
     /// dashboard (docs: "Rotate client secret"), only back-end (`reg`) and M2M apps have a
     /// secret to rotate, and while a previous secret is retained it must be deleted first
     /// ([`Self::delete_previous_secret`]) before another rotation.
-    pub fn rotate_secret(&mut self, id: &str, retain_old: bool) -> Result<String, RotateRefusal> {
+    pub(crate) fn rotate_secret(
+        &mut self,
+        id: &str,
+        retain_old: bool,
+    ) -> Result<String, RotateRefusal> {
         let app = self
             .applications
             .get_mut(id)
@@ -451,7 +455,7 @@ impl Store {
 
     /// The dashboard's "Delete previous client secret": the retained secret stops working.
     /// Returns whether there was one.
-    pub fn delete_previous_secret(&mut self, id: &str) -> Result<bool, KindeError> {
+    pub(crate) fn delete_previous_secret(&mut self, id: &str) -> Result<bool, KindeError> {
         let app = self
             .applications
             .get_mut(id)
@@ -463,7 +467,11 @@ impl Store {
 
     // ---- APIs ----
 
-    pub fn create_api(&mut self, name: String, audience: String) -> Result<String, KindeError> {
+    pub(crate) fn create_api(
+        &mut self,
+        name: String,
+        audience: String,
+    ) -> Result<String, KindeError> {
         if self.apis.values().any(|a| a.audience == audience) {
             return Err(KindeError::bad_request(
                 "API_AUDIENCE_ALREADY_EXISTS",
@@ -487,11 +495,11 @@ impl Store {
         Ok(id)
     }
 
-    pub fn api(&self, id: &str) -> Result<&Api, KindeError> {
+    pub(crate) fn api(&self, id: &str) -> Result<&Api, KindeError> {
         self.apis.get(id).ok_or_else(KindeError::api_not_found)
     }
 
-    pub fn api_by_audience(&self, audience: &str) -> Option<&Api> {
+    pub(crate) fn api_by_audience(&self, audience: &str) -> Option<&Api> {
         self.apis.values().find(|a| a.audience == audience)
     }
 
@@ -507,20 +515,20 @@ impl Store {
         Ok(api)
     }
 
-    pub fn delete_api(&mut self, id: &str) -> Result<(), KindeError> {
+    pub(crate) fn delete_api(&mut self, id: &str) -> Result<(), KindeError> {
         self.modifiable_api(id)?;
         self.apis.remove(id);
         Ok(())
     }
 
     /// APIs sorted by name (then id, for a stable order among equal names).
-    pub fn sorted_apis(&self) -> Vec<&Api> {
+    pub(crate) fn sorted_apis(&self) -> Vec<&Api> {
         let mut apis: Vec<&Api> = self.apis.values().collect();
         apis.sort_by_cached_key(|a| a.sort_key());
         apis
     }
 
-    pub fn create_scope(
+    pub(crate) fn create_scope(
         &mut self,
         api_id: &str,
         key: String,
@@ -542,7 +550,7 @@ impl Store {
         Ok(id)
     }
 
-    pub fn scope(&self, api_id: &str, scope_id: &str) -> Result<&ApiScope, KindeError> {
+    pub(crate) fn scope(&self, api_id: &str, scope_id: &str) -> Result<&ApiScope, KindeError> {
         self.api(api_id)?
             .scopes
             .iter()
@@ -551,7 +559,7 @@ impl Store {
     }
 
     /// Updates the description; returns whether anything changed.
-    pub fn update_scope(
+    pub(crate) fn update_scope(
         &mut self,
         api_id: &str,
         scope_id: &str,
@@ -573,7 +581,7 @@ impl Store {
     }
 
     /// Deletes the scope and removes it from every application's grant on the API.
-    pub fn delete_scope(&mut self, api_id: &str, scope_id: &str) -> Result<(), KindeError> {
+    pub(crate) fn delete_scope(&mut self, api_id: &str, scope_id: &str) -> Result<(), KindeError> {
         let api = self.modifiable_api(api_id)?;
         let before = api.scopes.len();
         api.scopes.retain(|s| s.id != scope_id);
@@ -589,7 +597,7 @@ impl Store {
     /// Authorizes (`delete == false`) or de-authorizes applications, all or nothing:
     /// every id is checked before anything changes. De-authorizing drops the app's
     /// scopes on the API.
-    pub fn update_api_applications(
+    pub(crate) fn update_api_applications(
         &mut self,
         api_id: &str,
         ops: &[(String, bool)],
@@ -619,7 +627,7 @@ impl Store {
     }
 
     /// Gives an authorized application a scope on an API; returns whether it changed.
-    pub fn add_application_scope(
+    pub(crate) fn add_application_scope(
         &mut self,
         api_id: &str,
         app_id: &str,
@@ -643,7 +651,7 @@ impl Store {
     /// Takes a scope away from an application on an API; returns whether it changed.
     /// Removing a scope the application does not have (or from an application not
     /// authorized for the API) is a successful no-op.
-    pub fn remove_application_scope(
+    pub(crate) fn remove_application_scope(
         &mut self,
         api_id: &str,
         app_id: &str,
@@ -663,13 +671,13 @@ impl Store {
 }
 
 /// Audience of the Kinde Management API for a domain.
-pub fn management_audience(domain: &str) -> String {
+pub(crate) fn management_audience(domain: &str) -> String {
     format!("{}/api", domain.trim_end_matches('/'))
 }
 
 /// Where an item sits in a listing, compared as a tuple; a `next_token` carries the key
 /// of the last item of a page.
-pub type SortKey = (String, String, String);
+pub(crate) type SortKey = (String, String, String);
 
 /// Name order: case-insensitive, then exact name, then id (so equal names are stable).
 fn name_sort_key(name: &str, id: &str) -> SortKey {
@@ -681,13 +689,13 @@ fn new_scope_id() -> String {
 }
 
 /// `len` lowercase hex characters from the OS RNG.
-pub fn random_hex(len: usize) -> String {
+pub(crate) fn random_hex(len: usize) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     random_from(HEX, len)
 }
 
 /// `len` alphanumeric characters from the OS RNG (client secrets).
-pub fn random_alnum(len: usize) -> String {
+fn random_alnum(len: usize) -> String {
     const ALNUM: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     random_from(ALNUM, len)
 }
@@ -709,7 +717,7 @@ fn random_from(alphabet: &[u8], len: usize) -> String {
 }
 
 /// Comparison whose time does not depend on where the strings differ.
-pub fn constant_time_eq(a: &str, b: &str) -> bool {
+fn constant_time_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     if a.len() != b.len() {
         return false;

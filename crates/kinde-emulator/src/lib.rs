@@ -4,24 +4,27 @@
 //!
 //! It is an independent implementation of the contract (`management-api.yaml`), written
 //! without looking at the operator's client, so that a misreading on either side shows up
-//! as a failing test. Nothing outside this module (and `main.rs`) may import it.
+//! as a failing test. Its own crate: it depends on nothing of the operator, and of the
+//! operator only the binary (`src/main.rs`) and the tests import it
+//! (`tests/boundaries.rs`). Its public surface is what those use: [`spawn`], [`run`],
+//! [`EmulatorConfig`], [`EmulatorArgs`], [`RunningEmulator`] and the default credentials.
 //!
-//! - [`state`]: the business (applications, APIs, scopes, grants) and its operations.
-//! - [`tokens`]: the signing key, JWT minting/verification, revocation.
+//! - `state`: the business (applications, APIs, scopes, grants) and its operations.
+//! - `tokens`: the signing key, JWT minting/verification, revocation.
 //! - `management`: `/api/v1/...`; `oauth`: `/oauth2/token` and the JWKS.
 //! - `control`: the `/_emulator/...` control surface for tests (faults, rate limit, ...).
-//! - [`faults`]: operation names, fault queue, rate limiter, call counters.
+//! - `faults`: operation names, fault queue, rate limiter, call counters.
 //! - `server`: shared state, persistence, router and middleware.
 //!
 //! User documentation: `docs/emulator.md`.
 
 mod control;
-pub mod faults;
+mod faults;
 mod management;
 mod oauth;
 mod server;
-pub mod state;
-pub mod tokens;
+mod state;
+mod tokens;
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -41,7 +44,7 @@ pub const DEFAULT_CLIENT_ID: &str = "emulator-management-client";
 /// Management client secret used when none is configured (development only).
 pub const DEFAULT_CLIENT_SECRET: &str = "emulator-management-secret";
 /// Default listen address of `kinde-m2m-operator emulator`.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 
 /// How long a shutdown waits for in-flight requests before cutting connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -51,29 +54,29 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct EmulatorArgs {
     /// Address to listen on (port 0 picks a free port; the actual URL is printed).
     #[arg(long, env = "KINDE_EMULATOR_LISTEN", default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
+    listen: SocketAddr,
     /// Public base URL of the emulated business: token issuer, and `<domain>/api` is the
     /// management audience. Default: the emulator's own URL.
     #[arg(long, env = "KINDE_EMULATOR_DOMAIN")]
-    pub domain: Option<String>,
+    domain: Option<String>,
     /// Client id of the pre-authorized management M2M application.
     #[arg(long, env = "KINDE_CLIENT_ID", default_value = DEFAULT_CLIENT_ID)]
-    pub client_id: String,
+    client_id: String,
     /// Client secret of the management application.
     #[arg(long, env = "KINDE_CLIENT_SECRET", default_value = DEFAULT_CLIENT_SECRET, hide_default_value = true, hide_env_values = true)]
-    pub client_secret: String,
+    client_secret: String,
     /// JSON file to keep state (including the signing key) across restarts; written
     /// atomically after every change.
     #[arg(long, env = "KINDE_EMULATOR_STATE_FILE")]
-    pub state_file: Option<PathBuf>,
+    state_file: Option<PathBuf>,
     /// Status of "no such application / API / scope" answers: 400 (with a `*_NOT_FOUND`
     /// code, as the spec documents) or 404 (same body), as other Kinde endpoints answer.
     #[arg(long, env = "KINDE_EMULATOR_NOT_FOUND_STATUS", default_value_t = 400, value_parser = parse_not_found_status)]
-    pub not_found_status: u16,
+    not_found_status: u16,
     /// Status of a missing, expired or revoked management token: 401 (as Kinde) or 403
     /// (the emulator's earlier answer, `TOKEN_INVALID`).
     #[arg(long, env = "KINDE_EMULATOR_TOKEN_INVALID_STATUS", default_value_t = 401, value_parser = parse_token_invalid_status)]
-    pub token_invalid_status: u16,
+    token_invalid_status: u16,
 }
 
 fn parse_not_found_status(s: &str) -> Result<u16, String> {
@@ -151,7 +154,6 @@ impl From<EmulatorArgs> for EmulatorConfig {
 pub struct RunningEmulator {
     base_url: String,
     domain: String,
-    local_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -175,11 +177,6 @@ impl RunningEmulator {
     /// audience.
     pub fn domain(&self) -> &str {
         &self.domain
-    }
-
-    /// The bound socket address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
     }
 
     /// The management API audience, `<domain>/api`.
@@ -276,7 +273,6 @@ pub async fn spawn(config: EmulatorConfig) -> anyhow::Result<RunningEmulator> {
     Ok(RunningEmulator {
         base_url,
         domain,
-        local_addr,
         stop: Some(stop),
         task: Some(task),
     })

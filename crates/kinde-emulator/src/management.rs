@@ -30,7 +30,7 @@ const DEFAULT_PAGE_SIZE: usize = 10;
 /// Docs cap bulk writes at 100 objects per request.
 const MAX_BULK: usize = 100;
 
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route(
             "/api/v1/applications",
@@ -67,7 +67,7 @@ pub fn routes() -> Router<AppState> {
 
 /// Unknown routes and methods: the spec's `not_found_response` (note: `errors` is an
 /// object there, not an array).
-pub async fn route_not_found() -> Response {
+pub(crate) async fn route_not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
         axum::Json(json!({"errors": {"code": "ROUTE_NOT_FOUND", "message": "The requested API route does not exist"}})),
@@ -76,7 +76,7 @@ pub async fn route_not_found() -> Response {
 }
 
 /// The spec's `error_response`: `{"errors":[{"code","message"}]}`.
-pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
         axum::Json(json!({"errors": [{"code": code, "message": message}]})),
@@ -85,7 +85,7 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response
 }
 
 /// A failed management call, rendered as an `error_response`.
-pub struct ApiError(KindeError);
+struct ApiError(KindeError);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -134,7 +134,7 @@ fn ok(status: StatusCode, body: Value) -> Response {
 /// Scopes that satisfy an operation. The two operations without `x-scope` name typo'd
 /// scopes in their descriptions (`delete:apis_scopes`, `delete:apis_application_scopes`);
 /// both the corrected and the spec spelling are accepted.
-pub fn required_scopes(op: &str) -> &'static [&'static str] {
+fn required_scopes(op: &str) -> &'static [&'static str] {
     match op {
         "createApplication" => &["create:applications"],
         "getApplication" | "getApplications" => &["read:applications"],

@@ -55,7 +55,7 @@ use super::server::{
 };
 use super::state::RotateRefusal;
 
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route(
             "/faults",

@@ -29,20 +29,20 @@ use super::tokens::{SigningKey, TokenLedger};
 use super::{control, management, oauth};
 
 /// Default access-token lifetime, as Kinde's default for M2M apps.
-pub const DEFAULT_TOKEN_TTL_SECS: i64 = 3600;
+const DEFAULT_TOKEN_TTL_SECS: i64 = 3600;
 
 /// Answers where the emulator can behave as Kinde does now or as it did before (kept for
 /// clients that must handle both): set at start (`EmulatorConfig`, CLI flags) and through
 /// `PUT /_emulator/config`; `POST /_emulator/reset` restores the start values. Not
 /// persisted: the configuration of each start wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Modes {
+pub(crate) struct Modes {
     /// Status of "no such application / API / scope": 400 (`*_NOT_FOUND` code, the
     /// default, as the spec documents) or 404 (same body).
-    pub not_found_status: u16,
+    pub(crate) not_found_status: u16,
     /// Status of a missing, malformed, expired or revoked management token: 401 (as Kinde
     /// answers, the default) or 403 (the emulator's earlier answer).
-    pub token_invalid_status: u16,
+    pub(crate) token_invalid_status: u16,
 }
 
 impl Default for Modes {
@@ -55,7 +55,7 @@ impl Default for Modes {
 }
 
 /// Checks a `not_found_status` value.
-pub fn check_not_found_status(status: u16) -> Result<u16, String> {
+pub(crate) fn check_not_found_status(status: u16) -> Result<u16, String> {
     match status {
         400 | 404 => Ok(status),
         other => Err(format!("not_found_status must be 400 or 404, got {other}")),
@@ -63,7 +63,7 @@ pub fn check_not_found_status(status: u16) -> Result<u16, String> {
 }
 
 /// Checks a `token_invalid_status` value.
-pub fn check_token_invalid_status(status: u16) -> Result<u16, String> {
+pub(crate) fn check_token_invalid_status(status: u16) -> Result<u16, String> {
     match status {
         401 | 403 => Ok(status),
         other => Err(format!(
@@ -73,11 +73,11 @@ pub fn check_token_invalid_status(status: u16) -> Result<u16, String> {
 }
 
 /// Everything the handlers share.
-pub struct Shared {
-    pub domain: String,
-    pub key: SigningKey,
-    pub management_client_id: String,
-    pub management_client_secret: String,
+pub(crate) struct Shared {
+    pub(crate) domain: String,
+    pub(crate) key: SigningKey,
+    pub(crate) management_client_id: String,
+    pub(crate) management_client_secret: String,
     inner: Mutex<Inner>,
     harness: Mutex<Harness>,
     modes: Mutex<Modes>,
@@ -86,10 +86,10 @@ pub struct Shared {
 }
 
 /// The mutable business state plus what is persisted with it.
-pub struct Inner {
-    pub store: Store,
-    pub ledger: TokenLedger,
-    pub token_ttl_secs: i64,
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) ledger: TokenLedger,
+    pub(crate) token_ttl_secs: i64,
     version: u64,
 }
 
@@ -123,7 +123,7 @@ struct Persister {
 
 impl Shared {
     /// Loads the state file if there is one, else starts fresh with a new key.
-    pub async fn load_or_init(
+    pub(crate) async fn load_or_init(
         domain: String,
         client_id: String,
         client_secret: String,
@@ -190,29 +190,29 @@ impl Shared {
 
     /// The business state. Poisoning is recovered from: every mutation keeps the store
     /// consistent before it can panic, so the data is still usable.
-    pub fn inner(&self) -> MutexGuard<'_, Inner> {
+    pub(crate) fn inner(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn harness(&self) -> MutexGuard<'_, Harness> {
+    pub(crate) fn harness(&self) -> MutexGuard<'_, Harness> {
         self.harness.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn modes(&self) -> Modes {
+    pub(crate) fn modes(&self) -> Modes {
         *self.modes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn set_modes(&self, modes: Modes) {
+    pub(crate) fn set_modes(&self, modes: Modes) {
         *self.modes.lock().unwrap_or_else(|e| e.into_inner()) = modes;
     }
 
     /// Issuer of tokens (the domain).
-    pub fn issuer(&self) -> &str {
+    pub(crate) fn issuer(&self) -> &str {
         &self.domain
     }
 
     /// Saves the current state to the state file, if configured.
-    pub async fn persist(&self) -> anyhow::Result<()> {
+    async fn persist(&self) -> anyhow::Result<()> {
         let Some(persister) = &self.persister else {
             return Ok(());
         };
@@ -248,7 +248,7 @@ impl Shared {
     /// Back to the initial state, keeping the signing key, the management client's
     /// credentials, the management API's id and the revocation ledger (a revoked token
     /// stays revoked).
-    pub fn reset(&self) {
+    pub(crate) fn reset(&self) {
         {
             let mut inner = self.inner();
             inner.store = inner.store.reset(
@@ -276,7 +276,7 @@ async fn write_private(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Parses a JSON request body; an empty or blank body counts as `{}` (a PATCH or POST
 /// without a body).
-pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> serde_json::Result<T> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> serde_json::Result<T> {
     if body.iter().all(u8::is_ascii_whitespace) {
         serde_json::from_slice(b"{}")
     } else {
@@ -288,19 +288,19 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> serde_json::Res
 /// whether it was a business mutation (counted in `writes`) rather than bookkeeping such
 /// as recording an issued token.
 #[derive(Clone, Copy, Debug)]
-pub struct Changed {
-    pub write: bool,
+struct Changed {
+    pub(crate) write: bool,
 }
 
 /// Adds the [`Changed`] marker to a response.
-pub fn changed(mut response: Response, write: bool) -> Response {
+pub(crate) fn changed(mut response: Response, write: bool) -> Response {
     response.extensions_mut().insert(Changed { write });
     response
 }
 
-pub type AppState = Arc<Shared>;
+pub(crate) type AppState = Arc<Shared>;
 
-pub fn router(shared: AppState) -> Router {
+pub(crate) fn router(shared: AppState) -> Router {
     Router::new()
         .merge(management::routes())
         .merge(oauth::routes())
@@ -443,7 +443,7 @@ impl Drop for InFlight {
 /// Marker a handler puts in the extensions of a "no such application / API / scope"
 /// answer, so the not-found mode can set its status.
 #[derive(Clone, Copy, Debug)]
-pub struct NotFoundAnswer;
+pub(crate) struct NotFoundAnswer;
 
 /// A not-found answer (400 `*_NOT_FOUND` as built) with the status of the current mode.
 fn not_found_as(mut response: Response, status: u16) -> Response {
@@ -554,8 +554,8 @@ type KillSwitch = Arc<AtomicBool>;
 
 /// Per-connection info handed to the middleware.
 #[derive(Clone, Debug)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
+pub(crate) struct ConnInfo {
+    pub(crate) peer: SocketAddr,
     kill: KillSwitch,
 }
 
@@ -567,7 +567,7 @@ impl Connected<IncomingStream<'_, KillableListener>> for ConnInfo {
 
 /// A TCP listener whose connections can be aborted from inside a request, so a fault can
 /// lose the response after the write happened, as a network failure would.
-pub struct KillableListener(pub TcpListener);
+pub(crate) struct KillableListener(pub TcpListener);
 
 impl Listener for KillableListener {
     type Io = KillableStream;
@@ -604,7 +604,7 @@ impl Listener for KillableListener {
     }
 }
 
-pub struct KillableStream {
+pub(crate) struct KillableStream {
     inner: TcpStream,
     kill: KillSwitch,
 }

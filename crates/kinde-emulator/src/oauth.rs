@@ -24,7 +24,7 @@ use super::server::{AppState, changed};
 use super::state::AppType;
 use super::tokens::Claims;
 
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/oauth2/token", post(token).fallback(token_wrong_method))
         .route("/.well-known/jwks.json", get(jwks))

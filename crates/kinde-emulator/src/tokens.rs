@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::state::random_hex;
 
 /// The RSA key that signs every token, with the derived JWT keys.
-pub struct SigningKey {
+pub(crate) struct SigningKey {
     pem: String,
     kid: String,
     public: RsaPublicKey,
@@ -39,7 +39,7 @@ impl std::fmt::Debug for SigningKey {
 
 impl SigningKey {
     /// A fresh RSA 2048 key (a second or so even optimised).
-    pub fn generate() -> anyhow::Result<Self> {
+    pub(crate) fn generate() -> anyhow::Result<Self> {
         let key = RsaPrivateKey::new(&mut OsRng, 2048).context("generating RSA key")?;
         let pem = key
             .to_pkcs1_pem(LineEnding::LF)
@@ -49,7 +49,7 @@ impl SigningKey {
     }
 
     /// The key stored in a state file (PKCS#1 PEM).
-    pub fn from_pem(pem: &str) -> anyhow::Result<Self> {
+    pub(crate) fn from_pem(pem: &str) -> anyhow::Result<Self> {
         let key = RsaPrivateKey::from_pkcs1_pem(pem).context("decoding the stored RSA key")?;
         Self::from_key(key, pem.to_owned())
     }
@@ -70,16 +70,12 @@ impl SigningKey {
         })
     }
 
-    pub fn pem(&self) -> &str {
+    pub(crate) fn pem(&self) -> &str {
         &self.pem
     }
 
-    pub fn kid(&self) -> &str {
-        &self.kid
-    }
-
     /// The JWKS document served at `/.well-known/jwks.json`.
-    pub fn jwks(&self) -> serde_json::Value {
+    pub(crate) fn jwks(&self) -> serde_json::Value {
         serde_json::json!({
             "keys": [{
                 "kty": "RSA",
@@ -92,14 +88,19 @@ impl SigningKey {
         })
     }
 
-    pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
+    pub(crate) fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.encoding).context("signing token")
     }
 
     /// Checks signature, `exp`, `iss` and that `aud` contains `audience`.
-    pub fn verify(&self, token: &str, issuer: &str, audience: &str) -> Result<Claims, String> {
+    pub(crate) fn verify(
+        &self,
+        token: &str,
+        issuer: &str,
+        audience: &str,
+    ) -> Result<Claims, String> {
         let mut validation = Validation::new(Algorithm::RS256);
         validation.leeway = 0;
         validation.set_audience(&[audience]);
@@ -113,24 +114,24 @@ impl SigningKey {
 
 /// Claims of a Kinde M2M access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    pub aud: Vec<String>,
-    pub azp: String,
-    pub exp: i64,
-    pub gty: Vec<String>,
-    pub iat: i64,
-    pub iss: String,
-    pub jti: String,
+pub(crate) struct Claims {
+    pub(crate) aud: Vec<String>,
+    pub(crate) azp: String,
+    pub(crate) exp: i64,
+    pub(crate) gty: Vec<String>,
+    pub(crate) iat: i64,
+    pub(crate) iss: String,
+    pub(crate) jti: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub org_code: Option<String>,
-    pub scope: String,
-    pub scp: Vec<String>,
+    pub(crate) org_code: Option<String>,
+    pub(crate) scope: String,
+    pub(crate) scp: Vec<String>,
     /// Kinde's token format version.
-    pub v: String,
+    pub(crate) v: String,
 }
 
 impl Claims {
-    pub fn new(
+    pub(crate) fn new(
         issuer: &str,
         audience: &str,
         client_id: &str,
@@ -157,23 +158,23 @@ impl Claims {
 
 /// Issued and revoked token ids, each with its expiry so the ledger can be pruned.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct TokenLedger {
+pub(crate) struct TokenLedger {
     issued: BTreeMap<String, i64>,
     revoked: BTreeMap<String, i64>,
 }
 
 impl TokenLedger {
-    pub fn record(&mut self, claims: &Claims, now: i64) {
+    pub(crate) fn record(&mut self, claims: &Claims, now: i64) {
         self.prune(now);
         self.issued.insert(claims.jti.clone(), claims.exp);
     }
 
-    pub fn is_revoked(&self, jti: &str) -> bool {
+    pub(crate) fn is_revoked(&self, jti: &str) -> bool {
         self.revoked.contains_key(jti)
     }
 
     /// Revokes every token issued so far; returns how many were still unexpired.
-    pub fn revoke_all(&mut self, now: i64) -> usize {
+    pub(crate) fn revoke_all(&mut self, now: i64) -> usize {
         self.prune(now);
         let n = self.issued.len();
         self.revoked.append(&mut self.issued);
@@ -230,7 +231,7 @@ mod tests {
         assert!(key.verify(&token, "http://iss", "other").is_err());
         assert!(key.verify(&token, "http://other", "aud").is_err());
         let reloaded = SigningKey::from_pem(key.pem()).unwrap();
-        assert_eq!(reloaded.kid(), key.kid());
+        assert_eq!(reloaded.kid, key.kid);
         assert!(reloaded.verify(&token, "http://iss", "aud").is_ok());
         let expired = Claims::new("http://iss", "aud", "c", vec![], None, 1000, 60);
         assert!(
