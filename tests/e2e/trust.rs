@@ -57,6 +57,10 @@ pub fn tests() -> Vec<E2eTest> {
             "trust::failures_back_off_per_object",
             failures_back_off_per_object,
         ),
+        support::test(
+            "trust::waiting_deletions_report_themselves",
+            waiting_deletions_report_themselves,
+        ),
     ]
 }
 
@@ -1034,6 +1038,104 @@ async fn failures_back_off_per_object(ctx: Ctx) -> anyhow::Result<()> {
         emulator
             .control(reqwest::Method::DELETE, "faults", None)
             .await?;
+        Ok(())
+    }
+    .await;
+    with_log(result, &op)
+}
+
+/// Events about `name` with `reason`: `(type, count)` of each (a repeated Event is one
+/// object with a growing series count).
+async fn events_about(ctx: &Ctx, name: &str, reason: &str) -> anyhow::Result<Vec<String>> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(ctx.client.clone(), &ctx.ns);
+    Ok(events
+        .list(&kube::api::ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.name.as_deref() == Some(name))
+                && e.reason.as_deref() == Some(reason)
+        })
+        .map(|e| {
+            let count = e.series.as_ref().map_or(1, |s| s.count);
+            format!("{}x{count}", e.type_.unwrap_or_default())
+        })
+        .collect())
+}
+
+/// A deletion that waits (paused, in use) ends the way apply does: Ready=False and Synced
+/// with the reason and message, one Normal Event (not one per retry), and no reconcile
+/// failure counted.
+async fn waiting_deletions_report_themselves(ctx: Ctx) -> anyhow::Result<()> {
+    ctx.harness.ensure_crds().await?;
+    let emulator = ctx.own_emulator()?;
+    let port = support::free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let op = ctx.run_operator_listening(&emulator, &listen, &[], "10m", &[])?;
+    let result = async {
+        apply_in(
+            &ctx,
+            &ctx.ns,
+            &api_yaml(
+                "held",
+                &[],
+                "  audience: https://held.example.com\n  scopes:\n    - key: read\n      description: Read",
+            ),
+        )
+        .await?;
+        apply_in(&ctx, &ctx.ns, &app_yaml("frozen", &[], "  displayName: Frozen")).await?;
+        apply_in(&ctx, &ctx.ns, &grant_yaml("holder", "frozen", "held", &ctx.ns, &["read"])).await?;
+        wait_reason::<kinde_m2m_operator::crd::ApiGrant>(&ctx, &ctx.ns, "holder", "Reconciled")
+            .await?;
+        merge_patch::<M2MApplication>(
+            &ctx,
+            &ctx.ns,
+            "frozen",
+            json!({"metadata": {"annotations": {"m2m.kinde-operator.io/paused": "true"}}}),
+        )
+        .await?;
+        delete_obj::<M2MApplication>(&ctx, &ctx.ns, "frozen").await?;
+        delete_obj::<ApiRegistration>(&ctx, &ctx.ns, "held").await?;
+        let app = wait_for("the paused deletion to report itself", WAIT, || async {
+            let obj = dyn_api::<M2MApplication>(&ctx, &ctx.ns).get("frozen").await?;
+            let synced = obj.data["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Synced")
+                .cloned()
+                .unwrap_or_default();
+            Ok((synced["reason"] == "Paused"
+                && synced["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("deletion waits")))
+            .then_some(obj))
+        })
+        .await?;
+        ensure!(
+            ready_of(&app).is_some_and(|(s, r, _)| s == "False" && r == "Paused"),
+            "Ready of the paused deletion: {:?}",
+            ready_of(&app)
+        );
+        let api = wait_reason::<ApiRegistration>(&ctx, &ctx.ns, "held", "InUse").await?;
+        ensure!(message(&api).contains("holder"), "{}", message(&api));
+        // Both retry every 30 s: after two retries still one Event each, and no failure.
+        tokio::time::sleep(Duration::from_secs(65)).await;
+        for (name, reason) in [("frozen", "Paused"), ("held", "InUse")] {
+            let seen = events_about(&ctx, name, reason).await?;
+            ensure!(seen == ["Normalx1"], "Events {reason} about {name}: {seen:?}");
+        }
+        let metrics = reqwest::get(format!("http://{listen}/metrics")).await?.text().await?;
+        let failures: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("kinde_m2m_operator_reconcile_failures_total"))
+            .filter(|l| l.contains("Paused") || l.contains("InUse"))
+            .collect();
+        ensure!(failures.is_empty(), "waits counted as failures: {failures:?}");
         Ok(())
     }
     .await;

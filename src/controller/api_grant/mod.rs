@@ -11,8 +11,8 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
 use super::kernel::{
-    Error, Managed, Outcome, Result, apply_status, deauthorize, is_older, namespace_labels,
-    record_change, wait_if_paused,
+    Error, Managed, Outcome, Result, Step, Stop, apply_status, current, deauthorize, is_older,
+    namespace_labels, record_change, wait_if_paused,
 };
 use super::world::{Ctx, World, wake_dependants_of_grant};
 use crate::conditions::{self, reasons};
@@ -119,13 +119,13 @@ struct Resolved {
     scopes: Vec<(String, String)>,
 }
 
-async fn resolve(grant: &ApiGrant, ctx: &Ctx) -> Result<std::result::Result<Resolved, Outcome>> {
+async fn resolve(grant: &ApiGrant, ctx: &Ctx) -> Step<Resolved> {
     let ns = grant
         .namespace()
         .ok_or(Error::MissingMetadata("namespace"))?;
     let app_name = &grant.spec.application_ref.name;
     let Some(app) = ctx.world.apps.get(&ns, app_name) else {
-        return Ok(Err(Outcome::not_ready(
+        return Err(Stop::Outcome(Outcome::not_ready(
             reasons::APPLICATION_NOT_FOUND,
             format!("M2MApplication {ns}/{app_name} (spec.applicationRef.name) does not exist"),
         )));
@@ -138,13 +138,19 @@ async fn resolve(grant: &ApiGrant, ctx: &Ctx) -> Result<std::result::Result<Reso
         } else {
             " (the operator does not watch that namespace)"
         };
-        return Ok(Err(Outcome::not_ready(
+        return Err(Stop::Outcome(Outcome::not_ready(
             reasons::API_NOT_FOUND,
             format!("ApiRegistration {api_ns}/{api_name} (spec.apiRef) does not exist{watched}"),
         )));
     };
+    // The application or API may have just woken this grant with a status its store does
+    // not show yet: decide on their current copies, not stale ones (a grant deciding
+    // "not Ready yet" on a stale copy would wait a whole requeue for a change it was woken
+    // for).
+    let app = current(ctx, app).await?;
+    let api = current(ctx, api).await?;
     if !permitted(ctx, &api, &api_ns, &ns).await? {
-        return Ok(Err(Outcome::not_ready(
+        return Err(Stop::Outcome(Outcome::not_ready(
             reasons::REF_NOT_PERMITTED,
             format!(
                 "the grantPolicy of ApiRegistration {api_ns}/{api_name} does not admit ApiGrants from namespace {ns}"
@@ -159,7 +165,7 @@ async fn resolve(grant: &ApiGrant, ctx: &Ctx) -> Result<std::result::Result<Reso
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {
-        return Ok(Err(Outcome::not_ready(
+        return Err(Stop::Outcome(Outcome::not_ready(
             reasons::SCOPE_NOT_FOUND,
             format!(
                 "ApiRegistration {api_ns}/{api_name} declares no scope {}",
@@ -175,7 +181,7 @@ async fn resolve(grant: &ApiGrant, ctx: &Ctx) -> Result<std::result::Result<Reso
         .map(|g| g.name_any())
         .collect();
     if let Some(winner) = older.first() {
-        return Ok(Err(Outcome::not_ready(
+        return Err(Stop::Outcome(Outcome::not_ready(
             reasons::CONFLICT,
             format!(
                 "ApiGrant {ns}/{winner} already grants {app_name} access to {api_ns}/{api_name}; delete one of them"
@@ -187,7 +193,7 @@ async fn resolve(grant: &ApiGrant, ctx: &Ctx) -> Result<std::result::Result<Reso
         app_status.client_id.clone(),
         conditions::is_true(&app_status.conditions, conditions::READY),
     ) else {
-        return Ok(Err(Outcome::not_ready(
+        return Err(Stop::Outcome(Outcome::not_ready(
             reasons::WAITING_FOR_APPLICATION,
             format!("M2MApplication {ns}/{app_name} is not Ready yet"),
         )));
@@ -199,7 +205,7 @@ async fn resolve(grant: &ApiGrant, ctx: &Ctx) -> Result<std::result::Result<Reso
         api_status.audience.clone(),
         ready,
     ) else {
-        return Ok(Err(Outcome::not_ready(
+        return Err(Stop::Outcome(Outcome::not_ready(
             reasons::WAITING_FOR_API,
             format!("ApiRegistration {api_ns}/{api_name} is not Ready yet"),
         )));
@@ -209,7 +215,7 @@ async fn resolve(grant: &ApiGrant, ctx: &Ctx) -> Result<std::result::Result<Reso
         match api_status.scopes.iter().find(|s| &s.key == key) {
             Some(s) => scopes.push((key.clone(), s.id.clone())),
             None => {
-                return Ok(Err(Outcome::not_ready(
+                return Err(Stop::Outcome(Outcome::not_ready(
                     reasons::WAITING_FOR_API,
                     format!(
                         "scope {key} is not in Kinde yet (ApiRegistration {api_ns}/{api_name})"
@@ -218,14 +224,14 @@ async fn resolve(grant: &ApiGrant, ctx: &Ctx) -> Result<std::result::Result<Reso
             }
         }
     }
-    Ok(Ok(Resolved {
+    Ok(Resolved {
         app,
         api,
         app_id,
         api_id,
         audience,
         scopes,
-    }))
+    })
 }
 
 /// The granted keys whose Kinde scope is still the one granted. A scope deleted and
@@ -259,9 +265,10 @@ async fn permitted(ctx: &Ctx, api: &ApiRegistration, api_ns: &str, grant_ns: &st
 }
 
 async fn converge(grant: &ApiGrant, ctx: &Ctx, status: &mut ApiGrantStatus) -> Result<Outcome> {
-    let r = match resolve(grant, ctx).await? {
+    let r = match resolve(grant, ctx).await {
         Ok(r) => r,
-        Err(outcome) => {
+        Err(Stop::Failed(e)) => return Err(e),
+        Err(Stop::Outcome(outcome)) => {
             // The API's grant policy no longer admits this namespace (policy tightened or
             // namespace label removed): the platform team withdrew the permission, so the
             // access goes too (unless paused). Re-admitting authorizes afresh.
@@ -278,7 +285,6 @@ async fn converge(grant: &ApiGrant, ctx: &Ctx, status: &mut ApiGrantStatus) -> R
                 status.application_id = None;
                 status.audience = None;
                 status.granted_scopes.clear();
-                status.granted_scope_ids.clear();
                 status.granted_scope_ids.clear();
             }
             // Access granted under a reference that no longer resolves (a missing or

@@ -12,8 +12,8 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
 use super::kernel::{
-    Error, Managed, Outcome, Result, adoption_admitted, apply_status, effective_deletion_policy,
-    is_older, record_change, wait_if_paused,
+    Error, Managed, Outcome, Result, Step, Stop, adoption_admitted, apply_status,
+    effective_deletion_policy, is_older, record_change, wait_if_paused,
 };
 use super::world::{Ctx, World, wake_dependants_of_api};
 use crate::adoption;
@@ -193,9 +193,9 @@ async fn converge(
     // Find, adopt or create the Kinde API. A second pass handles an API deleted in Kinde.
     let mut recreated = false;
     let (api_id, kinde_scopes) = loop {
-        let api_id = match ensure_api(obj, ctx, status, paused).await? {
+        let api_id = match ensure_api(obj, ctx, status, paused).await {
             Ok(id) => id,
-            Err(outcome) => return Ok(outcome),
+            Err(stop) => return stop.into_result(),
         };
         match ctx.kinde.list_api_scopes(&api_id).await {
             Ok(scopes) => break (api_id, scopes),
@@ -260,7 +260,7 @@ async fn ensure_api(
     ctx: &Ctx,
     status: &mut ApiRegistrationStatus,
     paused: bool,
-) -> Result<std::result::Result<String, Outcome>> {
+) -> Step<String> {
     let audience = obj.spec.audience.as_str();
     let external = obj.external_id();
     let adopted = status
@@ -270,31 +270,29 @@ async fn ensure_api(
     // Adoption is the platform's to grant: checked before any Kinde call, and again on
     // every reconcile of an adopted API (the policy may have been withdrawn).
     if let Some(id) = external.or(adopted.as_deref()) {
-        if let Err(outcome) = adoption_admitted(ctx, obj).await? {
-            return Ok(Err(outcome));
-        }
+        adoption_admitted(ctx, obj).await?;
         if let Err(refusal) =
             adoption::check_claims("Kinde API", id, &claims_on(ctx, obj, status, id, None))
         {
-            return Ok(Err(Outcome::refused(refusal)));
+            return Err(Stop::Outcome(Outcome::refused(refusal)));
         }
         if obj.spec.deletion_policy == Some(DeletionPolicy::Delete)
             && let Err(refusal) =
                 adoption::check_destructive(&ctx.adoption, "spec.deletionPolicy: Delete")
         {
-            return Ok(Err(Outcome::refused(refusal)));
+            return Err(Stop::Outcome(Outcome::refused(refusal)));
         }
     }
     if let Some(id) = status.api_id.clone()
         && external.is_none_or(|e| e == id)
     {
-        return Ok(Ok(id));
+        return Ok(id);
     }
     if let Some(ext) = external {
         let api = match ctx.kinde_apis.refresh(ext).await {
             Ok(api) => api,
             Err(e) if e.is_not_found() || matches!(e, KindeError::InvalidId { .. }) => {
-                return Ok(Err(Outcome::not_ready(
+                return Err(Stop::Outcome(Outcome::not_ready(
                     reasons::EXTERNAL_NOT_FOUND,
                     format!("no Kinde API with id {ext:?} (from the external-id annotation)"),
                 )));
@@ -309,10 +307,10 @@ async fn ensure_api(
         let claims = claims_on(ctx, obj, status, ext, Some(&api.audience));
         if let Err(refusal) = adoption::check_api(&facts, &ctx.kinde.management_audience(), &claims)
         {
-            return Ok(Err(Outcome::refused(refusal)));
+            return Err(Stop::Outcome(Outcome::refused(refusal)));
         }
         if api.audience != audience {
-            return Ok(Err(Outcome::not_ready(
+            return Err(Stop::Outcome(Outcome::not_ready(
                 reasons::INVALID_SPEC,
                 format!(
                     "Kinde API {ext} has audience {:?} but spec.audience is {audience:?}",
@@ -331,13 +329,13 @@ async fn ensure_api(
             format!("adopted Kinde API {ext} ({audience})"),
         )
         .await;
-        return Ok(Ok(ext.to_owned()));
+        return Ok(ext.to_owned());
     }
 
     let existing = ctx.kinde.list_apis(false).await?;
     if let Some(found) = existing.iter().find(|a| a.audience == audience) {
         if found.is_management_api {
-            return Ok(Err(refuse_management(audience)));
+            return Err(Stop::Outcome(refuse_management(audience)));
         }
         // Our intent record makes an API with this audience ours, unless another
         // ApiRegistration holds it (its create won; ours was refused or is stale).
@@ -346,7 +344,7 @@ async fn ensure_api(
             if held_elsewhere {
                 status.audience = None;
             }
-            return Ok(Err(audience_in_use(audience, &found.id)));
+            return Err(Stop::Outcome(audience_in_use(audience, &found.id)));
         }
         // Our own create from before a crash or a lost response.
         status.api_id = Some(found.id.clone());
@@ -358,10 +356,10 @@ async fn ensure_api(
             format!("created Kinde API {} for {audience}", found.id),
         )
         .await;
-        return Ok(Ok(found.id.clone()));
+        return Ok(found.id.clone());
     }
     if paused {
-        return Ok(Err(Outcome::Paused { ready: false }));
+        return Err(Stop::Outcome(Outcome::Paused { ready: false }));
     }
     // Mark the intent first: a crash after the create is recognised as ours.
     status.audience = Some(audience.to_owned());
@@ -392,7 +390,7 @@ async fn ensure_api(
         format!("created Kinde API {id} for {audience}"),
     )
     .await;
-    Ok(Ok(id))
+    Ok(id)
 }
 
 /// Whether a failed create certainly made nothing in Kinde: a refusal, as opposed to an

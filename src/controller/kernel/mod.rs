@@ -31,7 +31,7 @@ pub use bookkeeping::{FailureCounts, WrittenVersions};
 use bookkeeping::{current_copy, object_key};
 pub use error::{Error, Result};
 pub use kinde_state::{ApiSnapshots, AuthorizeBatcher};
-pub use outcome::Outcome;
+pub use outcome::{Outcome, Step, Stop};
 use rules::{
     WAIT_RECHECK, deletion_report, failure_backoff, outcome_event, requeue_after, set_conditions,
     set_outcome_conditions, with_jitter,
@@ -219,7 +219,10 @@ async fn report_unfinished_deletion<K: Managed>(ctx: &Context<K::World>, obj: &K
 /// After a failure: count it and try again later, backing off per object (a thousand
 /// broken objects during an outage must not cost a thousand reconciles every 10 s).
 pub fn error_policy<K: Managed>(obj: Arc<K>, err: &Error, ctx: Arc<Context<K::World>>) -> Action {
-    ctx.metrics.failed(K::KIND, err.reason());
+    // A deletion that waits (paused, in use) is not a failure.
+    if !err.is_wait() {
+        ctx.metrics.failed(K::KIND, err.reason());
+    }
     let key = object_key::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any());
     let failures = ctx.failures.bump(&key);
     let after = if err.is_wait() {
@@ -334,6 +337,13 @@ pub async fn finish<K: Managed>(
     Ok((action, changed))
 }
 
+/// The current copy of a neighbour read from a store: the cached one unless it lags behind
+/// a status this operator wrote (then read from the API server; see `bookkeeping`).
+pub async fn current<K: Managed, W>(ctx: &Context<W>, cached: Arc<K>) -> Result<Arc<K>> {
+    let key = object_key::<K>(&cached.namespace().unwrap_or_default(), &cached.name_any());
+    current_copy(&ctx.client, &ctx.written, cached, &key).await
+}
+
 /// Deletes a Kinde application; `false` when it was already gone (Kinde's not-found counts
 /// as done).
 pub async fn delete_kinde_application<W>(ctx: &Context<W>, id: &str) -> Result<bool> {
@@ -383,20 +393,16 @@ pub async fn record_change<W>(
 
 /// Whether the cluster's adoption policy admits adoption in `obj`'s namespace: the
 /// namespace's labels are read only when a selector needs them.
-pub async fn adoption_admitted<W>(
-    ctx: &Context<W>,
-    obj: &impl Resource,
-) -> Result<std::result::Result<(), Outcome>> {
+pub async fn adoption_admitted<W>(ctx: &Context<W>, obj: &impl Resource) -> Step<()> {
     let ns = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let labels = if ctx.adoption.needs_labels(&ns) {
         namespace_labels(ctx, &ns).await?
     } else {
         Default::default()
     };
-    Ok(ctx
-        .adoption
+    ctx.adoption
         .check_namespace(&ns, &labels)
-        .map_err(Outcome::refused))
+        .map_err(|refusal| Outcome::refused(refusal).into())
 }
 
 /// The labels of a namespace (empty when it is gone).

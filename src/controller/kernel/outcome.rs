@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::error::{Error, Result};
+
 /// How a reconcile ended, short of an error.
 #[derive(Debug)]
 pub enum Outcome {
@@ -33,5 +35,39 @@ impl Outcome {
     /// An adoption the cluster's policy refuses.
     pub fn refused(refusal: crate::adoption::Refusal) -> Self {
         Outcome::not_ready(refusal.reason, refusal.message)
+    }
+}
+
+/// Why a step of a reconcile stopped early: an outcome to report (waiting on another object,
+/// refused, paused) or a failure. The one early-return type of every step, so a step's
+/// `?` carries either.
+#[derive(Debug)]
+pub enum Stop {
+    Outcome(Outcome),
+    Failed(Error),
+}
+
+/// What a step of a reconcile returns.
+pub type Step<T> = std::result::Result<T, Stop>;
+
+impl Stop {
+    /// How a converge that stopped here ends.
+    pub fn into_result(self) -> Result<Outcome> {
+        match self {
+            Stop::Outcome(o) => Ok(o),
+            Stop::Failed(e) => Err(e),
+        }
+    }
+}
+
+impl From<Outcome> for Stop {
+    fn from(o: Outcome) -> Self {
+        Stop::Outcome(o)
+    }
+}
+
+impl<E: Into<Error>> From<E> for Stop {
+    fn from(e: E) -> Self {
+        Stop::Failed(e.into())
     }
 }

@@ -25,8 +25,8 @@ use kinde_app::{KindeApp, create_marked, find_all_marked, read_app, sweep_unconf
 use secret::ensure_secret;
 
 use super::kernel::{
-    Managed, Outcome, Result, adoption_admitted, apply_status, delete_kinde_application,
-    effective_deletion_policy, is_older, record_change, wait_if_paused,
+    Managed, Outcome, Result, Step, Stop, adoption_admitted, apply_status,
+    delete_kinde_application, effective_deletion_policy, is_older, record_change, wait_if_paused,
 };
 use super::world::{Ctx, World, wake_dependants_of_app};
 use crate::adoption;
@@ -107,9 +107,9 @@ async fn converge(
         return Ok(Outcome::not_ready(reasons::INVALID_SPEC, problem));
     }
     let paused = obj.is_paused();
-    let mut app = match ensure_app(obj, ctx, status, paused).await? {
+    let mut app = match ensure_app(obj, ctx, status, paused).await {
         Ok(app) => app,
-        Err(outcome) => return Ok(outcome),
+        Err(stop) => return stop.into_result(),
     };
     if status.organization_code.is_none() && current_adopted(status).is_none() {
         // Recorded from the first reconcile that knows the field: what the app was made with.
@@ -161,8 +161,8 @@ async fn converge(
     record_credential_issue(ctx, obj, status);
 
     let secret_name = obj.secret_name();
-    if let Err(outcome) = ensure_secret(obj, ctx, &app, &secret_name).await? {
-        return Ok(outcome);
+    if let Err(stop) = ensure_secret(obj, ctx, &app, &secret_name).await {
+        return stop.into_result();
     }
     status.secret_name = Some(secret_name);
     // The id must be recorded before the marker leaves the name.
@@ -229,25 +229,23 @@ async fn ensure_app(
     ctx: &Ctx,
     status: &mut M2MApplicationStatus,
     paused: bool,
-) -> Result<std::result::Result<KindeApp, Outcome>> {
+) -> Step<KindeApp> {
     let external = obj.external_id();
     let adopted = current_adopted(status);
     // Adoption is the platform's to grant: checked before any Kinde call, and again on
     // every reconcile of an adopted application (the policy may have been withdrawn).
     if let Some(id) = external.or(adopted.as_deref()) {
-        if let Err(outcome) = adoption_admitted(ctx, obj).await? {
-            return Ok(Err(outcome));
-        }
+        adoption_admitted(ctx, obj).await?;
         let claims = claims_on(ctx, obj, status, id);
         if let Err(refusal) = adoption::check_app_id(id, ctx.kinde.management_client_id(), &claims)
         {
-            return Ok(Err(Outcome::refused(refusal)));
+            return Err(Stop::Outcome(Outcome::refused(refusal)));
         }
         if obj.spec.deletion_policy == Some(DeletionPolicy::Delete)
             && let Err(refusal) =
                 adoption::check_destructive(&ctx.adoption, "spec.deletionPolicy: Delete")
         {
-            return Ok(Err(Outcome::refused(refusal)));
+            return Err(Stop::Outcome(Outcome::refused(refusal)));
         }
     }
     // The recorded application stands unless the annotation names another one (the
@@ -259,10 +257,10 @@ async fn ensure_app(
         && recorded_stands
     {
         match read_app(ctx, &id).await {
-            Ok(app) => return Ok(Ok(app)),
+            Ok(app) => return Ok(app),
             Err(e) if e.is_not_found() => {
                 if external.is_some() || adopted.is_some() {
-                    return Ok(Err(external_gone(&id)));
+                    return Err(Stop::Outcome(external_gone(&id)));
                 }
                 record_change(
                     ctx,
@@ -280,7 +278,7 @@ async fn ensure_app(
         let app = match read_app(ctx, ext).await {
             Ok(app) => app,
             Err(e) if e.is_not_found() || matches!(e, KindeError::InvalidId { .. }) => {
-                return Ok(Err(external_gone(ext)));
+                return Err(Stop::Outcome(external_gone(ext)));
             }
             Err(e) => return Err(e.into()),
         };
@@ -295,7 +293,7 @@ async fn ensure_app(
             ctx.kinde.management_client_id(),
             &uid_marker_body(obj)?,
         ) {
-            return Ok(Err(Outcome::refused(refusal)));
+            return Err(Stop::Outcome(Outcome::refused(refusal)));
         }
         status.adopted_id = Some(app.id.clone());
         record_change(
@@ -305,16 +303,14 @@ async fn ensure_app(
             format!("adopted Kinde application {ext}"),
         )
         .await;
-        return Ok(Ok(app));
+        return Ok(app);
     }
 
     if paused {
         // Even a marked app left by a crash is only picked up once writes are allowed.
-        return Ok(Err(Outcome::Paused { ready: false }));
+        return Err(Stop::Outcome(Outcome::Paused { ready: false }));
     }
-    Ok(Ok(
-        create_marked(obj, ctx, status, &creation_marker(obj)?).await?
-    ))
+    Ok(create_marked(obj, ctx, status, &creation_marker(obj)?).await?)
 }
 
 /// Other M2MApplications' holds on the Kinde application `id`: current, retiring, being

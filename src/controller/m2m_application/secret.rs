@@ -8,21 +8,31 @@ use kube::{Resource, ResourceExt};
 use super::decide::change_note;
 use super::kinde_app::KindeApp;
 use crate::conditions::{self, reasons};
-use crate::controller::kernel::{Error, FIELD_MANAGER, Outcome, Result, record_change};
+use crate::controller::kernel::{
+    Error, FIELD_MANAGER, Outcome, Result, Step, Stop, current, record_change,
+};
 use crate::controller::world::Ctx;
 use crate::crd::M2MApplication;
 use crate::secret;
 
 /// Audiences of the application's Ready grants, for `KINDE_AUDIENCE`.
-fn audiences(ctx: &Ctx, obj: &M2MApplication) -> Vec<String> {
-    ctx.world
-        .grants_of(obj)
-        .iter()
-        .filter(|g| g.meta().deletion_timestamp.is_none())
-        .filter_map(|g| g.status.as_ref())
-        .filter(|s| conditions::is_true(&s.conditions, conditions::READY))
-        .filter_map(|s| s.audience.clone())
-        .collect()
+/// Each grant as it is now (a grant that just turned Ready woke this application, possibly
+/// before its store shows that).
+async fn audiences(ctx: &Ctx, obj: &M2MApplication) -> Result<Vec<String>> {
+    let mut audiences = Vec::new();
+    for grant in ctx.world.grants_of(obj) {
+        let grant = current(ctx, grant).await?;
+        if grant.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        if let Some(s) = grant.status.as_ref()
+            && conditions::is_true(&s.conditions, conditions::READY)
+            && let Some(audience) = &s.audience
+        {
+            audiences.push(audience.clone());
+        }
+    }
+    Ok(audiences)
 }
 
 /// The Secret to write the credentials into, with whether it was created just now; `None`
@@ -61,7 +71,7 @@ pub(super) async fn ensure_secret(
     ctx: &Ctx,
     app: &KindeApp,
     name: &str,
-) -> Result<std::result::Result<(), Outcome>> {
+) -> Step<()> {
     let ns = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let owner = obj
         .controller_owner_ref(&())
@@ -82,7 +92,7 @@ pub(super) async fn ensure_secret(
             application_id: &app.id,
             client_id: &app.client_id,
             client_secret: &app.secret,
-            audiences: audiences(ctx, obj),
+            audiences: audiences(ctx, obj).await?,
         },
     );
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -96,7 +106,7 @@ pub(super) async fn ensure_secret(
     };
     let (existing, created) = match owned_secret(&api, name, &desired, &owner).await? {
         Some(found) => found,
-        None => return Ok(Err(conflict())),
+        None => return Err(Stop::Outcome(conflict())),
     };
     // The apply is conditional on the version whose ownership was checked: a Secret
     // replaced meanwhile makes it fail (409) and the next reconcile looks again.
@@ -111,7 +121,7 @@ pub(super) async fn ensure_secret(
             ),
         )
     } else if !secret::needs_update(&existing, &desired) {
-        return Ok(Ok(()));
+        return Ok(());
     } else {
         change_note(&existing, &desired, app, name)
     };
@@ -140,7 +150,7 @@ pub(super) async fn ensure_secret(
         .await?;
     }
     record_change(ctx, obj, note.0, note.1).await;
-    Ok(Ok(()))
+    Ok(())
 }
 
 #[cfg(test)]
