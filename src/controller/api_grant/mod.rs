@@ -10,8 +10,12 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
+mod decide;
+
+use decide::{scope_plan, still_granted, winner_over};
+
 use super::kernel::{
-    Error, Managed, Outcome, Result, Step, Stop, apply_status, current, deauthorize, is_older,
+    Error, Managed, Outcome, Result, Step, Stop, apply_status, current, deauthorize,
     namespace_labels, record_change, wait_if_paused,
 };
 use super::world::{Ctx, World, wake_dependants_of_grant};
@@ -173,14 +177,8 @@ async fn resolve(grant: &ApiGrant, ctx: &Ctx) -> Step<Resolved> {
             ),
         )));
     }
-    let older: Vec<String> = ctx
-        .world
-        .conflicting(grant)
-        .iter()
-        .filter(|g| is_older(g.as_ref(), grant))
-        .map(|g| g.name_any())
-        .collect();
-    if let Some(winner) = older.first() {
+    let others = ctx.world.conflicting(grant);
+    if let Some(winner) = winner_over(grant, &others).map(|g| g.name_any()) {
         return Err(Stop::Outcome(Outcome::not_ready(
             reasons::CONFLICT,
             format!(
@@ -232,25 +230,6 @@ async fn resolve(grant: &ApiGrant, ctx: &Ctx) -> Step<Resolved> {
         audience,
         scopes,
     })
-}
-
-/// The granted keys whose Kinde scope is still the one granted. A scope deleted and
-/// re-created in Kinde (a new id) lost the application's grant with it and must be granted
-/// again. Keys no longer wanted stay in (they are withdrawn); a status from before scope ids
-/// were recorded is trusted by key.
-fn still_granted(status: &ApiGrantStatus, scopes: &[(String, String)]) -> BTreeSet<String> {
-    status
-        .granted_scopes
-        .iter()
-        .filter(|key| {
-            status.granted_scope_ids.is_empty()
-                || scopes
-                    .iter()
-                    .find(|(k, _)| k == *key)
-                    .is_none_or(|(_, id)| status.granted_scope_ids.contains(id))
-        })
-        .cloned()
-        .collect()
 }
 
 /// Whether the API's grant policy admits grants from `grant_ns`.
@@ -337,22 +316,13 @@ async fn converge(grant: &ApiGrant, ctx: &Ctx, status: &mut ApiGrantStatus) -> R
         Err(e) => return Err(e.into()),
     };
     let authorized = snapshot.authorized_client_ids().any(|id| id == r.app_id);
-    let desired: BTreeSet<&str> = r.scopes.iter().map(|(k, _)| k.as_str()).collect();
     let applied: BTreeSet<String> =
         if authorized && status.application_id.as_deref() == Some(r.app_id.as_str()) {
             still_granted(status, &r.scopes)
         } else {
             BTreeSet::new()
         };
-    let to_add: Vec<&(String, String)> = r
-        .scopes
-        .iter()
-        .filter(|(k, _)| !applied.contains(k))
-        .collect();
-    let to_remove: Vec<&String> = applied
-        .iter()
-        .filter(|k| !desired.contains(k.as_str()))
-        .collect();
+    let (to_add, to_remove) = scope_plan(&r.scopes, &applied);
     if paused {
         let in_sync = authorized && to_add.is_empty() && to_remove.is_empty();
         return Ok(Outcome::Paused { ready: in_sync });
@@ -404,7 +374,9 @@ async fn converge(grant: &ApiGrant, ctx: &Ctx, status: &mut ApiGrantStatus) -> R
         }
         changes.push(format!("withdrew {key}"));
     }
-    status.granted_scopes = desired.iter().map(|s| (*s).to_owned()).collect();
+    // Sorted, as Kinde and `kubectl get` show them.
+    let keys: BTreeSet<String> = r.scopes.iter().map(|(k, _)| k.clone()).collect();
+    status.granted_scopes = keys.into_iter().collect();
     status.granted_scope_ids = r.scopes.iter().map(|(_, id)| id.clone()).collect();
     if !changes.is_empty() {
         record_change(
@@ -416,51 +388,4 @@ async fn converge(grant: &ApiGrant, ctx: &Ctx, status: &mut ApiGrantStatus) -> R
         .await;
     }
     Ok(Outcome::Ready)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn status(keys: &[&str], ids: &[&str]) -> ApiGrantStatus {
-        ApiGrantStatus {
-            granted_scopes: keys.iter().map(|s| (*s).to_owned()).collect(),
-            granted_scope_ids: ids.iter().map(|s| (*s).to_owned()).collect(),
-            ..ApiGrantStatus::default()
-        }
-    }
-
-    fn scopes(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, i)| ((*k).to_owned(), (*i).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn a_scope_recreated_in_kinde_is_granted_again() {
-        let s = status(&["read", "write"], &["id-r", "id-w"]);
-        let now = scopes(&[("read", "id-r"), ("write", "id-w2")]);
-        let kept: Vec<String> = still_granted(&s, &now).into_iter().collect();
-        assert_eq!(kept, ["read"], "write has a new id: not granted any more");
-    }
-
-    #[test]
-    fn unchanged_and_unwanted_scopes_count_as_granted() {
-        let s = status(&["read", "old"], &["id-r", "id-o"]);
-        let now = scopes(&[("read", "id-r")]);
-        let kept: Vec<String> = still_granted(&s, &now).into_iter().collect();
-        assert_eq!(
-            kept,
-            ["old", "read"],
-            "old stays in so that it is withdrawn"
-        );
-    }
-
-    #[test]
-    fn a_status_without_ids_is_trusted_by_key() {
-        let s = status(&["read"], &[]);
-        let now = scopes(&[("read", "id-new")]);
-        assert_eq!(still_granted(&s, &now).len(), 1);
-    }
 }

@@ -11,6 +11,12 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
+mod decide;
+
+use decide::{
+    audience_in_use, create_definitely_refused, refuse_management, scope_changes, validate,
+};
+
 use super::kernel::{
     Error, Managed, Outcome, Result, Step, Stop, adoption_admitted, apply_status,
     effective_deletion_policy, is_older, record_change, wait_if_paused,
@@ -139,43 +145,6 @@ async fn unrecorded_api(ctx: &Ctx, obj: &ApiRegistration) -> Result<Option<Strin
         .map(|a| a.id))
 }
 
-/// Checks what the schema may not have (servers without CEL, or edits bypassing it).
-fn validate(obj: &ApiRegistration, status: &ApiRegistrationStatus) -> Option<String> {
-    let len = |s: &str| s.chars().count();
-    let audience = &obj.spec.audience;
-    if audience.trim().is_empty() || len(audience) > 64 {
-        return Some(format!(
-            "spec.audience must be 1-64 characters, got {}",
-            len(audience)
-        ));
-    }
-    let display = obj.display_name();
-    if display.is_empty() || len(&display) > 64 {
-        return Some("spec.displayName must be 1-64 characters".into());
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for s in &obj.spec.scopes {
-        if s.key.is_empty() || len(&s.key) > 64 || s.key.chars().any(char::is_whitespace) {
-            return Some(format!(
-                "spec.scopes key {:?} must be 1-64 characters without whitespace",
-                s.key
-            ));
-        }
-        if !seen.insert(s.key.as_str()) {
-            return Some(format!("spec.scopes key {:?} appears twice", s.key));
-        }
-    }
-    if status.api_id.is_some()
-        && let Some(was) = &status.audience
-        && was != audience
-    {
-        return Some(format!(
-            "spec.audience is immutable (Kinde cannot change an API's audience): the Kinde API was registered for {was:?}; re-create the ApiRegistration to change it"
-        ));
-    }
-    None
-}
-
 async fn converge(
     obj: &ApiRegistration,
     ctx: &Ctx,
@@ -243,15 +212,6 @@ async fn converge(
     } else {
         Outcome::Ready
     })
-}
-
-fn refuse_management(audience: &str) -> Outcome {
-    Outcome::not_ready(
-        reasons::MANAGEMENT_API_REFUSED,
-        format!(
-            "audience {audience} is the Kinde Management API's; the operator never manages or grants it"
-        ),
-    )
 }
 
 /// The id of the Kinde API, found, adopted or created; or why there is none.
@@ -393,29 +353,6 @@ async fn ensure_api(
     Ok(id)
 }
 
-/// Whether a failed create certainly made nothing in Kinde: a refusal, as opposed to an
-/// unknown outcome (timeout, 5xx, lost or garbled response) after which the API may exist.
-fn create_definitely_refused(e: &KindeError) -> bool {
-    matches!(
-        e,
-        KindeError::Invalid { .. }
-            | KindeError::Forbidden { .. }
-            | KindeError::Unauthorized { .. }
-            | KindeError::RateLimited { .. }
-            | KindeError::Fenced { .. }
-            | KindeError::Config(_)
-    )
-}
-
-fn audience_in_use(audience: &str, id: &str) -> Outcome {
-    Outcome::not_ready(
-        reasons::AUDIENCE_IN_USE,
-        format!(
-            "audience {audience} is already registered in Kinde as API {id}; to manage that API, annotate this object with m2m.kinde-operator.io/external-id: {id} (where the cluster's adoption policy allows it)"
-        ),
-    )
-}
-
 /// Other ApiRegistrations' holds on the Kinde API `id` (or, with `audience`, on an API of
 /// that audience they are creating): current, creating, or adopted by an older object.
 fn claims_on(
@@ -454,7 +391,8 @@ fn claims_on(
         .collect()
 }
 
-/// Adds, updates and removes Kinde scopes to match the spec; returns the resulting scopes.
+/// Adds, updates and removes Kinde scopes to match the spec (see
+/// [`decide::scope_changes`]); returns the resulting scopes.
 async fn converge_scopes(
     obj: &ApiRegistration,
     ctx: &Ctx,
@@ -462,85 +400,42 @@ async fn converge_scopes(
     mut kinde: Vec<KindeScope>,
     paused: bool,
 ) -> Result<Vec<KindeScope>> {
+    let diff = scope_changes(&obj.spec.scopes, &kinde);
+    if paused || diff.is_empty() {
+        return Ok(kinde);
+    }
     let mut changes = Vec::new();
-    for want in &obj.spec.scopes {
-        let description = want.description.as_str();
-        match kinde.iter_mut().find(|s| s.key == want.key) {
-            None if !paused => {
-                let id = ctx
-                    .kinde
-                    .create_api_scope(api_id, &want.key, description)
-                    .await?;
-                kinde.push(KindeScope {
-                    id,
-                    key: want.key.clone(),
-                    description: Some(description.to_owned()),
-                });
-                changes.push(format!("added scope {}", want.key));
-            }
-            Some(have)
-                if !paused && have.description.as_deref().unwrap_or_default() != description =>
-            {
-                ctx.kinde
-                    .update_api_scope(api_id, &have.id, description)
-                    .await?;
-                have.description = Some(description.to_owned());
-                changes.push(format!("updated description of scope {}", want.key));
-            }
-            _ => {}
+    for (key, description) in &diff.add {
+        let id = ctx.kinde.create_api_scope(api_id, key, description).await?;
+        kinde.push(KindeScope {
+            id,
+            key: key.clone(),
+            description: Some(description.clone()),
+        });
+        changes.push(format!("added scope {key}"));
+    }
+    for (id, key, description) in &diff.describe {
+        ctx.kinde.update_api_scope(api_id, id, description).await?;
+        if let Some(have) = kinde.iter_mut().find(|s| &s.id == id) {
+            have.description = Some(description.clone());
         }
+        changes.push(format!("updated description of scope {key}"));
     }
-    if !paused {
-        let extra: Vec<KindeScope> = kinde
-            .iter()
-            .filter(|s| !obj.spec.scopes.iter().any(|w| w.key == s.key))
-            .cloned()
-            .collect();
-        for s in extra {
-            match ctx.kinde.delete_api_scope(api_id, &s.id).await {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e.into()),
-            }
-            kinde.retain(|k| k.id != s.id);
-            changes.push(format!("removed scope {}", s.key));
+    for (id, key) in &diff.remove {
+        match ctx.kinde.delete_api_scope(api_id, id).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
         }
+        kinde.retain(|k| &k.id != id);
+        changes.push(format!("removed scope {key}"));
     }
-    if !changes.is_empty() {
-        record_change(
-            ctx,
-            obj,
-            "ScopesUpdated",
-            format!("Kinde API {api_id}: {}", changes.join(", ")),
-        )
-        .await;
-    }
+    record_change(
+        ctx,
+        obj,
+        "ScopesUpdated",
+        format!("Kinde API {api_id}: {}", changes.join(", ")),
+    )
+    .await;
     Ok(kinde)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kinde::{KindeErrorBody, Transient};
-
-    #[test]
-    fn only_a_refusal_clears_the_intent_record() {
-        let body = KindeErrorBody::default();
-        let refused = KindeError::Invalid {
-            operation: "addAPIs",
-            status: 400,
-            body,
-        };
-        assert!(create_definitely_refused(&refused));
-        let unknown = KindeError::OutcomeUnknown {
-            operation: "addAPIs",
-            reason: Transient::Timeout,
-        };
-        assert!(!create_definitely_refused(&unknown));
-        let garbled = KindeError::Decode {
-            operation: "addAPIs",
-            detail: "not JSON".into(),
-        };
-        assert!(!create_definitely_refused(&garbled));
-    }
 }
