@@ -22,6 +22,7 @@ mod control;
 mod faults;
 mod management;
 mod oauth;
+mod pipeline;
 mod server;
 mod state;
 mod tokens;
@@ -255,7 +256,7 @@ pub async fn spawn(config: EmulatorConfig) -> anyhow::Result<RunningEmulator> {
         )
         .await?,
     );
-    let app = server::router(shared);
+    let app = pipeline::router(shared);
     let (stop, stopped) = oneshot::channel::<()>();
     let serve = axum::serve(
         KillableListener(listener),

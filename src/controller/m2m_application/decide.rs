@@ -11,12 +11,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use secrecy::ExposeSecret;
 
-use super::kinde_app::KindeApp;
 use crate::conditions::reasons;
 use crate::controller::kernel::{Error, Outcome, Result};
 use crate::crd::{M2MApplication, M2MApplicationStatus};
 use crate::secret;
 use crate::validation;
+use secrecy::SecretString;
 
 /// The object's UID, compacted: the stable part of every marker.
 pub(super) fn uid_marker_body(obj: &M2MApplication) -> Result<String> {
@@ -280,6 +280,16 @@ pub fn deferred(status: &M2MApplicationStatus, now: Timestamp) -> Option<Outcome
 pub fn until_next(status: &M2MApplicationStatus, now: Timestamp) -> Option<Duration> {
     let next = status.next_rotation_time.as_ref()?;
     Duration::try_from(next.0.duration_since(now)).ok()
+}
+
+/// What the operator knows of its Kinde application after finding or creating it.
+pub(super) struct KindeApp {
+    pub id: String,
+    pub client_id: String,
+    pub name: String,
+    pub secret: SecretString,
+    /// Kinde's type (`m2m`, `reg`, ...) when known; adoption refuses anything but `m2m`.
+    pub app_type: Option<String>,
 }
 
 #[cfg(test)]

@@ -5,26 +5,16 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use secrecy::SecretString;
 
 use super::decide::{
-    UNCONFIRMED_CREATE_POLL, uid_marker_body, unconfirmed_watch_left, used_application_ids,
+    KindeApp, UNCONFIRMED_CREATE_POLL, uid_marker_body, unconfirmed_watch_left,
+    used_application_ids,
 };
 use crate::adoption;
 use crate::controller::kernel::{Result, delete_kinde_application, record_change};
 use crate::controller::world::Ctx;
 use crate::crd::{M2MApplication, M2MApplicationStatus};
 use crate::kinde::KindeError;
-
-/// What the operator knows of its Kinde application after finding or creating it.
-pub(super) struct KindeApp {
-    pub id: String,
-    pub client_id: String,
-    pub name: String,
-    pub secret: SecretString,
-    /// Kinde's type (`m2m`, `reg`, ...) when known; adoption refuses anything but `m2m`.
-    pub app_type: Option<String>,
-}
 
 /// The ids of every application carrying one of this object's markers (creation or
 /// rotation: `[kmo:<uid body>...]`).

@@ -17,11 +17,12 @@ mod kinde_app;
 mod rotation;
 mod secret;
 
+use decide::KindeApp;
 use decide::{
     creation_marker, current_adopted, external_gone, is_marked, uid_marker_body,
     used_application_ids, validate,
 };
-use kinde_app::{KindeApp, create_marked, find_all_marked, read_app, sweep_unconfirmed};
+use kinde_app::{create_marked, find_all_marked, read_app, sweep_unconfirmed};
 use secret::ensure_secret;
 
 use super::kernel::{

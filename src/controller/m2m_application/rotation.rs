@@ -19,8 +19,9 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+use super::decide::KindeApp;
 use super::decide::{Due, next_scheduled, successor_marker};
-use super::kinde_app::{KindeApp, create_marked};
+use super::kinde_app::create_marked;
 use crate::controller::kernel::{
     Result, apply_status, deauthorize, delete_kinde_application, record_change,
 };

@@ -5,8 +5,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Resource, ResourceExt};
 
+use super::decide::KindeApp;
 use super::decide::change_note;
-use super::kinde_app::KindeApp;
 use crate::conditions::{self, reasons};
 use crate::controller::kernel::{
     Error, FIELD_MANAGER, Outcome, Result, Step, Stop, current, record_change,
