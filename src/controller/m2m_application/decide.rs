@@ -545,4 +545,72 @@ mod tests {
         );
         assert_eq!(next_scheduled(None, None, now), None);
     }
+
+    fn built(client_id: &str, secret: &str, audiences: &[&str]) -> Secret {
+        secret::build(
+            &secret::Placement {
+                name: "shop-credentials",
+                namespace: "acme",
+                owner: Default::default(),
+                labels: None,
+                annotations: None,
+            },
+            &secret::Credentials {
+                domain: "https://biz.kinde.com",
+                token_url: "https://biz.kinde.com/oauth2/token",
+                application_id: client_id,
+                client_id,
+                client_secret: &SecretString::from(secret.to_owned()),
+                audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+            },
+        )
+    }
+
+    fn kinde_app(id: &str, secret: &str) -> KindeApp {
+        KindeApp {
+            id: id.into(),
+            client_id: id.into(),
+            name: "Shop".into(),
+            secret: SecretString::from(secret.to_owned()),
+            app_type: Some("m2m".into()),
+        }
+    }
+
+    #[test]
+    fn secret_change_notes_say_what_changed_and_never_the_secret() {
+        let old = built("app1", "s3cret-old", &["https://a"]);
+        let cases = [
+            (
+                kinde_app("app1", "s3cret-new"),
+                vec!["https://a"],
+                "CredentialsUpdated",
+                "client secret",
+            ),
+            (
+                kinde_app("app2", "s3cret-2"),
+                vec!["https://a"],
+                "CredentialsUpdated",
+                "now holds",
+            ),
+            (
+                kinde_app("app1", "s3cret-old"),
+                vec!["https://a", "https://b"],
+                "AudienceUpdated",
+                "https://b",
+            ),
+            (
+                kinde_app("app1", "s3cret-old"),
+                vec!["https://a"],
+                "SecretRestored",
+                "restored",
+            ),
+        ];
+        for (app, audiences, reason, says) in cases {
+            let desired = built(&app.client_id, app.secret.expose_secret(), &audiences);
+            let (r, note) = change_note(&old, &desired, &app, "shop-credentials");
+            assert_eq!(r, reason, "{note}");
+            assert!(note.contains(says), "{note}");
+            assert!(!note.contains("s3cret"), "a secret in an Event: {note}");
+        }
+    }
 }
