@@ -4,8 +4,11 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::controller::kernel::is_older;
-use crate::crd::{ApiGrant, ApiGrantStatus};
+use kube::ResourceExt;
+
+use crate::conditions::{self, reasons};
+use crate::controller::kernel::{Outcome, is_older};
+use crate::crd::{ApiGrant, ApiGrantStatus, ApiRegistration, M2MApplication};
 
 /// The granted keys whose Kinde scope is still the one granted. A scope deleted and
 /// re-created in Kinde (a new id) lost the application's grant with it and must be granted
@@ -65,6 +68,141 @@ pub(super) fn winner_over<'a>(
                 std::cmp::Ordering::Greater
             }
         })
+}
+
+/// Why a grant's references do not resolve: the application or the API is missing (or in a
+/// namespace the operator does not watch).
+pub(super) fn missing_reference(grant: &ApiGrant, app_seen: bool, api_ns_watched: bool) -> Outcome {
+    let ns = grant.namespace().unwrap_or_default();
+    if !app_seen {
+        return Outcome::not_ready(
+            reasons::APPLICATION_NOT_FOUND,
+            format!(
+                "M2MApplication {ns}/{} (spec.applicationRef.name) does not exist",
+                grant.spec.application_ref.name
+            ),
+        );
+    }
+    let api_ns = grant.api_namespace().unwrap_or(ns);
+    let watched = if api_ns_watched {
+        ""
+    } else {
+        " (the operator does not watch that namespace)"
+    };
+    Outcome::not_ready(
+        reasons::API_NOT_FOUND,
+        format!(
+            "ApiRegistration {api_ns}/{} (spec.apiRef) does not exist{watched}",
+            grant.spec.api_ref.name
+        ),
+    )
+}
+
+/// What the effects found out about a grant's references beyond the objects themselves.
+pub(super) struct ReferenceFacts {
+    /// The API's `grantPolicy` admits the grant's namespace.
+    pub permitted: bool,
+    /// An older grant for the same application and API.
+    pub winner: Option<String>,
+}
+
+/// What a grant resolves to: the Kinde ids it joins and the scope ids to grant.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct References {
+    pub app_id: String,
+    pub api_id: String,
+    pub audience: String,
+    /// `(key, Kinde scope id)` per scope of the spec.
+    pub scopes: Vec<(String, String)>,
+}
+
+/// Decides, in this order, whether the grant may act: the policy admits it, every scope is
+/// declared, no older grant holds the pair, the application and the API are Ready and every
+/// scope exists in Kinde. Each refusal or wait is a condition reason with its message.
+pub(super) fn references(
+    grant: &ApiGrant,
+    app: &M2MApplication,
+    api: &ApiRegistration,
+    facts: &ReferenceFacts,
+) -> Result<References, Outcome> {
+    let ns = grant.namespace().unwrap_or_default();
+    let app_name = &grant.spec.application_ref.name;
+    let api_ns = api.namespace().unwrap_or_default();
+    let api_name = api.name_any();
+    if !facts.permitted {
+        return Err(Outcome::not_ready(
+            reasons::REF_NOT_PERMITTED,
+            format!(
+                "the grantPolicy of ApiRegistration {api_ns}/{api_name} does not admit ApiGrants from namespace {ns}"
+            ),
+        ));
+    }
+    let missing: Vec<&str> = grant
+        .spec
+        .scopes
+        .iter()
+        .filter(|k| !api.has_scope(k))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(Outcome::not_ready(
+            reasons::SCOPE_NOT_FOUND,
+            format!(
+                "ApiRegistration {api_ns}/{api_name} declares no scope {}",
+                missing.join(", ")
+            ),
+        ));
+    }
+    if let Some(winner) = &facts.winner {
+        return Err(Outcome::not_ready(
+            reasons::CONFLICT,
+            format!(
+                "ApiGrant {ns}/{winner} already grants {app_name} access to {api_ns}/{api_name}; delete one of them"
+            ),
+        ));
+    }
+    let app_status = app.status.clone().unwrap_or_default();
+    let (Some(app_id), true) = (
+        app_status.client_id.clone(),
+        conditions::is_true(&app_status.conditions, conditions::READY),
+    ) else {
+        return Err(Outcome::not_ready(
+            reasons::WAITING_FOR_APPLICATION,
+            format!("M2MApplication {ns}/{app_name} is not Ready yet"),
+        ));
+    };
+    let api_status = api.status.clone().unwrap_or_default();
+    let ready = conditions::is_true(&api_status.conditions, conditions::READY);
+    let (Some(api_id), Some(audience), true) = (
+        api_status.api_id.clone(),
+        api_status.audience.clone(),
+        ready,
+    ) else {
+        return Err(Outcome::not_ready(
+            reasons::WAITING_FOR_API,
+            format!("ApiRegistration {api_ns}/{api_name} is not Ready yet"),
+        ));
+    };
+    let mut scopes = Vec::new();
+    for key in &grant.spec.scopes {
+        match api_status.scopes.iter().find(|s| &s.key == key) {
+            Some(s) => scopes.push((key.clone(), s.id.clone())),
+            None => {
+                return Err(Outcome::not_ready(
+                    reasons::WAITING_FOR_API,
+                    format!(
+                        "scope {key} is not in Kinde yet (ApiRegistration {api_ns}/{api_name})"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(References {
+        app_id,
+        api_id,
+        audience,
+        scopes,
+    })
 }
 
 #[cfg(test)]
@@ -168,5 +306,160 @@ mod tests {
             winner_over(&tie, &others).map(|g| g.name_any()).as_deref(),
             Some("a")
         );
+    }
+
+    fn reason(r: Result<References, Outcome>) -> &'static str {
+        match r {
+            Err(Outcome::NotReady { reason, .. }) => reason,
+            Ok(_) => "Resolved",
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+
+    fn ready_conditions() -> Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        vec![conditions::new_condition(
+            conditions::READY,
+            true,
+            reasons::RECONCILED,
+            "ready",
+            Some(1),
+            Time(Timestamp::from_second(1).expect("ts")),
+        )]
+    }
+
+    fn app_obj(ready: bool) -> M2MApplication {
+        let mut a = M2MApplication::new("app", Default::default());
+        a.metadata.namespace = Some("acme".into());
+        if ready {
+            a.status = Some(crate::crd::M2MApplicationStatus {
+                client_id: Some("client1".into()),
+                conditions: ready_conditions(),
+                ..Default::default()
+            });
+        }
+        a
+    }
+
+    fn api_obj(ready: bool, kinde_scopes: &[&str]) -> ApiRegistration {
+        let mut a: ApiRegistration = ApiRegistration::new(
+            "api",
+            serde_json::from_value(serde_json::json!({
+                "audience": "https://api.example.com",
+                "scopes": [{"key": "read", "description": "Read"}, {"key": "write", "description": "Write"}]
+            }))
+            .expect("spec"),
+        );
+        a.metadata.namespace = Some("platform".into());
+        if ready {
+            a.status = Some(crate::crd::ApiRegistrationStatus {
+                api_id: Some("api1".into()),
+                audience: Some("https://api.example.com".into()),
+                scopes: kinde_scopes
+                    .iter()
+                    .map(|k| crate::crd::ScopeStatus {
+                        key: (*k).into(),
+                        id: format!("id-{k}"),
+                    })
+                    .collect(),
+                conditions: ready_conditions(),
+                ..Default::default()
+            });
+        }
+        a
+    }
+
+    fn grant_for(scopes: &[&str]) -> ApiGrant {
+        let mut g = ApiGrant::new(
+            "g",
+            serde_json::from_value(serde_json::json!({
+                "applicationRef": {"name": "app"},
+                "apiRef": {"name": "api", "namespace": "platform"},
+                "scopes": scopes
+            }))
+            .expect("spec"),
+        );
+        g.metadata.namespace = Some("acme".into());
+        g
+    }
+
+    #[test]
+    fn every_reason_a_grant_can_wait_or_be_refused_for() {
+        let ok = ReferenceFacts {
+            permitted: true,
+            winner: None,
+        };
+        let g = grant_for(&["read"]);
+        let all = &["read", "write"];
+        let cases: Vec<(&str, Result<References, Outcome>)> = vec![
+            (
+                "ApplicationNotFound",
+                Err(missing_reference(&g, false, true)),
+            ),
+            ("ApiNotFound", Err(missing_reference(&g, true, true))),
+            (
+                "RefNotPermitted",
+                references(
+                    &g,
+                    &app_obj(true),
+                    &api_obj(true, all),
+                    &ReferenceFacts {
+                        permitted: false,
+                        winner: None,
+                    },
+                ),
+            ),
+            (
+                "ScopeNotFound",
+                references(
+                    &grant_for(&["admin"]),
+                    &app_obj(true),
+                    &api_obj(true, all),
+                    &ok,
+                ),
+            ),
+            (
+                "Conflict",
+                references(
+                    &g,
+                    &app_obj(true),
+                    &api_obj(true, all),
+                    &ReferenceFacts {
+                        permitted: true,
+                        winner: Some("older".into()),
+                    },
+                ),
+            ),
+            (
+                "WaitingForApplication",
+                references(&g, &app_obj(false), &api_obj(true, all), &ok),
+            ),
+            (
+                "WaitingForApi",
+                references(&g, &app_obj(true), &api_obj(false, all), &ok),
+            ),
+            (
+                "WaitingForApi",
+                references(&g, &app_obj(true), &api_obj(true, &["write"]), &ok),
+            ),
+            (
+                "Resolved",
+                references(&g, &app_obj(true), &api_obj(true, all), &ok),
+            ),
+        ];
+        for (want, got) in cases {
+            assert_eq!(reason(got), want);
+        }
+        let refs = references(&g, &app_obj(true), &api_obj(true, all), &ok).expect("resolved");
+        assert_eq!(refs.scopes, [("read".to_owned(), "id-read".to_owned())]);
+        assert_eq!(
+            (refs.app_id.as_str(), refs.api_id.as_str()),
+            ("client1", "api1")
+        );
+        match missing_reference(&g, true, false) {
+            Outcome::NotReady { message, .. } => {
+                assert!(message.contains("does not watch"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

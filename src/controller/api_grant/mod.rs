@@ -19,7 +19,7 @@ use super::kernel::{
     namespace_labels, record_change, wait_if_paused,
 };
 use super::world::{Ctx, World, wake_dependants_of_grant};
-use crate::conditions::{self, reasons};
+use crate::conditions::reasons;
 use crate::crd::{
     ApiGrant, ApiGrantStatus, ApiRegistration, GrantFrom, KindeAnnotations, M2MApplication,
 };
@@ -127,24 +127,14 @@ async fn resolve(grant: &ApiGrant, ctx: &Ctx) -> Step<Resolved> {
     let ns = grant
         .namespace()
         .ok_or(Error::MissingMetadata("namespace"))?;
-    let app_name = &grant.spec.application_ref.name;
-    let Some(app) = ctx.world.apps.get(&ns, app_name) else {
-        return Err(Stop::Outcome(Outcome::not_ready(
-            reasons::APPLICATION_NOT_FOUND,
-            format!("M2MApplication {ns}/{app_name} (spec.applicationRef.name) does not exist"),
-        )));
-    };
     let api_ns = grant.api_namespace().unwrap_or_else(|| ns.clone());
-    let api_name = &grant.spec.api_ref.name;
-    let Some(api) = ctx.world.apis.get(&api_ns, api_name) else {
-        let watched = if ctx.world.apis.covers(&api_ns) {
-            ""
-        } else {
-            " (the operator does not watch that namespace)"
-        };
-        return Err(Stop::Outcome(Outcome::not_ready(
-            reasons::API_NOT_FOUND,
-            format!("ApiRegistration {api_ns}/{api_name} (spec.apiRef) does not exist{watched}"),
+    let app = ctx.world.app_of(grant);
+    let api = ctx.world.apis.get(&api_ns, &grant.spec.api_ref.name);
+    let app_seen = app.is_some();
+    let (Some(app), Some(api)) = (app, api) else {
+        let watched = ctx.world.apis.covers(&api_ns);
+        return Err(Stop::Outcome(decide::missing_reference(
+            grant, app_seen, watched,
         )));
     };
     // The application or API may have just woken this grant with a status its store does
@@ -153,82 +143,18 @@ async fn resolve(grant: &ApiGrant, ctx: &Ctx) -> Step<Resolved> {
     // for).
     let app = current(ctx, app).await?;
     let api = current(ctx, api).await?;
-    if !permitted(ctx, &api, &api_ns, &ns).await? {
-        return Err(Stop::Outcome(Outcome::not_ready(
-            reasons::REF_NOT_PERMITTED,
-            format!(
-                "the grantPolicy of ApiRegistration {api_ns}/{api_name} does not admit ApiGrants from namespace {ns}"
-            ),
-        )));
-    }
-    let missing: Vec<&str> = grant
-        .spec
-        .scopes
-        .iter()
-        .filter(|k| !api.has_scope(k))
-        .map(String::as_str)
-        .collect();
-    if !missing.is_empty() {
-        return Err(Stop::Outcome(Outcome::not_ready(
-            reasons::SCOPE_NOT_FOUND,
-            format!(
-                "ApiRegistration {api_ns}/{api_name} declares no scope {}",
-                missing.join(", ")
-            ),
-        )));
-    }
-    let others = ctx.world.conflicting(grant);
-    if let Some(winner) = winner_over(grant, &others).map(|g| g.name_any()) {
-        return Err(Stop::Outcome(Outcome::not_ready(
-            reasons::CONFLICT,
-            format!(
-                "ApiGrant {ns}/{winner} already grants {app_name} access to {api_ns}/{api_name}; delete one of them"
-            ),
-        )));
-    }
-    let app_status = app.status.clone().unwrap_or_default();
-    let (Some(app_id), true) = (
-        app_status.client_id.clone(),
-        conditions::is_true(&app_status.conditions, conditions::READY),
-    ) else {
-        return Err(Stop::Outcome(Outcome::not_ready(
-            reasons::WAITING_FOR_APPLICATION,
-            format!("M2MApplication {ns}/{app_name} is not Ready yet"),
-        )));
+    let facts = decide::ReferenceFacts {
+        permitted: permitted(ctx, &api, &api_ns, &ns).await?,
+        winner: winner_over(grant, &ctx.world.conflicting(grant)).map(|g| g.name_any()),
     };
-    let api_status = api.status.clone().unwrap_or_default();
-    let ready = conditions::is_true(&api_status.conditions, conditions::READY);
-    let (Some(api_id), Some(audience), true) = (
-        api_status.api_id.clone(),
-        api_status.audience.clone(),
-        ready,
-    ) else {
-        return Err(Stop::Outcome(Outcome::not_ready(
-            reasons::WAITING_FOR_API,
-            format!("ApiRegistration {api_ns}/{api_name} is not Ready yet"),
-        )));
-    };
-    let mut scopes = Vec::new();
-    for key in &grant.spec.scopes {
-        match api_status.scopes.iter().find(|s| &s.key == key) {
-            Some(s) => scopes.push((key.clone(), s.id.clone())),
-            None => {
-                return Err(Stop::Outcome(Outcome::not_ready(
-                    reasons::WAITING_FOR_API,
-                    format!(
-                        "scope {key} is not in Kinde yet (ApiRegistration {api_ns}/{api_name})"
-                    ),
-                )));
-            }
-        }
-    }
+    let refs = decide::references(grant, &app, &api, &facts)?;
     Ok(Resolved {
         app,
         api,
-        app_id,
-        api_id,
-        audience,
-        scopes,
+        app_id: refs.app_id,
+        api_id: refs.api_id,
+        audience: refs.audience,
+        scopes: refs.scopes,
     })
 }
 
