@@ -22,6 +22,7 @@ use super::world::{Ctx, World, wake_dependants_of_grant};
 use crate::conditions::reasons;
 use crate::crd::{
     ApiGrant, ApiGrantStatus, ApiRegistration, GrantFrom, KindeAnnotations, M2MApplication,
+    M2MApplicationStatus,
 };
 use crate::kinde::types::Authorization;
 
@@ -52,9 +53,7 @@ impl Managed for ApiGrant {
             // e.g. while it was paused, already authorized the successor), and the
             // predecessors still in their overlap.
             let mut clients = vec![app_id.clone()];
-            clients.extend(current_client(&ctx, &obj));
-            clients.extend(retiring_clients(&ctx, &obj));
-            clients.extend(pending_client(&ctx, &obj));
+            clients.extend(all_clients(&ctx, &obj));
             let mut seen = BTreeSet::new();
             for client in clients {
                 if seen.insert(client.clone()) {
@@ -81,35 +80,32 @@ async fn revoke(ctx: &Ctx, grant: &ApiGrant, api_id: &str, app_id: &str) -> Resu
 
 /// Client IDs of the referenced application's predecessors still in their overlap.
 fn retiring_clients(ctx: &Ctx, grant: &ApiGrant) -> Vec<String> {
-    let ns = grant.namespace().unwrap_or_default();
+    app_status(ctx, grant)
+        .retiring
+        .into_iter()
+        .map(|r| r.client_id)
+        .collect()
+}
+
+/// Every client ID the referenced application may have authorized for a grant's API: its
+/// current one, the predecessors in their overlap, and a rotation's successor not switched
+/// to yet (the rotation may already have authorized it).
+fn all_clients(ctx: &Ctx, grant: &ApiGrant) -> Vec<String> {
+    let status = app_status(ctx, grant);
+    status
+        .client_id
+        .into_iter()
+        .chain(status.retiring.into_iter().map(|r| r.client_id))
+        .chain(status.pending_successor.map(|p| p.client_id))
+        .collect()
+}
+
+/// The referenced application's status as the store has it (empty when it is gone).
+fn app_status(ctx: &Ctx, grant: &ApiGrant) -> M2MApplicationStatus {
     ctx.world
-        .apps
-        .get(&ns, &grant.spec.application_ref.name)
+        .app_of(grant)
         .and_then(|app| app.status.clone())
-        .map(|s| s.retiring.into_iter().map(|r| r.client_id).collect())
         .unwrap_or_default()
-}
-
-/// Client ID of the referenced application's rotation successor not switched to yet: the
-/// rotation may already have authorized it.
-fn pending_client(ctx: &Ctx, grant: &ApiGrant) -> Option<String> {
-    let ns = grant.namespace().unwrap_or_default();
-    ctx.world
-        .apps
-        .get(&ns, &grant.spec.application_ref.name)
-        .and_then(|app| app.status.clone())
-        .and_then(|s| s.pending_successor)
-        .map(|p| p.client_id)
-}
-
-/// The referenced application's current client ID, if it has one.
-fn current_client(ctx: &Ctx, grant: &ApiGrant) -> Option<String> {
-    let ns = grant.namespace().unwrap_or_default();
-    ctx.world
-        .apps
-        .get(&ns, &grant.spec.application_ref.name)
-        .and_then(|app| app.status.clone())
-        .and_then(|s| s.client_id)
 }
 
 /// The referenced objects, once they are usable; or why the grant must wait.
