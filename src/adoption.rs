@@ -137,6 +137,21 @@ pub(crate) struct Claim {
     pub how: &'static str,
 }
 
+impl Claim {
+    /// `holder`'s hold on a Kinde object, named `<Kind> <namespace>/<name>`.
+    pub fn by<K: kube::Resource<DynamicType = ()>>(holder: &K, how: &'static str) -> Self {
+        Self {
+            holder: format!(
+                "{} {}/{}",
+                K::kind(&()),
+                holder.meta().namespace.as_deref().unwrap_or_default(),
+                holder.meta().name.as_deref().unwrap_or_default()
+            ),
+            how,
+        }
+    }
+}
+
 /// What is known of a Kinde application someone wants to adopt.
 #[derive(Debug, Clone)]
 pub(crate) struct AppFacts<'a> {
@@ -486,5 +501,14 @@ mod tests {
         assert!(!carries_marker_of("shop [kmo:abcd]", "abc"));
         assert!(!carries_marker_of("shop", "abc"));
         assert_eq!(marker_body("shop [kmo:abc"), None);
+    }
+
+    #[test]
+    fn claims_name_their_holder() {
+        let mut app = crate::crd::M2MApplication::new("shop", Default::default());
+        app.metadata.namespace = Some("acme".into());
+        let claim = Claim::by(&app, "retiring");
+        assert_eq!(claim.holder, "M2MApplication acme/shop");
+        assert_eq!(claim.how, "retiring");
     }
 }

@@ -86,15 +86,20 @@ pub(super) fn validate(
             "the Secret name {secret:?} (spec.secret.name, or <name>-credentials by default) is not a valid Kubernetes name (DNS-1123 subdomain, at most 253 characters)"
         ));
     }
-    for (field, map) in [
-        ("spec.secret.labels", &obj.spec.secret.labels),
-        ("spec.secret.annotations", &obj.spec.secret.annotations),
+    // Label values have a syntax; annotation values are free text.
+    for (field, map, values_are_labels) in [
+        ("spec.secret.labels", &obj.spec.secret.labels, true),
+        (
+            "spec.secret.annotations",
+            &obj.spec.secret.annotations,
+            false,
+        ),
     ] {
         for (k, v) in map.iter().flatten() {
             if !validation::is_qualified_name(k) {
                 return Some(format!("{field}: {k:?} is not a valid key"));
             }
-            if field == "spec.secret.labels" && !validation::is_label_value(v) {
+            if values_are_labels && !validation::is_label_value(v) {
                 return Some(format!(
                     "{field}: the value of {k:?} is not a valid label value"
                 ));

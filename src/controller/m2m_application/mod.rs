@@ -344,14 +344,7 @@ fn claims_on(
             } else {
                 return None;
             };
-            Some(adoption::Claim {
-                holder: format!(
-                    "M2MApplication {}/{}",
-                    other.namespace().unwrap_or_default(),
-                    other.name_any()
-                ),
-                how,
-            })
+            Some(adoption::Claim::by(other.as_ref(), how))
         })
         .collect()
 }

@@ -74,10 +74,14 @@ pub async fn discard_stale_successor(
     if due.is_some_and(|d| d.key == pending.rotation) {
         return Ok(());
     }
-    for api_id in grant_targets(ctx, obj).keys() {
-        deauthorize(ctx, api_id, &pending.client_id).await?;
-    }
-    delete_kinde_application(ctx, &pending.application_id).await?;
+    let targets = grant_targets(ctx, obj);
+    disconnect_and_delete(
+        ctx,
+        targets.keys(),
+        &pending.client_id,
+        &pending.application_id,
+    )
+    .await?;
     record_change(
         ctx,
         obj,
@@ -183,6 +187,20 @@ pub async fn rotate(
     Ok(successor)
 }
 
+/// De-authorizes an application for every API in `api_ids`, then deletes it; `false` when
+/// it was already gone. What a superseded successor and a retired predecessor both get.
+async fn disconnect_and_delete(
+    ctx: &Ctx,
+    api_ids: impl Iterator<Item = &String>,
+    client_id: &str,
+    application_id: &str,
+) -> Result<bool> {
+    for api_id in api_ids {
+        deauthorize(ctx, api_id, client_id).await?;
+    }
+    delete_kinde_application(ctx, application_id).await
+}
+
 /// Retires predecessors whose overlap has ended: de-authorizes them for the app's APIs and
 /// deletes them. Returns how long until the next one is due.
 pub async fn retire_due(
@@ -198,13 +216,7 @@ pub async fn retire_due(
             remaining.push(r);
             continue;
         }
-        let retired = async {
-            for api_id in targets.keys() {
-                deauthorize(ctx, api_id, &r.client_id).await?;
-            }
-            delete_kinde_application(ctx, &r.application_id).await
-        };
-        match retired.await {
+        match disconnect_and_delete(ctx, targets.keys(), &r.client_id, &r.application_id).await {
             Ok(deleted_now) => {
                 if deleted_now {
                     record_change(
