@@ -105,31 +105,14 @@ mod tests {
     #[tokio::test]
     async fn a_copy_behind_our_own_write_is_read_again() {
         use crate::crd::{M2MApplication, M2MApplicationSpec};
-        let (svc, mut handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
-        let server = tokio::spawn(async move {
-            let mut seen = Vec::new();
-            while let Some((req, send)) = handle.next_request().await {
-                seen.push(format!("{} {}", req.method(), req.uri()));
-                let list = serde_json::json!({
-                    "apiVersion": "m2m.kinde-operator.io/v1alpha1", "kind": "M2MApplicationList",
-                    "metadata": {"resourceVersion": "9"},
-                    "items": [{"apiVersion": "m2m.kinde-operator.io/v1alpha1", "kind": "M2MApplication",
-                               "metadata": {"name": "shop", "namespace": "acme", "resourceVersion": "7"},
-                               "spec": {}, "status": {"lastHandledRotateRequest": "B"}}]
-                });
-                send.send_response(
-                    http::Response::builder()
-                        .status(200)
-                        .body(kube::client::Body::from(list.to_string().into_bytes()))
-                        .expect("response"),
-                );
-            }
-            seen
+        let list = serde_json::json!({
+            "apiVersion": "m2m.kinde-operator.io/v1alpha1", "kind": "M2MApplicationList",
+            "metadata": {"resourceVersion": "9"},
+            "items": [{"apiVersion": "m2m.kinde-operator.io/v1alpha1", "kind": "M2MApplication",
+                       "metadata": {"name": "shop", "namespace": "acme", "resourceVersion": "7"},
+                       "spec": {}, "status": {"lastHandledRotateRequest": "B"}}]
         });
-        let client = kube::Client::new(svc, "acme");
+        let (client, server) = crate::controller::kernel::mock_api::serve(vec![(200, list)]);
         let written = WrittenVersions::default();
         let mut stale = M2MApplication::new("shop", M2MApplicationSpec::default());
         stale.metadata.namespace = Some("acme".into());
@@ -166,9 +149,11 @@ mod tests {
         let seen = server.await.expect("server");
         assert_eq!(seen.len(), 1, "{seen:?}");
         assert!(
-            seen[0].starts_with(
-                "GET /apis/m2m.kinde-operator.io/v1alpha1/namespaces/acme/m2mapplications?"
-            ) && seen[0].contains("fieldSelector=metadata.name%3Dshop"),
+            seen[0].method == "GET"
+                && seen[0].uri.starts_with(
+                    "/apis/m2m.kinde-operator.io/v1alpha1/namespaces/acme/m2mapplications?"
+                )
+                && seen[0].uri.contains("fieldSelector=metadata.name%3Dshop"),
             "{seen:?}"
         );
     }

@@ -7,6 +7,8 @@
 mod bookkeeping;
 mod error;
 mod kinde_state;
+#[cfg(test)]
+pub(crate) mod mock_api;
 mod outcome;
 pub mod rules;
 mod stores;

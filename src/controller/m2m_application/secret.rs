@@ -162,37 +162,13 @@ mod tests {
         script: Vec<(u16, serde_json::Value)>,
         call: impl AsyncFnOnce(Api<Secret>) -> Option<(Secret, bool)>,
     ) -> (Option<(Secret, bool)>, Vec<(String, String, bool)>) {
-        let (svc, mut handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
-        let server = tokio::spawn(async move {
-            let mut seen = Vec::new();
-            let mut script = script.into_iter();
-            while let Some((req, send)) = handle.next_request().await {
-                let meta_only = req
-                    .headers()
-                    .get(http::header::ACCEPT)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.contains("PartialObjectMetadata"));
-                seen.push((
-                    req.method().to_string(),
-                    req.uri().path().to_owned(),
-                    meta_only,
-                ));
-                let (status, body) = script.next().unwrap_or((500, serde_json::json!({})));
-                send.send_response(
-                    http::Response::builder()
-                        .status(status)
-                        .body(kube::client::Body::from(body.to_string().into_bytes()))
-                        .expect("response"),
-                );
-            }
-            seen
-        });
-        let client = kube::Client::new(svc, "acme");
+        let (client, server) = crate::controller::kernel::mock_api::serve(script);
         let result = call(Api::namespaced(client, "acme")).await;
         let seen = server.await.expect("mock server");
+        let seen = seen
+            .into_iter()
+            .map(|a| (a.method, a.path, a.metadata_only))
+            .collect();
         (result, seen)
     }
 
