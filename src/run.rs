@@ -212,7 +212,7 @@ pub const EXIT_LOST_LEADERSHIP: i32 = 3;
 
 /// Runs the operator until SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let kinde_config = args.kinde.config()?;
+    let mut kinde_config = args.kinde.config()?;
     let adoption = AdoptionPolicy::from_args(&args.adoption)?;
     let kube_config = kube::Config::infer()
         .await
@@ -229,7 +229,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         WriteFence::open()
     });
-    let mut kinde_config = kinde_config;
     kinde_config.write_fence = fence.clone();
     let mut registry = Registry::with_prefix("kinde_m2m_operator");
     let kinde_metrics = KindeMetrics::register(&mut registry);
