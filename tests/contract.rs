@@ -38,12 +38,13 @@ use support_kinde::Emu;
 use support_openapi::Spec;
 
 /// Every management operation the emulator serves, by `operationId`.
-const OPERATIONS: [&str; 17] = [
+const OPERATIONS: [&str; 18] = [
     "createApplication",
     "getApplications",
     "getApplication",
     "updateApplication",
     "deleteApplication",
+    "updateApplicationTokens",
     "addAPIs",
     "getAPIs",
     "getAPI",
@@ -428,6 +429,12 @@ fn missing() -> Vec<Input> {
             "/api/v1/applications/app_missing",
             None,
         ),
+        (
+            "updateApplicationTokens",
+            M::PATCH,
+            "/api/v1/applications/app_missing/tokens",
+            Some(json!({"access_token_lifetime": 600})),
+        ),
         ("getAPI", M::GET, "/api/v1/apis/api_missing", None),
         ("deleteAPI", M::DELETE, "/api/v1/apis/api_missing", None),
         (
@@ -516,6 +523,24 @@ fn bad_requests() -> Vec<Input> {
             Some(json!({"name": 5})),
         ),
         (
+            "updateApplicationTokens",
+            M::PATCH,
+            "/api/v1/applications/{app}/tokens",
+            Some(json!({})),
+        ),
+        (
+            "updateApplicationTokens",
+            M::PATCH,
+            "/api/v1/applications/{app}/tokens",
+            Some(json!({"access_token_lifetime": 0})),
+        ),
+        (
+            "updateApplicationTokens",
+            M::PATCH,
+            "/api/v1/applications/{app}/tokens",
+            Some(json!({"access_token_lifetime": "an hour"})),
+        ),
+        (
             "addAPIs",
             M::POST,
             "/api/v1/apis",
@@ -591,6 +616,12 @@ fn every_operation() -> Vec<Input> {
             M::PATCH,
             "/api/v1/applications/{app}",
             Some(json!({"name": "y"})),
+        ),
+        (
+            "updateApplicationTokens",
+            M::PATCH,
+            "/api/v1/applications/{app}/tokens",
+            Some(json!({"access_token_lifetime": 900})),
         ),
         (
             "deleteApplication",
@@ -725,6 +756,14 @@ fn steps() -> Vec<Step> {
         M::PATCH,
         "/api/v1/applications/{app}",
         Some(json!({"name": "contract app 2"})),
+        200,
+    ));
+    push(call(
+        "updateApplicationTokens",
+        ok,
+        M::PATCH,
+        "/api/v1/applications/{app}/tokens",
+        Some(json!({"access_token_lifetime": 600})),
         200,
     ));
     push(
@@ -1267,6 +1306,7 @@ fn client_operations_match_the_spec() {
         O::ListApplications,
         O::UpdateApplication,
         O::DeleteApplication,
+        O::UpdateApplicationTokens,
         O::CreateApi,
         O::GetApi,
         O::ListApis,

@@ -42,6 +42,10 @@ pub(crate) fn routes() -> Router<AppState> {
                 .patch(update_application)
                 .delete(delete_application),
         )
+        .route(
+            "/api/v1/applications/{application_id}/tokens",
+            patch(update_application_tokens),
+        )
         .route("/api/v1/apis", get(get_apis).post(add_apis))
         .route("/api/v1/apis/{api_id}", get(get_api).delete(delete_api))
         .route(
@@ -140,6 +144,7 @@ fn required_scopes(op: &str) -> &'static [&'static str] {
         "getApplication" | "getApplications" => &["read:applications"],
         "updateApplication" => &["update:applications"],
         "deleteApplication" => &["delete:applications"],
+        "updateApplicationTokens" => &["update:application_tokens"],
         "addAPIs" => &["create:apis"],
         "getAPI" | "getAPIs" => &["read:apis"],
         "deleteAPI" => &["delete:apis"],
@@ -508,6 +513,73 @@ async fn delete_application(
         ),
         true,
     ))
+}
+
+/// The body of `updateApplicationTokens`: lifetimes in seconds. Only
+/// `access_token_lifetime` is modelled (M2M tokens are access tokens); the others are
+/// type-checked and otherwise ignored.
+#[derive(Deserialize)]
+struct UpdateApplicationTokensBody {
+    access_token_lifetime: Option<i64>,
+    refresh_token_lifetime: Option<i64>,
+    id_token_lifetime: Option<i64>,
+    authenticated_session_lifetime: Option<i64>,
+    is_hasura_mapping_enabled: Option<bool>,
+}
+
+/// Longest lifetime the emulator accepts: a year (the spec gives no bound; an `i64` of
+/// seconds past that would overflow token expiry arithmetic long before it made sense).
+const MAX_TOKEN_LIFETIME_SECS: i64 = 365 * 86_400;
+
+/// `updateApplicationTokens`: 200 `success_response` (`APPLICATION_TOKENS_UPDATED`); 400
+/// `NO_FIELDS_TO_UPDATE` for a body without any setting (the spec's example code for an
+/// empty update), `INVALID_TOKEN_LIFETIME` for a lifetime that is not 1 s to a year. The
+/// new access-token lifetime applies to tokens issued from then on (`expires_in`, `exp`).
+async fn update_application_tokens(
+    State(shared): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    authorize(&shared, &headers, "updateApplicationTokens")?;
+    let body: UpdateApplicationTokensBody = parse_body(&body)?;
+    let lifetimes = [
+        ("access_token_lifetime", body.access_token_lifetime),
+        ("refresh_token_lifetime", body.refresh_token_lifetime),
+        ("id_token_lifetime", body.id_token_lifetime),
+        (
+            "authenticated_session_lifetime",
+            body.authenticated_session_lifetime,
+        ),
+    ];
+    if lifetimes.iter().all(|(_, v)| v.is_none()) && body.is_hasura_mapping_enabled.is_none() {
+        return Err(bad_request("NO_FIELDS_TO_UPDATE", "No fields to update"));
+    }
+    if let Some((field, _)) = lifetimes
+        .iter()
+        .find(|(_, v)| v.is_some_and(|s| !(1..=MAX_TOKEN_LIFETIME_SECS).contains(&s)))
+    {
+        return Err(bad_request(
+            "INVALID_TOKEN_LIFETIME",
+            format!("The {field} must be a number of seconds from 1 to {MAX_TOKEN_LIFETIME_SECS}"),
+        ));
+    }
+    let mut inner = shared.inner();
+    let wrote = match body.access_token_lifetime {
+        Some(seconds) => inner.store.set_access_token_lifetime(&id, seconds)?,
+        // Still a 404-style answer for an unknown application.
+        None => inner.store.application(&id).map(|_| false)?,
+    };
+    drop(inner);
+    let response = ok(
+        StatusCode::OK,
+        json!({"code": "APPLICATION_TOKENS_UPDATED", "message": "Application tokens successfully updated"}),
+    );
+    Ok(if wrote {
+        changed(response, true)
+    } else {
+        response
+    })
 }
 
 // ---- APIs ----

@@ -489,6 +489,8 @@ fn issue(
         ));
     }
     let org_code = app.org_code.clone();
+    // The application's own lifetime (`updateApplicationTokens`), else the emulator's.
+    let ttl = app.access_token_lifetime.unwrap_or(inner.token_ttl_secs);
     let scopes = if requested.is_empty() {
         granted
     } else {
@@ -500,7 +502,6 @@ fn issue(
         }
         unique
     };
-    let ttl = inner.token_ttl_secs;
     let claims = Claims::new(
         shared.issuer(),
         &audience,

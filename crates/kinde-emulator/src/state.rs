@@ -32,6 +32,7 @@ const MANAGEMENT_SCOPE_CATALOGUE: &[&str] = &[
     "create:api_application_scopes",
     "delete:api_application_scopes",
     "delete:apis_application_scopes",
+    "update:application_tokens",
 ];
 
 /// The spec's typo'd spellings (from the descriptions of `deleteAPIScope` and
@@ -147,6 +148,10 @@ pub(crate) struct Application {
     /// Secrets kept working by a dashboard-style rotation with "retain old secret".
     #[serde(default)]
     pub(crate) retained_secrets: Vec<String>,
+    /// Lifetime of the access tokens issued to this client, seconds
+    /// (`updateApplicationTokens`); unset: the emulator's `token_ttl_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) access_token_lifetime: Option<i64>,
     /// Creation order; the default (unsorted) listing order.
     pub(crate) seq: u64,
 }
@@ -306,6 +311,7 @@ impl Store {
                 org_code: None,
                 client_secret: secret.to_owned(),
                 retained_secrets: Vec::new(),
+                access_token_lifetime: None,
                 seq,
             },
         );
@@ -374,6 +380,7 @@ impl Store {
             org_code,
             client_secret: random_alnum(48),
             retained_secrets: Vec::new(),
+            access_token_lifetime: None,
             seq,
         };
         self.applications.insert(id, app.clone());
@@ -403,6 +410,21 @@ impl Store {
             }
             _ => Ok(false),
         }
+    }
+
+    /// Sets the access-token lifetime of an application; `true` when it changed.
+    pub(crate) fn set_access_token_lifetime(
+        &mut self,
+        id: &str,
+        seconds: i64,
+    ) -> Result<bool, KindeError> {
+        let app = self
+            .applications
+            .get_mut(id)
+            .ok_or_else(KindeError::app_not_found)?;
+        let changed = app.access_token_lifetime != Some(seconds);
+        app.access_token_lifetime = Some(seconds);
+        Ok(changed)
     }
 
     /// Deletes the application and every grant it had.
