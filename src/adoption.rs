@@ -32,18 +32,18 @@ pub struct AdoptionArgs {
     /// repeat for several. Default: adoption is refused everywhere.
     #[arg(
         long = "adoption-namespace",
-        env = "KINDE_ADOPTION_NAMESPACES",
+        env = "KINDE_M2M_ADOPTION_NAMESPACES",
         value_delimiter = ','
     )]
     pub adoption_namespaces: Vec<String>,
     /// Label selector on Namespaces whose objects may adopt (e.g.
     /// `m2m.kinde-operator.io/adoption=allowed`); `=`, `==`, `!=`, `key` and `!key` terms,
     /// comma-separated.
-    #[arg(long, env = "KINDE_ADOPTION_NAMESPACE_SELECTOR")]
+    #[arg(long, env = "KINDE_M2M_ADOPTION_NAMESPACE_SELECTOR")]
     pub adoption_namespace_selector: Option<String>,
     /// Allow deleting adopted Kinde objects (deletionPolicy Delete, rotation of an adopted
     /// application). Default: adopted objects are always left in Kinde.
-    #[arg(long, env = "KINDE_ADOPTION_ALLOW_DELETE", default_value_t = false, action = ArgAction::Set)]
+    #[arg(long, env = "KINDE_M2M_ADOPTION_ALLOW_DELETE", default_value_t = false, action = ArgAction::Set)]
     pub adoption_allow_delete: bool,
 }
 

@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod adoption;
+pub mod check;
+pub mod cli_env;
 pub mod conditions;
 pub mod controller;
 pub mod crd;
@@ -17,5 +19,6 @@ pub mod metrics;
 pub mod rotate;
 pub mod run;
 pub mod secret;
+pub mod status;
 pub mod telemetry;
 pub mod validation;

@@ -1,18 +1,18 @@
 //! The `kinde-m2m-operator` binary: a thin command-line shell over the library.
 #![forbid(unsafe_code)]
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use kinde_emulator as emulator;
-use kinde_m2m_operator::{crd, rotate, run, telemetry};
+use kinde_m2m_operator::{check, cli_env, crd, rotate, run, status, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(name = "kinde-m2m-operator", version, about)]
 struct Cli {
     /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t, global = true)]
+    #[arg(long, env = "KINDE_M2M_LOG_FORMAT", value_enum, default_value_t, global = true)]
     log_format: telemetry::LogFormat,
     /// Log filter, `RUST_LOG` syntax.
-    #[arg(long, env = "RUST_LOG", default_value = "info", global = true)]
+    #[arg(long, env = "KINDE_M2M_LOG_LEVEL", default_value = "info", global = true)]
     log_level: String,
     #[command(subcommand)]
     command: Command,
@@ -22,8 +22,18 @@ struct Cli {
 enum Command {
     /// Run the operator.
     Run(Box<run::RunArgs>),
-    /// Rotate an M2MApplication's credentials now (sets its rotate-requested-at annotation).
+    /// Rotate M2MApplications' credentials now (sets their rotate-requested-at annotation).
     Rotate(rotate::RotateArgs),
+    /// Check the operator's Kinde credentials and management scopes; fails when one is
+    /// missing (an init container, a CI step).
+    Check(check::CheckArgs),
+    /// Show an object: conditions, Kinde ids, Secret, rotation, recent Events.
+    Status(status::StatusArgs),
+    /// Print a shell completion script (`source <(kinde-m2m-operator completion bash)`).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Run the Kinde emulator as an HTTP server.
     Emulator(emulator::EmulatorArgs),
     /// Print the CustomResourceDefinitions as a multi-document YAML stream, or write one
@@ -38,7 +48,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     telemetry::init(cli.log_format, &cli.log_level);
     match cli.command {
         Command::Run(mut args) => {
@@ -51,6 +61,17 @@ async fn main() -> anyhow::Result<()> {
             run::run(*args).await
         }
         Command::Rotate(args) => rotate::run(args).await,
+        Command::Check(args) => check::run(args).await,
+        Command::Status(args) => status::run(args).await,
+        Command::Completion { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "kinde-m2m-operator",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Emulator(args) => emulator::run(args).await,
         Command::Crdgen { out_dir } if out_dir.is_empty() => {
             print!("{}", crd::crds_yaml()?);
@@ -65,6 +86,14 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The command line, with the environment variables' old names as fallbacks
+/// (`cli_env`).
+fn parse_cli() -> Cli {
+    let command = cli_env::with_aliases(Cli::command(), &|name| std::env::var_os(name));
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// `run --kinde-emulator`: starts the emulator in-process and points the operator at it.
@@ -97,4 +126,41 @@ async fn start_embedded_emulator(
     args.kinde.kinde_domain = Some(running.domain().parse()?);
     tracing::info!(url = running.base_url(), "embedded Kinde emulator started");
     Ok(running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variable the operator's commands read is `KINDE_M2M_`-prefixed; the emulator
+    /// subcommand keeps its own names (a separate tool: `KINDE_EMULATOR_*`, and the
+    /// management client it serves as `KINDE_CLIENT_ID`/`KINDE_CLIENT_SECRET`).
+    #[test]
+    fn env_names_are_prefixed() {
+        fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<(String, String)>) {
+            for arg in cmd.get_arguments() {
+                if let Some(env) = arg.get_env() {
+                    out.push((path.to_owned(), env.to_string_lossy().into_owned()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), out);
+            }
+        }
+        let mut envs = Vec::new();
+        walk(&Cli::command(), "kinde-m2m-operator", &mut envs);
+        assert!(envs.len() > 20, "{envs:?}");
+        for (path, env) in envs {
+            if path.ends_with(" emulator") {
+                continue;
+            }
+            assert!(env.starts_with("KINDE_M2M_"), "{path}: {env}");
+            assert!(cli_env::alias_of(&env).is_some() || env == "KINDE_M2M_NAMESPACE", "{path}: {env} has no alias");
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -31,26 +31,26 @@ fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
 #[derive(Args, Debug, Clone)]
 pub struct KindeArgs {
     /// Kinde domain: `https://<business>.kinde.com` or your custom domain.
-    #[arg(long, env = "KINDE_DOMAIN")]
+    #[arg(long, env = "KINDE_M2M_DOMAIN")]
     pub kinde_domain: Option<Url>,
     /// Client ID of the operator's own Kinde M2M application (authorized for the Kinde
     /// Management API with the scopes listed in the README).
-    #[arg(long, env = "KINDE_CLIENT_ID")]
+    #[arg(long, env = "KINDE_M2M_CLIENT_ID")]
     pub kinde_client_id: Option<String>,
     /// Client secret of that application.
-    #[arg(long, env = "KINDE_CLIENT_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    #[arg(long, env = "KINDE_M2M_CLIENT_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub kinde_client_secret: Option<SecretString>,
     /// Process-wide Kinde request rate (requests per second; 0 = unlimited).
-    #[arg(long, env = "KINDE_REQUESTS_PER_SECOND", default_value_t = 10.0)]
+    #[arg(long, env = "KINDE_M2M_REQUESTS_PER_SECOND", default_value_t = 10.0)]
     pub kinde_requests_per_second: f64,
     /// Requests allowed in a burst above the rate.
-    #[arg(long, env = "KINDE_BURST", default_value_t = 10)]
+    #[arg(long, env = "KINDE_M2M_BURST", default_value_t = 10)]
     pub kinde_burst: u32,
     /// Kinde calls in flight at once, process-wide.
-    #[arg(long, env = "KINDE_MAX_IN_FLIGHT", default_value_t = 4)]
+    #[arg(long, env = "KINDE_M2M_MAX_IN_FLIGHT", default_value_t = 4)]
     pub kinde_max_in_flight: usize,
     /// Timeout of one Kinde request.
-    #[arg(long, env = "KINDE_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KINDE_M2M_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub kinde_timeout: Duration,
 }
 
@@ -60,15 +60,15 @@ impl KindeArgs {
         let domain = self
             .kinde_domain
             .clone()
-            .context("--kinde-domain (KINDE_DOMAIN) is required")?;
+            .context("--kinde-domain (env KINDE_M2M_DOMAIN, or KINDE_DOMAIN) is required")?;
         let id = self
             .kinde_client_id
             .clone()
-            .context("--kinde-client-id (KINDE_CLIENT_ID) is required")?;
+            .context("--kinde-client-id (env KINDE_M2M_CLIENT_ID, or KINDE_CLIENT_ID) is required")?;
         let secret = self
             .kinde_client_secret
             .clone()
-            .context("--kinde-client-secret (KINDE_CLIENT_SECRET) is required")?;
+            .context("--kinde-client-secret (env KINDE_M2M_CLIENT_SECRET, or KINDE_CLIENT_SECRET) is required")?;
         let mut config = KindeConfig::new(domain, id, secret);
         config.requests_per_second = self.kinde_requests_per_second;
         config.burst = self.kinde_burst;
@@ -86,32 +86,32 @@ pub struct RunArgs {
     #[command(flatten)]
     pub adoption: AdoptionArgs,
     /// Start the embedded Kinde emulator and use it instead of Kinde (local trial, demos).
-    #[arg(long, env = "KINDE_EMULATOR")]
+    #[arg(long, env = "KINDE_M2M_EMULATOR")]
     pub kinde_emulator: bool,
     /// Where the embedded emulator listens (with --kinde-emulator).
-    #[arg(long, env = "KINDE_EMULATOR_LISTEN", default_value = "127.0.0.1:8787")]
+    #[arg(long, env = "KINDE_M2M_EMULATOR_LISTEN", default_value = "127.0.0.1:8787")]
     pub kinde_emulator_listen: SocketAddr,
     /// Namespace to watch; repeat for several. Default: all namespaces.
-    #[arg(long = "namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    #[arg(long = "namespace", env = "KINDE_M2M_WATCH_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
     /// Period of the drift-detecting resync of every object (jittered by up to 10%).
-    #[arg(long, env = "RESYNC_PERIOD", default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KINDE_M2M_RESYNC_PERIOD", default_value = "10m", value_parser = humantime::parse_duration)]
     pub resync_period: Duration,
     /// Shortest `spec.rotation.every` accepted (each scheduled rotation mints a new
     /// authorized Kinde application; the interval must also be at least twice the overlap).
-    #[arg(long, env = "MIN_ROTATION_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KINDE_M2M_MIN_ROTATION_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub min_rotation_interval: Duration,
     /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "KINDE_M2M_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// Elect a leader on a Lease so several replicas can run safely.
-    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, env = "KINDE_M2M_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
     pub leader_election: bool,
     /// Namespace of the leader Lease (default: the pod's namespace, else `default`).
-    #[arg(long, env = "LEASE_NAMESPACE")]
+    #[arg(long, env = "KINDE_M2M_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
     /// Name of the leader Lease.
-    #[arg(long, env = "LEASE_NAME", default_value = "kinde-m2m-operator")]
+    #[arg(long, env = "KINDE_M2M_LEASE_NAME", default_value = "kinde-m2m-operator")]
     pub lease_name: String,
 }
 

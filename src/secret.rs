@@ -3,7 +3,7 @@
 //!
 //! Keys: `KINDE_DOMAIN`, `KINDE_CLIENT_ID`, `KINDE_CLIENT_SECRET`, `KINDE_TOKEN_URL`,
 //! `KINDE_AUDIENCE` (space-separated audiences of the app's Ready grants): `envFrom` works
-//! as is.
+//! as is. `spec.secret.keys` renames them ([`KeyNames`]) and may leave the last two out.
 
 use std::collections::BTreeMap;
 
@@ -14,15 +14,81 @@ use secrecy::{ExposeSecret, SecretString};
 
 /// The label every Secret we write carries (user labels cannot override it).
 pub use crate::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::crd::{
+    DEFAULT_KEY_AUDIENCE, DEFAULT_KEY_CLIENT_ID, DEFAULT_KEY_CLIENT_SECRET, DEFAULT_KEY_DOMAIN,
+    DEFAULT_KEY_TOKEN_URL, OptionalKey, SecretKeys,
+};
 /// Kinde application id behind the Secret, for people and tools looking at the Secret alone
 /// (which app to look up in the Kinde dashboard, which one a leaked secret belongs to).
 const APPLICATION_ID_ANNOTATION: &str = "m2m.kinde-operator.io/application-id";
 
-const KEY_DOMAIN: &str = "KINDE_DOMAIN";
-pub(crate) const KEY_CLIENT_ID: &str = "KINDE_CLIENT_ID";
-pub(crate) const KEY_CLIENT_SECRET: &str = "KINDE_CLIENT_SECRET";
-const KEY_TOKEN_URL: &str = "KINDE_TOKEN_URL";
-pub(crate) const KEY_AUDIENCE: &str = "KINDE_AUDIENCE";
+/// The names of the Secret's keys, resolved from `spec.secret.keys`; `None` = left out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyNames {
+    pub domain: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub token_url: Option<String>,
+    pub audience: Option<String>,
+}
+
+impl Default for KeyNames {
+    fn default() -> Self {
+        Self::from_spec(&SecretKeys::default())
+    }
+}
+
+impl KeyNames {
+    /// The names `spec.secret.keys` asks for, defaults filled in.
+    pub fn from_spec(keys: &SecretKeys) -> Self {
+        let name = |set: &Option<String>, default: &str| {
+            set.clone().unwrap_or_else(|| default.to_owned())
+        };
+        let unless_omitted = |key: OptionalKey, set: &Option<String>, default: &str| {
+            (!keys.omit.contains(&key)).then(|| name(set, default))
+        };
+        Self {
+            domain: name(&keys.domain, DEFAULT_KEY_DOMAIN),
+            client_id: name(&keys.client_id, DEFAULT_KEY_CLIENT_ID),
+            client_secret: name(&keys.client_secret, DEFAULT_KEY_CLIENT_SECRET),
+            token_url: unless_omitted(OptionalKey::TokenUrl, &keys.token_url, DEFAULT_KEY_TOKEN_URL),
+            audience: unless_omitted(OptionalKey::Audience, &keys.audience, DEFAULT_KEY_AUDIENCE),
+        }
+    }
+
+    /// Every key the Secret carries, with the spec field that names it.
+    pub fn fields(&self) -> Vec<(&'static str, &str)> {
+        let mut all = vec![
+            ("spec.secret.keys.domain", self.domain.as_str()),
+            ("spec.secret.keys.clientId", self.client_id.as_str()),
+            ("spec.secret.keys.clientSecret", self.client_secret.as_str()),
+        ];
+        all.extend(self.token_url.as_deref().map(|k| ("spec.secret.keys.tokenUrl", k)));
+        all.extend(self.audience.as_deref().map(|k| ("spec.secret.keys.audience", k)));
+        all
+    }
+
+    /// What is wrong with these names for a Secret, naming the field: a key the API server
+    /// would refuse, two keys with one name.
+    pub fn problem(&self) -> Option<String> {
+        let fields = self.fields();
+        for (field, key) in &fields {
+            if !crate::validation::is_secret_key(key) {
+                return Some(format!(
+                    "{field}: {key:?} is not a valid Secret key (1-253 characters of [-._a-zA-Z0-9], not \".\", not starting with \"..\")"
+                ));
+            }
+        }
+        for (i, (field, key)) in fields.iter().enumerate() {
+            if let Some((other, _)) = fields[..i].iter().find(|(_, k)| k == key) {
+                return Some(format!(
+                    "{field} and {other} both name the Secret key {key:?}; each key needs its own name"
+                ));
+            }
+        }
+        None
+    }
+}
 
 /// Everything that goes into the Secret.
 pub struct Credentials<'a> {
@@ -43,6 +109,8 @@ pub struct Placement<'a> {
     pub owner: OwnerReference,
     pub labels: Option<&'a BTreeMap<String, String>>,
     pub annotations: Option<&'a BTreeMap<String, String>>,
+    /// Names of the data keys.
+    pub keys: &'a KeyNames,
 }
 
 /// Builds the desired Secret.
@@ -58,16 +126,21 @@ pub fn build(place: &Placement<'_>, creds: &Credentials<'_>) -> Secret {
     let mut audiences = creds.audiences.clone();
     audiences.sort();
     audiences.dedup();
-    let data = BTreeMap::from([
-        (KEY_DOMAIN.to_owned(), bytes(creds.domain)),
-        (KEY_CLIENT_ID.to_owned(), bytes(creds.client_id)),
+    let keys = place.keys;
+    let mut data = BTreeMap::from([
+        (keys.domain.clone(), bytes(creds.domain)),
+        (keys.client_id.clone(), bytes(creds.client_id)),
         (
-            KEY_CLIENT_SECRET.to_owned(),
+            keys.client_secret.clone(),
             bytes(creds.client_secret.expose_secret()),
         ),
-        (KEY_TOKEN_URL.to_owned(), bytes(creds.token_url)),
-        (KEY_AUDIENCE.to_owned(), bytes(&audiences.join(" "))),
     ]);
+    if let Some(key) = &keys.token_url {
+        data.insert(key.clone(), bytes(creds.token_url));
+    }
+    if let Some(key) = &keys.audience {
+        data.insert(key.clone(), bytes(&audiences.join(" ")));
+    }
     Secret {
         metadata: ObjectMeta {
             name: Some(place.name.to_owned()),
@@ -173,6 +246,10 @@ mod tests {
     }
 
     fn desired(secret: &SecretString, audiences: Vec<String>) -> Secret {
+        desired_with(secret, audiences, &KeyNames::default())
+    }
+
+    fn desired_with(secret: &SecretString, audiences: Vec<String>, keys: &KeyNames) -> Secret {
         let user_labels = BTreeMap::from([
             ("team".to_owned(), "acme".to_owned()),
             (MANAGED_BY_LABEL.to_owned(), "someone-else".to_owned()),
@@ -184,6 +261,7 @@ mod tests {
                 owner: owner(),
                 labels: Some(&user_labels),
                 annotations: None,
+                keys,
             },
             &Credentials {
                 domain: "https://biz.kinde.com",
@@ -204,17 +282,17 @@ mod tests {
             vec!["https://b".into(), "https://a".into(), "https://b".into()],
         );
         assert_eq!(
-            read_key(&s, KEY_DOMAIN).as_deref(),
+            read_key(&s, DEFAULT_KEY_DOMAIN).as_deref(),
             Some("https://biz.kinde.com")
         );
-        assert_eq!(read_key(&s, KEY_CLIENT_ID).as_deref(), Some("app1"));
-        assert_eq!(read_key(&s, KEY_CLIENT_SECRET).as_deref(), Some("s3cret"));
+        assert_eq!(read_key(&s, DEFAULT_KEY_CLIENT_ID).as_deref(), Some("app1"));
+        assert_eq!(read_key(&s, DEFAULT_KEY_CLIENT_SECRET).as_deref(), Some("s3cret"));
         assert_eq!(
-            read_key(&s, KEY_TOKEN_URL).as_deref(),
+            read_key(&s, DEFAULT_KEY_TOKEN_URL).as_deref(),
             Some("https://biz.kinde.com/oauth2/token")
         );
         assert_eq!(
-            read_key(&s, KEY_AUDIENCE).as_deref(),
+            read_key(&s, DEFAULT_KEY_AUDIENCE).as_deref(),
             Some("https://a https://b")
         );
         assert_eq!(s.type_.as_deref(), Some("Opaque"));
@@ -231,7 +309,7 @@ mod tests {
     fn no_audience_is_an_empty_value() {
         let secret = SecretString::from("x");
         assert_eq!(
-            read_key(&desired(&secret, vec![]), KEY_AUDIENCE).as_deref(),
+            read_key(&desired(&secret, vec![]), DEFAULT_KEY_AUDIENCE).as_deref(),
             Some("")
         );
     }
@@ -260,7 +338,7 @@ mod tests {
         edited
             .data
             .get_or_insert_default()
-            .insert(KEY_CLIENT_SECRET.into(), bytes("tampered"));
+            .insert(DEFAULT_KEY_CLIENT_SECRET.into(), bytes("tampered"));
         assert!(needs_update(&edited, &want));
 
         let mut extra_key = have.clone();
@@ -285,5 +363,56 @@ mod tests {
         let mut s = desired(&secret, vec![]);
         s.metadata.owner_references.get_or_insert_default()[0].uid = "other".into();
         assert!(!is_owned_by(&s.metadata, &owner()));
+    }
+
+    fn keys(spec: serde_json::Value) -> KeyNames {
+        KeyNames::from_spec(&serde_json::from_value(spec).expect("keys"))
+    }
+
+    #[test]
+    fn keys_are_renamed_and_optional_ones_left_out() {
+        let secret = SecretString::from("s3cret");
+        // Envoy Gateway / oauth2-proxy style.
+        let names = keys(serde_json::json!({
+            "clientId": "client-id", "clientSecret": "client-secret",
+            "omit": ["audience", "tokenUrl"]
+        }));
+        let s = desired_with(&secret, vec!["https://a".into()], &names);
+        let data: Vec<&str> = s.data.iter().flatten().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(data, ["KINDE_DOMAIN", "client-id", "client-secret"]);
+        assert_eq!(read_key(&s, "client-id").as_deref(), Some("app1"));
+        assert_eq!(read_key(&s, "client-secret").as_deref(), Some("s3cret"));
+        assert_eq!(names.problem(), None);
+
+        let renamed = keys(serde_json::json!({"audience": "aud", "tokenUrl": "token_url"}));
+        let s = desired_with(&secret, vec!["https://a".into()], &renamed);
+        assert_eq!(read_key(&s, "aud").as_deref(), Some("https://a"));
+        assert_eq!(
+            read_key(&s, "token_url").as_deref(),
+            Some("https://biz.kinde.com/oauth2/token")
+        );
+        assert_eq!(read_key(&s, DEFAULT_KEY_AUDIENCE), None);
+    }
+
+    #[test]
+    fn key_problems_name_the_field() {
+        let clash = keys(serde_json::json!({"clientSecret": "KINDE_CLIENT_ID"}));
+        let problem = clash.problem().unwrap_or_default();
+        assert!(
+            problem.contains("spec.secret.keys.clientSecret")
+                && problem.contains("spec.secret.keys.clientId"),
+            "{problem}"
+        );
+        // An omitted key frees its default name.
+        let freed = keys(serde_json::json!({"clientId": "KINDE_AUDIENCE", "omit": ["audience"]}));
+        assert_eq!(freed.problem(), None);
+        for bad in ["a b", ".", "..", "..x", "k/v", ""] {
+            let names = keys(serde_json::json!({"domain": bad}));
+            let problem = names.problem().unwrap_or_default();
+            assert!(problem.contains("spec.secret.keys.domain"), "{bad:?}: {problem}");
+        }
+        let long = keys(serde_json::json!({"audience": "a".repeat(254)}));
+        assert!(long.problem().is_some());
+        assert_eq!(keys(serde_json::json!({"domain": ".dotfile"})).problem(), None);
     }
 }

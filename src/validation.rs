@@ -23,6 +23,18 @@ pub(crate) fn is_dns1123_subdomain(s: &str) -> bool {
         })
 }
 
+/// A Secret (or ConfigMap) data key: 1-253 characters of `[-._a-zA-Z0-9]`, neither `.` nor
+/// starting with `..` (the API server's `IsConfigMapKey`).
+pub(crate) fn is_secret_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+        && key != "."
+        && !key.starts_with("..")
+}
+
 /// A label or annotation key: an optional DNS-1123 subdomain prefix and `/`, then a name of
 /// 1-63 alphanumerics, `-`, `_` and `.`, starting and ending with an alphanumeric.
 pub(crate) fn is_qualified_name(key: &str) -> bool {
@@ -60,6 +72,16 @@ mod tests {
         assert!(!is_dns1123_subdomain(&"a".repeat(254)));
         for bad in ["", "A", "a_b", "-a", "a-", "a..b", ".a", "a."] {
             assert!(!is_dns1123_subdomain(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn secret_keys() {
+        for ok in ["KINDE_CLIENT_ID", "client-id", "a.b_c-9", ".env", &"a".repeat(253)] {
+            assert!(is_secret_key(ok), "{ok:?}");
+        }
+        for bad in ["", ".", "..", "..a", "a b", "a/b", "ü", &"a".repeat(254)] {
+            assert!(!is_secret_key(bad), "{bad:?}");
         }
     }
 

@@ -72,6 +72,9 @@ const AUDIENCE: &str = "self == oldSelf";
 const API_DISPLAY_NAME: &str = "has(self.displayName)";
 const GRANT_POLICY: &str = "self.from == 'Selector'";
 const ORG_CODE: &str = "has(self.organizationCode)";
+const DISTINCT_KEYS: &str = "'KINDE_CLIENT_SECRET')) &&";
+const OMIT_RENAMED: &str = "'tokenUrl' in self.omit && has(self.tokenUrl)";
+const TOKEN_LIFETIME: &str = "duration('24h')";
 
 fn cases() -> Vec<Case> {
     let base = || json!({"audience": "https://api.example.com"});
@@ -284,7 +287,112 @@ fn cases() -> Vec<Case> {
             old: Some(app(json!({"organizationCode": "org_123"}))),
             fails_naming: Some("spec.organizationCode"),
         },
+        // --- M2MApplication spec.secret.keys: no two keys share a name (defaults included,
+        // omitted ones excluded).
+        Case {
+            name: "secret keys: Envoy Gateway style",
+            plural: "m2mapplications",
+            rule: DISTINCT_KEYS,
+            new: app(keys(json!({"clientId": "client-id", "clientSecret": "client-secret", "omit": ["audience", "tokenUrl"]}))),
+            old: None,
+            fails_naming: None,
+        },
+        Case {
+            name: "secret keys: an omitted key frees its default name",
+            plural: "m2mapplications",
+            rule: DISTINCT_KEYS,
+            new: app(keys(json!({"clientId": "KINDE_AUDIENCE", "omit": ["audience"]}))),
+            old: Some(app(json!({}))),
+            fails_naming: None,
+        },
+        Case {
+            name: "secret keys: renamed onto another default",
+            plural: "m2mapplications",
+            rule: DISTINCT_KEYS,
+            new: app(keys(json!({"clientSecret": "KINDE_CLIENT_ID"}))),
+            old: None,
+            fails_naming: Some("spec.secret.keys"),
+        },
+        Case {
+            name: "secret keys: update giving two the same name",
+            plural: "m2mapplications",
+            rule: DISTINCT_KEYS,
+            new: app(keys(json!({"domain": "x", "tokenUrl": "x"}))),
+            old: Some(app(keys(json!({"domain": "x"})))),
+            fails_naming: Some("spec.secret.keys"),
+        },
+        // --- spec.secret.keys.omit: a key is renamed or omitted, not both.
+        Case {
+            name: "omit: an unrenamed key",
+            plural: "m2mapplications",
+            rule: OMIT_RENAMED,
+            new: app(keys(json!({"audience": "aud", "omit": ["tokenUrl"]}))),
+            old: None,
+            fails_naming: None,
+        },
+        Case {
+            name: "omit: a renamed key",
+            plural: "m2mapplications",
+            rule: OMIT_RENAMED,
+            new: app(keys(json!({"audience": "aud", "omit": ["audience"]}))),
+            old: None,
+            fails_naming: Some("spec.secret.keys.omit"),
+        },
+        Case {
+            name: "omit: update omitting a renamed key",
+            plural: "m2mapplications",
+            rule: OMIT_RENAMED,
+            new: app(keys(json!({"tokenUrl": "url", "omit": ["tokenUrl"]}))),
+            old: Some(app(keys(json!({"tokenUrl": "url"})))),
+            fails_naming: Some("spec.secret.keys.omit"),
+        },
+        Case {
+            name: "omit: update keeping it valid",
+            plural: "m2mapplications",
+            rule: OMIT_RENAMED,
+            new: app(keys(json!({"omit": ["tokenUrl", "audience"]}))),
+            old: Some(app(keys(json!({"omit": ["audience"]})))),
+            fails_naming: None,
+        },
+        // --- spec.tokens.accessTokenLifetime: 1m to 24h.
+        Case {
+            name: "accessTokenLifetime: in range",
+            plural: "m2mapplications",
+            rule: TOKEN_LIFETIME,
+            new: app(json!({"tokens": {"accessTokenLifetime": "90m"}})),
+            old: Some(app(json!({"tokens": {"accessTokenLifetime": "1h"}}))),
+            fails_naming: None,
+        },
+        Case {
+            name: "accessTokenLifetime: the bounds",
+            plural: "m2mapplications",
+            rule: TOKEN_LIFETIME,
+            new: app(json!({"tokens": {"accessTokenLifetime": "24h"}})),
+            old: Some(app(json!({"tokens": {"accessTokenLifetime": "1m"}}))),
+            fails_naming: None,
+        },
+        Case {
+            name: "accessTokenLifetime: too short",
+            plural: "m2mapplications",
+            rule: TOKEN_LIFETIME,
+            new: app(json!({"tokens": {"accessTokenLifetime": "59s"}})),
+            old: None,
+            fails_naming: Some("spec.tokens.accessTokenLifetime"),
+        },
+        Case {
+            name: "accessTokenLifetime: update to too long",
+            plural: "m2mapplications",
+            rule: TOKEN_LIFETIME,
+            new: app(json!({"tokens": {"accessTokenLifetime": "25h"}})),
+            old: Some(app(json!({"tokens": {"accessTokenLifetime": "1h"}}))),
+            fails_naming: Some("spec.tokens.accessTokenLifetime"),
+        },
     ]
+}
+
+/// An M2MApplication spec with these `spec.secret.keys`.
+fn keys(keys: Value) -> Value {
+    json!({"secret": {"keys": keys}})
 }
 
 #[test]
@@ -371,7 +479,7 @@ fn every_rule_is_covered() {
     }
     assert_eq!(
         in_schema.len(),
-        4,
+        7,
         "new CEL rule? add cases for it: {in_schema:?}"
     );
 }
@@ -420,5 +528,5 @@ fn rules_compile_within_scope_and_budget() {
         "CEL rule problems:\n  {}",
         problems.join("\n  ")
     );
-    assert_eq!(seen, 4);
+    assert_eq!(seen, 7);
 }

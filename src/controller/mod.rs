@@ -9,6 +9,7 @@ pub mod kernel;
 pub mod m2m_application;
 pub mod world;
 
+use std::collections::BTreeSet;
 use std::collections::hash_map::DefaultHasher;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -87,7 +88,49 @@ struct Built<K: Managed> {
     router: Router<K>,
 }
 
-fn build<K>(client: &Client, scope: &Scope) -> Built<K>
+/// Follows one watch of `K` and removes the per-object series of objects that went away:
+/// at their delete event, and, after a relist (a watch that was down saw no deletes), those
+/// the new list lacks. The finalizer path removes them too; this covers deletions that
+/// bypass it (a finalizer removed by hand, an object deleted while the operator was away).
+struct SeriesJanitor {
+    metrics: Metrics,
+    kind: &'static str,
+    namespace: Option<String>,
+    listing: Option<BTreeSet<(String, String)>>,
+}
+
+impl SeriesJanitor {
+    fn see<K: Resource>(&mut self, event: &watcher::Event<K>) {
+        let key = |obj: &K| {
+            (
+                obj.meta().namespace.clone().unwrap_or_default(),
+                obj.meta().name.clone().unwrap_or_default(),
+            )
+        };
+        match event {
+            watcher::Event::Delete(obj) => {
+                let (ns, name) = key(obj);
+                self.metrics
+                    .forget(&kernel::object_labels(&ns, &name, self.kind));
+            }
+            watcher::Event::Init => self.listing = Some(BTreeSet::new()),
+            watcher::Event::InitApply(obj) => {
+                if let Some(listing) = &mut self.listing {
+                    listing.insert(key(obj));
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(listing) = self.listing.take() {
+                    self.metrics
+                        .forget_missing(self.kind, self.namespace.as_deref(), &listing);
+                }
+            }
+            watcher::Event::Apply(_) => {}
+        }
+    }
+}
+
+fn build<K>(client: &Client, scope: &Scope, metrics: &Metrics) -> Built<K>
 where
     K: Managed,
 {
@@ -96,12 +139,24 @@ where
     let mut senders = Vec::new();
     for slot in scope.slots() {
         let (reader, writer) = reflector::store();
+        let mut janitor = SeriesJanitor {
+            metrics: metrics.clone(),
+            kind: K::KIND,
+            namespace: slot.clone(),
+            listing: None,
+        };
         let stream = watcher(
             api_for::<K>(client, &slot),
             watcher::Config::default().any_semantic(),
         )
         .default_backoff()
         .reflect(writer)
+        .map(move |event| {
+            if let Ok(event) = &event {
+                janitor.see(event);
+            }
+            event
+        })
         .applied_objects()
         .predicate_filter(meaningful_change::<K>, Default::default());
         let (tx, rx) = futures::channel::mpsc::unbounded::<ObjectRef<K>>();
@@ -149,9 +204,9 @@ pub async fn run(
         adoption,
         min_rotation_every,
     } = settings;
-    let apps = build::<M2MApplication>(&client, &scope);
-    let apis = build::<ApiRegistration>(&client, &scope);
-    let grants = build::<ApiGrant>(&client, &scope);
+    let apps = build::<M2MApplication>(&client, &scope, &metrics);
+    let apis = build::<ApiRegistration>(&client, &scope, &metrics);
+    let grants = build::<ApiGrant>(&client, &scope, &metrics);
     let secrets = secret_triggers(&client, &scope);
 
     let ctx = Arc::new(Context {

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::core::Rule;
 use kube::{CustomResource, KubeSchema, ResourceExt};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::DeletionPolicy;
@@ -75,6 +77,10 @@ pub struct M2MApplicationSpec {
     #[serde(default)]
     pub rotation: RotationSpec,
 
+    /// Token settings of the Kinde application (Kinde's `updateApplicationTokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<TokensSpec>,
+
     /// What happens to the Kinde application when this resource is deleted. When unset:
     /// `Delete` for an application the operator created, `Orphan` for an adopted one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,7 +88,7 @@ pub struct M2MApplicationSpec {
 }
 
 /// The credentials Secret (keys `KINDE_DOMAIN`, `KINDE_CLIENT_ID`, `KINDE_CLIENT_SECRET`,
-/// `KINDE_TOKEN_URL`, `KINDE_AUDIENCE`).
+/// `KINDE_TOKEN_URL`, `KINDE_AUDIENCE` unless renamed in `keys`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretSpec {
@@ -102,6 +108,151 @@ pub struct SecretSpec {
     /// Extra annotations for the Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
+
+    /// Names of the Secret's keys, for consumers that expect others (Envoy Gateway and
+    /// oauth2-proxy read `client-id` and `client-secret`). Unset keys keep their default
+    /// name; `omit` leaves `tokenUrl` and `audience` out.
+    #[serde(default, skip_serializing_if = "SecretKeys::is_default")]
+    pub keys: SecretKeys,
+}
+
+/// Default names of the Secret's keys.
+pub const DEFAULT_KEY_DOMAIN: &str = "KINDE_DOMAIN";
+pub const DEFAULT_KEY_CLIENT_ID: &str = "KINDE_CLIENT_ID";
+pub const DEFAULT_KEY_CLIENT_SECRET: &str = "KINDE_CLIENT_SECRET";
+pub const DEFAULT_KEY_TOKEN_URL: &str = "KINDE_TOKEN_URL";
+pub const DEFAULT_KEY_AUDIENCE: &str = "KINDE_AUDIENCE";
+
+/// A Secret data key as the API server accepts it (`[-._a-zA-Z0-9]+`, not `.`, not
+/// starting with `..`), written without look-ahead: the schema's regex dialect has none.
+pub const SECRET_KEY_PATTERN: &str = r"^([-_a-zA-Z0-9]|\.[-_a-zA-Z0-9])[-._a-zA-Z0-9]*$";
+
+/// The effective key names as CEL expressions, `''` for an omitted key (never a valid
+/// key: the pattern wants one character at least).
+fn effective_keys_cel() -> [String; 5] {
+    let key = |field: &str, default: &str| format!("(has(self.{field}) ? self.{field} : '{default}')");
+    let optional = |field: &str, default: &str| {
+        format!(
+            "(has(self.omit) && '{field}' in self.omit ? '' : {})",
+            key(field, default)
+        )
+    };
+    [
+        key("domain", DEFAULT_KEY_DOMAIN),
+        key("clientId", DEFAULT_KEY_CLIENT_ID),
+        key("clientSecret", DEFAULT_KEY_CLIENT_SECRET),
+        optional("tokenUrl", DEFAULT_KEY_TOKEN_URL),
+        optional("audience", DEFAULT_KEY_AUDIENCE),
+    ]
+}
+
+/// CEL: no two keys of the Secret share a name (defaults included). Pairwise, without
+/// comprehensions (cheap, and checkable by static analysis); only the two optional keys
+/// can both be `''`.
+fn distinct_keys_rule() -> Rule {
+    let keys = effective_keys_cel();
+    let mut pairs = Vec::new();
+    for (i, a) in keys.iter().enumerate() {
+        for b in &keys[i + 1..] {
+            pairs.push(format!("({a} == '' || {a} != {b})"));
+        }
+    }
+    Rule::new(pairs.join(" && "))
+        .message("spec.secret.keys: two keys of the Secret have the same name")
+}
+
+/// Keys of the Secret that `spec.secret.keys.omit` may leave out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OptionalKey {
+    /// `KINDE_TOKEN_URL` (or its `tokenUrl` name).
+    TokenUrl,
+    /// `KINDE_AUDIENCE` (or its `audience` name).
+    Audience,
+}
+
+/// Names of the credentials Secret's keys (each `[-._a-zA-Z0-9]+`, at most 253 characters,
+/// all different).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[x_kube(validation = distinct_keys_rule(), validation = Rule::new(
+    "!has(self.omit) || !(('tokenUrl' in self.omit && has(self.tokenUrl)) || ('audience' in self.omit && has(self.audience)))"
+).message("spec.secret.keys.omit: a key cannot be both renamed and omitted"))]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeys {
+    /// Key of the Kinde domain. Default `KINDE_DOMAIN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY_PATTERN))]
+    pub domain: Option<String>,
+    /// Key of the client ID. Default `KINDE_CLIENT_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY_PATTERN))]
+    pub client_id: Option<String>,
+    /// Key of the client secret. Default `KINDE_CLIENT_SECRET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY_PATTERN))]
+    pub client_secret: Option<String>,
+    /// Key of the token endpoint URL. Default `KINDE_TOKEN_URL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY_PATTERN))]
+    pub token_url: Option<String>,
+    /// Key of the space-separated audiences of the app's Ready grants. Default
+    /// `KINDE_AUDIENCE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY_PATTERN))]
+    pub audience: Option<String>,
+    /// Keys left out of the Secret: `tokenUrl`, `audience`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub omit: Vec<OptionalKey>,
+}
+
+impl SecretKeys {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Settings of the tokens Kinde issues for the application.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokensSpec {
+    /// Lifetime of the access tokens Kinde issues with these credentials, as a Go duration
+    /// in whole seconds, from `1m` to `24h` (`15m`, `1h`). Unset: Kinde's setting is left
+    /// as it is. Removing it later also leaves the last value in Kinde.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::crd::DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(
+        "duration(self) >= duration('1m') && duration(self) <= duration('24h')"
+    ).message("spec.tokens.accessTokenLifetime must be from 1m to 24h"))]
+    pub access_token_lifetime: Option<String>,
+}
+
+/// Shortest `spec.tokens.accessTokenLifetime`: every token is a client-credentials request
+/// (Kinde bills M2M tokens), so a tiny lifetime multiplies them.
+pub const MIN_ACCESS_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+/// Longest `spec.tokens.accessTokenLifetime`: Kinde advises against access tokens living
+/// longer than a day.
+pub const MAX_ACCESS_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+impl TokensSpec {
+    /// `accessTokenLifetime` in seconds, `None` when unset; an error names the field.
+    pub fn access_token_lifetime(&self) -> anyhow::Result<Option<u64>> {
+        let Some(text) = &self.access_token_lifetime else {
+            return Ok(None);
+        };
+        let field = "spec.tokens.accessTokenLifetime";
+        let d = super::parse_duration(text).map_err(|e| e.context(field))?;
+        anyhow::ensure!(
+            d.subsec_nanos() == 0,
+            "{field} must be whole seconds (Kinde takes seconds), got {text:?}"
+        );
+        anyhow::ensure!(
+            (MIN_ACCESS_TOKEN_LIFETIME..=MAX_ACCESS_TOKEN_LIFETIME).contains(&d),
+            "{field} must be from 1m to 24h, got {text:?}"
+        );
+        Ok(Some(d.as_secs()))
+    }
 }
 
 /// Credential rotation. Rotation replaces the Kinde application by a successor (Kinde has no
@@ -215,12 +366,28 @@ pub struct M2MApplicationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_successor: Option<PendingSuccessor>,
 
+    /// The token settings last applied to the current application
+    /// (`updateApplicationTokens`): Kinde's `getApplication` does not return them, so this
+    /// record is how the operator knows they are in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_tokens: Option<AppliedTokens>,
+
     /// Since when a create of this object's Kinde application had an unknown outcome
     /// (timeout, lost response): Kinde may still process it later, so until this is
     /// cleared the operator keeps looking for, and deletes, applications carrying this
     /// object's marker that it does not use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unconfirmed_create_since: Option<Time>,
+}
+
+/// Token settings applied in Kinde, and to which application.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedTokens {
+    /// Id of the Kinde application they were applied to.
+    pub application_id: String,
+    /// The access-token lifetime applied, in seconds.
+    pub access_token_lifetime_seconds: u64,
 }
 
 /// A rotation's successor application, recorded before it is authorized.

@@ -188,6 +188,31 @@ impl KindeClient {
         &self.inner.metrics
     }
 
+    // ---- diagnostics (`kinde-m2m-operator check`) ----
+
+    /// The scopes the management token carries (its `scp` claim, else its `scope`), read
+    /// from the token's payload without verifying it: Kinde just handed it out, and the
+    /// answer is only shown, never trusted for a decision. `None` when the token is not a
+    /// JWT with either claim.
+    pub async fn management_token_scopes(&self) -> Result<Option<Vec<String>>> {
+        let lease = self.token().await?;
+        Ok(token_scopes(lease.token.expose_secret()))
+    }
+
+    /// One page of one application: proves `read:applications` without listing them all.
+    pub async fn probe_list_applications(&self) -> Result<()> {
+        let _: ListApplicationsResponse = self
+            .json(
+                Operation::ListApplications,
+                Method::GET,
+                &["api", "v1", "applications"],
+                &[("page_size", "1")],
+                None::<&()>,
+            )
+            .await?;
+        Ok(())
+    }
+
     // ---- applications ----
 
     /// Creates an M2M application (org-scoped when `org_code` is set). Never retried after
@@ -264,6 +289,26 @@ impl KindeClient {
             &["api", "v1", "applications", id],
             &[],
             None::<&()>,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Sets the lifetime (seconds) of the access tokens Kinde issues for an application.
+    pub async fn update_application_tokens(
+        &self,
+        id: &str,
+        access_token_lifetime: u64,
+    ) -> Result<()> {
+        let body = UpdateApplicationTokensRequest {
+            access_token_lifetime,
+        };
+        self.send(
+            Operation::UpdateApplicationTokens,
+            Method::PATCH,
+            &["api", "v1", "applications", id, "tokens"],
+            &[],
+            Some(&body),
         )
         .await
         .map(drop)
@@ -809,6 +854,27 @@ impl KindeClient {
     }
 }
 
+/// The `scp` (list) or `scope` (space-separated) claim of a JWT's payload.
+fn token_scopes(jwt: &str) -> Option<Vec<String>> {
+    use base64::Engine as _;
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    if let Some(list) = claims.get("scp").and_then(|v| v.as_array()) {
+        return Some(
+            list.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect(),
+        );
+    }
+    claims
+        .get("scope")
+        .and_then(|v| v.as_str())
+        .map(|s| s.split_whitespace().map(str::to_owned).collect())
+}
+
 /// Maps a response to success, retry, token refresh or a classified error.
 fn classify(op: Operation, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Attempt {
     if status.is_success() {
@@ -1062,6 +1128,27 @@ mod tests {
             h.insert(*k, v.parse().expect("header value"));
         }
         h
+    }
+
+    #[test]
+    fn token_scopes_are_read_from_scp_or_scope() {
+        use base64::Engine as _;
+        let jwt = |claims: serde_json::Value| {
+            let enc = |v: &serde_json::Value| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+            };
+            format!("{}.{}.sig", enc(&serde_json::json!({"alg": "RS256"})), enc(&claims))
+        };
+        assert_eq!(
+            token_scopes(&jwt(serde_json::json!({"scp": ["read:apis", "create:apis"]}))),
+            Some(vec!["read:apis".to_owned(), "create:apis".to_owned()])
+        );
+        assert_eq!(
+            token_scopes(&jwt(serde_json::json!({"scope": "read:apis  create:apis"}))),
+            Some(vec!["read:apis".to_owned(), "create:apis".to_owned()])
+        );
+        assert_eq!(token_scopes(&jwt(serde_json::json!({"sub": "x"}))), None);
+        assert_eq!(token_scopes("opaque-token"), None);
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub enum Operation {
     ListApplications,
     UpdateApplication,
     DeleteApplication,
+    UpdateApplicationTokens,
     CreateApi,
     GetApi,
     ListApis,
@@ -55,6 +56,7 @@ impl Operation {
             Operation::ListApplications => "getApplications",
             Operation::UpdateApplication => "updateApplication",
             Operation::DeleteApplication => "deleteApplication",
+            Operation::UpdateApplicationTokens => "updateApplicationTokens",
             Operation::CreateApi => "addAPIs",
             Operation::GetApi => "getAPI",
             Operation::ListApis => "getAPIs",
@@ -79,6 +81,7 @@ impl Operation {
             Operation::GetApplication | Operation::ListApplications => "read:applications",
             Operation::UpdateApplication => "update:applications",
             Operation::DeleteApplication => "delete:applications",
+            Operation::UpdateApplicationTokens => "update:application_tokens",
             Operation::CreateApi => "create:apis",
             Operation::GetApi | Operation::ListApis => "read:apis",
             Operation::DeleteApi => "delete:apis",
@@ -92,6 +95,15 @@ impl Operation {
         }
     }
 
+    /// The feature that alone needs this operation, for scopes an installation may leave
+    /// out when it does not use it (`check` reports them as optional).
+    pub fn only_for(self) -> Option<&'static str> {
+        match self {
+            Operation::UpdateApplicationTokens => Some("spec.tokens"),
+            _ => None,
+        }
+    }
+
     /// Whether repeating the request after an unknown outcome is harmless. Creates are not:
     /// names are not unique in Kinde, so a blind retry of a lost create makes a duplicate.
     fn retry_safe(self) -> bool {
@@ -102,13 +114,14 @@ impl Operation {
     }
 
     /// Every operation, for documentation and tests.
-    pub const ALL: [Operation; 17] = [
+    pub const ALL: [Operation; 18] = [
         Operation::Token,
         Operation::CreateApplication,
         Operation::GetApplication,
         Operation::ListApplications,
         Operation::UpdateApplication,
         Operation::DeleteApplication,
+        Operation::UpdateApplicationTokens,
         Operation::CreateApi,
         Operation::GetApi,
         Operation::ListApis,

@@ -49,6 +49,10 @@ pub struct Application {
     pub app_type: Option<String>,
     pub client_id: String,
     pub client_secret: Option<SecretString>,
+    /// Not in the spec's `get_application_response`: read if Kinde sends it, so drift of
+    /// the lifetime is seen where it can be.
+    #[serde(default)]
+    pub access_token_lifetime: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +82,13 @@ pub(crate) struct ListApplicationsResponse {
 #[derive(Debug, Serialize)]
 pub(crate) struct UpdateApplicationRequest<'a> {
     pub name: &'a str,
+}
+
+/// Body of `PATCH /api/v1/applications/{id}/tokens`: only the access-token lifetime (the
+/// other lifetimes concern user sign-in, which M2M applications have none of).
+#[derive(Debug, Serialize)]
+pub(crate) struct UpdateApplicationTokensRequest {
+    pub access_token_lifetime: u64,
 }
 
 /// Body of `POST /api/v1/apis`.

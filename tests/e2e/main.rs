@@ -10,6 +10,7 @@ mod apps;
 mod chart;
 mod crash;
 mod crds;
+mod edges;
 mod failover;
 mod grants;
 mod harness;
@@ -27,6 +28,7 @@ fn main() -> std::process::ExitCode {
             crash::tests(),
             failover::tests(),
             rotation::tests(),
+            edges::tests(),
             trust::tests(),
             chart::tests(),
             rbac::tests(),

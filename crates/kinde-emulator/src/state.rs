@@ -767,7 +767,8 @@ mod tests {
         let mut expected = default_management_scopes();
         expected.sort();
         assert_eq!(scopes, expected);
-        assert_eq!(scopes.len(), 14);
+        assert_eq!(scopes.len(), 15);
+        assert!(scopes.contains(&"update:application_tokens".to_owned()));
         assert!(scopes.contains(&"delete:api_scopes".to_owned()));
         assert!(!scopes.contains(&"delete:apis_scopes".to_owned()));
         assert!(s.application("mgmt").unwrap().secret_matches("secret"));

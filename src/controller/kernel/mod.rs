@@ -45,7 +45,7 @@ use crate::adoption::AdoptionPolicy;
 use crate::conditions;
 use crate::kinde::KindeClient;
 use crate::kinde::types::Authorization;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ObjectLabels};
 
 /// Finalizer on all three kinds.
 pub const FINALIZER: &str = "m2m.kinde-operator.io/finalizer";
@@ -106,6 +106,9 @@ pub trait Managed:
     /// Wakes the objects that depend on this one; the kernel calls it after the object's
     /// status changed and after its cleanup finished.
     fn wake_dependants(&self, world: &Self::World);
+    /// Sets the kind's own per-object metrics from the status just computed (every
+    /// per-object series is removed with the object: see [`Metrics::forget`]).
+    fn record_metrics(&self, _status: &Self::Status, _metrics: &Metrics, _object: &ObjectLabels) {}
     /// Undo in Kinde what the object stands for, per its deletion policy.
     fn cleanup(
         obj: Arc<Self>,
@@ -149,7 +152,9 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context<K::World>>) -> 
         Ok(_) => {
             ctx.failures.clear(&key);
             if deleting {
+                // The finalizer is gone, and so is the object: its series go with it.
                 ctx.written.forget(&key);
+                ctx.metrics.forget(&object_labels(&ns, &name, K::KIND));
             }
         }
         Err(e) => {
@@ -197,6 +202,7 @@ async fn report_unfinished_deletion<K: Managed>(ctx: &Context<K::World>, obj: &K
         (false, err.reason(), message.clone()),
     );
     status.set_observed_generation(generation);
+    record_object_metrics(ctx, obj, &status);
     if let Err(e) = apply_status(ctx, obj, old, &status).await {
         tracing::warn!(error = %e, "could not write the status of an unfinished deletion");
     }
@@ -318,6 +324,7 @@ pub async fn finish<K: Managed>(
         .map(|c| (c.status.clone(), c.reason.clone()));
     set_outcome_conditions(status.conditions_mut(), generation, K::KIND, &outcome);
     status.set_observed_generation(generation);
+    record_object_metrics(ctx, obj, &status);
     let changed = old != Some(&status);
     apply_status(ctx, obj, old, &status).await?;
     if let Some((reason, message)) = outcome_event(old_ready.as_ref(), &outcome) {
@@ -337,6 +344,21 @@ pub async fn finish<K: Managed>(
         None => resync(ctx),
     };
     Ok((action, changed))
+}
+
+/// The labels of an object's per-object series.
+pub fn object_labels(namespace: &str, name: &str, kind: &'static str) -> ObjectLabels {
+    ObjectLabels::new(kind, namespace, name)
+}
+
+/// Per-object metrics from the status about to be written: readiness, and the kind's own.
+fn record_object_metrics<K: Managed>(ctx: &Context<K::World>, obj: &K, status: &K::Status) {
+    let labels = object_labels(&obj.namespace().unwrap_or_default(), &obj.name_any(), K::KIND);
+    ctx.metrics.object_ready(
+        &labels,
+        conditions::is_true(status.conditions(), conditions::READY),
+    );
+    obj.record_metrics(status, &ctx.metrics, &labels);
 }
 
 /// The current copy of a neighbour read from a store: the cached one unless it lags behind

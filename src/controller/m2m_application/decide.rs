@@ -8,12 +8,12 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 use secrecy::ExposeSecret;
 
 use crate::conditions::reasons;
 use crate::controller::kernel::{Error, Outcome, Result};
-use crate::crd::{M2MApplication, M2MApplicationStatus};
+use crate::crd::{AppliedTokens, M2MApplication, M2MApplicationStatus};
 use crate::secret;
 use crate::validation;
 use secrecy::SecretString;
@@ -106,6 +106,14 @@ pub(super) fn validate(
             }
         }
     }
+    if let Some(problem) = secret::KeyNames::from_spec(&obj.spec.secret.keys).problem() {
+        return Some(problem);
+    }
+    if let Some(tokens) = &obj.spec.tokens
+        && let Err(e) = tokens.access_token_lifetime()
+    {
+        return Some(format!("{e:#}"));
+    }
     if status.application_id.is_some()
         && let Some(was) = &status.organization_code
         && obj.spec.organization_code.as_ref() != Some(was)
@@ -174,14 +182,24 @@ pub(super) fn change_note(
     desired: &Secret,
     app: &KindeApp,
     name: &str,
+    keys: &secret::KeyNames,
 ) -> (&'static str, String) {
-    let same_client = secret::key_is(existing, secret::KEY_CLIENT_ID, &app.client_id);
-    let same_secret = secret::key_is(
-        existing,
-        secret::KEY_CLIENT_SECRET,
-        app.secret.expose_secret(),
-    );
-    let want_audience = secret::read_key(desired, secret::KEY_AUDIENCE).unwrap_or_default();
+    let restored = || {
+        (
+            "SecretRestored",
+            format!("Secret {name} was edited, incomplete or had other keys; restored"),
+        )
+    };
+    // Keys renamed (spec.secret.keys): the old content is under other names.
+    if secret::read_key(existing, &keys.client_id).is_none() {
+        return restored();
+    }
+    let same_client = secret::key_is(existing, &keys.client_id, &app.client_id);
+    let same_secret = secret::key_is(existing, &keys.client_secret, app.secret.expose_secret());
+    let audience_change = keys.audience.as_deref().and_then(|key| {
+        let want = secret::read_key(desired, key).unwrap_or_default();
+        (!secret::key_is(existing, key, &want)).then(|| (key.to_owned(), want))
+    });
     if same_client && !same_secret {
         (
             "CredentialsUpdated",
@@ -198,16 +216,13 @@ pub(super) fn change_note(
                 app.id
             ),
         )
-    } else if !secret::key_is(existing, secret::KEY_AUDIENCE, &want_audience) {
+    } else if let Some((key, want)) = audience_change {
         (
             "AudienceUpdated",
-            format!("Secret {name}: KINDE_AUDIENCE is now {want_audience:?}"),
+            format!("Secret {name}: {key} is now {want:?}"),
         )
     } else {
-        (
-            "SecretRestored",
-            format!("Secret {name} was edited or incomplete; restored"),
-        )
+        restored()
     }
 }
 
@@ -244,6 +259,26 @@ pub fn next_scheduled(
     let every = jiff::SignedDuration::try_from(every?).ok()?;
     let base = last.map_or(now, |t| t.0);
     base.checked_add(every).ok().map(Time)
+}
+
+/// The credential gauges of an application: issued at the last rotation, else at creation
+/// (only once there is an application), the next scheduled rotation, predecessors retiring.
+pub(super) fn credential_gauges(
+    obj: &M2MApplication,
+    status: &M2MApplicationStatus,
+) -> crate::metrics::CredentialGauges {
+    let issued = status.application_id.as_ref().and_then(|_| {
+        status
+            .last_rotation_time
+            .as_ref()
+            .or(obj.meta().creation_timestamp.as_ref())
+            .map(|t| t.0.as_second())
+    });
+    crate::metrics::CredentialGauges {
+        issued,
+        next_rotation: status.next_rotation_time.as_ref().map(|t| t.0.as_second()),
+        retiring: status.retiring.len(),
+    }
 }
 
 /// FNV-1a: a hash that stays the same across builds and platforms (the marker must).
@@ -295,6 +330,29 @@ pub(super) struct KindeApp {
     pub secret: SecretString,
     /// Kinde's type (`m2m`, `reg`, ...) when known; adoption refuses anything but `m2m`.
     pub app_type: Option<String>,
+    /// The access-token lifetime (seconds) if Kinde's read reported one (the spec's
+    /// `getApplication` does not: then `status.appliedTokens` is what is known).
+    pub access_token_lifetime: Option<u64>,
+}
+
+/// The access-token lifetime to send to Kinde now, if any: the spec's (`desired`), unless
+/// it is already in place. Kinde's `getApplication` does not document the lifetime, so
+/// where Kinde reports it that is the truth (a dashboard edit is drift and is corrected);
+/// where it does not, the record of what was applied to this very application stands in
+/// (a new application: re-created, a rotation's successor, adopted, gets it again).
+pub(super) fn token_lifetime_to_apply(
+    desired: Option<u64>,
+    app: &KindeApp,
+    applied: Option<&AppliedTokens>,
+) -> Option<u64> {
+    let desired = desired?;
+    let in_place = match app.access_token_lifetime {
+        Some(observed) => observed == desired,
+        None => applied.is_some_and(|a| {
+            a.application_id == app.id && a.access_token_lifetime_seconds == desired
+        }),
+    };
+    (!in_place).then_some(desired)
 }
 
 #[cfg(test)]
@@ -559,6 +617,7 @@ mod tests {
                 owner: Default::default(),
                 labels: None,
                 annotations: None,
+                keys: &secret::KeyNames::default(),
             },
             &secret::Credentials {
                 domain: "https://biz.kinde.com",
@@ -578,7 +637,43 @@ mod tests {
             name: "Shop".into(),
             secret: SecretString::from(secret.to_owned()),
             app_type: Some("m2m".into()),
+            access_token_lifetime: None,
         }
+    }
+
+    #[test]
+    fn token_lifetime_is_applied_once_per_application_and_on_observed_drift() {
+        let app = kinde_app("app1", "s");
+        let applied = |id: &str, secs| AppliedTokens {
+            application_id: id.into(),
+            access_token_lifetime_seconds: secs,
+        };
+        assert_eq!(token_lifetime_to_apply(None, &app, None), None);
+        assert_eq!(token_lifetime_to_apply(Some(600), &app, None), Some(600));
+        assert_eq!(
+            token_lifetime_to_apply(Some(600), &app, Some(&applied("app1", 600))),
+            None
+        );
+        // Another value, or the record is of another application (a rotation's predecessor).
+        assert_eq!(
+            token_lifetime_to_apply(Some(900), &app, Some(&applied("app1", 600))),
+            Some(900)
+        );
+        assert_eq!(
+            token_lifetime_to_apply(Some(600), &app, Some(&applied("app0", 600))),
+            Some(600)
+        );
+        // Where Kinde reports the lifetime, it decides.
+        let observed = |secs| KindeApp {
+            access_token_lifetime: Some(secs),
+            ..kinde_app("app1", "s")
+        };
+        assert_eq!(
+            token_lifetime_to_apply(Some(600), &observed(3600), Some(&applied("app1", 600))),
+            Some(600),
+            "changed in the dashboard"
+        );
+        assert_eq!(token_lifetime_to_apply(Some(600), &observed(600), None), None);
     }
 
     #[test]
@@ -612,10 +707,57 @@ mod tests {
         ];
         for (app, audiences, reason, says) in cases {
             let desired = built(&app.client_id, app.secret.expose_secret(), &audiences);
-            let (r, note) = change_note(&old, &desired, &app, "shop-credentials");
+            let (r, note) = change_note(
+                &old,
+                &desired,
+                &app,
+                "shop-credentials",
+                &secret::KeyNames::default(),
+            );
             assert_eq!(r, reason, "{note}");
             assert!(note.contains(says), "{note}");
             assert!(!note.contains("s3cret"), "a secret in an Event: {note}");
+        }
+    }
+
+    #[test]
+    fn renamed_or_omitted_keys_are_noted_truthfully() {
+        let old = built("app1", "s3cret", &["https://a"]);
+        let app = kinde_app("app1", "s3cret");
+        let renamed = secret::KeyNames::from_spec(
+            &serde_json::from_value(serde_json::json!({"clientId": "client-id"})).expect("keys"),
+        );
+        let (reason, note) = change_note(&old, &old, &app, "shop-credentials", &renamed);
+        assert_eq!(reason, "SecretRestored", "{note}");
+        // Without an audience key, a new grant is no audience change.
+        let no_audience = secret::KeyNames::from_spec(
+            &serde_json::from_value(serde_json::json!({"omit": ["audience"]})).expect("keys"),
+        );
+        let desired = built("app1", "s3cret", &["https://a", "https://b"]);
+        let (reason, _) = change_note(&old, &desired, &app, "shop-credentials", &no_audience);
+        assert_eq!(reason, "SecretRestored");
+    }
+
+    #[test]
+    fn secret_keys_and_token_lifetime_are_checked() {
+        let clash = app(
+            "shop",
+            serde_json::json!({"secret": {"keys": {"clientId": "same", "clientSecret": "same"}}}),
+        );
+        assert!(problem(&clash).contains("spec.secret.keys.clientSecret"), "{}", problem(&clash));
+        let bad_key = app("shop", serde_json::json!({"secret": {"keys": {"domain": "a b"}}}));
+        assert!(problem(&bad_key).contains("spec.secret.keys.domain"));
+        let envoy = app(
+            "shop",
+            serde_json::json!({"secret": {"keys": {"clientId": "client-id", "clientSecret": "client-secret", "omit": ["audience", "tokenUrl"]}}}),
+        );
+        assert_eq!(problem(&envoy), "");
+        for (lifetime, ok) in [("1m", true), ("24h", true), ("90m", true), ("59s", false), ("25h", false), ("1.5s", false), ("1d", false)] {
+            let a = app("shop", serde_json::json!({"tokens": {"accessTokenLifetime": lifetime}}));
+            assert_eq!(problem(&a).is_empty(), ok, "{lifetime}: {}", problem(&a));
+            if !ok {
+                assert!(problem(&a).contains("spec.tokens.accessTokenLifetime"), "{}", problem(&a));
+            }
         }
     }
 }

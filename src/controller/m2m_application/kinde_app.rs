@@ -84,6 +84,7 @@ pub(super) async fn create_marked(
         name,
         secret: created.client_secret,
         app_type: Some("m2m".into()),
+        access_token_lifetime: None,
     })
 }
 
@@ -138,5 +139,6 @@ pub(super) async fn read_app(ctx: &Ctx, id: &str) -> std::result::Result<KindeAp
         name: app.name,
         secret,
         app_type: app.app_type,
+        access_token_lifetime: app.access_token_lifetime,
     })
 }

@@ -16,6 +16,7 @@ mod decide;
 mod kinde_app;
 mod rotation;
 mod secret;
+mod tokens;
 
 use decide::KindeApp;
 use decide::{
@@ -34,7 +35,7 @@ use crate::adoption;
 use crate::conditions::reasons;
 use crate::crd::{DeletionPolicy, KindeAnnotations, M2MApplication, M2MApplicationStatus};
 use crate::kinde::KindeError;
-use crate::metrics::AppLabels;
+use crate::metrics::{Metrics, ObjectLabels};
 
 impl Managed for M2MApplication {
     const KIND: &'static str = "M2MApplication";
@@ -52,6 +53,10 @@ impl Managed for M2MApplication {
 
     fn wake_dependants(&self, world: &World) {
         wake_dependants_of_app(world, self);
+    }
+
+    fn record_metrics(&self, status: &Self::Status, metrics: &Metrics, object: &ObjectLabels) {
+        metrics.credentials(object, &decide::credential_gauges(self, status));
     }
 
     async fn cleanup(obj: Arc<Self>, ctx: Arc<Ctx>) -> Result<Action> {
@@ -159,7 +164,9 @@ async fn converge(
     }
     status.application_id = Some(app.id.clone());
     status.client_id = Some(app.client_id.clone());
-    record_credential_issue(ctx, obj, status);
+    if !paused {
+        tokens::ensure_tokens(obj, ctx, status, &app).await?;
+    }
 
     let secret_name = obj.secret_name();
     if let Err(stop) = ensure_secret(obj, ctx, &app, &secret_name).await {
@@ -204,24 +211,6 @@ async fn converge(
             None => Outcome::Ready,
         },
     )
-}
-
-/// Credential age for the metric: issued at the last rotation, else at creation.
-fn record_credential_issue(ctx: &Ctx, obj: &M2MApplication, status: &M2MApplicationStatus) {
-    let issued = status
-        .last_rotation_time
-        .as_ref()
-        .or(obj.meta().creation_timestamp.as_ref())
-        .map(|t| t.0.as_second());
-    if let Some(issued) = issued {
-        ctx.metrics
-            .credential_issued
-            .get_or_create(&AppLabels {
-                namespace: obj.namespace().unwrap_or_default(),
-                name: obj.name_any(),
-            })
-            .set(issued);
-    }
 }
 
 /// The Kinde application, read, adopted, found by marker or created; or why there is none.

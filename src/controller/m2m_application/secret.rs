@@ -78,6 +78,7 @@ pub(super) async fn ensure_secret(
         .ok_or(Error::MissingMetadata("uid"))?;
     let domain = ctx.kinde.domain();
     let token_url = ctx.kinde.token_url();
+    let keys = secret::KeyNames::from_spec(&obj.spec.secret.keys);
     let desired = secret::build(
         &secret::Placement {
             name,
@@ -85,6 +86,7 @@ pub(super) async fn ensure_secret(
             owner: owner.clone(),
             labels: obj.spec.secret.labels.as_ref(),
             annotations: obj.spec.secret.annotations.as_ref(),
+            keys: &keys,
         },
         &secret::Credentials {
             domain: &domain,
@@ -123,7 +125,7 @@ pub(super) async fn ensure_secret(
     } else if !secret::needs_update(&existing, &desired) {
         return Ok(());
     } else {
-        change_note(&existing, &desired, app, name)
+        change_note(&existing, &desired, app, name, &keys)
     };
     api.patch(
         name,
