@@ -41,7 +41,7 @@ fn new_names(emu: &Emu) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn pairs(env: &[(&'static str, String)]) -> Vec<(&'static str, &str)> {
+fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
@@ -139,7 +139,7 @@ async fn completion_scripts_cover_the_subcommands() {
         let out = operator(&["completion", shell], &[]).await;
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{shell}: {stderr}");
-        for word in ["kinde-m2m-operator", "rotate", "status", "check", "--all-namespaces"] {
+        for word in ["kinde-m2m-operator", "rotate", "status", "check", "all-namespaces"] {
             assert!(stdout.contains(word), "{shell}: {word} missing");
         }
     }

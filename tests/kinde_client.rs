@@ -1085,3 +1085,75 @@ async fn a_closed_write_fence_sends_no_write() {
     client.create_application("allowed", None).await.unwrap();
     assert_eq!(env.calls_of("createApplication").await, 1);
 }
+
+/// `updateApplicationTokens` sets the lifetime of the access tokens the application gets
+/// from then on (`expires_in` and `exp - iat`); an unknown application is not found.
+#[tokio::test]
+async fn access_token_lifetime_applies_to_new_tokens() {
+    let env = Emu::start().await;
+    let client = env.client();
+    let api = client
+        .create_api("Lifetimes", "https://lifetimes.example.com")
+        .await
+        .unwrap();
+    let app = client.create_application("short-lived", None).await.unwrap();
+    client
+        .update_api_applications(&api, &[(&app.client_id, Authorization::Authorize)])
+        .await
+        .unwrap();
+    let lifetime = |secs: i64| {
+        let env = &env;
+        let app = &app;
+        async move {
+            let (status, body) = env
+                .app_token(
+                    &app.client_id,
+                    app.client_secret.expose_secret(),
+                    "https://lifetimes.example.com",
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body["expires_in"], secs, "{body}");
+            let claims = env
+                .verify_jwt(
+                    body["access_token"].as_str().unwrap(),
+                    "https://lifetimes.example.com",
+                )
+                .await;
+            assert_eq!(
+                claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+                secs
+            );
+        }
+    };
+    lifetime(3600).await;
+    client
+        .update_application_tokens(&app.id, 600)
+        .await
+        .unwrap();
+    lifetime(600).await;
+    assert_eq!(env.writes_of("updateApplicationTokens").await, 1);
+    // The same value again changes nothing.
+    client
+        .update_application_tokens(&app.id, 600)
+        .await
+        .unwrap();
+    assert_eq!(env.writes_of("updateApplicationTokens").await, 1);
+    let err = client
+        .update_application_tokens("app_missing", 600)
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+    // Without the scope: Forbidden, naming it.
+    let scopes: Vec<&str> = Operation::required_scopes()
+        .into_iter()
+        .filter(|s| *s != "update:application_tokens")
+        .collect();
+    env.set_management_scopes(&scopes).await;
+    env.control(Method::POST, "/tokens/revoke", None).await;
+    let err = client
+        .update_application_tokens(&app.id, 900)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("update:application_tokens"), "{err}");
+}
