@@ -676,7 +676,7 @@ async fn annotation_rotates_once(ctx: Ctx) -> anyhow::Result<()> {
     let issued = metric(
         &op.metrics,
         "kinde_m2m_operator_credential_issued_timestamp_seconds",
-        &[("namespace", &ctx.ns), ("name", app)],
+        &[("object_namespace", &ctx.ns), ("object_name", app)],
     )
     .await?;
     ensure!(
