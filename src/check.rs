@@ -131,11 +131,18 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<()> {
         Err(e @ KindeError::Unauthorized { .. }) => bail!(
             "no management token: {e} (check --kinde-client-id / --kinde-client-secret, and that the application is authorized for the Kinde Management API)"
         ),
-        Err(e) => bail!("no management token from {}: {e} (check --kinde-domain)", client.token_url()),
+        Err(e) => bail!(
+            "no management token from {}: {e} (check --kinde-domain)",
+            client.token_url()
+        ),
     };
     println!(
         "management token:   obtained{}",
-        if token.is_some() { "" } else { " (it lists no scopes)" }
+        if token.is_some() {
+            ""
+        } else {
+            " (it lists no scopes)"
+        }
     );
     let probes = probe(&client).await?;
     let rows = assess(token.as_deref(), &probes);
@@ -214,7 +221,10 @@ mod tests {
         let rows = assess(Some(&all_but(&[])), &probes);
         assert_eq!(rows.len(), Operation::required_scopes().len());
         assert!(rows.iter().all(|r| !r.fails()), "{rows:?}");
-        let read = rows.iter().find(|r| r.scope == "read:applications").expect("row");
+        let read = rows
+            .iter()
+            .find(|r| r.scope == "read:applications")
+            .expect("row");
         assert_eq!(read.finding, Finding::Probed("getApplications"));
         let create = rows.iter().find(|r| r.scope == "create:apis").expect("row");
         assert_eq!(create.finding, Finding::InToken);
@@ -226,15 +236,25 @@ mod tests {
             ("getApplications", Probe::Forbidden),
             ("getAPIs", Probe::Answered),
         ]);
-        let token = all_but(&["read:applications", "delete:apis", "update:application_tokens"]);
+        let token = all_but(&[
+            "read:applications",
+            "delete:apis",
+            "update:application_tokens",
+        ]);
         let rows = assess(Some(&token), &probes);
         let failing: Vec<&str> = rows.iter().filter(|r| r.fails()).map(|r| r.scope).collect();
         assert_eq!(failing, ["delete:apis", "read:applications"]);
-        let tokens = rows.iter().find(|r| r.scope == "update:application_tokens").expect("row");
+        let tokens = rows
+            .iter()
+            .find(|r| r.scope == "update:application_tokens")
+            .expect("row");
         assert_eq!(tokens.finding, Finding::Missing);
         assert_eq!(tokens.only_for, Some("spec.tokens"));
         let text = render(&rows);
-        assert!(text.contains("delete:apis") && text.contains("MISSING"), "{text}");
+        assert!(
+            text.contains("delete:apis") && text.contains("MISSING"),
+            "{text}"
+        );
         assert!(text.contains("only spec.tokens needs it"), "{text}");
     }
 

@@ -36,7 +36,10 @@ pub const ALIASES: &[(&str, &str)] = &[
         "KINDE_M2M_ADOPTION_NAMESPACE_SELECTOR",
         "KINDE_ADOPTION_NAMESPACE_SELECTOR",
     ),
-    ("KINDE_M2M_ADOPTION_ALLOW_DELETE", "KINDE_ADOPTION_ALLOW_DELETE"),
+    (
+        "KINDE_M2M_ADOPTION_ALLOW_DELETE",
+        "KINDE_ADOPTION_ALLOW_DELETE",
+    ),
     ("KINDE_M2M_NAMESPACE", "NAMESPACE"),
 ];
 
@@ -129,7 +132,10 @@ mod tests {
         let listen = |m: &clap::ArgMatches| m.get_one::<String>("listen").cloned();
         let m = parse(&[("LISTEN", "127.0.0.1:1")], &["t", "run"]);
         assert_eq!(listen(&m).as_deref(), Some("127.0.0.1:1"));
-        let m = parse(&[("LISTEN", "127.0.0.1:1")], &["t", "run", "--listen", "127.0.0.1:2"]);
+        let m = parse(
+            &[("LISTEN", "127.0.0.1:1")],
+            &["t", "run", "--listen", "127.0.0.1:2"],
+        );
         assert_eq!(listen(&m).as_deref(), Some("127.0.0.1:2"), "the flag wins");
         let m = parse(&[], &["t", "run"]);
         assert_eq!(listen(&m).as_deref(), Some("0.0.0.0:8080"));

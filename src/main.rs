@@ -9,10 +9,21 @@ use kinde_m2m_operator::{check, cli_env, crd, rotate, run, status, telemetry};
 #[command(name = "kinde-m2m-operator", version, about)]
 struct Cli {
     /// Log format.
-    #[arg(long, env = "KINDE_M2M_LOG_FORMAT", value_enum, default_value_t, global = true)]
+    #[arg(
+        long,
+        env = "KINDE_M2M_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
     log_format: telemetry::LogFormat,
     /// Log filter, `RUST_LOG` syntax.
-    #[arg(long, env = "KINDE_M2M_LOG_LEVEL", default_value = "info", global = true)]
+    #[arg(
+        long,
+        env = "KINDE_M2M_LOG_LEVEL",
+        default_value = "info",
+        global = true
+    )]
     log_level: String,
     #[command(subcommand)]
     command: Command,
@@ -155,7 +166,10 @@ mod tests {
                 continue;
             }
             assert!(env.starts_with("KINDE_M2M_"), "{path}: {env}");
-            assert!(cli_env::alias_of(&env).is_some() || env == "KINDE_M2M_NAMESPACE", "{path}: {env} has no alias");
+            assert!(
+                cli_env::alias_of(&env).is_some() || env == "KINDE_M2M_NAMESPACE",
+                "{path}: {env} has no alias"
+            );
         }
     }
 

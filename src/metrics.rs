@@ -271,14 +271,26 @@ mod tests {
             r#"kinde_m2m_operator_credential_issued_timestamp_seconds{kind="M2MApplication",object_namespace="acme",object_name="shop"} 1700000000"#,
             r#"kinde_m2m_operator_retiring_credentials{kind="M2MApplication",object_namespace="acme",object_name="shop"} 1"#,
         ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing in:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
         }
         assert_eq!(series(&text, "object_ready").len(), 2, "{text}");
-        assert_eq!(series(&text, "credential_issued_timestamp_seconds").len(), 1);
+        assert_eq!(
+            series(&text, "credential_issued_timestamp_seconds").len(),
+            1
+        );
         assert_eq!(series(&text, "next_rotation_timestamp_seconds").len(), 1);
         assert_eq!(series(&text, "retiring_credentials").len(), 1);
-        assert!(text.contains(r#"kinde_m2m_operator_build_info{version=""#), "{text}");
-        assert!(!text.contains(",namespace=") && !text.contains("{namespace="), "{text}");
+        assert!(
+            text.contains(r#"kinde_m2m_operator_build_info{version=""#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(",namespace=") && !text.contains("{namespace="),
+            "{text}"
+        );
 
         // The schedule removed: its series goes, the others stay.
         m.credentials(
@@ -297,7 +309,9 @@ mod tests {
         let text = render(&registry);
         assert_eq!(
             series(&text, "object_ready"),
-            [r#"kinde_m2m_operator_object_ready{kind="ApiGrant",object_namespace="acme",object_name="shop"} 0"#]
+            [
+                r#"kinde_m2m_operator_object_ready{kind="ApiGrant",object_namespace="acme",object_name="shop"} 0"#
+            ]
         );
         for name in [
             "credential_issued_timestamp_seconds",

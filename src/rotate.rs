@@ -49,14 +49,10 @@ pub enum Selection {
 impl RotateArgs {
     /// What to rotate; the error names the flags that do not go together.
     pub fn selection(&self) -> anyhow::Result<Selection> {
-        let chosen = [
-            !self.names.is_empty(),
-            self.all,
-            self.selector.is_some(),
-        ]
-        .iter()
-        .filter(|c| **c)
-        .count();
+        let chosen = [!self.names.is_empty(), self.all, self.selector.is_some()]
+            .iter()
+            .filter(|c| **c)
+            .count();
         if chosen != 1 {
             bail!(
                 "name the M2MApplications to rotate, or pass --all, or -l/--selector: exactly one of them"
@@ -115,10 +111,15 @@ pub async fn run(args: RotateArgs) -> anyhow::Result<()> {
                 Selection::Selector(s) => ListParams::default().labels(s),
                 _ => ListParams::default(),
             };
-            let listed = list_api.list(&params).await.with_context(|| match &selection {
-                Selection::Selector(s) => format!("listing M2MApplications with -l {s:?} in {scope}"),
-                _ => format!("listing M2MApplications in {scope}"),
-            })?;
+            let listed = list_api
+                .list(&params)
+                .await
+                .with_context(|| match &selection {
+                    Selection::Selector(s) => {
+                        format!("listing M2MApplications with -l {s:?} in {scope}")
+                    }
+                    _ => format!("listing M2MApplications in {scope}"),
+                })?;
             listed
                 .items
                 .iter()

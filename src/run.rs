@@ -61,10 +61,9 @@ impl KindeArgs {
             .kinde_domain
             .clone()
             .context("--kinde-domain (env KINDE_M2M_DOMAIN, or KINDE_DOMAIN) is required")?;
-        let id = self
-            .kinde_client_id
-            .clone()
-            .context("--kinde-client-id (env KINDE_M2M_CLIENT_ID, or KINDE_CLIENT_ID) is required")?;
+        let id = self.kinde_client_id.clone().context(
+            "--kinde-client-id (env KINDE_M2M_CLIENT_ID, or KINDE_CLIENT_ID) is required",
+        )?;
         let secret = self
             .kinde_client_secret
             .clone()
@@ -89,10 +88,18 @@ pub struct RunArgs {
     #[arg(long, env = "KINDE_M2M_EMULATOR")]
     pub kinde_emulator: bool,
     /// Where the embedded emulator listens (with --kinde-emulator).
-    #[arg(long, env = "KINDE_M2M_EMULATOR_LISTEN", default_value = "127.0.0.1:8787")]
+    #[arg(
+        long,
+        env = "KINDE_M2M_EMULATOR_LISTEN",
+        default_value = "127.0.0.1:8787"
+    )]
     pub kinde_emulator_listen: SocketAddr,
     /// Namespace to watch; repeat for several. Default: all namespaces.
-    #[arg(long = "namespace", env = "KINDE_M2M_WATCH_NAMESPACES", value_delimiter = ',')]
+    #[arg(
+        long = "namespace",
+        env = "KINDE_M2M_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
     pub namespaces: Vec<String>,
     /// Period of the drift-detecting resync of every object (jittered by up to 10%).
     #[arg(long, env = "KINDE_M2M_RESYNC_PERIOD", default_value = "10m", value_parser = humantime::parse_duration)]
@@ -111,7 +118,11 @@ pub struct RunArgs {
     #[arg(long, env = "KINDE_M2M_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
     /// Name of the leader Lease.
-    #[arg(long, env = "KINDE_M2M_LEASE_NAME", default_value = "kinde-m2m-operator")]
+    #[arg(
+        long,
+        env = "KINDE_M2M_LEASE_NAME",
+        default_value = "kinde-m2m-operator"
+    )]
     pub lease_name: String,
 }
 

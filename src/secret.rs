@@ -12,12 +12,12 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use secrecy::{ExposeSecret, SecretString};
 
-/// The label every Secret we write carries (user labels cannot override it).
-pub use crate::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::crd::{
     DEFAULT_KEY_AUDIENCE, DEFAULT_KEY_CLIENT_ID, DEFAULT_KEY_CLIENT_SECRET, DEFAULT_KEY_DOMAIN,
     DEFAULT_KEY_TOKEN_URL, OptionalKey, SecretKeys,
 };
+/// The label every Secret we write carries (user labels cannot override it).
+pub use crate::crd::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 /// Kinde application id behind the Secret, for people and tools looking at the Secret alone
 /// (which app to look up in the Kinde dashboard, which one a leaked secret belongs to).
 const APPLICATION_ID_ANNOTATION: &str = "m2m.kinde-operator.io/application-id";
@@ -41,9 +41,8 @@ impl Default for KeyNames {
 impl KeyNames {
     /// The names `spec.secret.keys` asks for, defaults filled in.
     pub fn from_spec(keys: &SecretKeys) -> Self {
-        let name = |set: &Option<String>, default: &str| {
-            set.clone().unwrap_or_else(|| default.to_owned())
-        };
+        let name =
+            |set: &Option<String>, default: &str| set.clone().unwrap_or_else(|| default.to_owned());
         let unless_omitted = |key: OptionalKey, set: &Option<String>, default: &str| {
             (!keys.omit.contains(&key)).then(|| name(set, default))
         };
@@ -51,7 +50,11 @@ impl KeyNames {
             domain: name(&keys.domain, DEFAULT_KEY_DOMAIN),
             client_id: name(&keys.client_id, DEFAULT_KEY_CLIENT_ID),
             client_secret: name(&keys.client_secret, DEFAULT_KEY_CLIENT_SECRET),
-            token_url: unless_omitted(OptionalKey::TokenUrl, &keys.token_url, DEFAULT_KEY_TOKEN_URL),
+            token_url: unless_omitted(
+                OptionalKey::TokenUrl,
+                &keys.token_url,
+                DEFAULT_KEY_TOKEN_URL,
+            ),
             audience: unless_omitted(OptionalKey::Audience, &keys.audience, DEFAULT_KEY_AUDIENCE),
         }
     }
@@ -63,8 +66,16 @@ impl KeyNames {
             ("spec.secret.keys.clientId", self.client_id.as_str()),
             ("spec.secret.keys.clientSecret", self.client_secret.as_str()),
         ];
-        all.extend(self.token_url.as_deref().map(|k| ("spec.secret.keys.tokenUrl", k)));
-        all.extend(self.audience.as_deref().map(|k| ("spec.secret.keys.audience", k)));
+        all.extend(
+            self.token_url
+                .as_deref()
+                .map(|k| ("spec.secret.keys.tokenUrl", k)),
+        );
+        all.extend(
+            self.audience
+                .as_deref()
+                .map(|k| ("spec.secret.keys.audience", k)),
+        );
         all
     }
 
@@ -286,7 +297,10 @@ mod tests {
             Some("https://biz.kinde.com")
         );
         assert_eq!(read_key(&s, DEFAULT_KEY_CLIENT_ID).as_deref(), Some("app1"));
-        assert_eq!(read_key(&s, DEFAULT_KEY_CLIENT_SECRET).as_deref(), Some("s3cret"));
+        assert_eq!(
+            read_key(&s, DEFAULT_KEY_CLIENT_SECRET).as_deref(),
+            Some("s3cret")
+        );
         assert_eq!(
             read_key(&s, DEFAULT_KEY_TOKEN_URL).as_deref(),
             Some("https://biz.kinde.com/oauth2/token")
@@ -409,10 +423,16 @@ mod tests {
         for bad in ["a b", ".", "..", "..x", "k/v", ""] {
             let names = keys(serde_json::json!({"domain": bad}));
             let problem = names.problem().unwrap_or_default();
-            assert!(problem.contains("spec.secret.keys.domain"), "{bad:?}: {problem}");
+            assert!(
+                problem.contains("spec.secret.keys.domain"),
+                "{bad:?}: {problem}"
+            );
         }
         let long = keys(serde_json::json!({"audience": "a".repeat(254)}));
         assert!(long.problem().is_some());
-        assert_eq!(keys(serde_json::json!({"domain": ".dotfile"})).problem(), None);
+        assert_eq!(
+            keys(serde_json::json!({"domain": ".dotfile"})).problem(),
+            None
+        );
     }
 }

@@ -44,9 +44,9 @@ impl Kind {
             "m2mapp" | "m2mapplication" | "m2mapplications" => Kind::M2MApplication,
             "kapi" | "apiregistration" | "apiregistrations" => Kind::ApiRegistration,
             "apigrant" | "apigrants" => Kind::ApiGrant,
-            other => bail!(
-                "unknown kind {other:?} (the <kind> argument): use m2mapp, kapi or apigrant"
-            ),
+            other => {
+                bail!("unknown kind {other:?} (the <kind> argument): use m2mapp, kapi or apigrant")
+            }
         })
     }
 }
@@ -167,11 +167,22 @@ pub fn app_report(app: &M2MApplication, secret: Option<(bool, bool)>) -> Report 
 
 pub fn api_report(api: &ApiRegistration) -> Report {
     let s = api.status.clone().unwrap_or_default();
-    let scopes: Vec<String> = s.scopes.iter().map(|sc| format!("{} ({})", sc.key, sc.id)).collect();
+    let scopes: Vec<String> = s
+        .scopes
+        .iter()
+        .map(|sc| format!("{} ({})", sc.key, sc.id))
+        .collect();
     let mut facts = vec![
         fact("Kinde API", or_none(&s.api_id)),
         fact("Audience", or_none(&s.audience)),
-        fact("Scopes", if scopes.is_empty() { "(none)".to_owned() } else { scopes.join(", ") }),
+        fact(
+            "Scopes",
+            if scopes.is_empty() {
+                "(none)".to_owned()
+            } else {
+                scopes.join(", ")
+            },
+        ),
     ];
     if let Some(id) = &s.adopted_id {
         facts.push(fact("Adopted", id.clone()));
@@ -192,7 +203,11 @@ pub fn grant_report(grant: &ApiGrant) -> Report {
         fact("Audience", or_none(&s.audience)),
         fact(
             "Granted scopes",
-            if s.granted_scopes.is_empty() { "(none)".to_owned() } else { s.granted_scopes.join(" ") },
+            if s.granted_scopes.is_empty() {
+                "(none)".to_owned()
+            } else {
+                s.granted_scopes.join(" ")
+            },
         ),
     ];
     Report {
@@ -232,10 +247,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
                 .ok()
                 .map(|found| match found {
                     Some(meta) => {
-                        let owned = meta
-                            .owner_references()
-                            .iter()
-                            .any(|o| Some(o.uid.as_str()) == app.uid().as_deref() && o.controller == Some(true));
+                        let owned = meta.owner_references().iter().any(|o| {
+                            Some(o.uid.as_str()) == app.uid().as_deref()
+                                && o.controller == Some(true)
+                        });
                         (true, owned)
                     }
                     None => (false, false),
@@ -261,7 +276,12 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         report.events = recent_events(&client, &ns, &uid, args.events)
             .await
             .unwrap_or_else(|e| {
-                vec![(String::new(), String::new(), String::new(), format!("(could not list Events: {e})"))]
+                vec![(
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    format!("(could not list Events: {e})"),
+                )]
             });
     }
     print!("{}", render(&report));
@@ -315,7 +335,12 @@ mod tests {
 
     #[test]
     fn kinds_parse_like_kubectl() {
-        for s in ["m2mapp", "M2MApplication", "m2mapplications", "m2mapplications.m2m.kinde-operator.io"] {
+        for s in [
+            "m2mapp",
+            "M2MApplication",
+            "m2mapplications",
+            "m2mapplications.m2m.kinde-operator.io",
+        ] {
             assert_eq!(Kind::parse(s).expect(s), Kind::M2MApplication);
         }
         assert_eq!(Kind::parse("kapi").expect("kapi"), Kind::ApiRegistration);
@@ -374,7 +399,10 @@ mod tests {
         assert!(foreign.contains("NOT owned"), "{foreign}");
         let fresh = M2MApplication::new("new", M2MApplicationSpec::default());
         let text = render(&app_report(&fresh, Some((false, false))));
-        assert!(text.contains("not reconciled") && text.contains("new-credentials (missing)"), "{text}");
+        assert!(
+            text.contains("not reconciled") && text.contains("new-credentials (missing)"),
+            "{text}"
+        );
         assert!(text.contains("on request only"), "{text}");
     }
 }

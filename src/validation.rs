@@ -77,7 +77,13 @@ mod tests {
 
     #[test]
     fn secret_keys() {
-        for ok in ["KINDE_CLIENT_ID", "client-id", "a.b_c-9", ".env", &"a".repeat(253)] {
+        for ok in [
+            "KINDE_CLIENT_ID",
+            "client-id",
+            "a.b_c-9",
+            ".env",
+            &"a".repeat(253),
+        ] {
             assert!(is_secret_key(ok), "{ok:?}");
         }
         for bad in ["", ".", "..", "..a", "a b", "a/b", "ü", &"a".repeat(254)] {

@@ -28,16 +28,28 @@ fn text(out: &Output) -> (String, String) {
 fn old_names(emu: &Emu) -> Vec<(&'static str, String)> {
     vec![
         ("KINDE_DOMAIN", emu.emu.base_url().to_owned()),
-        ("KINDE_CLIENT_ID", kinde_emulator::DEFAULT_CLIENT_ID.to_owned()),
-        ("KINDE_CLIENT_SECRET", kinde_emulator::DEFAULT_CLIENT_SECRET.to_owned()),
+        (
+            "KINDE_CLIENT_ID",
+            kinde_emulator::DEFAULT_CLIENT_ID.to_owned(),
+        ),
+        (
+            "KINDE_CLIENT_SECRET",
+            kinde_emulator::DEFAULT_CLIENT_SECRET.to_owned(),
+        ),
     ]
 }
 
 fn new_names(emu: &Emu) -> Vec<(&'static str, String)> {
     vec![
         ("KINDE_M2M_DOMAIN", emu.emu.base_url().to_owned()),
-        ("KINDE_M2M_CLIENT_ID", kinde_emulator::DEFAULT_CLIENT_ID.to_owned()),
-        ("KINDE_M2M_CLIENT_SECRET", kinde_emulator::DEFAULT_CLIENT_SECRET.to_owned()),
+        (
+            "KINDE_M2M_CLIENT_ID",
+            kinde_emulator::DEFAULT_CLIENT_ID.to_owned(),
+        ),
+        (
+            "KINDE_M2M_CLIENT_SECRET",
+            kinde_emulator::DEFAULT_CLIENT_SECRET.to_owned(),
+        ),
     ]
 }
 
@@ -59,8 +71,14 @@ async fn check_passes_with_either_variable_names() {
                 .unwrap_or_else(|| panic!("no line for {scope}:\n{stdout}"));
             assert!(line.contains(" ok ("), "{line}");
         }
-        assert!(stdout.contains("ok (probed with getApplications)"), "{stdout}");
-        assert!(!stdout.contains(kinde_emulator::DEFAULT_CLIENT_SECRET), "a secret printed");
+        assert!(
+            stdout.contains("ok (probed with getApplications)"),
+            "{stdout}"
+        );
+        assert!(
+            !stdout.contains(kinde_emulator::DEFAULT_CLIENT_SECRET),
+            "a secret printed"
+        );
     }
     // The new name wins over the old one.
     let mut both = new_names(&emu);
@@ -77,7 +95,14 @@ async fn check_names_missing_scopes_and_fails() {
     let emu = Emu::start().await;
     let granted: Vec<&str> = Operation::required_scopes()
         .into_iter()
-        .filter(|s| !["delete:apis", "read:applications", "update:application_tokens"].contains(s))
+        .filter(|s| {
+            ![
+                "delete:apis",
+                "read:applications",
+                "update:application_tokens",
+            ]
+            .contains(s)
+        })
         .collect();
     emu.set_management_scopes(&granted).await;
     let out = operator(&["check"], &pairs(&new_names(&emu))).await;
@@ -98,7 +123,10 @@ async fn check_names_missing_scopes_and_fails() {
         stderr.contains("delete:apis") && stderr.contains("read:applications"),
         "{stderr}"
     );
-    assert!(!stderr.contains("update:application_tokens"), "optional: {stderr}");
+    assert!(
+        !stderr.contains("update:application_tokens"),
+        "optional: {stderr}"
+    );
 
     // Only the optional scope missing: the check passes.
     let all_but_tokens: Vec<&str> = Operation::required_scopes()
@@ -119,7 +147,10 @@ async fn check_names_the_flag_for_bad_or_missing_credentials() {
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
     assert!(stderr.contains("--kinde-client-secret"), "{stderr}");
-    assert!(!stderr.contains("not-the-secret"), "the secret in an error: {stderr}");
+    assert!(
+        !stderr.contains("not-the-secret"),
+        "the secret in an error: {stderr}"
+    );
 
     let out = operator(&["check"], &pairs(&old_names(&emu)[1..])).await;
     let (_, stderr) = text(&out);
@@ -139,7 +170,13 @@ async fn completion_scripts_cover_the_subcommands() {
         let out = operator(&["completion", shell], &[]).await;
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{shell}: {stderr}");
-        for word in ["kinde-m2m-operator", "rotate", "status", "check", "all-namespaces"] {
+        for word in [
+            "kinde-m2m-operator",
+            "rotate",
+            "status",
+            "check",
+            "all-namespaces",
+        ] {
             assert!(stdout.contains(word), "{shell}: {word} missing");
         }
     }

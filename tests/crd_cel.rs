@@ -293,7 +293,9 @@ fn cases() -> Vec<Case> {
             name: "secret keys: Envoy Gateway style",
             plural: "m2mapplications",
             rule: DISTINCT_KEYS,
-            new: app(keys(json!({"clientId": "client-id", "clientSecret": "client-secret", "omit": ["audience", "tokenUrl"]}))),
+            new: app(keys(
+                json!({"clientId": "client-id", "clientSecret": "client-secret", "omit": ["audience", "tokenUrl"]}),
+            )),
             old: None,
             fails_naming: None,
         },
@@ -301,7 +303,9 @@ fn cases() -> Vec<Case> {
             name: "secret keys: an omitted key frees its default name",
             plural: "m2mapplications",
             rule: DISTINCT_KEYS,
-            new: app(keys(json!({"clientId": "KINDE_AUDIENCE", "omit": ["audience"]}))),
+            new: app(keys(
+                json!({"clientId": "KINDE_AUDIENCE", "omit": ["audience"]}),
+            )),
             old: Some(app(json!({}))),
             fails_naming: None,
         },

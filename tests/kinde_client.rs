@@ -1096,7 +1096,10 @@ async fn access_token_lifetime_applies_to_new_tokens() {
         .create_api("Lifetimes", "https://lifetimes.example.com")
         .await
         .unwrap();
-    let app = client.create_application("short-lived", None).await.unwrap();
+    let app = client
+        .create_application("short-lived", None)
+        .await
+        .unwrap();
     client
         .update_api_applications(&api, &[(&app.client_id, Authorization::Authorize)])
         .await
@@ -1155,5 +1158,8 @@ async fn access_token_lifetime_applies_to_new_tokens() {
         .update_application_tokens(&app.id, 900)
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("update:application_tokens"), "{err}");
+    assert!(
+        err.to_string().contains("update:application_tokens"),
+        "{err}"
+    );
 }

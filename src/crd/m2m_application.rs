@@ -130,7 +130,8 @@ pub const SECRET_KEY_PATTERN: &str = r"^([-_a-zA-Z0-9]|\.[-_a-zA-Z0-9])[-._a-zA-
 /// The effective key names as CEL expressions, `''` for an omitted key (never a valid
 /// key: the pattern wants one character at least).
 fn effective_keys_cel() -> [String; 5] {
-    let key = |field: &str, default: &str| format!("(has(self.{field}) ? self.{field} : '{default}')");
+    let key =
+        |field: &str, default: &str| format!("(has(self.{field}) ? self.{field} : '{default}')");
     let optional = |field: &str, default: &str| {
         format!(
             "(has(self.omit) && '{field}' in self.omit ? '' : {})",
@@ -162,7 +163,9 @@ fn distinct_keys_rule() -> Rule {
 }
 
 /// Keys of the Secret that `spec.secret.keys.omit` may leave out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum OptionalKey {
     /// `KINDE_TOKEN_URL` (or its `tokenUrl` name).

@@ -31,9 +31,9 @@ pub use api_registration::{
 pub use m2m_application::{
     AppliedTokens, DEFAULT_KEY_AUDIENCE, DEFAULT_KEY_CLIENT_ID, DEFAULT_KEY_CLIENT_SECRET,
     DEFAULT_KEY_DOMAIN, DEFAULT_KEY_TOKEN_URL, DEFAULT_ROTATION_OVERLAP, M2MApplication,
-    M2MApplicationSpec, M2MApplicationStatus, MAX_ACCESS_TOKEN_LIFETIME,
-    MIN_ACCESS_TOKEN_LIFETIME, OptionalKey, PendingSuccessor, RetiringCredentials, RotationSpec,
-    SecretKeys, SecretSpec, TokensSpec,
+    M2MApplicationSpec, M2MApplicationStatus, MAX_ACCESS_TOKEN_LIFETIME, MIN_ACCESS_TOKEN_LIFETIME,
+    OptionalKey, PendingSuccessor, RetiringCredentials, RotationSpec, SecretKeys, SecretSpec,
+    TokensSpec,
 };
 
 /// API group of every resource of the operator.

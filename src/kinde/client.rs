@@ -1137,10 +1137,16 @@ mod tests {
             let enc = |v: &serde_json::Value| {
                 base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
             };
-            format!("{}.{}.sig", enc(&serde_json::json!({"alg": "RS256"})), enc(&claims))
+            format!(
+                "{}.{}.sig",
+                enc(&serde_json::json!({"alg": "RS256"})),
+                enc(&claims)
+            )
         };
         assert_eq!(
-            token_scopes(&jwt(serde_json::json!({"scp": ["read:apis", "create:apis"]}))),
+            token_scopes(&jwt(
+                serde_json::json!({"scp": ["read:apis", "create:apis"]})
+            )),
             Some(vec!["read:apis".to_owned(), "create:apis".to_owned()])
         );
         assert_eq!(

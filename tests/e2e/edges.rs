@@ -33,7 +33,10 @@ pub fn tests() -> Vec<E2eTest> {
             "edges::metrics_series_end_with_the_object",
             metrics_series_end_with_the_object,
         ),
-        support::test("edges::cli_rotate_selected_and_status", cli_rotate_selected_and_status),
+        support::test(
+            "edges::cli_rotate_selected_and_status",
+            cli_rotate_selected_and_status,
+        ),
     ]
 }
 
@@ -113,7 +116,9 @@ fn grant(name: &str, app: &str, api: &str, scopes: &[&str]) -> ApiGrant {
     ApiGrant::new(
         name,
         ApiGrantSpec {
-            application_ref: ApplicationReference { name: app.to_owned() },
+            application_ref: ApplicationReference {
+                name: app.to_owned(),
+            },
             api_ref: ApiReference {
                 name: api.to_owned(),
                 ..ApiReference::default()
@@ -143,12 +148,16 @@ async fn wait_ready<K>(api: &Api<K>, name: &str, status: &str, reason: &str) -> 
 where
     K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
-    wait_for(&format!("{name} Ready={status} ({reason})"), WAIT, || async {
-        let obj = api.get(name).await?;
-        Ok(condition(&obj, "Ready")
-            .filter(|(s, r, _)| s == status && r == reason)
-            .map(|_| obj))
-    })
+    wait_for(
+        &format!("{name} Ready={status} ({reason})"),
+        WAIT,
+        || async {
+            let obj = api.get(name).await?;
+            Ok(condition(&obj, "Ready")
+                .filter(|(s, r, _)| s == status && r == reason)
+                .map(|_| obj))
+        },
+    )
     .await
 }
 
@@ -180,17 +189,27 @@ async fn wait_secret_key(
     .await
 }
 
-async fn request_rotation(api: &Api<M2MApplication>, name: &str, value: &str) -> anyhow::Result<()> {
+async fn request_rotation(
+    api: &Api<M2MApplication>,
+    name: &str,
+    value: &str,
+) -> anyhow::Result<()> {
     api.patch(
         name,
         &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {ROTATE_REQUESTED_AT_ANNOTATION: value}}})),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {ROTATE_REQUESTED_AT_ANNOTATION: value}}}),
+        ),
     )
     .await?;
     Ok(())
 }
 
-async fn wait_rotated(api: &Api<M2MApplication>, name: &str, value: &str) -> anyhow::Result<M2MApplication> {
+async fn wait_rotated(
+    api: &Api<M2MApplication>,
+    name: &str,
+    value: &str,
+) -> anyhow::Result<M2MApplication> {
     wait_for(&format!("{name} rotated for {value}"), WAIT, || async {
         let app = api.get(name).await?;
         let handled = app
@@ -231,15 +250,21 @@ async fn envoy_style_secret_keys(ctx: Ctx) -> anyhow::Result<()> {
                 },
             );
             env.create(app).await?;
-            env.create(grant("gateway-orders", "gateway", "orders", &["read:orders"]))
-                .await?;
+            env.create(grant(
+                "gateway-orders",
+                "gateway",
+                "orders",
+                &["read:orders"],
+            ))
+            .await?;
             let grants = env.ctx.api::<ApiGrant>();
             wait_ready(&grants, "gateway-orders", "True", "Reconciled").await?;
             let apps = env.ctx.api::<M2MApplication>();
             wait_ready(&apps, "gateway", "True", "Reconciled").await?;
 
             let secrets = env.ctx.api::<Secret>();
-            let before = wait_secret_key(&secrets, "gateway-credentials", "client-id", None).await?;
+            let before =
+                wait_secret_key(&secrets, "gateway-credentials", "client-id", None).await?;
             let keys: BTreeSet<&str> = before.keys().map(String::as_str).collect();
             ensure!(
                 keys == BTreeSet::from(["KINDE_DOMAIN", "client-id", "client-secret"]),
@@ -262,7 +287,9 @@ async fn envoy_style_secret_keys(ctx: Ctx) -> anyhow::Result<()> {
                     let mut stream = std::pin::pin!(stream);
                     while let Some(Ok(s)) = stream.next().await {
                         let d = data(&s);
-                        if let (Some(id), Some(secret)) = (d.get("client-id"), d.get("client-secret")) {
+                        if let (Some(id), Some(secret)) =
+                            (d.get("client-id"), d.get("client-secret"))
+                        {
                             seen.lock().unwrap().push((id.clone(), secret.clone()));
                         }
                     }
@@ -275,8 +302,13 @@ async fn envoy_style_secret_keys(ctx: Ctx) -> anyhow::Result<()> {
             .await?;
             request_rotation(&apps, "gateway", "rotate-1").await?;
             wait_rotated(&apps, "gateway", "rotate-1").await?;
-            let after =
-                wait_secret_key(&secrets, "gateway-credentials", "client-id", Some(&before["client-id"])).await?;
+            let after = wait_secret_key(
+                &secrets,
+                "gateway-credentials",
+                "client-id",
+                Some(&before["client-id"]),
+            )
+            .await?;
             let keys: BTreeSet<&str> = after.keys().map(String::as_str).collect();
             ensure!(
                 keys == BTreeSet::from(["KINDE_DOMAIN", "client-id", "client-secret"]),
@@ -372,9 +404,16 @@ async fn secret_keys_refused(ctx: Ctx) -> anyhow::Result<()> {
                     && message.contains("spec.secret.keys.clientId"),
                 "{message}"
             );
-            ensure!(env.emu.kinde_apps().await?.is_empty(), "a Kinde application was created");
             ensure!(
-                env.ctx.api::<Secret>().get_opt("clash-credentials").await?.is_none(),
+                env.emu.kinde_apps().await?.is_empty(),
+                "a Kinde application was created"
+            );
+            ensure!(
+                env.ctx
+                    .api::<Secret>()
+                    .get_opt("clash-credentials")
+                    .await?
+                    .is_none(),
                 "a Secret was written"
             );
             Ok(())
@@ -398,9 +437,20 @@ async fn access_token_lifetime(ctx: Ctx) -> anyhow::Result<()> {
                 access_token_lifetime: Some("10m".into()),
             });
             env.create(app).await?;
-            env.create(grant("short-billing", "short", "billing", &["read:invoices"]))
-                .await?;
-            wait_ready(&env.ctx.api::<ApiGrant>(), "short-billing", "True", "Reconciled").await?;
+            env.create(grant(
+                "short-billing",
+                "short",
+                "billing",
+                &["read:invoices"],
+            ))
+            .await?;
+            wait_ready(
+                &env.ctx.api::<ApiGrant>(),
+                "short-billing",
+                "True",
+                "Reconciled",
+            )
+            .await?;
             let apps = env.ctx.api::<M2MApplication>();
             wait_ready(&apps, "short", "True", "Reconciled").await?;
             let secrets = env.ctx.api::<Secret>();
@@ -411,7 +461,11 @@ async fn access_token_lifetime(ctx: Ctx) -> anyhow::Result<()> {
                 async move {
                     let claims = env
                         .emu
-                        .token_claims(&creds["KINDE_CLIENT_ID"], &creds["KINDE_CLIENT_SECRET"], &audience)
+                        .token_claims(
+                            &creds["KINDE_CLIENT_ID"],
+                            &creds["KINDE_CLIENT_SECRET"],
+                            &audience,
+                        )
                         .await?
                         .map_err(anyhow::Error::msg)?;
                     let exp = claims["exp"].as_i64().context("exp")?;
@@ -419,8 +473,12 @@ async fn access_token_lifetime(ctx: Ctx) -> anyhow::Result<()> {
                     anyhow::Ok(exp - iat)
                 }
             };
-            let creds = wait_secret_key(&secrets, "short-credentials", "KINDE_AUDIENCE", Some("")).await?;
-            ensure!(lifetime(creds.clone()).await? == 600, "tokens do not live 10m");
+            let creds =
+                wait_secret_key(&secrets, "short-credentials", "KINDE_AUDIENCE", Some("")).await?;
+            ensure!(
+                lifetime(creds.clone()).await? == 600,
+                "tokens do not live 10m"
+            );
             let calls = env.emu.call_count("updateApplicationTokens").await?;
             ensure!(calls == 1, "updateApplicationTokens called {calls} times");
 
@@ -460,7 +518,11 @@ async fn access_token_lifetime(ctx: Ctx) -> anyhow::Result<()> {
             })
             .await?;
             let now = env.emu.call_count("updateApplicationTokens").await?;
-            ensure!(now == settled, "resyncs sent updateApplicationTokens {} more times", now - settled);
+            ensure!(
+                now == settled,
+                "resyncs sent updateApplicationTokens {} more times",
+                now - settled
+            );
             Ok(())
         })
         .await
@@ -473,7 +535,11 @@ async fn samples(url: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Resu
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (series, value) = line.rsplit_once(' ').context("metric line")?;
         let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-        if n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))) {
+        if n == name
+            && labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        {
             out.push(value.parse()?);
         }
     }
@@ -490,18 +556,41 @@ async fn metrics_series_end_with_the_object(ctx: Ctx) -> anyhow::Result<()> {
             let ns = env.ctx.ns.clone();
             env.create(api_registration("catalog", &env.audience("catalog"), &[]))
                 .await?;
-            env.create(M2MApplication::new("metered", M2MApplicationSpec::default()))
-                .await?;
+            env.create(M2MApplication::new(
+                "metered",
+                M2MApplicationSpec::default(),
+            ))
+            .await?;
             let apps = env.ctx.api::<M2MApplication>();
             wait_ready(&apps, "metered", "True", "Reconciled").await?;
-            wait_ready(&env.ctx.api::<ApiRegistration>(), "catalog", "True", "Reconciled").await?;
+            wait_ready(
+                &env.ctx.api::<ApiRegistration>(),
+                "catalog",
+                "True",
+                "Reconciled",
+            )
+            .await?;
             let of = |kind: &'static str, name: &'static str| {
-                [("kind", kind), ("object_namespace", ns.as_str()), ("object_name", name)]
+                [
+                    ("kind", kind),
+                    ("object_namespace", ns.as_str()),
+                    ("object_name", name),
+                ]
             };
             let pfx = "kinde_m2m_operator_";
-            let ready = samples(&env.metrics, &format!("{pfx}object_ready"), &of("M2MApplication", "metered")).await?;
+            let ready = samples(
+                &env.metrics,
+                &format!("{pfx}object_ready"),
+                &of("M2MApplication", "metered"),
+            )
+            .await?;
             ensure!(ready == [1.0], "object_ready {ready:?}");
-            let api_ready = samples(&env.metrics, &format!("{pfx}object_ready"), &of("ApiRegistration", "catalog")).await?;
+            let api_ready = samples(
+                &env.metrics,
+                &format!("{pfx}object_ready"),
+                &of("ApiRegistration", "catalog"),
+            )
+            .await?;
             ensure!(api_ready == [1.0], "object_ready of the API {api_ready:?}");
             let issued = samples(
                 &env.metrics,
@@ -509,11 +598,30 @@ async fn metrics_series_end_with_the_object(ctx: Ctx) -> anyhow::Result<()> {
                 &of("M2MApplication", "metered"),
             )
             .await?;
-            let created = apps.get("metered").await?.meta().creation_timestamp.clone().context("created")?;
-            ensure!(issued == [created.0.as_second() as f64], "credential_issued {issued:?}");
-            let retiring = samples(&env.metrics, &format!("{pfx}retiring_credentials"), &of("M2MApplication", "metered")).await?;
+            let created = apps
+                .get("metered")
+                .await?
+                .meta()
+                .creation_timestamp
+                .clone()
+                .context("created")?;
+            ensure!(
+                issued == [created.0.as_second() as f64],
+                "credential_issued {issued:?}"
+            );
+            let retiring = samples(
+                &env.metrics,
+                &format!("{pfx}retiring_credentials"),
+                &of("M2MApplication", "metered"),
+            )
+            .await?;
             ensure!(retiring == [0.0], "retiring_credentials {retiring:?}");
-            ensure!(!samples(&env.metrics, &format!("{pfx}build_info"), &[]).await?.is_empty(), "no build_info");
+            ensure!(
+                !samples(&env.metrics, &format!("{pfx}build_info"), &[])
+                    .await?
+                    .is_empty(),
+                "no build_info"
+            );
             let text = reqwest::get(&env.metrics).await?.text().await?;
             ensure!(
                 !text.contains("{namespace=") && !text.contains(",namespace="),
@@ -527,24 +635,33 @@ async fn metrics_series_end_with_the_object(ctx: Ctx) -> anyhow::Result<()> {
                 .await?;
             wait_for("both objects gone", WAIT, || async {
                 let gone = apps.get_opt("metered").await?.is_none()
-                    && env.ctx.api::<ApiRegistration>().get_opt("catalog").await?.is_none();
+                    && env
+                        .ctx
+                        .api::<ApiRegistration>()
+                        .get_opt("catalog")
+                        .await?
+                        .is_none();
                 Ok(gone.then_some(()))
             })
             .await?;
             // Finalizer removal is the operator's last act: its series are gone by then,
             // but the scrape may race the delete event; wait briefly rather than sleep.
-            wait_for("the deleted objects' series to go", Duration::from_secs(10), || async {
-                let text = reqwest::get(&env.metrics).await?.text().await?;
-                let left: Vec<&str> = text
-                    .lines()
-                    .filter(|l| l.contains(&format!("object_namespace=\"{ns}\"")))
-                    .collect();
-                if left.is_empty() {
-                    Ok(Some(()))
-                } else {
-                    Ok(None)
-                }
-            })
+            wait_for(
+                "the deleted objects' series to go",
+                Duration::from_secs(10),
+                || async {
+                    let text = reqwest::get(&env.metrics).await?.text().await?;
+                    let left: Vec<&str> = text
+                        .lines()
+                        .filter(|l| l.contains(&format!("object_namespace=\"{ns}\"")))
+                        .collect();
+                    if left.is_empty() {
+                        Ok(Some(()))
+                    } else {
+                        Ok(None)
+                    }
+                },
+            )
             .await?;
             Ok(())
         })
@@ -586,36 +703,62 @@ async fn cli_rotate_selected_and_status(ctx: Ctx) -> anyhow::Result<()> {
             }
             let (ok, stdout, stderr) = cli(
                 &env.ctx,
-                &["rotate", "-n", &ns, "-l", "team=a", "--wait", "--timeout", "90s"],
+                &[
+                    "rotate",
+                    "-n",
+                    &ns,
+                    "-l",
+                    "team=a",
+                    "--wait",
+                    "--timeout",
+                    "90s",
+                ],
             )
             .await?;
             ensure!(ok, "rotate -l failed: {stderr}");
             for name in ["alpha", "beta"] {
-                ensure!(stdout.contains(&format!("rotated {ns}/{name}: client ID")), "{stdout}");
+                ensure!(
+                    stdout.contains(&format!("rotated {ns}/{name}: client ID")),
+                    "{stdout}"
+                );
                 let s = apps.get(name).await?.status.context("status")?;
                 ensure!(s.retiring.len() == 1, "{name} has no predecessor retiring");
             }
             let gamma = apps.get("gamma").await?.status.context("status")?;
-            ensure!(gamma.last_handled_rotate_request.is_none() && gamma.retiring.is_empty(), "gamma rotated");
+            ensure!(
+                gamma.last_handled_rotate_request.is_none() && gamma.retiring.is_empty(),
+                "gamma rotated"
+            );
 
             let selector = format!("e2e-cli={ns},team=b");
             let (ok, stdout, stderr) = cli(&env.ctx, &["rotate", "-A", "-l", &selector]).await?;
             ensure!(ok, "rotate -A -l failed: {stderr}");
-            ensure!(stdout.contains(&format!("rotation of {ns}/gamma requested")), "{stdout}");
+            ensure!(
+                stdout.contains(&format!("rotation of {ns}/gamma requested")),
+                "{stdout}"
+            );
             ensure!(!stdout.contains("alpha"), "{stdout}");
 
-            let (ok, _, stderr) = cli(&env.ctx, &["rotate", "-n", &ns, "-l", "team=nobody"]).await?;
-            ensure!(!ok && stderr.contains("team=nobody"), "an empty selection: {stderr}");
+            let (ok, _, stderr) =
+                cli(&env.ctx, &["rotate", "-n", &ns, "-l", "team=nobody"]).await?;
+            ensure!(
+                !ok && stderr.contains("team=nobody"),
+                "an empty selection: {stderr}"
+            );
             let (ok, _, stderr) = cli(&env.ctx, &["rotate", "-A"]).await?;
             ensure!(!ok && stderr.contains("--all"), "-A alone: {stderr}");
 
             let alpha = apps.get("alpha").await?.status.context("status")?;
-            let (ok, stdout, stderr) = cli(&env.ctx, &["status", "m2mapp", "alpha", "-n", &ns]).await?;
+            let (ok, stdout, stderr) =
+                cli(&env.ctx, &["status", "m2mapp", "alpha", "-n", &ns]).await?;
             ensure!(ok, "status failed: {stderr}");
             let retiring = &alpha.retiring[0];
             for want in [
                 format!("M2MApplication {ns}/alpha"),
-                format!("Kinde application: {}", alpha.application_id.clone().unwrap_or_default()),
+                format!(
+                    "Kinde application: {}",
+                    alpha.application_id.clone().unwrap_or_default()
+                ),
                 "Secret: alpha-credentials (exists)".to_owned(),
                 format!("Retiring: client ID {}", retiring.client_id),
                 "CredentialsRotated".to_owned(),
@@ -628,8 +771,12 @@ async fn cli_rotate_selected_and_status(ctx: Ctx) -> anyhow::Result<()> {
                 !stdout.contains(secret["KINDE_CLIENT_SECRET"].as_str()),
                 "status printed the client secret"
             );
-            let (ok, _, stderr) = cli(&env.ctx, &["status", "m2mapp", "nothing", "-n", &ns]).await?;
-            ensure!(!ok && stderr.contains(&format!("M2MApplication {ns}/nothing")), "{stderr}");
+            let (ok, _, stderr) =
+                cli(&env.ctx, &["status", "m2mapp", "nothing", "-n", &ns]).await?;
+            ensure!(
+                !ok && stderr.contains(&format!("M2MApplication {ns}/nothing")),
+                "{stderr}"
+            );
             Ok(())
         })
         .await

@@ -353,7 +353,11 @@ pub fn object_labels(namespace: &str, name: &str, kind: &'static str) -> ObjectL
 
 /// Per-object metrics from the status about to be written: readiness, and the kind's own.
 fn record_object_metrics<K: Managed>(ctx: &Context<K::World>, obj: &K, status: &K::Status) {
-    let labels = object_labels(&obj.namespace().unwrap_or_default(), &obj.name_any(), K::KIND);
+    let labels = object_labels(
+        &obj.namespace().unwrap_or_default(),
+        &obj.name_any(),
+        K::KIND,
+    );
     ctx.metrics.object_ready(
         &labels,
         conditions::is_true(status.conditions(), conditions::READY),

@@ -673,7 +673,10 @@ mod tests {
             Some(600),
             "changed in the dashboard"
         );
-        assert_eq!(token_lifetime_to_apply(Some(600), &observed(600), None), None);
+        assert_eq!(
+            token_lifetime_to_apply(Some(600), &observed(600), None),
+            None
+        );
     }
 
     #[test]
@@ -744,19 +747,41 @@ mod tests {
             "shop",
             serde_json::json!({"secret": {"keys": {"clientId": "same", "clientSecret": "same"}}}),
         );
-        assert!(problem(&clash).contains("spec.secret.keys.clientSecret"), "{}", problem(&clash));
-        let bad_key = app("shop", serde_json::json!({"secret": {"keys": {"domain": "a b"}}}));
+        assert!(
+            problem(&clash).contains("spec.secret.keys.clientSecret"),
+            "{}",
+            problem(&clash)
+        );
+        let bad_key = app(
+            "shop",
+            serde_json::json!({"secret": {"keys": {"domain": "a b"}}}),
+        );
         assert!(problem(&bad_key).contains("spec.secret.keys.domain"));
         let envoy = app(
             "shop",
             serde_json::json!({"secret": {"keys": {"clientId": "client-id", "clientSecret": "client-secret", "omit": ["audience", "tokenUrl"]}}}),
         );
         assert_eq!(problem(&envoy), "");
-        for (lifetime, ok) in [("1m", true), ("24h", true), ("90m", true), ("59s", false), ("25h", false), ("1.5s", false), ("1d", false)] {
-            let a = app("shop", serde_json::json!({"tokens": {"accessTokenLifetime": lifetime}}));
+        for (lifetime, ok) in [
+            ("1m", true),
+            ("24h", true),
+            ("90m", true),
+            ("59s", false),
+            ("25h", false),
+            ("1.5s", false),
+            ("1d", false),
+        ] {
+            let a = app(
+                "shop",
+                serde_json::json!({"tokens": {"accessTokenLifetime": lifetime}}),
+            );
             assert_eq!(problem(&a).is_empty(), ok, "{lifetime}: {}", problem(&a));
             if !ok {
-                assert!(problem(&a).contains("spec.tokens.accessTokenLifetime"), "{}", problem(&a));
+                assert!(
+                    problem(&a).contains("spec.tokens.accessTokenLifetime"),
+                    "{}",
+                    problem(&a)
+                );
             }
         }
     }

@@ -28,7 +28,8 @@ pub(super) async fn ensure_tokens(
         status.applied_tokens = None;
         return Ok(());
     };
-    if let Some(apply) = token_lifetime_to_apply(Some(seconds), app, status.applied_tokens.as_ref()) {
+    if let Some(apply) = token_lifetime_to_apply(Some(seconds), app, status.applied_tokens.as_ref())
+    {
         ctx.kinde.update_application_tokens(&app.id, apply).await?;
         record_change(
             ctx,
