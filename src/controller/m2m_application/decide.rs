@@ -785,4 +785,37 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn credential_gauges_only_once_credentials_exist() {
+        let mut a = app("shop", serde_json::json!({}));
+        let created = Timestamp::from_second(1_000).expect("ts");
+        a.metadata.creation_timestamp = Some(Time(created));
+        let none = credential_gauges(&a, &M2MApplicationStatus::default());
+        assert_eq!(none, crate::metrics::CredentialGauges::default());
+        let rotated = M2MApplicationStatus {
+            application_id: Some("app2".into()),
+            last_rotation_time: Some(Time(Timestamp::from_second(2_000).expect("ts"))),
+            next_rotation_time: Some(Time(Timestamp::from_second(9_000).expect("ts"))),
+            retiring: vec![RetiringCredentials {
+                application_id: "app1".into(),
+                client_id: "app1".into(),
+                retire_at: Time(Timestamp::from_second(5_600).expect("ts")),
+            }],
+            ..M2MApplicationStatus::default()
+        };
+        assert_eq!(
+            credential_gauges(&a, &rotated),
+            crate::metrics::CredentialGauges {
+                issued: Some(2_000),
+                next_rotation: Some(9_000),
+                retiring: 1,
+            }
+        );
+        let fresh = M2MApplicationStatus {
+            application_id: Some("app1".into()),
+            ..M2MApplicationStatus::default()
+        };
+        assert_eq!(credential_gauges(&a, &fresh).issued, Some(1_000));
+    }
 }
