@@ -228,6 +228,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let kube_config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
+    let mut kube_config = kube_config;
+    // Named in the API server's audit log and in its metrics, as every well-behaved
+    // controller is (kube-rs sends no User-Agent of its own).
+    kube_config.headers.push((
+        reqwest::header::USER_AGENT,
+        reqwest::header::HeaderValue::from_static(concat!(
+            "kinde-m2m-operator/",
+            env!("CARGO_PKG_VERSION")
+        )),
+    ));
     let mut controller_config = kube_config.clone();
     controller_timeouts(&mut controller_config);
     let client =

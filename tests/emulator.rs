@@ -1333,6 +1333,34 @@ async fn rate_limit_throttles_management_calls() {
     env.create_app("three").await;
 }
 
+/// A base latency delays every call, the token endpoint's too; a nonsensical one is refused.
+#[tokio::test]
+async fn base_latency_delays_every_call() {
+    let env = start().await;
+    let (s, body) = env
+        .control(Method::PUT, "/latency", Some(json!({"ms": 250})))
+        .await;
+    assert_eq!((s, body), (StatusCode::OK, json!({"ms": 250})));
+    let t = Instant::now();
+    let (s, _) = env.call(Method::GET, "/api/v1/apis", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(t.elapsed() >= Duration::from_millis(250));
+    let t = Instant::now();
+    env.management_token().await;
+    assert!(t.elapsed() >= Duration::from_millis(250));
+
+    let (s, body) = env
+        .control(Method::PUT, "/latency", Some(json!({"ms": 600_000})))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    let (_, body) = env.control(Method::GET, "/latency", None).await;
+    assert_eq!(body, json!({"ms": 250}), "a refused value changes nothing");
+    let (s, _) = env.control(Method::DELETE, "/latency", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, body) = env.control(Method::GET, "/latency", None).await;
+    assert_eq!(body, json!({"ms": 0}));
+}
+
 #[tokio::test]
 async fn rotate_secret_with_and_without_retain() {
     let env = start().await;

@@ -181,10 +181,21 @@ static HARNESS: OnceLock<Result<Harness, String>> = OnceLock::new();
 
 /// The run's harness, started on first use (concurrent callers wait for the first).
 pub fn harness() -> Result<&'static Harness, String> {
+    harness_with_env(&[])
+}
+
+/// Like [`harness`], with extra environment for `scripts/control-plane` when this call
+/// starts it (e.g. `APISERVER_EXTRA_ARGS` for an audit log); ignored once it runs.
+pub fn harness_with_env(env: &[(&str, &str)]) -> Result<&'static Harness, String> {
     HARNESS
-        .get_or_init(|| Harness::start().map_err(|e| format!("{e:#}")))
+        .get_or_init(|| Harness::start(env).map_err(|e| format!("{e:#}")))
         .as_ref()
         .map_err(Clone::clone)
+}
+
+/// Stops everything the harness started, for binaries that do not go through [`run`].
+pub fn shutdown_harness() {
+    shutdown();
 }
 
 struct ShutdownGuard;
@@ -250,7 +261,7 @@ fn install_signal_handler() {
 }
 
 impl Harness {
-    fn start() -> anyhow::Result<Self> {
+    fn start(env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let t0 = Instant::now();
         let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e");
         std::fs::create_dir_all(&base)?;
@@ -263,7 +274,7 @@ impl Harness {
         // With E2E_KEEP the control plane must outlive us: no watchdog.
         let keep = std::env::var_os("E2E_KEEP").is_some();
         let owner = (!keep).then(std::process::id);
-        let control_plane = ControlPlane::start(&run_dir.join("cp"), owner)?;
+        let control_plane = ControlPlane::start_with_env(&run_dir.join("cp"), owner, env)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -1204,6 +1215,26 @@ impl Operator {
         args: &[&str],
     ) -> anyhow::Result<Self> {
         Self::spawn(harness, test_name, Some(emulator_url), args)
+    }
+
+    /// Like [`Operator::start_with`], with `env` added last (it overrides the defaults,
+    /// e.g. `RUST_LOG`).
+    pub fn start_env(
+        harness: &Harness,
+        test_name: &str,
+        emulator_url: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let kubeconfig = harness.control_plane.kubeconfig.clone();
+        Self::spawn_with(
+            harness,
+            test_name,
+            Some(emulator_url),
+            args,
+            &kubeconfig,
+            env,
+        )
     }
 
     /// Like [`Operator::start_with`], against another control plane (`kubeconfig`), e.g.

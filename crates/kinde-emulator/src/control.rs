@@ -20,6 +20,8 @@
 //! - `PUT /_emulator/concurrency-limit` `{max_in_flight, reset_secs? (1)}`: a management
 //!   call arriving while `max_in_flight` are being served gets 429 with `RateLimit-Reset:
 //!   reset_secs`, not processed. `GET` shows it, `DELETE` removes it.
+//! - `PUT /_emulator/latency` `{ms}`: added to every call (management and token) after
+//!   admission, before any fault's own latency; `GET` shows it, `DELETE` sets it back to 0.
 //! - `POST /_emulator/applications/{id}/rotate-secret` `{retain_old?: bool}` → `{client_id,
 //!   client_secret}`: new secret as the dashboard's "Rotate" (reg and m2m apps only, else
 //!   400); the previous one keeps working only with `retain_old`, until `DELETE
@@ -72,6 +74,10 @@ pub(crate) fn routes() -> Router<AppState> {
             put(set_concurrency_limit)
                 .get(get_concurrency_limit)
                 .delete(clear_concurrency_limit),
+        )
+        .route(
+            "/latency",
+            put(set_latency).get(get_latency).delete(clear_latency),
         )
         .route("/applications/{id}/rotate-secret", post(rotate_secret))
         .route(
@@ -155,6 +161,42 @@ async fn get_concurrency_limit(State(shared): State<AppState>) -> Response {
 async fn clear_concurrency_limit(State(shared): State<AppState>) -> Response {
     shared.harness().set_concurrency_limit(None);
     axum::Json(json!({"concurrency_limit": null})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LatencyBody {
+    ms: u64,
+}
+
+/// Longest latency accepted: beyond it every client times out, which a fault says better.
+const MAX_LATENCY_MS: u64 = 60_000;
+
+async fn set_latency(State(shared): State<AppState>, body: Bytes) -> Response {
+    let latency: LatencyBody = match parse(&body) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    if latency.ms > MAX_LATENCY_MS {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("ms must be at most {MAX_LATENCY_MS}"),
+        );
+    }
+    shared
+        .harness()
+        .set_latency(std::time::Duration::from_millis(latency.ms));
+    axum::Json(json!({"ms": latency.ms})).into_response()
+}
+
+async fn get_latency(State(shared): State<AppState>) -> Response {
+    let ms = u64::try_from(shared.harness().latency().as_millis()).unwrap_or(u64::MAX);
+    axum::Json(json!({"ms": ms})).into_response()
+}
+
+async fn clear_latency(State(shared): State<AppState>) -> Response {
+    shared.harness().set_latency(std::time::Duration::ZERO);
+    axum::Json(json!({"ms": 0})).into_response()
 }
 
 #[derive(Deserialize)]

@@ -196,6 +196,9 @@ pub(crate) struct Harness {
     /// limit set mid-flight sees the calls already running).
     in_flight: u32,
     counters: BTreeMap<&'static str, Counter>,
+    /// Added to every call (management and token), as the network and Kinde's own
+    /// processing add it: benchmarks measure against a realistic round trip.
+    latency: Duration,
 }
 
 impl Harness {
@@ -286,6 +289,14 @@ impl Harness {
     /// One call admitted by [`Self::enter`] is done.
     pub(crate) fn leave(&mut self) {
         self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    pub(crate) fn set_latency(&mut self, latency: Duration) {
+        self.latency = latency;
+    }
+
+    pub(crate) fn latency(&self) -> Duration {
+        self.latency
     }
 
     pub(crate) fn count_call(&mut self, op: &'static str) {

@@ -39,7 +39,7 @@ async fn observe(
         let response = next.run(request).await;
         return persist_if_changed(&shared, response).await;
     };
-    let (fault, in_flight) = {
+    let (fault, in_flight, latency) = {
         let mut harness = shared.harness();
         harness.count_call(op);
         let mut in_flight = None;
@@ -53,12 +53,17 @@ async fn observe(
             }
             in_flight = Some(InFlight(shared.clone()));
         }
-        (harness.take_fault(op), in_flight)
+        (harness.take_fault(op), in_flight, harness.latency())
     };
     // A detached call is finished even when the client gives up meanwhile (Kinde completing a
     // request the client timed out on): the work runs in a task of its own.
     let detached = fault.as_ref().is_some_and(|f| f.detached);
-    let work = process(shared, op, fault, conn, in_flight, request, next);
+    let work = async move {
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        process(shared, op, fault, conn, in_flight, request, next).await
+    };
     if detached {
         tokio::spawn(work)
             .await
