@@ -10,7 +10,7 @@ use kube::runtime::events::EventType;
 
 use super::error::{Error, Result};
 use super::outcome::Outcome;
-use crate::conditions::{self, reasons};
+use crate::conditions::{self, HasConditions, Progress, reasons};
 use crate::crd::{KindeAnnotations, PAUSED_ANNOTATION};
 
 /// Deletion waits while the object is paused: no Kinde writes, as for any other change.
@@ -86,7 +86,8 @@ pub(super) fn with_jitter(d: Duration) -> Duration {
     d + d.mul_f64(fastrand::f64() * 0.1)
 }
 
-/// Sets Ready and Synced for `generation`; keeps lastTransitionTime where status holds.
+/// Sets Ready and Synced for `generation` (and kstatus's pair from Ready, see
+/// [`set_progress_conditions`]); keeps lastTransitionTime where status holds.
 pub fn set_conditions(
     conds: &mut Vec<Condition>,
     generation: Option<i64>,
@@ -113,9 +114,39 @@ pub fn set_conditions(
             synced.1,
             synced.2,
             generation,
-            now,
+            now.clone(),
         ),
     );
+    set_progress_conditions(conds, generation, &now);
+}
+
+/// Sets kstatus's `Reconciling` and `Stalled` from `Ready` as just set: both False while
+/// Ready is True; otherwise the one [`conditions::progress`] picks for Ready's reason is
+/// True. Both always carry Ready's reason and message (kstatus reports the message of the
+/// one that holds) and are always present, so their `lastTransitionTime` says since when
+/// an object stalls, or stopped stalling.
+fn set_progress_conditions(conds: &mut Vec<Condition>, generation: Option<i64>, now: &Time) {
+    let Some(ready) = conditions::find_condition(conds, conditions::READY).cloned() else {
+        return;
+    };
+    let not_ready = !conditions::is_true(conds, conditions::READY);
+    let progress = conditions::progress(&ready.reason);
+    for (type_, class) in [
+        (conditions::RECONCILING, Progress::Reconciling),
+        (conditions::STALLED, Progress::Stalled),
+    ] {
+        conditions::set_condition(
+            conds,
+            conditions::new_condition(
+                type_,
+                not_ready && progress == class,
+                &ready.reason,
+                ready.message.clone(),
+                generation,
+                now.clone(),
+            ),
+        );
+    }
 }
 
 /// Conditions for a reconcile that could not finish: Synced says why; Ready keeps its
@@ -150,9 +181,10 @@ pub fn set_failure(
             err.reason(),
             note,
             generation,
-            now,
+            now.clone(),
         ),
     );
+    set_progress_conditions(conds, generation, &now);
 }
 
 /// The status message for a paused object.
@@ -199,6 +231,18 @@ pub fn effective_deletion_policy(
     } else {
         crate::crd::DeletionPolicy::Delete
     })
+}
+
+/// Records how a reconcile of a `kind` ended in its status: the conditions
+/// ([`set_outcome_conditions`]) and `observedGeneration`, both for `generation`.
+pub fn record_outcome(
+    status: &mut impl HasConditions,
+    generation: Option<i64>,
+    kind: &str,
+    outcome: &Result<Outcome>,
+) {
+    set_outcome_conditions(status.conditions_mut(), generation, kind, outcome);
+    status.set_observed_generation(generation);
 }
 
 /// Sets Ready and Synced for how a reconcile of a `kind` ended: converged (both True,
