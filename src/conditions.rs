@@ -324,6 +324,37 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_table_says_which_reasons_stall() {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("### Conditions and what to do about them")
+            .nth(1)
+            .and_then(|rest| rest.split("\n\n|").nth(1))
+            .and_then(|rest| rest.split("\n\n").next())
+            .unwrap();
+        let mut documented = BTreeSet::new();
+        for row in table.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let class = match cells[2] {
+                "Stalled" => Some(Progress::Stalled),
+                "Reconciling" => Some(Progress::Reconciling),
+                "—" => None,
+                other => panic!("unknown class {other} in {row}"),
+            };
+            for reason in cells[0].split('`').skip(1).step_by(2) {
+                let want = EXPECTED_PROGRESS.iter().find(|(r, _)| *r == reason);
+                let (_, expected) = want.unwrap_or_else(|| panic!("{reason} is no reason"));
+                match class {
+                    Some(class) => assert_eq!(class, *expected, "README on {reason}"),
+                    None => assert_eq!(reason, reasons::RECONCILED),
+                }
+                documented.insert(reason);
+            }
+        }
+        assert_eq!(documented, all_reasons().into_iter().collect());
+    }
+
+    #[test]
     fn every_reason_has_its_class() {
         let expected = EXPECTED_PROGRESS;
         let listed: BTreeSet<&str> = expected.iter().map(|(r, _)| *r).collect();

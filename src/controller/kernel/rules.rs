@@ -412,6 +412,131 @@ mod tests {
         }
     }
 
+    /// `(status, reason)` of Reconciling and of Stalled.
+    fn kstatus_pair(conds: &[Condition]) -> ((String, String), (String, String)) {
+        let get = |t: &str| {
+            conditions::find_condition(conds, t)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+                .unwrap_or_default()
+        };
+        (get(conditions::RECONCILING), get(conditions::STALLED))
+    }
+
+    #[test]
+    fn reconciling_or_stalled_per_outcome_neither_when_ready() {
+        let cases: Vec<(Result<Outcome>, (&str, &str), (&str, &str))> = vec![
+            (
+                Ok(Outcome::Ready),
+                ("False", "Reconciled"),
+                ("False", "Reconciled"),
+            ),
+            (
+                Ok(Outcome::Paused { ready: true }),
+                ("False", "Reconciled"),
+                ("False", "Reconciled"),
+            ),
+            (
+                Ok(Outcome::Paused { ready: false }),
+                ("False", "Paused"),
+                ("True", "Paused"),
+            ),
+            (
+                Ok(Outcome::not_ready(reasons::WAITING_FOR_API, "why")),
+                ("True", "WaitingForApi"),
+                ("False", "WaitingForApi"),
+            ),
+            (
+                Ok(Outcome::not_ready(reasons::SCOPE_NOT_FOUND, "why")),
+                ("False", "ScopeNotFound"),
+                ("True", "ScopeNotFound"),
+            ),
+            (
+                Err(Error::InvalidSpec("bad".into())),
+                ("False", "InvalidSpec"),
+                ("True", "InvalidSpec"),
+            ),
+            (
+                Err(Error::Blocked {
+                    reason: "KindeUnavailable",
+                    message: "Kinde is down".into(),
+                }),
+                ("True", "KindeUnavailable"),
+                ("False", "KindeUnavailable"),
+            ),
+        ];
+        for (outcome, reconciling, stalled) in cases {
+            let mut conds = Vec::new();
+            set_outcome_conditions(&mut conds, Some(4), "ApiGrant", &outcome);
+            assert_eq!(
+                kstatus_pair(&conds),
+                (
+                    pair(reconciling.0, reconciling.1),
+                    pair(stalled.0, stalled.1)
+                ),
+                "{outcome:?}"
+            );
+            let ready = conditions::find_condition(&conds, conditions::READY).map(|c| &c.message);
+            for c in &conds {
+                assert_eq!(c.observed_generation, Some(4));
+                if [conditions::RECONCILING, conditions::STALLED].contains(&c.type_.as_str()) {
+                    assert_eq!(
+                        Some(&c.message),
+                        ready,
+                        "{} repeats Ready's message",
+                        c.type_
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kstatus_conditions_keep_their_transition_time_until_their_status_flips() {
+        let long_ago = Time(jiff::Timestamp::from_second(1_000).expect("a time"));
+        let at = |conds: &[Condition], t: &str| {
+            conditions::find_condition(conds, t).map(|c| c.last_transition_time.clone())
+        };
+        let mut conds = Vec::new();
+        set_outcome_conditions(
+            &mut conds,
+            Some(1),
+            "ApiGrant",
+            &Ok(Outcome::not_ready(reasons::APPLICATION_NOT_FOUND, "no app")),
+        );
+        for c in &mut conds {
+            c.last_transition_time = long_ago.clone();
+        }
+        // Another wait: Reconciling stays True, Stalled False; both keep their times.
+        set_outcome_conditions(
+            &mut conds,
+            Some(1),
+            "ApiGrant",
+            &Ok(Outcome::not_ready(
+                reasons::WAITING_FOR_APPLICATION,
+                "app not Ready",
+            )),
+        );
+        assert_eq!(at(&conds, conditions::RECONCILING), Some(long_ago.clone()));
+        assert_eq!(at(&conds, conditions::STALLED), Some(long_ago.clone()));
+        // A refusal: both flip, so both get a new time.
+        set_outcome_conditions(
+            &mut conds,
+            Some(2),
+            "ApiGrant",
+            &Ok(Outcome::not_ready(reasons::SCOPE_NOT_FOUND, "no scope")),
+        );
+        assert_eq!(
+            kstatus_pair(&conds),
+            (
+                pair("False", "ScopeNotFound"),
+                pair("True", "ScopeNotFound")
+            )
+        );
+        assert_ne!(at(&conds, conditions::RECONCILING), Some(long_ago.clone()));
+        assert_ne!(at(&conds, conditions::STALLED), Some(long_ago));
+        assert_eq!(conds.len(), 4, "{conds:?}");
+    }
+
     #[test]
     fn a_failure_keeps_ready_of_an_object_that_worked() {
         let mut conds = Vec::new();
