@@ -424,7 +424,8 @@ mod tests {
 
     #[test]
     fn reconciling_or_stalled_per_outcome_neither_when_ready() {
-        let cases: Vec<(Result<Outcome>, (&str, &str), (&str, &str))> = vec![
+        type Pair = (&'static str, &'static str);
+        let cases: Vec<(Result<Outcome>, Pair, Pair)> = vec![
             (
                 Ok(Outcome::Ready),
                 ("False", "Reconciled"),
