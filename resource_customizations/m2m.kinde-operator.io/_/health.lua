@@ -53,18 +53,14 @@ if synced ~= nil and synced.status == "False" and synced.reason == "Paused" then
   return hs
 end
 
-local stalled = condition(conditions, "Stalled")
-if holds(stalled) then
-  hs.status = "Degraded"
-  hs.message = says(stalled)
-  return hs
-end
-
-local reconciling = condition(conditions, "Reconciling")
-if holds(reconciling) then
-  hs.status = "Progressing"
-  hs.message = says(reconciling)
-  return hs
+-- kstatus's pair: at most one holds, and only while Ready is False.
+for _, rule in ipairs({ { "Stalled", "Degraded" }, { "Reconciling", "Progressing" } }) do
+  local c = condition(conditions, rule[1])
+  if holds(c) then
+    hs.status = rule[2]
+    hs.message = says(c)
+    return hs
+  end
 end
 
 if holds(ready) then

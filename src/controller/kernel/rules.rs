@@ -355,13 +355,22 @@ mod tests {
         assert!(!failed.is_wait());
     }
 
-    fn ready_and_synced(conds: &[Condition]) -> ((String, String), (String, String)) {
+    /// `(status, reason)` of the conditions `a` and `b`.
+    fn two_conditions(
+        conds: &[Condition],
+        a: &str,
+        b: &str,
+    ) -> ((String, String), (String, String)) {
         let get = |t: &str| {
             conditions::find_condition(conds, t)
                 .map(|c| (c.status.clone(), c.reason.clone()))
                 .unwrap_or_default()
         };
-        (get(conditions::READY), get(conditions::SYNCED))
+        (get(a), get(b))
+    }
+
+    fn ready_and_synced(conds: &[Condition]) -> ((String, String), (String, String)) {
+        two_conditions(conds, conditions::READY, conditions::SYNCED)
     }
 
     fn pair(status: &str, reason: &str) -> (String, String) {
@@ -414,12 +423,7 @@ mod tests {
 
     /// `(status, reason)` of Reconciling and of Stalled.
     fn kstatus_pair(conds: &[Condition]) -> ((String, String), (String, String)) {
-        let get = |t: &str| {
-            conditions::find_condition(conds, t)
-                .map(|c| (c.status.clone(), c.reason.clone()))
-                .unwrap_or_default()
-        };
-        (get(conditions::RECONCILING), get(conditions::STALLED))
+        two_conditions(conds, conditions::RECONCILING, conditions::STALLED)
     }
 
     #[test]
