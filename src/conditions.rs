@@ -5,6 +5,10 @@
 //! - [`SYNCED`]: the last reconcile reached Kinde and converged, or says why not.
 //!
 //! Both carry a reason from [`reasons`], a human message and `observedGeneration`.
+//!
+//! Beside them, kstatus's [`RECONCILING`] and [`STALLED`] (what Flux, kpt and Config Sync
+//! read, <https://github.com/kubernetes-sigs/cli-utils/tree/master/pkg/kstatus>): while
+//! Ready is False, exactly one of them is True, chosen by [`progress`] from Ready's reason.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -12,6 +16,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub const READY: &str = "Ready";
 /// Condition type: the last reconcile converged with Kinde.
 pub const SYNCED: &str = "Synced";
+/// Condition type (kstatus): the object is not Ready yet and gets there by itself.
+pub const RECONCILING: &str = "Reconciling";
+/// Condition type (kstatus): the object is not Ready and will not be until something
+/// changes (its spec, a neighbour, the operator's configuration or credentials).
+pub const STALLED: &str = "Stalled";
 
 /// `status` of a condition that holds.
 const TRUE: &str = "True";
@@ -67,6 +76,105 @@ pub mod reasons {
     pub(crate) const WAITING_FOR_APPLICATION: &str = "WaitingForApplication";
     /// The referenced ApiRegistration is not Ready yet.
     pub(crate) const WAITING_FOR_API: &str = "WaitingForApi";
+
+    // Reconcile errors outside Kinde (see `controller::kernel::Error::reason`); Kinde's
+    // are named by `kinde::ErrorKind::as_str`.
+    /// A Kubernetes API call failed.
+    pub(crate) const KUBERNETES_ERROR: &str = "KubernetesError";
+    /// The finalizer could not be added or removed.
+    pub(crate) const FINALIZER_ERROR: &str = "FinalizerError";
+    /// The object lacks something Kubernetes always sets (namespace, uid).
+    pub(crate) const MISSING_METADATA: &str = "MissingMetadata";
+
+    /// Every constant above, for the tests that must cover each reason.
+    #[cfg(test)]
+    pub(crate) const ALL: &[&str] = &[
+        RECONCILED,
+        PAUSED,
+        INVALID_SPEC,
+        EXTERNAL_NOT_FOUND,
+        ADOPTION_NOT_PERMITTED,
+        ADOPTION_REFUSED,
+        AUDIENCE_IN_USE,
+        MANAGEMENT_API_REFUSED,
+        IN_USE,
+        SECRET_CONFLICT,
+        ROTATION_DEFERRED,
+        APPLICATION_NOT_FOUND,
+        API_NOT_FOUND,
+        SCOPE_NOT_FOUND,
+        REF_NOT_PERMITTED,
+        CONFLICT,
+        WAITING_FOR_APPLICATION,
+        WAITING_FOR_API,
+        KUBERNETES_ERROR,
+        FINALIZER_ERROR,
+        MISSING_METADATA,
+    ];
+}
+
+/// What a not-Ready object's reason says about the way out, in kstatus's terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// It gets there by itself: it waits on another object (which converges, or is
+    /// created a moment later by the same `kubectl apply` or GitOps sync), or a failure
+    /// is retried with backoff. `Reconciling=True`; kstatus says InProgress.
+    Reconciling,
+    /// Nothing happens until someone changes something: the spec, a neighbour (the
+    /// ApiRegistration's scopes or grantPolicy, an older grant, a foreign Secret), the
+    /// adoption policy, the operator's management credentials or scopes, or the paused
+    /// annotation. `Stalled=True`; kstatus says Failed, so `flux ... wait` and kpt fail
+    /// at once with the message instead of timing out.
+    Stalled,
+}
+
+/// The [`Progress`] of an object whose `Ready` is False for `reason`. A reason not known
+/// to stall counts as progress: kstatus then reports InProgress, as it would from
+/// `Ready=False` alone, so a new transient reason can never fail a GitOps rollout.
+pub fn progress(reason: &str) -> Progress {
+    use reasons::*;
+    if let Some(kind) = crate::kinde::ErrorKind::from_name(reason) {
+        return kinde_error_progress(kind);
+    }
+    match reason {
+        INVALID_SPEC
+        | EXTERNAL_NOT_FOUND
+        | ADOPTION_NOT_PERMITTED
+        | ADOPTION_REFUSED
+        | AUDIENCE_IN_USE
+        | MANAGEMENT_API_REFUSED
+        | SECRET_CONFLICT
+        | SCOPE_NOT_FOUND
+        | REF_NOT_PERMITTED
+        | CONFLICT
+        | PAUSED
+        | MISSING_METADATA => Progress::Stalled,
+        // Waits that end by themselves: the referenced object appears (GitOps tools apply
+        // a folder in no guaranteed order) or turns Ready, the grants holding an API go,
+        // a retiring credential retires; Kubernetes errors are retried.
+        _ => Progress::Reconciling,
+    }
+}
+
+/// Kinde errors: the ones a retry cannot cure (the management application lacks a scope
+/// or its credentials are refused, Kinde rejects the request as invalid, the client is
+/// misconfigured) stall; outages, rate limits, unknown outcomes, odd answers and a lost
+/// leadership are retried. Exhaustive, so a new kind must be placed here.
+fn kinde_error_progress(kind: crate::kinde::ErrorKind) -> Progress {
+    use crate::kinde::ErrorKind::*;
+    match kind {
+        Forbidden | Unauthorized | Invalid | Config => Progress::Stalled,
+        NotFound | RateLimited | Retryable | OutcomeUnknown | Decode | Fenced => {
+            Progress::Reconciling
+        }
+    }
+}
+
+/// Status types with conditions (all three kinds').
+pub trait HasConditions {
+    fn conditions(&self) -> &[Condition];
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+    fn set_observed_generation(&mut self, generation: Option<i64>);
 }
 
 /// Build a condition stamped `now`. `status` true maps to `"True"`, false to `"False"`.
@@ -142,10 +250,121 @@ pub fn is_ready_for(conditions: &[Condition], generation: Option<i64>) -> bool {
     })
 }
 
+/// The class of every reason, written out by hand: what the README's table says, and what
+/// the tests of [`progress`] and of the status GitOps tools read hold the code to.
+#[cfg(test)]
+pub(crate) const EXPECTED_PROGRESS: &[(&str, Progress)] = {
+    use Progress::{Reconciling, Stalled};
+    use reasons::*;
+    &[
+        // Never the reason of Ready=False (Ready is True): listed for completeness.
+        (RECONCILED, Reconciling),
+        (PAUSED, Stalled),
+        (INVALID_SPEC, Stalled),
+        (EXTERNAL_NOT_FOUND, Stalled),
+        (ADOPTION_NOT_PERMITTED, Stalled),
+        (ADOPTION_REFUSED, Stalled),
+        (AUDIENCE_IN_USE, Stalled),
+        (MANAGEMENT_API_REFUSED, Stalled),
+        (IN_USE, Reconciling),
+        (SECRET_CONFLICT, Stalled),
+        (ROTATION_DEFERRED, Reconciling),
+        (APPLICATION_NOT_FOUND, Reconciling),
+        (API_NOT_FOUND, Reconciling),
+        (SCOPE_NOT_FOUND, Stalled),
+        (REF_NOT_PERMITTED, Stalled),
+        (CONFLICT, Stalled),
+        (WAITING_FOR_APPLICATION, Reconciling),
+        (WAITING_FOR_API, Reconciling),
+        (KUBERNETES_ERROR, Reconciling),
+        (FINALIZER_ERROR, Reconciling),
+        (MISSING_METADATA, Stalled),
+        ("KindeNotFound", Reconciling),
+        ("KindeUnauthorized", Stalled),
+        ("KindeForbidden", Stalled),
+        ("KindeRateLimited", Reconciling),
+        ("KindeUnavailable", Reconciling),
+        ("KindeOutcomeUnknown", Reconciling),
+        ("KindeRejected", Stalled),
+        ("KindeBadResponse", Reconciling),
+        ("KindeConfig", Stalled),
+        ("NotLeader", Reconciling),
+    ]
+};
+
+/// Every reason a condition can carry: [`reasons::ALL`] and the Kinde error names.
+#[cfg(test)]
+pub(crate) fn all_reasons() -> Vec<&'static str> {
+    let kinde = crate::kinde::ErrorKind::ALL.iter().map(|k| k.as_str());
+    reasons::ALL.iter().copied().chain(kinde).collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn all_lists_every_reason_constant() {
+        // Every `const NAME: &str = "Value";` of `mod reasons` in this file is in ALL.
+        let source = include_str!("conditions.rs");
+        let body = source
+            .split("pub mod reasons {")
+            .nth(1)
+            .and_then(|rest| rest.split("\n}\n").next())
+            .unwrap();
+        let declared: BTreeSet<&str> = body
+            .lines()
+            .filter(|l| l.contains(" const ") && l.contains(": &str = \""))
+            .filter_map(|l| l.split("= \"").nth(1)?.strip_suffix("\";"))
+            .collect();
+        assert!(declared.len() > 15, "parsed too few: {declared:?}");
+        assert_eq!(declared, reasons::ALL.iter().copied().collect());
+    }
+
+    #[test]
+    fn the_readme_table_says_which_reasons_stall() {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("### Conditions and what to do about them")
+            .nth(1)
+            .and_then(|rest| rest.split("\n\n|").nth(1))
+            .and_then(|rest| rest.split("\n\n").next())
+            .unwrap();
+        let mut documented = BTreeSet::new();
+        for row in table.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            let class = match cells[2] {
+                "Stalled" => Some(Progress::Stalled),
+                "Reconciling" => Some(Progress::Reconciling),
+                "—" => None,
+                other => panic!("unknown class {other} in {row}"),
+            };
+            for reason in cells[0].split('`').skip(1).step_by(2) {
+                let want = EXPECTED_PROGRESS.iter().find(|(r, _)| *r == reason);
+                let (_, expected) = want.unwrap_or_else(|| panic!("{reason} is no reason"));
+                match class {
+                    Some(class) => assert_eq!(class, *expected, "README on {reason}"),
+                    None => assert_eq!(reason, reasons::RECONCILED),
+                }
+                documented.insert(reason);
+            }
+        }
+        assert_eq!(documented, all_reasons().into_iter().collect());
+    }
+
+    #[test]
+    fn every_reason_has_its_class() {
+        let expected = EXPECTED_PROGRESS;
+        let listed: BTreeSet<&str> = expected.iter().map(|(r, _)| *r).collect();
+        assert_eq!(listed.len(), expected.len(), "a reason listed twice");
+        assert_eq!(listed, all_reasons().into_iter().collect());
+        for (reason, class) in expected {
+            assert_eq!(progress(reason), *class, "{reason}");
+        }
+        assert_eq!(progress("SomeFutureWait"), Progress::Reconciling);
+    }
 
     fn at(secs: i64) -> Time {
         Time(jiff::Timestamp::from_second(secs).unwrap())

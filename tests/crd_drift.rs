@@ -166,7 +166,7 @@ fn schemas_are_documented_and_structural() {
             .flatten()
             .map(|c| c.name.clone())
             .collect();
-        for required in ["Ready", "Synced", "Age"] {
+        for required in ["Ready", "Synced", "Stalled", "Age"] {
             assert!(
                 columns.iter().any(|c| c == required),
                 "{name}: printer column {required} missing: {columns:?}"

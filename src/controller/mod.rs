@@ -5,6 +5,8 @@
 
 pub mod api_grant;
 pub mod api_registration;
+#[cfg(test)]
+mod gitops_status;
 pub mod kernel;
 pub mod m2m_application;
 pub mod world;

@@ -39,6 +39,12 @@ use serde::{Deserialize, Serialize};
         json_path = r#".status.conditions[?(@.type=="Synced")].status"#
     ),
     printcolumn(
+        name = "Stalled",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Stalled")].status"#,
+        priority = 1
+    ),
+    printcolumn(
         name = "Reason",
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].reason"#,

@@ -41,6 +41,12 @@ pub const DEFAULT_ROTATION_OVERLAP: &str = "1h";
         json_path = r#".status.conditions[?(@.type=="Synced")].status"#
     ),
     printcolumn(
+        name = "Stalled",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Stalled")].status"#,
+        priority = 1
+    ),
+    printcolumn(
         name = "Reason",
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].reason"#,

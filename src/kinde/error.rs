@@ -7,9 +7,24 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Stable names for error kinds: used as metric labels and Event reasons.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ErrorKind {
+/// Declares [`ErrorKind`] and its [`ErrorKind::ALL`] from one list, so no kind is missing
+/// from ALL (the tests that cover every condition reason iterate it).
+macro_rules! error_kinds {
+    ($($kind:ident),* $(,)?) => {
+        /// Stable names for error kinds: used as metric labels and Event reasons.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum ErrorKind {
+            $($kind),*
+        }
+
+        impl ErrorKind {
+            /// Every kind, in declaration order.
+            pub const ALL: &[ErrorKind] = &[$(ErrorKind::$kind),*];
+        }
+    };
+}
+
+error_kinds!(
     NotFound,
     Unauthorized,
     Forbidden,
@@ -20,9 +35,14 @@ pub enum ErrorKind {
     Decode,
     Config,
     Fenced,
-}
+);
 
 impl ErrorKind {
+    /// The kind whose stable name is `name` (a condition reason read back), if any.
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        Self::ALL.iter().copied().find(|k| k.as_str() == name)
+    }
+
     /// The stable name (`KindeNotFound`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -280,6 +300,17 @@ impl KindeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kind_names_are_distinct_and_round_trip() {
+        let names: std::collections::BTreeSet<&str> =
+            ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), ErrorKind::ALL.len());
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_name(kind.as_str()), Some(*kind));
+        }
+        assert_eq!(ErrorKind::from_name("InvalidSpec"), None);
+    }
 
     #[test]
     fn parses_the_three_kinde_shapes_and_oauth() {

@@ -118,17 +118,17 @@ async fn condition(
     name: &str,
     type_: &str,
 ) -> anyhow::Result<Option<(String, String, String)>> {
-    let Some(obj) = dyn_api(ctx, ns, kind).get_opt(name).await? else {
-        return Ok(None);
-    };
-    let conds = obj.data["status"]["conditions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    Ok(conds.iter().find(|c| c["type"] == type_).map(|c| {
+    let obj = dyn_api(ctx, ns, kind).get_opt(name).await?;
+    Ok(obj.and_then(|o| condition_of(&o, type_)))
+}
+
+/// `(status, reason, message)` of a condition of `obj`, if present.
+fn condition_of(obj: &DynamicObject, type_: &str) -> Option<(String, String, String)> {
+    let conds = obj.data["status"]["conditions"].as_array()?;
+    conds.iter().find(|c| c["type"] == type_).map(|c| {
         let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
         (s("status"), s("reason"), s("message"))
-    }))
+    })
 }
 
 /// Waits until `kind ns/name` has `Ready` with `reason` (and `status` matching `Ready`
@@ -156,6 +156,41 @@ async fn wait_reason(
         },
     )
     .await
+}
+
+/// Checks kstatus's view of `kind name` in the test's namespace: its status is for the
+/// current generation, and `holds` (`Reconciling` or `Stalled`) is True with Ready's reason
+/// and message while the other is False; with `None` (a Ready object), both are False.
+async fn kstatus_conditions(
+    ctx: &Ctx,
+    kind: &str,
+    name: &str,
+    holds: Option<&str>,
+) -> anyhow::Result<()> {
+    let obj = dyn_api(ctx, &ctx.ns, kind).get(name).await?;
+    let observed = obj.data["status"]["observedGeneration"].as_i64();
+    ensure!(
+        observed == obj.metadata.generation && observed.is_some(),
+        "{kind} {name}: status.observedGeneration {observed:?}, generation {:?}",
+        obj.metadata.generation
+    );
+    // All from the one read above, so the conditions are from one status write.
+    let find = |type_: &str| condition_of(&obj, type_);
+    let ready = find("Ready").with_context(|| format!("{kind} {name}: no Ready"))?;
+    for type_ in ["Reconciling", "Stalled"] {
+        let status = if holds == Some(type_) {
+            "True"
+        } else {
+            "False"
+        };
+        let want = (status.to_owned(), ready.1.clone(), ready.2.clone());
+        let found = find(type_);
+        ensure!(
+            found.as_ref() == Some(&want),
+            "{kind} {name}: {type_} is {found:?}, want {want:?}"
+        );
+    }
+    Ok(())
 }
 
 async fn grant_reason(ctx: &Ctx, name: &str, reason: &str) -> anyhow::Result<String> {
@@ -739,17 +774,20 @@ async fn bad_input_never_reaches_kinde(ctx: Ctx) -> anyhow::Result<()> {
         ]
         .concat();
         ctx.apply_yaml(&bad).await?;
-        for (grant, reason) in [
-            ("no-app", "ApplicationNotFound"),
-            ("no-api", "ApiNotFound"),
-            ("no-scope", "ScopeNotFound"),
-            ("refused", "RefNotPermitted"),
-            ("to-management", "WaitingForApi"),
-            ("to-frozen", "WaitingForApplication"),
+        // With kstatus's condition: refusals stall, waits reconcile (README's table).
+        for (grant, reason, holds) in [
+            ("no-app", "ApplicationNotFound", "Reconciling"),
+            ("no-api", "ApiNotFound", "Reconciling"),
+            ("no-scope", "ScopeNotFound", "Stalled"),
+            ("refused", "RefNotPermitted", "Stalled"),
+            ("to-management", "WaitingForApi", "Reconciling"),
+            ("to-frozen", "WaitingForApplication", "Reconciling"),
         ] {
             grant_reason(&ctx, grant, reason).await?;
             wait_event(&ctx, &ctx.ns, "ApiGrant", grant, reason).await?;
+            kstatus_conditions(&ctx, "ApiGrant", grant, Some(holds)).await?;
         }
+        kstatus_conditions(&ctx, "ApiRegistration", "api", None).await?;
         wait_reason(
             &ctx,
             &ctx.ns,
@@ -766,6 +804,7 @@ async fn bad_input_never_reaches_kinde(ctx: Ctx) -> anyhow::Result<()> {
             "ManagementApiRefused",
         )
         .await?;
+        kstatus_conditions(&ctx, "ApiRegistration", "management", Some("Stalled")).await?;
 
         // A paused grant for a valid pair: Paused, no writes.
         let paused = with_paused(&grant_yaml("paused", "paused-app", "api", None, &["read"]));

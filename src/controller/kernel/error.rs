@@ -1,6 +1,7 @@
 //! Reconcile errors. Each has a stable name, used as the Warning Event reason, the metric
 //! label and (where the condition has none of its own) the condition reason.
 
+use crate::conditions::reasons;
 use crate::kinde::KindeError;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,15 +49,15 @@ impl Error {
         match self {
             Error::Kinde(e) => e.kind().as_str(),
             Error::KindeBatch(e) => e.kind().as_str(),
-            Error::Kube(_) => "KubernetesError",
+            Error::Kube(_) => reasons::KUBERNETES_ERROR,
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
-                _ => "FinalizerError",
+                _ => reasons::FINALIZER_ERROR,
             },
-            Error::InvalidSpec(_) => crate::conditions::reasons::INVALID_SPEC,
+            Error::InvalidSpec(_) => reasons::INVALID_SPEC,
             Error::Blocked { reason, .. } => reason,
-            Error::MissingMetadata(_) => "MissingMetadata",
+            Error::MissingMetadata(_) => reasons::MISSING_METADATA,
         }
     }
 

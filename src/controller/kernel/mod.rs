@@ -18,7 +18,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
@@ -35,14 +34,15 @@ pub use error::{Error, Result};
 pub use kinde_state::{ApiSnapshots, AuthorizeBatcher};
 pub use outcome::{Outcome, Step, Stop};
 use rules::{
-    WAIT_RECHECK, deletion_report, failure_backoff, outcome_event, requeue_after, set_conditions,
-    set_outcome_conditions, with_jitter,
+    WAIT_RECHECK, deletion_report, failure_backoff, outcome_event, record_outcome, requeue_after,
+    set_conditions, with_jitter,
 };
 pub use rules::{effective_deletion_policy, error_note, is_older, wait_if_paused};
 pub use stores::{Router, StoreSet};
 
 use crate::adoption::AdoptionPolicy;
 use crate::conditions;
+pub use crate::conditions::HasConditions;
 use crate::kinde::KindeClient;
 use crate::kinde::types::Authorization;
 use crate::metrics::{Metrics, ObjectLabels};
@@ -301,13 +301,6 @@ pub async fn apply_status<K: Managed, S: Serialize + PartialEq>(
     Ok(())
 }
 
-/// Status types with conditions.
-pub trait HasConditions {
-    fn conditions(&self) -> &[Condition];
-    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
-    fn set_observed_generation(&mut self, generation: Option<i64>);
-}
-
 /// Ends an `apply`: sets conditions from the outcome, writes the status if it changed,
 /// publishes a Warning when the object turns not-Ready for a new reason, and picks the
 /// requeue. Returns whether the status changed, so callers can wake dependants.
@@ -317,13 +310,11 @@ pub async fn finish<K: Managed>(
     mut status: K::Status,
     outcome: Result<Outcome>,
 ) -> Result<(Action, bool)> {
-    let generation = obj.meta().generation;
     let old = obj.current_status();
     let old_ready = old
         .and_then(|s| conditions::find_condition(s.conditions(), conditions::READY))
         .map(|c| (c.status.clone(), c.reason.clone()));
-    set_outcome_conditions(status.conditions_mut(), generation, K::KIND, &outcome);
-    status.set_observed_generation(generation);
+    record_outcome(&mut status, obj.meta().generation, K::KIND, &outcome);
     record_object_metrics(ctx, obj, &status);
     let changed = old != Some(&status);
     apply_status(ctx, obj, old, &status).await?;

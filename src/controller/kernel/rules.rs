@@ -10,7 +10,7 @@ use kube::runtime::events::EventType;
 
 use super::error::{Error, Result};
 use super::outcome::Outcome;
-use crate::conditions::{self, reasons};
+use crate::conditions::{self, HasConditions, Progress, reasons};
 use crate::crd::{KindeAnnotations, PAUSED_ANNOTATION};
 
 /// Deletion waits while the object is paused: no Kinde writes, as for any other change.
@@ -86,7 +86,8 @@ pub(super) fn with_jitter(d: Duration) -> Duration {
     d + d.mul_f64(fastrand::f64() * 0.1)
 }
 
-/// Sets Ready and Synced for `generation`; keeps lastTransitionTime where status holds.
+/// Sets Ready and Synced for `generation` (and kstatus's pair from Ready, see
+/// [`set_progress_conditions`]); keeps lastTransitionTime where status holds.
 pub fn set_conditions(
     conds: &mut Vec<Condition>,
     generation: Option<i64>,
@@ -113,9 +114,39 @@ pub fn set_conditions(
             synced.1,
             synced.2,
             generation,
-            now,
+            now.clone(),
         ),
     );
+    set_progress_conditions(conds, generation, &now);
+}
+
+/// Sets kstatus's `Reconciling` and `Stalled` from `Ready` as just set: both False while
+/// Ready is True; otherwise the one [`conditions::progress`] picks for Ready's reason is
+/// True. Both always carry Ready's reason and message (kstatus reports the message of the
+/// one that holds) and are always present, so their `lastTransitionTime` says since when
+/// an object stalls, or stopped stalling.
+fn set_progress_conditions(conds: &mut Vec<Condition>, generation: Option<i64>, now: &Time) {
+    let Some(ready) = conditions::find_condition(conds, conditions::READY).cloned() else {
+        return;
+    };
+    let not_ready = !conditions::is_true(conds, conditions::READY);
+    let progress = conditions::progress(&ready.reason);
+    for (type_, class) in [
+        (conditions::RECONCILING, Progress::Reconciling),
+        (conditions::STALLED, Progress::Stalled),
+    ] {
+        conditions::set_condition(
+            conds,
+            conditions::new_condition(
+                type_,
+                not_ready && progress == class,
+                &ready.reason,
+                ready.message.clone(),
+                generation,
+                now.clone(),
+            ),
+        );
+    }
 }
 
 /// Conditions for a reconcile that could not finish: Synced says why; Ready keeps its
@@ -150,9 +181,10 @@ pub fn set_failure(
             err.reason(),
             note,
             generation,
-            now,
+            now.clone(),
         ),
     );
+    set_progress_conditions(conds, generation, &now);
 }
 
 /// The status message for a paused object.
@@ -199,6 +231,18 @@ pub fn effective_deletion_policy(
     } else {
         crate::crd::DeletionPolicy::Delete
     })
+}
+
+/// Records how a reconcile of a `kind` ended in its status: the conditions
+/// ([`set_outcome_conditions`]) and `observedGeneration`, both for `generation`.
+pub fn record_outcome(
+    status: &mut impl HasConditions,
+    generation: Option<i64>,
+    kind: &str,
+    outcome: &Result<Outcome>,
+) {
+    set_outcome_conditions(status.conditions_mut(), generation, kind, outcome);
+    status.set_observed_generation(generation);
 }
 
 /// Sets Ready and Synced for how a reconcile of a `kind` ended: converged (both True,
@@ -311,13 +355,22 @@ mod tests {
         assert!(!failed.is_wait());
     }
 
-    fn ready_and_synced(conds: &[Condition]) -> ((String, String), (String, String)) {
+    /// `(status, reason)` of the conditions `a` and `b`.
+    fn two_conditions(
+        conds: &[Condition],
+        a: &str,
+        b: &str,
+    ) -> ((String, String), (String, String)) {
         let get = |t: &str| {
             conditions::find_condition(conds, t)
                 .map(|c| (c.status.clone(), c.reason.clone()))
                 .unwrap_or_default()
         };
-        (get(conditions::READY), get(conditions::SYNCED))
+        (get(a), get(b))
+    }
+
+    fn ready_and_synced(conds: &[Condition]) -> ((String, String), (String, String)) {
+        two_conditions(conds, conditions::READY, conditions::SYNCED)
     }
 
     fn pair(status: &str, reason: &str) -> (String, String) {
@@ -366,6 +419,127 @@ mod tests {
             assert_eq!(ready_and_synced(&conds), (ready, synced), "{outcome:?}");
             assert!(conds.iter().all(|c| c.observed_generation == Some(3)));
         }
+    }
+
+    /// `(status, reason)` of Reconciling and of Stalled.
+    fn kstatus_pair(conds: &[Condition]) -> ((String, String), (String, String)) {
+        two_conditions(conds, conditions::RECONCILING, conditions::STALLED)
+    }
+
+    #[test]
+    fn reconciling_or_stalled_per_outcome_neither_when_ready() {
+        type Pair = (&'static str, &'static str);
+        let cases: Vec<(Result<Outcome>, Pair, Pair)> = vec![
+            (
+                Ok(Outcome::Ready),
+                ("False", "Reconciled"),
+                ("False", "Reconciled"),
+            ),
+            (
+                Ok(Outcome::Paused { ready: true }),
+                ("False", "Reconciled"),
+                ("False", "Reconciled"),
+            ),
+            (
+                Ok(Outcome::Paused { ready: false }),
+                ("False", "Paused"),
+                ("True", "Paused"),
+            ),
+            (
+                Ok(Outcome::not_ready(reasons::WAITING_FOR_API, "why")),
+                ("True", "WaitingForApi"),
+                ("False", "WaitingForApi"),
+            ),
+            (
+                Ok(Outcome::not_ready(reasons::SCOPE_NOT_FOUND, "why")),
+                ("False", "ScopeNotFound"),
+                ("True", "ScopeNotFound"),
+            ),
+            (
+                Err(Error::InvalidSpec("bad".into())),
+                ("False", "InvalidSpec"),
+                ("True", "InvalidSpec"),
+            ),
+            (
+                Err(Error::Blocked {
+                    reason: "KindeUnavailable",
+                    message: "Kinde is down".into(),
+                }),
+                ("True", "KindeUnavailable"),
+                ("False", "KindeUnavailable"),
+            ),
+        ];
+        for (outcome, reconciling, stalled) in cases {
+            let mut conds = Vec::new();
+            set_outcome_conditions(&mut conds, Some(4), "ApiGrant", &outcome);
+            assert_eq!(
+                kstatus_pair(&conds),
+                (
+                    pair(reconciling.0, reconciling.1),
+                    pair(stalled.0, stalled.1)
+                ),
+                "{outcome:?}"
+            );
+            let ready = conditions::find_condition(&conds, conditions::READY).map(|c| &c.message);
+            for c in &conds {
+                assert_eq!(c.observed_generation, Some(4));
+                if [conditions::RECONCILING, conditions::STALLED].contains(&c.type_.as_str()) {
+                    assert_eq!(
+                        Some(&c.message),
+                        ready,
+                        "{} repeats Ready's message",
+                        c.type_
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kstatus_conditions_keep_their_transition_time_until_their_status_flips() {
+        let long_ago = Time(jiff::Timestamp::from_second(1_000).expect("a time"));
+        let at = |conds: &[Condition], t: &str| {
+            conditions::find_condition(conds, t).map(|c| c.last_transition_time.clone())
+        };
+        let mut conds = Vec::new();
+        set_outcome_conditions(
+            &mut conds,
+            Some(1),
+            "ApiGrant",
+            &Ok(Outcome::not_ready(reasons::APPLICATION_NOT_FOUND, "no app")),
+        );
+        for c in &mut conds {
+            c.last_transition_time = long_ago.clone();
+        }
+        // Another wait: Reconciling stays True, Stalled False; both keep their times.
+        set_outcome_conditions(
+            &mut conds,
+            Some(1),
+            "ApiGrant",
+            &Ok(Outcome::not_ready(
+                reasons::WAITING_FOR_APPLICATION,
+                "app not Ready",
+            )),
+        );
+        assert_eq!(at(&conds, conditions::RECONCILING), Some(long_ago.clone()));
+        assert_eq!(at(&conds, conditions::STALLED), Some(long_ago.clone()));
+        // A refusal: both flip, so both get a new time.
+        set_outcome_conditions(
+            &mut conds,
+            Some(2),
+            "ApiGrant",
+            &Ok(Outcome::not_ready(reasons::SCOPE_NOT_FOUND, "no scope")),
+        );
+        assert_eq!(
+            kstatus_pair(&conds),
+            (
+                pair("False", "ScopeNotFound"),
+                pair("True", "ScopeNotFound")
+            )
+        );
+        assert_ne!(at(&conds, conditions::RECONCILING), Some(long_ago.clone()));
+        assert_ne!(at(&conds, conditions::STALLED), Some(long_ago));
+        assert_eq!(conds.len(), 4, "{conds:?}");
     }
 
     #[test]
