@@ -235,6 +235,17 @@ impl Emulator {
             .with_context(|| format!("no api.id: {created}"))
     }
 
+    /// Waits until the emulator has counted at least `n` calls of `operation` (a call it
+    /// holds counts on arrival: the caller is then blocked inside it).
+    pub async fn wait_calls(&self, operation: &str, n: u64) -> anyhow::Result<()> {
+        wait_for(
+            &format!("{n} {operation} call(s) in the emulator"),
+            WAIT,
+            || async { Ok((self.call_count(operation).await? >= n).then_some(())) },
+        )
+        .await
+    }
+
     /// Removes every pending fault.
     pub async fn clear_faults(&self) -> anyhow::Result<()> {
         self.control(reqwest::Method::DELETE, "faults", None)

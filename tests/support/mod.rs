@@ -48,7 +48,8 @@ pub mod proxy;
 pub use kinde::{Credentials, credentials, scope_keys, secret_value, sorted, strings};
 pub use objects::{
     Kind, KindStatus, POKE_ANNOTATION, WAIT, annotate, delete, event_reasons, events_about,
-    merge_patch, poke, wait_condition, wait_events, wait_gone, wait_ready_current, wait_reason,
+    merge_patch, poke, raw, wait_condition, wait_events, wait_gone, wait_ready_current,
+    wait_reason,
 };
 
 /// Repository root (the crate's manifest dir).

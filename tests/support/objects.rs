@@ -11,7 +11,7 @@ use kinde_m2m_operator::crd::{
     M2MApplicationStatus,
 };
 use kube::Resource;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::object::HasStatus;
 use serde_json::{Map, Value, json};
 
@@ -62,6 +62,13 @@ pub trait Kind:
 pub trait KindStatus: Clone + Default + std::fmt::Debug + Send + Sync {
     fn conditions(&self) -> &[Condition];
     fn observed_generation(&self) -> Option<i64>;
+
+    /// Whether `Ready` is `True` (for whatever generation).
+    fn is_ready(&self) -> bool {
+        self.conditions()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    }
 }
 
 impl Kind for ApiRegistration {}
@@ -147,6 +154,18 @@ pub async fn wait_ready_current<K: Kind>(api: &Api<K>, name: &str) -> anyhow::Re
         }
     })
     .await
+}
+
+/// `name` as the server returned it, every field included: for checks that something is
+/// *not* there (a typed read drops the fields its type does not know).
+pub async fn raw<K: Kind>(api: &Api<K>, name: &str) -> anyhow::Result<Value> {
+    let client: kube::Client = api.clone().into();
+    let resource = ApiResource::erase::<K>(&());
+    let dynamic: Api<DynamicObject> = match api.namespace() {
+        Some(ns) => Api::namespaced_with(client, ns, &resource),
+        None => Api::all_with(client, &resource),
+    };
+    Ok(serde_json::to_value(dynamic.get(name).await?)?)
 }
 
 /// Deletes `name` (the operator's finalizer may keep it a while: see [`wait_gone`]).
