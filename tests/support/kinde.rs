@@ -90,6 +90,29 @@ pub fn scope_keys(api: &Value) -> Vec<String> {
     keys
 }
 
+/// The Kinde applications in an emulator state (`GET /_emulator/state`) other than the
+/// management client.
+pub fn kinde_apps_of(state: &Value) -> Vec<Value> {
+    state["applications"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["is_management_client"] != true)
+        .cloned()
+        .collect()
+}
+
+/// The Kinde APIs in an emulator state other than the Management API.
+pub fn kinde_apis_of(state: &Value) -> Vec<Value> {
+    state["apis"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["is_management_api"] != true)
+        .cloned()
+        .collect()
+}
+
 impl Emulator {
     /// The sorted `scp` claim of a token for `creds` on `audience`, or Kinde's refusal.
     pub async fn scp(
@@ -155,13 +178,7 @@ impl Emulator {
 
     /// The Kinde APIs in the emulator's state other than the Management API.
     pub async fn kinde_apis(&self) -> anyhow::Result<Vec<Value>> {
-        Ok(self.state().await?["apis"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|a| a["is_management_api"] != true)
-            .cloned()
-            .collect())
+        Ok(kinde_apis_of(&self.state().await?))
     }
 
     /// The Kinde API with id `id`, if any.

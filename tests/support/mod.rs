@@ -45,7 +45,10 @@ mod kinde;
 mod objects;
 pub mod proxy;
 
-pub use kinde::{Credentials, credentials, scope_keys, secret_value, sorted, strings};
+pub use kinde::{
+    Credentials, credentials, kinde_apis_of, kinde_apps_of, scope_keys, secret_value, sorted,
+    strings,
+};
 pub use objects::{
     Kind, KindStatus, POKE_ANNOTATION, WAIT, annotate, delete, event_reasons, events_about,
     merge_patch, poke, raw, wait_condition, wait_events, wait_gone, wait_ready_current,
@@ -709,13 +712,7 @@ impl Emulator {
 
     /// The Kinde applications in the emulator's state other than the management client.
     pub async fn kinde_apps(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        Ok(self.state().await?["applications"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|a| a["is_management_client"] != true)
-            .cloned()
-            .collect())
+        Ok(kinde_apps_of(&self.state().await?))
     }
 
     /// Injects a fault: `{operation, status?, times?, latency_ms?, drop_response?, body?}`.
