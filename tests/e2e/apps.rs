@@ -191,6 +191,29 @@ impl Env {
             .with_context(|| format!("Secret {name}"))
     }
 
+    /// Waits until Kinde application `id` is named `name`; returns it.
+    async fn wait_kinde_name(&self, what: &str, id: &str, name: &str) -> anyhow::Result<Value> {
+        wait_for(what, support::WAIT, || async {
+            let a = self.emu.kinde_app(id).await?.context("Kinde app missing")?;
+            if a["name"] == name {
+                Ok(Some(a))
+            } else {
+                Err(anyhow!("Kinde app: {a}"))
+            }
+        })
+        .await
+    }
+
+    /// Waits until the garbage collector has deleted Secret `name` (its owner is gone).
+    async fn wait_secret_collected(&self, name: &str) -> anyhow::Result<()> {
+        wait_for(
+            "the Secret to be garbage collected",
+            support::WAIT,
+            || async { Ok(self.secrets().get_opt(name).await?.is_none().then_some(())) },
+        )
+        .await
+    }
+
     /// Events about the `K` named `name` with `reason`.
     async fn events<K: support::Kind>(
         &self,
@@ -376,6 +399,22 @@ async fn api_create_and_scopes_converge(env: Arc<Env>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until ApiRegistration `name` is Ready with the adopted Kinde API `id` in its
+/// status; returns that Kinde API.
+async fn adopted_api(env: &Env, name: &str, id: &str) -> anyhow::Result<Value> {
+    let status = wait_reason(&env.apis(), name, "Reconciled")
+        .await?
+        .status_or_default();
+    ensure!(
+        status.api_id.as_deref() == Some(id),
+        "{name} did not adopt the Kinde API {id}: status {status:?}"
+    );
+    env.emu
+        .kinde_api(id)
+        .await?
+        .with_context(|| format!("the adopted Kinde API {id} is gone"))
+}
+
 /// Adoption by `external-id`; the default deletion policy orphans adopted APIs and deletes
 /// created ones; an explicit `Orphan` keeps a created one.
 async fn api_adopt_and_deletion_policies(env: Arc<Env>) -> anyhow::Result<()> {
@@ -394,18 +433,7 @@ async fn api_adopt_and_deletion_policies(env: Arc<Env>) -> anyhow::Result<()> {
         ])
         .await?;
 
-    let legacy = wait_reason(&env.apis(), "legacy", "Reconciled")
-        .await?
-        .status_or_default();
-    ensure!(
-        legacy.api_id.as_deref() == Some(legacy_id.as_str()),
-        "adopted API: status {legacy:?}"
-    );
-    let kinde = env
-        .emu
-        .kinde_api(&legacy_id)
-        .await?
-        .context("legacy API gone")?;
+    let kinde = adopted_api(&env, "legacy", &legacy_id).await?;
     ensure!(
         kinde_scopes(&kinde) == pairs(&[("read:legacy", "Read legacy")]),
         "adopted API's scopes in Kinde: {}",
@@ -423,12 +451,7 @@ async fn api_adopt_and_deletion_policies(env: Arc<Env>) -> anyhow::Result<()> {
         "adopting created a second API for the audience"
     );
 
-    for name in ["legacy", "kept", "gone"] {
-        support::delete(&env.apis(), name).await?;
-    }
-    for name in ["legacy", "kept", "gone"] {
-        wait_gone(&env.apis(), name).await?;
-    }
+    support::delete_all(&env.apis(), &["legacy", "kept", "gone"]).await?;
     ensure!(
         env.emu.kinde_api(&legacy_id).await?.is_some(),
         "the adopted Kinde API was deleted (default policy for adopted objects is Orphan)"
@@ -453,8 +476,7 @@ async fn api_management_guard_and_audience_in_use(env: Arc<Env>) -> anyhow::Resu
         .apply(&[&api_registration("mgmt", &management)])
         .await?;
     let obj = wait_reason(&env.apis(), "mgmt", "ManagementApiRefused").await?;
-    let message = obj.ready_message();
-    ensure!(message.contains(&management), "message: {message}");
+    obj.ensure_ready_mentions(&management)?;
     let status = obj.status_or_default();
     ensure!(
         status.api_id.is_none(),
@@ -471,11 +493,7 @@ async fn api_management_guard_and_audience_in_use(env: Arc<Env>) -> anyhow::Resu
         )
         .await?;
     let obj = wait_reason(&env.apis(), "taken", "AudienceInUse").await?;
-    let message = obj.ready_message();
-    ensure!(
-        message.contains(&taken_id),
-        "AudienceInUse message does not name the Kinde API {taken_id}: {message}"
-    );
+    obj.ensure_ready_mentions(&taken_id)?;
     let writes = env.emu.total_writes().await?;
     ensure!(
         writes == writes_before + 1,
@@ -496,18 +514,7 @@ async fn api_management_guard_and_audience_in_use(env: Arc<Env>) -> anyhow::Resu
         json!({"metadata": {"annotations": {EXTERNAL_ID_ANNOTATION: taken_id}}}),
     )
     .await?;
-    let status = wait_reason(&env.apis(), "taken", "Reconciled")
-        .await?
-        .status_or_default();
-    ensure!(
-        status.api_id.as_deref() == Some(taken_id.as_str()),
-        "status after adoption: {status:?}"
-    );
-    let kinde = env
-        .emu
-        .kinde_api(&taken_id)
-        .await?
-        .context("taken API gone")?;
+    let kinde = adopted_api(&env, "taken", &taken_id).await?;
     ensure!(
         kinde_scopes(&kinde) == pairs(&[("read", "Read")]),
         "scopes of the adopted API: {}",
@@ -541,11 +548,7 @@ async fn api_deletion_waits_for_grants(env: Arc<Env>) -> anyhow::Result<()> {
 
     support::delete(&env.apis(), "shared").await?;
     let obj = wait_reason(&env.apis(), "shared", "InUse").await?;
-    let message = obj.ready_message();
-    ensure!(
-        message.contains("client-shared"),
-        "InUse message does not name the grant: {message}"
-    );
+    obj.ensure_ready_mentions("client-shared")?;
     ensure!(
         env.emu.kinde_api(&api_id).await?.is_some(),
         "Kinde API deleted while a grant references it"
@@ -612,23 +615,13 @@ async fn app_create_secret_and_delete(env: Arc<Env>) -> anyhow::Result<()> {
     );
 
     let display = format!("{}/acme", env.ns());
-    let kinde = wait_for(
-        "the Kinde app to lose its creation marker",
-        support::WAIT,
-        || async {
-            let a = env
-                .emu
-                .kinde_app(&app_id)
-                .await?
-                .context("Kinde app missing")?;
-            if a["name"] == display.as_str() {
-                Ok(Some(a))
-            } else {
-                Err(anyhow!("Kinde app: {a}"))
-            }
-        },
-    )
-    .await?;
+    let kinde = env
+        .wait_kinde_name(
+            "the Kinde app to lose its creation marker",
+            &app_id,
+            &display,
+        )
+        .await?;
     ensure!(kinde["type"] == "m2m", "Kinde app type: {kinde}");
     ensure!(
         kinde["org_code"] == "org_acme",
@@ -718,19 +711,8 @@ async fn app_create_secret_and_delete(env: Arc<Env>) -> anyhow::Result<()> {
         json!({"spec": {"displayName": "Acme Corp"}}),
     )
     .await?;
-    wait_for("the Kinde app to be renamed", support::WAIT, || async {
-        let a = env
-            .emu
-            .kinde_app(&app_id)
-            .await?
-            .context("Kinde app missing")?;
-        if a["name"] == "Acme Corp" {
-            Ok(Some(()))
-        } else {
-            Err(anyhow!("Kinde app: {a}"))
-        }
-    })
-    .await?;
+    env.wait_kinde_name("the Kinde app to be renamed", &app_id, "Acme Corp")
+        .await?;
     ensure!(
         env.events::<M2MApplication>("acme", "Renamed").await?.len() == 1,
         "expected one Renamed Event"
@@ -743,19 +725,7 @@ async fn app_create_secret_and_delete(env: Arc<Env>) -> anyhow::Result<()> {
         env.emu.kinde_app(&app_id).await?.is_none(),
         "Kinde app {app_id} survived the deletion of its M2MApplication"
     );
-    wait_for(
-        "the Secret to be garbage collected",
-        support::WAIT,
-        || async {
-            Ok(env
-                .secrets()
-                .get_opt("acme-credentials")
-                .await?
-                .is_none()
-                .then_some(()))
-        },
-    )
-    .await
+    env.wait_secret_collected("acme-credentials").await
 }
 
 /// SPEC section 3: keys, label, controller ownerReference to `app`, type Opaque.
@@ -821,11 +791,7 @@ async fn app_secret_conflict(env: Arc<Env>) -> anyhow::Result<()> {
         .await?;
     env.ctx.apply(&[&m2m_application("foreign")]).await?;
     let obj = wait_reason(&env.apps(), "foreign", "SecretConflict").await?;
-    let message = obj.ready_message();
-    ensure!(
-        message.contains("foreign-credentials"),
-        "message does not name the Secret: {message}"
-    );
+    obj.ensure_ready_mentions("foreign-credentials")?;
     let after = env.secret("foreign-credentials").await?;
     ensure!(
         after.resource_version() == before.resource_version()
@@ -888,11 +854,7 @@ async fn app_adopt_and_deletion_policies(env: Arc<Env>) -> anyhow::Result<()> {
         .await?;
     wait_reason(&env.apps(), "vanishing", "Reconciled").await?;
     env.emu
-        .mgmt(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/applications/{vanishing_id}"),
-            None,
-        )
+        .mgmt_delete(&format!("/api/v1/applications/{vanishing_id}"))
         .await?;
     poke(&env.apps(), "vanishing").await?;
     wait_reason(&env.apps(), "vanishing", "ExternalNotFound").await?;
@@ -902,12 +864,7 @@ async fn app_adopt_and_deletion_policies(env: Arc<Env>) -> anyhow::Result<()> {
         "the adopted app was re-created: {apps}"
     );
 
-    for name in ["legacy", "kept", "vanishing"] {
-        support::delete(&env.apps(), name).await?;
-    }
-    for name in ["legacy", "kept", "vanishing"] {
-        wait_gone(&env.apps(), name).await?;
-    }
+    support::delete_all(&env.apps(), &["legacy", "kept", "vanishing"]).await?;
     ensure!(
         env.emu.kinde_app(&legacy_id).await?.is_some(),
         "the adopted Kinde app was deleted (default for adopted objects is Orphan)"
@@ -982,9 +939,7 @@ async fn drift_api_deleted_in_kinde(env: Arc<Env>) -> anyhow::Result<()> {
     wait_reason(&env.grants(), "client-mine", "Reconciled").await?;
 
     for id in [&mine_id, &adopted_id] {
-        env.emu
-            .mgmt(reqwest::Method::DELETE, &format!("/api/v1/apis/{id}"), None)
-            .await?;
+        env.emu.mgmt_delete(&format!("/api/v1/apis/{id}")).await?;
     }
     let new_id = wait_for(
         "the deleted API to be re-created",
@@ -1109,31 +1064,12 @@ async fn drift_app_and_authorization(env: Arc<Env>) -> anyhow::Result<()> {
             Some(json!({"name": "hijacked"})),
         )
         .await?;
-    wait_for(
-        "the rename in Kinde to be undone",
-        support::WAIT,
-        || async {
-            let a = env
-                .emu
-                .kinde_app(&app_id)
-                .await?
-                .context("Kinde app missing")?;
-            if a["name"] == "Client" {
-                Ok(Some(()))
-            } else {
-                Err(anyhow!("Kinde app: {a}"))
-            }
-        },
-    )
-    .await?;
+    env.wait_kinde_name("the rename in Kinde to be undone", &app_id, "Client")
+        .await?;
 
     // Deleted in Kinde → re-created; the Secret and the grant follow.
     env.emu
-        .mgmt(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/applications/{app_id}"),
-            None,
-        )
+        .mgmt_delete(&format!("/api/v1/applications/{app_id}"))
         .await?;
     let new_client = wait_for(
         "the re-created app's credentials to work for the API",
@@ -1272,21 +1208,21 @@ fn fmt_counts(m: &BTreeMap<String, u64>) -> String {
         .join(" ")
 }
 
-/// After everything is Ready, a no-op resync makes no Kinde and no Kubernetes writes, and
-/// reads what README "Economy" promises. Prints the measured counts.
-async fn economy_noop_resync(env: Arc<Env>) -> anyhow::Result<()> {
-    let audience = "https://economy.example.com";
+/// API `api` (scopes read, write) for `audience`, application `buyer` and grant
+/// `buyer-<api>` of `read`; waits until all three are Ready and the Secret lists the
+/// audience.
+async fn buyer_ready(env: &Env, api: &str, audience: &str) -> anyhow::Result<()> {
     env.ctx
         .apply(&[
-            &api_registration("economy", audience)
+            &api_registration(api, audience)
                 .with_scope("read", "Read")
                 .with_scope("write", "Write"),
             &m2m_application("buyer"),
-            &api_grant("buyer-economy", "buyer", "economy").with_scopes(&["read"]),
+            &api_grant(&format!("buyer-{api}"), "buyer", api).with_scopes(&["read"]),
         ])
         .await?;
-    wait_reason(&env.apis(), "economy", "Reconciled").await?;
-    wait_reason(&env.grants(), "buyer-economy", "Reconciled").await?;
+    wait_reason(&env.apis(), api, "Reconciled").await?;
+    wait_reason(&env.grants(), &format!("buyer-{api}"), "Reconciled").await?;
     wait_reason(&env.apps(), "buyer", "Reconciled").await?;
     wait_for(
         "KINDE_AUDIENCE to list the grant",
@@ -1296,7 +1232,14 @@ async fn economy_noop_resync(env: Arc<Env>) -> anyhow::Result<()> {
             Ok((secret_value(&s, "KINDE_AUDIENCE").as_deref() == Some(audience)).then_some(()))
         },
     )
-    .await?;
+    .await
+}
+
+/// After everything is Ready, a no-op resync makes no Kinde and no Kubernetes writes, and
+/// reads what README "Economy" promises. Prints the measured counts.
+async fn economy_noop_resync(env: Arc<Env>) -> anyhow::Result<()> {
+    let audience = "https://economy.example.com";
+    buyer_ready(&env, "economy", audience).await?;
 
     // Someone else adds a key and a label to the Secret: corrected once (the data is the
     // operator's), not on every resync.
@@ -1413,27 +1356,7 @@ async fn economy_lifecycle_calls(env: Arc<Env>) -> anyhow::Result<()> {
         count_writes(env.ctx.api::<Event>(), "Event", writes.clone()).await?,
     ];
     let audience = "https://lifecycle.example.com";
-    env.ctx
-        .apply(&[
-            &api_registration("lifecycle", audience)
-                .with_scope("read", "Read")
-                .with_scope("write", "Write"),
-            &m2m_application("buyer"),
-            &api_grant("buyer-lifecycle", "buyer", "lifecycle").with_scopes(&["read"]),
-        ])
-        .await?;
-    wait_reason(&env.apis(), "lifecycle", "Reconciled").await?;
-    wait_reason(&env.grants(), "buyer-lifecycle", "Reconciled").await?;
-    wait_reason(&env.apps(), "buyer", "Reconciled").await?;
-    wait_for(
-        "KINDE_AUDIENCE to list the grant",
-        support::WAIT,
-        || async {
-            let s = env.secret("buyer-credentials").await?;
-            Ok((secret_value(&s, "KINDE_AUDIENCE").as_deref() == Some(audience)).then_some(()))
-        },
-    )
-    .await?;
+    buyer_ready(&env, "lifecycle", audience).await?;
     let ready = call_counts(&env.emu).await?;
     let k8s_created = take_counts(&writes);
     let created = delta(&start, &ready);
@@ -1464,19 +1387,7 @@ async fn economy_lifecycle_calls(env: Arc<Env>) -> anyhow::Result<()> {
     wait_gone(&env.apis(), "lifecycle").await?;
     let end = call_counts(&env.emu).await?;
     // The garbage collector deletes the Secret after its owner is gone.
-    wait_for(
-        "the Secret to be garbage collected",
-        support::WAIT,
-        || async {
-            Ok(env
-                .secrets()
-                .get_opt("buyer-credentials")
-                .await?
-                .is_none()
-                .then_some(()))
-        },
-    )
-    .await?;
+    env.wait_secret_collected("buyer-credentials").await?;
     eprintln!(
         "lifecycle: delete: Kubernetes writes (watch events; one MODIFIED per CR is the test's delete setting deletionTimestamp, the Secret DELETED is the garbage collector's) {}",
         fmt_counts(&take_counts(&writes))

@@ -663,13 +663,7 @@ async fn api_recreated_after_kinde_delete_killed_in_create(ctx: Ctx) -> anyhow::
     f.fault(json!({"operation": "addAPIs", "latency_ms": HOLD_MS, "status": 503}))
         .await?;
     let before = f.emu.call_count("addAPIs").await?;
-    f.emu
-        .mgmt(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/apis/{old_id}"),
-            None,
-        )
-        .await?;
+    f.emu.mgmt_delete(&format!("/api/v1/apis/{old_id}")).await?;
     f.poke::<ApiRegistration>(API).await?;
     f.wait_calls("addAPIs", before + 1).await?;
     f.kill();
@@ -720,11 +714,7 @@ async fn api_scope_drift_killed_mid_correction(ctx: Ctx) -> anyhow::Result<()> {
     let dropped = API_SCOPES[1];
     let dropped_id = scope_id(&status.scopes, dropped).context("no scope id in status")?;
     f.emu
-        .mgmt(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/apis/{api_id}/scopes/{dropped_id}"),
-            None,
-        )
+        .mgmt_delete(&format!("/api/v1/apis/{api_id}/scopes/{dropped_id}"))
         .await?;
     f.emu
         .mgmt(
@@ -821,11 +811,7 @@ async fn api_scope_deleted_in_kinde_granted_again(ctx: Ctx) -> anyhow::Result<()
     let dropped = API_SCOPES[1];
     let dropped_id = scope_id(&status.scopes, dropped).context("no scope id in status")?;
     f.emu
-        .mgmt(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/apis/{api_id}/scopes/{dropped_id}"),
-            None,
-        )
+        .mgmt_delete(&format!("/api/v1/apis/{api_id}/scopes/{dropped_id}"))
         .await?;
     f.poke::<ApiRegistration>(API).await?;
     let r = wait_for("status to name the re-created scope", CONVERGE, || async {

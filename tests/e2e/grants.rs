@@ -5,7 +5,7 @@
 use anyhow::{anyhow, bail, ensure};
 use k8s_openapi::api::core::v1::Namespace;
 use kinde_m2m_operator::crd::{
-    ApiGrant, ApiRegistration, GrantFrom, M2MApplication, PAUSED_ANNOTATION,
+    ApiGrant, ApiGrantStatus, ApiRegistration, GrantFrom, M2MApplication, PAUSED_ANNOTATION,
 };
 use kube::api::Api;
 use serde_json::json;
@@ -69,6 +69,11 @@ async fn grant_reason(ctx: &Ctx, name: &str, reason: &str) -> anyhow::Result<Str
     Ok(wait_reason(&ctx.api::<ApiGrant>(), name, reason)
         .await?
         .ready_message())
+}
+
+/// The status of grant `name` in the test's namespace.
+async fn grant_status(ctx: &Ctx, name: &str) -> anyhow::Result<ApiGrantStatus> {
+    Ok(ctx.api::<ApiGrant>().get(name).await?.status_or_default())
 }
 
 /// Waits until `name` (in the test's namespace) is Ready.
@@ -162,11 +167,7 @@ async fn authorize_and_revoke(ctx: Ctx) -> anyhow::Result<()> {
         emulator.wait_scp(&creds, &a1, &["read:users"]).await?;
         emulator.wait_scp(&creds, &a2, &["read:flags"]).await?;
         wait_audience(&ctx, "acme", &[&a1, &a2]).await?;
-        let status = ctx
-            .api::<ApiGrant>()
-            .get("acme-one")
-            .await?
-            .status_or_default();
+        let status = grant_status(&ctx, "acme-one").await?;
         ensure!(
             status.granted_scopes == ["read:users"] && status.audience.as_deref() == Some(&*a1),
             "status of acme-one: {status:?}"
@@ -257,11 +258,7 @@ async fn scopes_converge(ctx: Ctx) -> anyhow::Result<()> {
             .await?;
         emulator.wait_scp(&creds, &a, &["write"]).await?;
         wait_for("grantedScopes [write]", WAIT, || async {
-            let s = ctx
-                .api::<ApiGrant>()
-                .get("grant")
-                .await?
-                .status_or_default();
+            let s = grant_status(&ctx, "grant").await?;
             Ok((s.granted_scopes == ["write"]).then_some(()))
         })
         .await
@@ -643,11 +640,7 @@ async fn api_ref_change(ctx: Ctx) -> anyhow::Result<()> {
         emulator.wait_scp(&creds, &a2, &["read"]).await?;
         emulator.wait_refused(&creds, &a1).await?;
         wait_audience(&ctx, "app", &[&a2]).await?;
-        let status = ctx
-            .api::<ApiGrant>()
-            .get("grant")
-            .await?
-            .status_or_default();
+        let status = grant_status(&ctx, "grant").await?;
         ensure!(
             status.audience.as_deref() == Some(&*a2),
             "status: {status:?}"

@@ -749,20 +749,10 @@ async fn revoke_batched_with_gone_app(ctx: Ctx) -> anyhow::Result<()> {
     .await?;
     emu.wait_scp(&b, AUDIENCE, &["read:orders"]).await?;
     // ga's application disappears from Kinde behind the operator's back.
-    emu.mgmt(
-        reqwest::Method::DELETE,
-        &format!("/api/v1/applications/{}", a.client_id),
-        None,
-    )
-    .await?;
+    emu.mgmt_delete(&format!("/api/v1/applications/{}", a.client_id))
+        .await?;
     // Both grants deleted together (without waiting in between).
-    let grants = ctx.api::<ApiGrant>();
-    for name in ["ga-orders", "gb-orders"] {
-        support::delete(&grants, name).await?;
-    }
-    for name in ["ga-orders", "gb-orders"] {
-        wait_gone(&grants, name).await?;
-    }
+    support::delete_all(&ctx.api::<ApiGrant>(), &["ga-orders", "gb-orders"]).await?;
     emu.wait_refused(&b, AUDIENCE).await.map(drop)
 }
 
@@ -799,12 +789,7 @@ async fn delete_during_overlap(ctx: Ctx) -> anyhow::Result<()> {
     let apps = emu.kinde_app_names().await?;
     ensure!(apps.len() == 4, "Kinde apps before deletion: {apps:?}");
     let api = ctx.api::<M2MApplication>();
-    for app in ["del", "orph"] {
-        support::delete(&api, app).await?;
-    }
-    for app in ["del", "orph"] {
-        wait_gone(&api, app).await?;
-    }
+    support::delete_all(&api, &["del", "orph"]).await?;
     let apps = emu.kinde_app_names().await?;
     let (dp, dc) = &ids["del"];
     let (op_, oc) = &ids["orph"];

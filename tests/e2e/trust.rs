@@ -143,11 +143,7 @@ async fn tenant_cannot_adopt_foreign_applications(ctx: Ctx) -> anyhow::Result<()
         .await?;
         for (name, target, reason) in thieves {
             let obj = wait_reason(&apps, name, reason).await?;
-            ensure!(
-                obj.ready_message().contains(target),
-                "{name}: the message does not name {target}: {}",
-                obj.ready_message()
-            );
+            obj.ensure_ready_mentions(target)?;
         }
         let outsider = wait_reason(
             &ctx.api_in::<M2MApplication>(&outsider_ns),
@@ -155,11 +151,7 @@ async fn tenant_cannot_adopt_foreign_applications(ctx: Ctx) -> anyhow::Result<()
             "AdoptionNotPermitted",
         )
         .await?;
-        ensure!(
-            outsider.ready_message().contains(&outsider_ns),
-            "message: {}",
-            outsider.ready_message()
-        );
+        outsider.ensure_ready_mentions(&outsider_ns)?;
         for (ns, name) in [
             (&ctx.ns, "thief"),
             (&ctx.ns, "mgmt-thief"),
@@ -188,10 +180,7 @@ async fn tenant_cannot_adopt_foreign_applications(ctx: Ctx) -> anyhow::Result<()
             kinde_apps[0]
         );
 
-        for name in ["thief", "mgmt-thief"] {
-            support::delete(&apps, name).await?;
-            wait_gone(&apps, name).await?;
-        }
+        support::delete_all(&apps, &["thief", "mgmt-thief"]).await?;
         let kinde_apps = emulator.kinde_apps().await?;
         ensure!(
             kinde_apps.iter().any(|a| a["id"] == victim_id.as_str()),
@@ -237,11 +226,7 @@ async fn tenant_cannot_adopt_platform_api(ctx: Ctx) -> anyhow::Result<()> {
             .with_grant_from(GrantFrom::All)])
             .await?;
         let copy = wait_reason(&ctx.api::<ApiRegistration>(), "copy", "AdoptionRefused").await?;
-        ensure!(
-            copy.ready_message().contains(&platform_ns),
-            "the message does not name the holder: {}",
-            copy.ready_message()
-        );
+        copy.ensure_ready_mentions(&platform_ns)?;
         let copy_status = copy.status_or_default();
         ensure!(copy_status.api_id.is_none(), "{copy_status:?}");
         // A grant through the copy finds nothing to grant.
@@ -308,16 +293,9 @@ async fn adoption_by_namespace_label_keeps_adopted_objects(ctx: Ctx) -> anyhow::
             "no Secret for the adopted app"
         );
         let obj = wait_reason(&apps, "doomed", "AdoptionRefused").await?;
-        ensure!(
-            obj.ready_message().contains("--adoption-allow-delete"),
-            "message: {}",
-            obj.ready_message()
-        );
+        obj.ensure_ready_mentions("--adoption-allow-delete")?;
 
-        for name in ["legacy", "doomed"] {
-            support::delete(&apps, name).await?;
-            wait_gone(&apps, name).await?;
-        }
+        support::delete_all(&apps, &["legacy", "doomed"]).await?;
         let ids: Vec<Value> = emulator
             .kinde_apps()
             .await?
@@ -514,11 +492,7 @@ async fn specs_checked_before_kinde(ctx: Ctx) -> anyhow::Result<()> {
         for (app, field) in &cases {
             let name = app.metadata.name.as_deref().unwrap_or_default();
             let obj = wait_reason(&apps, name, "InvalidSpec").await?;
-            ensure!(
-                obj.ready_message().contains(field),
-                "{name}: {}",
-                obj.ready_message()
-            );
+            obj.ensure_ready_mentions(field)?;
         }
         let calls = emulator.calls().await?;
         ensure!(
@@ -558,18 +532,9 @@ async fn immutable_fields_rechecked(ctx: Ctx) -> anyhow::Result<()> {
         )
         .await?;
         let obj = wait_reason(&apis, "fixed", "InvalidSpec").await?;
-        ensure!(
-            obj.ready_message().contains("spec.audience is immutable"),
-            "{}",
-            obj.ready_message()
-        );
+        obj.ensure_ready_mentions("spec.audience is immutable")?;
         let obj = wait_reason(&apps, "org-app", "InvalidSpec").await?;
-        ensure!(
-            obj.ready_message()
-                .contains("spec.organizationCode is immutable"),
-            "{}",
-            obj.ready_message()
-        );
+        obj.ensure_ready_mentions("spec.organizationCode is immutable")?;
         let kinde = emulator.kinde_api(&api_id).await?.context("API gone")?;
         ensure!(kinde["audience"] == "https://fixed.example.com", "{kinde}");
         ensure!(
@@ -612,11 +577,7 @@ async fn refused_deletion_says_why(ctx: Ctx) -> anyhow::Result<()> {
             .await?;
         support::delete(&apps, "stuck").await?;
         let obj = wait_reason(&apps, "stuck", "KindeForbidden").await?;
-        ensure!(
-            obj.ready_message().contains("delete:applications"),
-            "the condition does not name the missing scope: {}",
-            obj.ready_message()
-        );
+        obj.ensure_ready_mentions("delete:applications")?;
         let synced = obj.condition("Synced");
         ensure!(
             synced.is_some_and(|c| c.status == "False" && c.reason == "KindeForbidden"),
@@ -848,11 +809,7 @@ async fn waiting_deletions_report_themselves(ctx: Ctx) -> anyhow::Result<()> {
             "Ready of the paused deletion: {ready:?}"
         );
         let api = wait_reason(&apis, "held", "InUse").await?;
-        ensure!(
-            api.ready_message().contains("holder"),
-            "{}",
-            api.ready_message()
-        );
+        api.ensure_ready_mentions("holder")?;
         // Both retry every 30 s: after two retries still one Event each, and no failure.
         tokio::time::sleep(Duration::from_secs(65)).await;
         let frozen = event_counts::<M2MApplication>(&ctx, "frozen", "Paused").await?;

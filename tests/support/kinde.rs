@@ -220,6 +220,13 @@ impl Emulator {
             .collect())
     }
 
+    /// Deletes `path` (like `/api/v1/apis/<id>`) in Kinde behind the operator's back.
+    pub async fn mgmt_delete(&self, path: &str) -> anyhow::Result<()> {
+        self.mgmt(reqwest::Method::DELETE, path, None)
+            .await
+            .map(drop)
+    }
+
     /// Creates an M2M application in Kinde behind the operator's back (as the dashboard
     /// does); returns Kinde's `application` object (`id`, `client_id`, `client_secret`).
     pub async fn create_kinde_app(&self, name: &str) -> anyhow::Result<Value> {

@@ -56,6 +56,19 @@ pub trait Kind:
             .map(|c| c.message.clone())
             .unwrap_or_default()
     }
+
+    /// Fails unless the `Ready` message mentions `needle` (a name, a field, a flag: what
+    /// the user needs to act on it).
+    fn ensure_ready_mentions(&self, needle: &str) -> anyhow::Result<()> {
+        let message = self.ready_message();
+        anyhow::ensure!(
+            message.contains(needle),
+            "{} {}: the Ready message does not mention {needle:?}: {message:?}",
+            Self::kind(&()),
+            self.meta().name.as_deref().unwrap_or_default()
+        );
+        Ok(())
+    }
 }
 
 /// What every kind's status has.
@@ -190,6 +203,18 @@ pub async fn wait_gone<K: Kind>(api: &Api<K>, name: &str) -> anyhow::Result<()> 
         },
     )
     .await
+}
+
+/// Deletes every one of `names` (all the requests first, as one `kubectl delete` of them
+/// would), then waits until they are all gone.
+pub async fn delete_all<K: Kind>(api: &Api<K>, names: &[&str]) -> anyhow::Result<()> {
+    for name in names {
+        delete(api, name).await?;
+    }
+    for name in names {
+        wait_gone(api, name).await?;
+    }
+    Ok(())
 }
 
 /// A JSON merge patch of `name` (any namespaced resource: also Secrets).
