@@ -181,7 +181,9 @@ async fn app_create_killed_after_kinde_before_status(ctx: Ctx) -> anyhow::Result
     f.fault(json!({"operation": "createApplication", "drop_response": true}))
         .await?;
     f.start()?;
-    f.create_all(&API_SCOPES).await?;
+    // The application alone until the kill: a grant's status change would wake it at once
+    // (its dependants do), and that reconcile could record the id before the kill.
+    f.create_app().await?;
     f.wait_kinde("the created application in Kinde", |s| {
         !kinde_apps_of(s).is_empty()
     })
@@ -196,6 +198,8 @@ async fn app_create_killed_after_kinde_before_status(ctx: Ctx) -> anyhow::Result
         marked(&f.kinde_apps().await?) == 1,
         "expected one marked application in Kinde"
     );
+    f.apply(&[&api(API, AUDIENCE, &API_SCOPES), &grant(&API_SCOPES)])
+        .await?;
     f.start()?;
     f.converged("app create: killed after Kinde, before status", &API_SCOPES)
         .await
@@ -249,7 +253,10 @@ async fn api_create_killed_after_kinde_before_status(ctx: Ctx) -> anyhow::Result
     f.fault(json!({"operation": "addAPIs", "drop_response": true}))
         .await?;
     f.start()?;
-    f.create_all(&API_SCOPES).await?;
+    // The API alone until the kill: a grant's status change (its application getting
+    // Ready) wakes the API at once, and that reconcile found the API by its audience and
+    // recorded the id before the kill (seen on a loaded machine).
+    f.create_api(&API_SCOPES).await?;
     f.wait_kinde("the created API in Kinde", |s| !kinde_apis_of(s).is_empty())
         .await?;
     f.kill();
@@ -258,6 +265,7 @@ async fn api_create_killed_after_kinde_before_status(ctx: Ctx) -> anyhow::Result
         status.api_id.is_none() && status.audience.as_deref() == Some(AUDIENCE),
         "expected the audience marked and no apiId in status (window missed): {status:?}"
     );
+    f.apply(&[&app(), &grant(&API_SCOPES)]).await?;
     f.start()?;
     f.converged("api create: killed after Kinde, before status", &API_SCOPES)
         .await
