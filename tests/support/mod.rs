@@ -838,21 +838,6 @@ impl Ctx {
         kubectl(self.harness, &full, Some(stdin)).await
     }
 
-    /// `kubectl apply -f PATH` into this namespace (relative paths from the repo root);
-    /// fails with kubectl's stderr.
-    pub async fn apply_file(&self, path: impl AsRef<Path>) -> anyhow::Result<String> {
-        let path = repo_root().join(path);
-        let path = path.to_string_lossy();
-        self.kubectl(&["apply", "-f", &path]).await?.success()
-    }
-
-    /// `kubectl apply -f -` of `yaml` into this namespace; fails with kubectl's stderr.
-    pub async fn apply_yaml(&self, yaml: &str) -> anyhow::Result<String> {
-        self.kubectl_stdin(&["apply", "-f", "-"], yaml)
-            .await?
-            .success()
-    }
-
     /// Starts `kinde-m2m-operator ARGS` (e.g. `["run", "--namespace", &ctx.ns]`) against
     /// this run's control plane and emulator; killed when the handle drops.
     pub fn start_operator(&self, args: &[&str]) -> anyhow::Result<Operator> {
