@@ -22,6 +22,8 @@
 //! cap); the API and each of its scopes once.
 #![allow(clippy::unwrap_used)]
 
+// The e2e harness; the benchmark uses a part of it.
+#[allow(unused_imports)]
 #[path = "../support/mod.rs"]
 mod support;
 

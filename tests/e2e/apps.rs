@@ -9,17 +9,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, ensure};
-use k8s_openapi::api::core::v1::{Event, Secret};
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, ListParams, ObjectMeta, Patch, PatchParams,
-    PostParams,
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kinde_m2m_operator::crd::{
+    ApiGrant, ApiRegistration, DeletionPolicy, EXTERNAL_ID_ANNOTATION, M2MApplication,
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE, ScopeStatus,
 };
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use kinde_m2m_operator::crd::{ApiGrant, ApiRegistration, M2MApplication};
-
-use crate::support::{self, Ctx, E2eTest, Emulator, Operator, wait_for};
+use crate::support::fixtures::{
+    ApiFixture as _, AppFixture as _, GrantFixture as _, Meta as _, api_grant, api_registration,
+    m2m_application,
+};
+use crate::support::{
+    self, Ctx, E2eTest, Emulator, Kind as _, Operator, events_about, merge_patch, poke,
+    secret_value, wait_for, wait_gone, wait_reason,
+};
 
 pub fn tests() -> Vec<E2eTest> {
     vec![
@@ -98,8 +105,6 @@ pub fn tests() -> Vec<E2eTest> {
     ]
 }
 
-const TIMEOUT: Duration = Duration::from_secs(60);
-
 // ---------------------------------------------------------------------------------------
 // Per-test environment
 // ---------------------------------------------------------------------------------------
@@ -108,7 +113,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 struct Env {
     ctx: Ctx,
     emu: Emulator,
-    op: std::sync::Mutex<Operator>,
+    op: Operator,
 }
 
 /// A test with its own emulator and an operator resyncing every `resync`; on failure the
@@ -116,7 +121,7 @@ struct Env {
 fn app_test<F, Fut>(name: &str, resync: &'static str, body: F) -> E2eTest
 where
     F: FnOnce(Arc<Env>) -> Fut + Send + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + 'static,
 {
     app_test_with(name, resync, &[], body)
 }
@@ -126,7 +131,7 @@ where
 fn app_test_404<F, Fut>(name: &str, resync: &'static str, body: F) -> E2eTest
 where
     F: FnOnce(Arc<Env>) -> Fut + Send + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + 'static,
 {
     let name = format!("{name}{}", support::NOT_FOUND_404_SUFFIX);
     app_test_with(&name, resync, support::NOT_FOUND_404, body)
@@ -140,7 +145,7 @@ fn app_test_with<F, Fut>(
 ) -> E2eTest
 where
     F: FnOnce(Arc<Env>) -> Fut + Send + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + 'static,
 {
     support::test(name, move |ctx| async move {
         ctx.harness.ensure_crds().await?;
@@ -149,19 +154,12 @@ where
         // adopt in their own namespace (tests/e2e/trust.rs covers the refusals).
         let ns = ctx.ns.clone();
         let op = ctx.run_operator(&emu, &[], resync, &["--adoption-namespace", &ns])?;
-        let env = Arc::new(Env {
-            ctx,
-            emu,
-            op: std::sync::Mutex::new(op),
-        });
+        let env = Arc::new(Env { ctx, emu, op });
         let mut result = body(env.clone()).await;
         if result.is_ok() && !emulator_args.is_empty() {
             result = env.emu.ensure_not_found_answered(emulator_args).await;
         }
-        result.map_err(|e| {
-            let tail = env.op.lock().unwrap().log_tail(40);
-            e.context(format!("operator log tail:\n{tail}"))
-        })
+        env.op.with_log(result)
     })
 }
 
@@ -170,192 +168,20 @@ impl Env {
         &self.ctx.ns
     }
 
-    fn dynamic<K: Resource<DynamicType = ()>>(&self) -> Api<DynamicObject> {
-        Api::namespaced_with(
-            self.ctx.client.clone(),
-            &self.ctx.ns,
-            &ApiResource::erase::<K>(&()),
-        )
+    fn apis(&self) -> Api<ApiRegistration> {
+        self.ctx.api()
     }
 
-    fn apis(&self) -> Api<DynamicObject> {
-        self.dynamic::<ApiRegistration>()
+    fn apps(&self) -> Api<M2MApplication> {
+        self.ctx.api()
     }
 
-    fn apps(&self) -> Api<DynamicObject> {
-        self.dynamic::<M2MApplication>()
-    }
-
-    fn grants(&self) -> Api<DynamicObject> {
-        self.dynamic::<ApiGrant>()
+    fn grants(&self) -> Api<ApiGrant> {
+        self.ctx.api()
     }
 
     fn secrets(&self) -> Api<Secret> {
-        self.ctx.api::<Secret>()
-    }
-
-    async fn create_api(&self, name: &str, spec: Value, annotations: Value) -> anyhow::Result<()> {
-        create(
-            &self.apis(),
-            json!({
-                "apiVersion": "m2m.kinde-operator.io/v1alpha1",
-                "kind": "ApiRegistration",
-                "metadata": {"name": name, "annotations": annotations},
-                "spec": spec,
-            }),
-        )
-        .await
-    }
-
-    async fn create_app(&self, name: &str, spec: Value, annotations: Value) -> anyhow::Result<()> {
-        create(
-            &self.apps(),
-            json!({
-                "apiVersion": "m2m.kinde-operator.io/v1alpha1",
-                "kind": "M2MApplication",
-                "metadata": {"name": name, "annotations": annotations},
-                "spec": spec,
-            }),
-        )
-        .await
-    }
-
-    async fn create_grant(
-        &self,
-        name: &str,
-        app: &str,
-        api: &str,
-        scopes: &[&str],
-    ) -> anyhow::Result<()> {
-        create(
-            &self.grants(),
-            json!({
-                "apiVersion": "m2m.kinde-operator.io/v1alpha1",
-                "kind": "ApiGrant",
-                "metadata": {"name": name},
-                "spec": {
-                    "applicationRef": {"name": app},
-                    "apiRef": {"name": api},
-                    "scopes": scopes,
-                },
-            }),
-        )
-        .await
-    }
-
-    /// A management API call with a token of the operator's own management client.
-    async fn mgmt(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let http = reqwest::Client::new();
-        let token: Value = http
-            .post(format!("{}/oauth2/token", self.emu.url))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", support::KINDE_CLIENT_ID),
-                ("client_secret", support::KINDE_CLIENT_SECRET),
-                ("audience", &format!("{}/api", self.emu.url)),
-            ])
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        let token = token["access_token"].as_str().context("no access_token")?;
-        let url = format!("{}{path}", self.emu.url);
-        let mut req = http.request(method, &url).bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        ensure!(status.is_success(), "{url}: HTTP {status}: {text}");
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    /// Creates a Kinde API behind the operator's back; returns its id.
-    async fn kinde_create_api(&self, name: &str, audience: &str) -> anyhow::Result<String> {
-        let v = self
-            .mgmt(
-                reqwest::Method::POST,
-                "/api/v1/apis",
-                Some(json!({"name": name, "audience": audience})),
-            )
-            .await?;
-        Ok(v["api"]["id"].as_str().context("no api.id")?.to_string())
-    }
-
-    /// The Kinde API with `audience`, from the emulator's state.
-    async fn kinde_api_by_audience(&self, audience: &str) -> anyhow::Result<Option<Value>> {
-        let state = self.emu.state().await?;
-        Ok(state["apis"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|a| a["audience"] == audience)
-            .cloned())
-    }
-
-    async fn kinde_api(&self, id: &str) -> anyhow::Result<Option<Value>> {
-        let state = self.emu.state().await?;
-        Ok(state["apis"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|a| a["id"] == id)
-            .cloned())
-    }
-
-    async fn kinde_app(&self, id: &str) -> anyhow::Result<Option<Value>> {
-        let state = self.emu.state().await?;
-        Ok(state["applications"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|a| a["id"] == id)
-            .cloned())
-    }
-
-    /// Waits for condition `Ready` with `status` and `reason`; returns the object.
-    async fn wait_ready(
-        &self,
-        api: &Api<DynamicObject>,
-        name: &str,
-        status: &str,
-        reason: &str,
-    ) -> anyhow::Result<Value> {
-        wait_for(
-            &format!("{} {name}: Ready={status} reason {reason}", kind_of(api)),
-            TIMEOUT,
-            || async {
-                let obj = to_json(&api.get(name).await?)?;
-                let (s, r, _) = condition(&obj, "Ready");
-                if s == status && r == reason {
-                    Ok(Some(obj))
-                } else {
-                    Err(anyhow!("conditions: {}", obj["status"]["conditions"]))
-                }
-            },
-        )
-        .await
-    }
-
-    async fn wait_gone(&self, api: &Api<DynamicObject>, name: &str) -> anyhow::Result<()> {
-        wait_for(
-            &format!("{} {name} to be gone", kind_of(api)),
-            TIMEOUT,
-            || async {
-                match api.get_opt(name).await? {
-                    None => Ok(Some(())),
-                    Some(o) => Err(anyhow!("still there; status: {}", to_json(&o)?["status"])),
-                }
-            },
-        )
-        .await
+        self.ctx.api()
     }
 
     async fn secret(&self, name: &str) -> anyhow::Result<Secret> {
@@ -365,80 +191,53 @@ impl Env {
             .with_context(|| format!("Secret {name}"))
     }
 
-    /// Events about the object `name` with `reason`.
-    async fn events(&self, name: &str, reason: &str) -> anyhow::Result<Vec<Event>> {
-        let all = self.ctx.api::<Event>().list(&ListParams::default()).await?;
-        Ok(all
-            .items
+    /// Waits until Kinde application `id` is named `name`; returns it.
+    async fn wait_kinde_name(&self, what: &str, id: &str, name: &str) -> anyhow::Result<Value> {
+        wait_for(what, support::WAIT, || async {
+            let a = self.emu.kinde_app(id).await?.context("Kinde app missing")?;
+            if a["name"] == name {
+                Ok(Some(a))
+            } else {
+                Err(anyhow!("Kinde app: {a}"))
+            }
+        })
+        .await
+    }
+
+    /// Waits until the garbage collector has deleted Secret `name` (its owner is gone).
+    async fn wait_secret_collected(&self, name: &str) -> anyhow::Result<()> {
+        wait_for(
+            "the Secret to be garbage collected",
+            support::WAIT,
+            || async { Ok(self.secrets().get_opt(name).await?.is_none().then_some(())) },
+        )
+        .await
+    }
+
+    /// Events about the `K` named `name` with `reason`.
+    async fn events<K: support::Kind>(
+        &self,
+        name: &str,
+        reason: &str,
+    ) -> anyhow::Result<Vec<Event>> {
+        Ok(events_about::<K>(&self.ctx.client, self.ns(), name)
+            .await?
             .into_iter()
-            .filter(|e| {
-                e.involved_object.name.as_deref() == Some(name)
-                    && e.reason.as_deref() == Some(reason)
-            })
+            .filter(|e| e.reason.as_deref() == Some(reason))
             .collect())
     }
 }
 
-async fn create(api: &Api<DynamicObject>, v: Value) -> anyhow::Result<()> {
-    let obj: DynamicObject = serde_json::from_value(v)?;
-    api.create(&PostParams::default(), &obj)
-        .await
-        .with_context(|| format!("creating {} {}", kind_of(api), obj.name_any()))?;
-    Ok(())
+/// A status field the operator must have written.
+fn required(field: Option<String>, what: &str) -> anyhow::Result<String> {
+    field.with_context(|| format!("{what} missing from the status"))
 }
 
-async fn merge(api: &Api<DynamicObject>, name: &str, patch: Value) -> anyhow::Result<()> {
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .with_context(|| format!("patching {} {name}", kind_of(api)))?;
-    Ok(())
-}
-
-async fn delete(api: &Api<DynamicObject>, name: &str) -> anyhow::Result<()> {
-    api.delete(name, &DeleteParams::background())
-        .await
-        .with_context(|| format!("deleting {} {name}", kind_of(api)))?;
-    Ok(())
-}
-
-fn kind_of(api: &Api<DynamicObject>) -> String {
-    api.resource_url()
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn to_json(obj: &DynamicObject) -> anyhow::Result<Value> {
-    Ok(serde_json::to_value(obj)?)
-}
-
-/// `(status, reason, message)` of condition `type_` (empty strings when absent).
-fn condition(obj: &Value, type_: &str) -> (String, String, String) {
-    let c = obj["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == type_);
-    let field = |k: &str| {
-        c.and_then(|c| c[k].as_str())
-            .unwrap_or_default()
-            .to_string()
-    };
-    (field("status"), field("reason"), field("message"))
-}
-
+/// A string field of an object the emulator answered with.
 fn str_at<'a>(v: &'a Value, pointer: &str) -> anyhow::Result<&'a str> {
     v.pointer(pointer)
         .and_then(Value::as_str)
         .with_context(|| format!("no {pointer} in {v}"))
-}
-
-fn secret_key(s: &Secret, key: &str) -> Option<String> {
-    s.data
-        .as_ref()?
-        .get(key)
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
 }
 
 /// `(key, description)` pairs of a Kinde API's scopes in the emulator state, sorted.
@@ -468,17 +267,14 @@ fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 /// Status scopes `key -> id` must match the Kinde scopes' ids, key for key, in spec order.
-fn check_status_scopes(obj: &Value, kinde_api: &Value, keys: &[&str]) -> anyhow::Result<()> {
-    let status: Vec<(String, String)> = obj["status"]["scopes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| {
-            (
-                s["key"].as_str().unwrap_or_default().to_string(),
-                s["id"].as_str().unwrap_or_default().to_string(),
-            )
-        })
+fn check_status_scopes(
+    status: &[ScopeStatus],
+    kinde_api: &Value,
+    keys: &[&str],
+) -> anyhow::Result<()> {
+    let status: Vec<(String, String)> = status
+        .iter()
+        .map(|s| (s.key.clone(), s.id.clone()))
         .collect();
     let want: Vec<(String, String)> = keys
         .iter()
@@ -509,28 +305,21 @@ fn check_status_scopes(obj: &Value, kinde_api: &Value, keys: &[&str]) -> anyhow:
 /// removed and re-described converge; deleting a created API deletes it in Kinde.
 async fn api_create_and_scopes_converge(env: Arc<Env>) -> anyhow::Result<()> {
     let audience = "https://orders.example.com";
-    env.create_api(
-        "orders",
-        json!({
-            "audience": audience,
-            "scopes": [
-                {"key": "read:orders", "description": "Read orders"},
-                {"key": "write:orders", "description": "Write orders"},
-            ],
-        }),
-        json!({}),
-    )
-    .await?;
-    let obj = env
-        .wait_ready(&env.apis(), "orders", "True", "Reconciled")
+    env.ctx
+        .apply(&[&api_registration("orders", audience)
+            .with_scope("read:orders", "Read orders")
+            .with_scope("write:orders", "Write orders")])
         .await?;
-    let api_id = str_at(&obj, "/status/apiId")?.to_string();
+    let status = wait_reason(&env.apis(), "orders", "Reconciled")
+        .await?
+        .status_or_default();
+    let api_id = required(status.api_id.clone(), "apiId")?;
     ensure!(
-        obj["status"]["audience"] == audience,
-        "status.audience: {}",
-        obj["status"]
+        status.audience.as_deref() == Some(audience),
+        "status.audience: {status:?}"
     );
     let kinde = env
+        .emu
         .kinde_api(&api_id)
         .await?
         .with_context(|| format!("Kinde API {api_id} (status.apiId) does not exist"))?;
@@ -548,10 +337,10 @@ async fn api_create_and_scopes_converge(env: Arc<Env>) -> anyhow::Result<()> {
         "Kinde scopes: {}",
         kinde["scopes"]
     );
-    check_status_scopes(&obj, &kinde, &["read:orders", "write:orders"])?;
+    check_status_scopes(&status.scopes, &kinde, &["read:orders", "write:orders"])?;
 
     // Add one, remove one, change a description.
-    merge(
+    merge_patch(
         &env.apis(),
         "orders",
         json!({"spec": {"scopes": [
@@ -564,116 +353,115 @@ async fn api_create_and_scopes_converge(env: Arc<Env>) -> anyhow::Result<()> {
         ("admin:orders", "Administer orders"),
         ("read:orders", "Read every order"),
     ]);
-    let kinde = wait_for("Kinde scopes to match the new spec", TIMEOUT, || async {
-        let k = env.kinde_api(&api_id).await?.context("Kinde API gone")?;
-        if kinde_scopes(&k) == want {
-            Ok(Some(k))
-        } else {
-            Err(anyhow!("Kinde scopes: {}", k["scopes"]))
-        }
-    })
+    let kinde = wait_for(
+        "Kinde scopes to match the new spec",
+        support::WAIT,
+        || async {
+            let k = env
+                .emu
+                .kinde_api(&api_id)
+                .await?
+                .context("Kinde API gone")?;
+            if kinde_scopes(&k) == want {
+                Ok(Some(k))
+            } else {
+                Err(anyhow!("Kinde scopes: {}", k["scopes"]))
+            }
+        },
+    )
     .await?;
-    wait_for("status.scopes to follow", TIMEOUT, || async {
-        let obj = to_json(&env.apis().get("orders").await?)?;
-        check_status_scopes(&obj, &kinde, &["read:orders", "admin:orders"])?;
-        let (s, r, _) = condition(&obj, "Ready");
-        ensure!(s == "True" && r == "Reconciled", "Ready {s} {r}");
+    wait_for("status.scopes to follow", support::WAIT, || async {
+        let obj = env.apis().get("orders").await?;
+        let status = obj.status_or_default();
+        check_status_scopes(&status.scopes, &kinde, &["read:orders", "admin:orders"])?;
+        let ready = obj.condition("Ready");
         ensure!(
-            obj["status"]["observedGeneration"] == obj["metadata"]["generation"],
-            "observedGeneration {} vs generation {}",
-            obj["status"]["observedGeneration"],
-            obj["metadata"]["generation"]
+            ready.is_some_and(|c| c.status == "True" && c.reason == "Reconciled"),
+            "Ready {ready:?}"
+        );
+        ensure!(
+            status.observed_generation == obj.metadata.generation,
+            "observedGeneration {:?} vs generation {:?}",
+            status.observed_generation,
+            obj.metadata.generation
         );
         Ok(Some(()))
     })
     .await?;
 
     // Created by the operator, no deletionPolicy: Delete.
-    delete(&env.apis(), "orders").await?;
-    env.wait_gone(&env.apis(), "orders").await?;
+    support::delete(&env.apis(), "orders").await?;
+    wait_gone(&env.apis(), "orders").await?;
     ensure!(
-        env.kinde_api(&api_id).await?.is_none(),
+        env.emu.kinde_api(&api_id).await?.is_none(),
         "Kinde API {api_id} survived the deletion of the ApiRegistration it was created for"
     );
     Ok(())
+}
+
+/// Waits until ApiRegistration `name` is Ready with the adopted Kinde API `id` in its
+/// status; returns that Kinde API.
+async fn adopted_api(env: &Env, name: &str, id: &str) -> anyhow::Result<Value> {
+    let status = wait_reason(&env.apis(), name, "Reconciled")
+        .await?
+        .status_or_default();
+    ensure!(
+        status.api_id.as_deref() == Some(id),
+        "{name} did not adopt the Kinde API {id}: status {status:?}"
+    );
+    env.emu
+        .kinde_api(id)
+        .await?
+        .with_context(|| format!("the adopted Kinde API {id} is gone"))
 }
 
 /// Adoption by `external-id`; the default deletion policy orphans adopted APIs and deletes
 /// created ones; an explicit `Orphan` keeps a created one.
 async fn api_adopt_and_deletion_policies(env: Arc<Env>) -> anyhow::Result<()> {
     let legacy_id = env
-        .kinde_create_api("Legacy", "https://legacy.example.com")
+        .emu
+        .create_kinde_api("Legacy", "https://legacy.example.com")
         .await?;
-    env.create_api(
-        "legacy",
-        json!({
-            "audience": "https://legacy.example.com",
-            "scopes": [{"key": "read:legacy", "description": "Read legacy"}],
-        }),
-        json!({"m2m.kinde-operator.io/external-id": legacy_id}),
-    )
-    .await?;
-    env.create_api(
-        "kept",
-        json!({"audience": "https://kept.example.com", "deletionPolicy": "Orphan"}),
-        json!({}),
-    )
-    .await?;
-    env.create_api(
-        "gone",
-        json!({"audience": "https://gone.example.com"}),
-        json!({}),
-    )
-    .await?;
+    env.ctx
+        .apply(&[
+            &api_registration("legacy", "https://legacy.example.com")
+                .with_scope("read:legacy", "Read legacy")
+                .adopting(&legacy_id),
+            &api_registration("kept", "https://kept.example.com")
+                .with_deletion_policy(DeletionPolicy::Orphan),
+            &api_registration("gone", "https://gone.example.com"),
+        ])
+        .await?;
 
-    let legacy = env
-        .wait_ready(&env.apis(), "legacy", "True", "Reconciled")
-        .await?;
-    ensure!(
-        str_at(&legacy, "/status/apiId")? == legacy_id,
-        "adopted API: status {}",
-        legacy["status"]
-    );
-    let kinde = env
-        .kinde_api(&legacy_id)
-        .await?
-        .context("legacy API gone")?;
+    let kinde = adopted_api(&env, "legacy", &legacy_id).await?;
     ensure!(
         kinde_scopes(&kinde) == pairs(&[("read:legacy", "Read legacy")]),
         "adopted API's scopes in Kinde: {}",
         kinde["scopes"]
     );
-    let kept = env
-        .wait_ready(&env.apis(), "kept", "True", "Reconciled")
-        .await?;
-    let kept_id = str_at(&kept, "/status/apiId")?.to_string();
-    let gone = env
-        .wait_ready(&env.apis(), "gone", "True", "Reconciled")
-        .await?;
-    let gone_id = str_at(&gone, "/status/apiId")?.to_string();
+    let kept = wait_reason(&env.apis(), "kept", "Reconciled").await?;
+    let kept_id = required(kept.status_or_default().api_id, "apiId")?;
+    let gone = wait_reason(&env.apis(), "gone", "Reconciled").await?;
+    let gone_id = required(gone.status_or_default().api_id, "apiId")?;
     ensure!(
-        env.kinde_api_by_audience("https://legacy.example.com")
+        env.emu
+            .kinde_api_by_audience("https://legacy.example.com")
             .await?
             .is_some_and(|a| a["id"] == legacy_id.as_str()),
         "adopting created a second API for the audience"
     );
 
-    for name in ["legacy", "kept", "gone"] {
-        delete(&env.apis(), name).await?;
-    }
-    for name in ["legacy", "kept", "gone"] {
-        env.wait_gone(&env.apis(), name).await?;
-    }
+    support::delete_all(&env.apis(), &["legacy", "kept", "gone"]).await?;
     ensure!(
-        env.kinde_api(&legacy_id).await?.is_some(),
+        env.emu.kinde_api(&legacy_id).await?.is_some(),
         "the adopted Kinde API was deleted (default policy for adopted objects is Orphan)"
     );
     ensure!(
-        env.kinde_api(&kept_id).await?.is_some(),
+        env.emu.kinde_api(&kept_id).await?.is_some(),
         "the Kinde API of a deletionPolicy: Orphan ApiRegistration was deleted"
     );
     ensure!(
-        env.kinde_api(&gone_id).await?.is_none(),
+        env.emu.kinde_api(&gone_id).await?.is_none(),
         "the created Kinde API survived (default policy for created objects is Delete)"
     );
     Ok(())
@@ -684,36 +472,28 @@ async fn api_adopt_and_deletion_policies(env: Arc<Env>) -> anyhow::Result<()> {
 async fn api_management_guard_and_audience_in_use(env: Arc<Env>) -> anyhow::Result<()> {
     let writes_before = env.emu.total_writes().await?;
     let management = format!("{}/api", env.emu.url);
-    env.create_api("mgmt", json!({"audience": management}), json!({}))
+    env.ctx
+        .apply(&[&api_registration("mgmt", &management)])
         .await?;
-    let obj = env
-        .wait_ready(&env.apis(), "mgmt", "False", "ManagementApiRefused")
-        .await?;
-    let (_, _, message) = condition(&obj, "Ready");
-    ensure!(message.contains(&management), "message: {message}");
+    let obj = wait_reason(&env.apis(), "mgmt", "ManagementApiRefused").await?;
+    obj.ensure_ready_mentions(&management)?;
+    let status = obj.status_or_default();
     ensure!(
-        obj["status"]["apiId"].is_null(),
-        "status.apiId set for a refused API: {}",
-        obj["status"]
+        status.api_id.is_none(),
+        "status.apiId set for a refused API: {status:?}"
     );
 
     let taken_id = env
-        .kinde_create_api("Taken", "https://taken.example.com")
+        .emu
+        .create_kinde_api("Taken", "https://taken.example.com")
         .await?;
-    env.create_api(
-        "taken",
-        json!({"audience": "https://taken.example.com", "scopes": [{"key": "read", "description": "Read"}]}),
-        json!({}),
-    )
-    .await?;
-    let obj = env
-        .wait_ready(&env.apis(), "taken", "False", "AudienceInUse")
+    env.ctx
+        .apply(
+            &[&api_registration("taken", "https://taken.example.com").with_scope("read", "Read")],
+        )
         .await?;
-    let (_, _, message) = condition(&obj, "Ready");
-    ensure!(
-        message.contains(&taken_id),
-        "AudienceInUse message does not name the Kinde API {taken_id}: {message}"
-    );
+    let obj = wait_reason(&env.apis(), "taken", "AudienceInUse").await?;
+    obj.ensure_ready_mentions(&taken_id)?;
     let writes = env.emu.total_writes().await?;
     ensure!(
         writes == writes_before + 1,
@@ -721,33 +501,33 @@ async fn api_management_guard_and_audience_in_use(env: Arc<Env>) -> anyhow::Resu
         env.emu.calls().await?
     );
     ensure!(
-        env.events("mgmt", "ManagementApiRefused").await?.len() == 1,
+        env.events::<ApiRegistration>("mgmt", "ManagementApiRefused")
+            .await?
+            .len()
+            == 1,
         "expected one Warning Event ManagementApiRefused"
     );
 
-    merge(
+    merge_patch(
         &env.apis(),
         "taken",
-        json!({"metadata": {"annotations": {"m2m.kinde-operator.io/external-id": taken_id}}}),
+        json!({"metadata": {"annotations": {EXTERNAL_ID_ANNOTATION: taken_id}}}),
     )
     .await?;
-    let obj = env
-        .wait_ready(&env.apis(), "taken", "True", "Reconciled")
-        .await?;
-    ensure!(
-        str_at(&obj, "/status/apiId")? == taken_id,
-        "status after adoption: {}",
-        obj["status"]
-    );
-    let kinde = env.kinde_api(&taken_id).await?.context("taken API gone")?;
+    let kinde = adopted_api(&env, "taken", &taken_id).await?;
     ensure!(
         kinde_scopes(&kinde) == pairs(&[("read", "Read")]),
         "scopes of the adopted API: {}",
         kinde["scopes"]
     );
     // Still nothing written for the refused one.
-    let (s, r, _) = condition(&to_json(&env.apis().get("mgmt").await?)?, "Ready");
-    ensure!(s == "False" && r == "ManagementApiRefused", "mgmt: {s} {r}");
+    let ready = env.apis().get("mgmt").await?.condition("Ready").cloned();
+    ensure!(
+        ready
+            .as_ref()
+            .is_some_and(|c| c.status == "False" && c.reason == "ManagementApiRefused"),
+        "mgmt: {ready:?}"
+    );
     Ok(())
 }
 
@@ -755,46 +535,35 @@ async fn api_management_guard_and_audience_in_use(env: Arc<Env>) -> anyhow::Resu
 /// it, and completes once the grant is gone.
 async fn api_deletion_waits_for_grants(env: Arc<Env>) -> anyhow::Result<()> {
     let audience = "https://shared.example.com";
-    env.create_api(
-        "shared",
-        json!({"audience": audience, "scopes": [{"key": "read", "description": "Read"}]}),
-        json!({}),
-    )
-    .await?;
-    env.create_app("client", json!({}), json!({})).await?;
-    env.create_grant("client-shared", "client", "shared", &["read"])
+    env.ctx
+        .apply(&[
+            &api_registration("shared", audience).with_scope("read", "Read"),
+            &m2m_application("client"),
+            &api_grant("client-shared", "client", "shared").with_scopes(&["read"]),
+        ])
         .await?;
-    let api = env
-        .wait_ready(&env.apis(), "shared", "True", "Reconciled")
-        .await?;
-    let api_id = str_at(&api, "/status/apiId")?.to_string();
-    env.wait_ready(&env.grants(), "client-shared", "True", "Reconciled")
-        .await?;
+    let api = wait_reason(&env.apis(), "shared", "Reconciled").await?;
+    let api_id = required(api.status_or_default().api_id, "apiId")?;
+    wait_reason(&env.grants(), "client-shared", "Reconciled").await?;
 
-    delete(&env.apis(), "shared").await?;
-    let obj = env
-        .wait_ready(&env.apis(), "shared", "False", "InUse")
-        .await?;
-    let (_, _, message) = condition(&obj, "Ready");
+    support::delete(&env.apis(), "shared").await?;
+    let obj = wait_reason(&env.apis(), "shared", "InUse").await?;
+    obj.ensure_ready_mentions("client-shared")?;
     ensure!(
-        message.contains("client-shared"),
-        "InUse message does not name the grant: {message}"
-    );
-    ensure!(
-        env.kinde_api(&api_id).await?.is_some(),
+        env.emu.kinde_api(&api_id).await?.is_some(),
         "Kinde API deleted while a grant references it"
     );
 
-    delete(&env.grants(), "client-shared").await?;
-    env.wait_gone(&env.grants(), "client-shared").await?;
+    support::delete(&env.grants(), "client-shared").await?;
+    wait_gone(&env.grants(), "client-shared").await?;
     let t = std::time::Instant::now();
-    env.wait_gone(&env.apis(), "shared").await?;
+    wait_gone(&env.apis(), "shared").await?;
     eprintln!(
         "api_deletion_waits_for_grants: ApiRegistration gone {:?} after its last grant",
         t.elapsed()
     );
     ensure!(
-        env.kinde_api(&api_id).await?.is_none(),
+        env.emu.kinde_api(&api_id).await?.is_none(),
         "Kinde API {api_id} still exists after the ApiRegistration was deleted"
     );
     Ok(())
@@ -809,13 +578,18 @@ async fn api_deletion_waits_for_grants(env: Arc<Env>) -> anyhow::Result<()> {
 /// deleted → recreated, edited → restored; displayName → rename; delete → Kinde app deleted
 /// and the Secret garbage collected.
 async fn app_create_secret_and_delete(env: Arc<Env>) -> anyhow::Result<()> {
-    env.create_app("acme", json!({"organizationCode": "org_acme"}), json!({}))
+    env.ctx
+        .apply(&[&m2m_application("acme").with_organization_code("org_acme")])
         .await?;
     // The Secret is written in the reconcile that learns the secret, before the status
     // records the application: once the id shows, the Secret must be there.
-    let app_id = wait_for("status.applicationId", TIMEOUT, || async {
-        let obj = to_json(&env.apps().get("acme").await?)?;
-        Ok(obj["status"]["applicationId"].as_str().map(str::to_string))
+    let app_id = wait_for("status.applicationId", support::WAIT, || async {
+        Ok(env
+            .apps()
+            .get("acme")
+            .await?
+            .status_or_default()
+            .application_id)
     })
     .await?;
     let secret = env
@@ -823,37 +597,31 @@ async fn app_create_secret_and_delete(env: Arc<Env>) -> anyhow::Result<()> {
         .get_opt("acme-credentials")
         .await?
         .context("status.applicationId is set but Secret acme-credentials does not exist")?;
-    let obj = env
-        .wait_ready(&env.apps(), "acme", "True", "Reconciled")
-        .await?;
-    let client_id = str_at(&obj, "/status/clientId")?.to_string();
+    let obj = wait_reason(&env.apps(), "acme", "Reconciled").await?;
+    let status = obj.status_or_default();
+    let client_id = required(status.client_id.clone(), "clientId")?;
     ensure!(
-        obj["status"]["secretName"] == "acme-credentials",
-        "status: {}",
-        obj["status"]
+        status.secret_name.as_deref() == Some("acme-credentials"),
+        "status: {status:?}"
     );
+    // Read raw: a typed read would drop a field its type does not declare.
+    let raw_status = support::raw(&env.apps(), "acme").await?["status"].clone();
     ensure!(
-        obj["status"].get("clientSecret").is_none()
-            && !obj["status"].to_string().contains(
-                &secret_key(&secret, "KINDE_CLIENT_SECRET").unwrap_or_else(|| "-".into())
+        raw_status.get("clientSecret").is_none()
+            && !raw_status.to_string().contains(
+                &secret_value(&secret, "KINDE_CLIENT_SECRET").unwrap_or_else(|| "-".into())
             ),
         "status carries the secret"
     );
 
     let display = format!("{}/acme", env.ns());
-    let kinde = wait_for(
-        "the Kinde app to lose its creation marker",
-        TIMEOUT,
-        || async {
-            let a = env.kinde_app(&app_id).await?.context("Kinde app missing")?;
-            if a["name"] == display.as_str() {
-                Ok(Some(a))
-            } else {
-                Err(anyhow!("Kinde app: {a}"))
-            }
-        },
-    )
-    .await?;
+    let kinde = env
+        .wait_kinde_name(
+            "the Kinde app to lose its creation marker",
+            &app_id,
+            &display,
+        )
+        .await?;
     ensure!(kinde["type"] == "m2m", "Kinde app type: {kinde}");
     ensure!(
         kinde["org_code"] == "org_acme",
@@ -864,21 +632,23 @@ async fn app_create_secret_and_delete(env: Arc<Env>) -> anyhow::Result<()> {
     let secret = env.secret("acme-credentials").await?;
     check_secret_shape(&env, &secret, &obj)?;
     ensure!(
-        secret_key(&secret, "KINDE_CLIENT_ID").as_deref() == Some(client_id.as_str()),
+        secret_value(&secret, "KINDE_CLIENT_ID").as_deref() == Some(client_id.as_str()),
         "KINDE_CLIENT_ID differs from status.clientId"
     );
-    let client_secret = secret_key(&secret, "KINDE_CLIENT_SECRET").context("no secret")?;
+    let client_secret = secret_value(&secret, "KINDE_CLIENT_SECRET").context("no secret")?;
     // The credentials work (and carry the organization): authorize the app on an API
     // behind the operator's back and ask for a token.
     let probe = env
-        .kinde_create_api("Probe", "https://probe.example.com")
+        .emu
+        .create_kinde_api("Probe", "https://probe.example.com")
         .await?;
-    env.mgmt(
-        reqwest::Method::PATCH,
-        &format!("/api/v1/apis/{probe}/applications"),
-        Some(json!({"applications": [{"id": client_id}]})),
-    )
-    .await?;
+    env.emu
+        .mgmt(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/apis/{probe}/applications"),
+            Some(json!({"applications": [{"id": client_id}]})),
+        )
+        .await?;
     let claims = env
         .emu
         .token_claims(&client_id, &client_secret, "https://probe.example.com")
@@ -889,9 +659,9 @@ async fn app_create_secret_and_delete(env: Arc<Env>) -> anyhow::Result<()> {
     // Deleted → recreated.
     let old_uid = secret.uid();
     env.secrets()
-        .delete("acme-credentials", &DeleteParams::default())
+        .delete("acme-credentials", &Default::default())
         .await?;
-    let recreated = wait_for("the Secret to be recreated", TIMEOUT, || async {
+    let recreated = wait_for("the Secret to be recreated", support::WAIT, || async {
         Ok(env
             .secrets()
             .get_opt("acme-credentials")
@@ -900,84 +670,69 @@ async fn app_create_secret_and_delete(env: Arc<Env>) -> anyhow::Result<()> {
     })
     .await?;
     ensure!(
-        secret_key(&recreated, "KINDE_CLIENT_SECRET").as_deref() == Some(client_secret.as_str())
-            && secret_key(&recreated, "KINDE_CLIENT_ID").as_deref() == Some(client_id.as_str()),
+        secret_value(&recreated, "KINDE_CLIENT_SECRET").as_deref() == Some(client_secret.as_str())
+            && secret_value(&recreated, "KINDE_CLIENT_ID").as_deref() == Some(client_id.as_str()),
         "recreated Secret has other credentials"
     );
     check_secret_shape(&env, &recreated, &obj)?;
 
     // Edited → restored.
-    env.secrets()
-        .patch(
-            "acme-credentials",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"stringData": {"KINDE_CLIENT_SECRET": "tampered", "KINDE_DOMAIN": "https://evil.example.com"}})),
-        )
-        .await?;
-    wait_for("the edited Secret to be restored", TIMEOUT, || async {
-        let s = env.secret("acme-credentials").await?;
-        let got = secret_key(&s, "KINDE_CLIENT_SECRET");
-        let domain = secret_key(&s, "KINDE_DOMAIN");
-        if got.as_deref() == Some(client_secret.as_str())
-            && domain.as_deref() == Some(env.emu.url.as_str())
-        {
-            Ok(Some(()))
-        } else {
-            Err(anyhow!(
-                "KINDE_DOMAIN {domain:?}, secret restored: {}",
-                got.as_deref() == Some(client_secret.as_str())
-            ))
-        }
-    })
+    merge_patch(
+        &env.secrets(),
+        "acme-credentials",
+        json!({"stringData": {"KINDE_CLIENT_SECRET": "tampered", "KINDE_DOMAIN": "https://evil.example.com"}}),
+    )
+    .await?;
+    wait_for(
+        "the edited Secret to be restored",
+        support::WAIT,
+        || async {
+            let s = env.secret("acme-credentials").await?;
+            let got = secret_value(&s, "KINDE_CLIENT_SECRET");
+            let domain = secret_value(&s, "KINDE_DOMAIN");
+            if got.as_deref() == Some(client_secret.as_str())
+                && domain.as_deref() == Some(env.emu.url.as_str())
+            {
+                Ok(Some(()))
+            } else {
+                Err(anyhow!(
+                    "KINDE_DOMAIN {domain:?}, secret restored: {}",
+                    got.as_deref() == Some(client_secret.as_str())
+                ))
+            }
+        },
+    )
     .await?;
 
     // displayName → rename in Kinde, same app.
-    merge(
+    merge_patch(
         &env.apps(),
         "acme",
         json!({"spec": {"displayName": "Acme Corp"}}),
     )
     .await?;
-    wait_for("the Kinde app to be renamed", TIMEOUT, || async {
-        let a = env.kinde_app(&app_id).await?.context("Kinde app missing")?;
-        if a["name"] == "Acme Corp" {
-            Ok(Some(()))
-        } else {
-            Err(anyhow!("Kinde app: {a}"))
-        }
-    })
-    .await?;
+    env.wait_kinde_name("the Kinde app to be renamed", &app_id, "Acme Corp")
+        .await?;
     ensure!(
-        env.events("acme", "Renamed").await?.len() == 1,
+        env.events::<M2MApplication>("acme", "Renamed").await?.len() == 1,
         "expected one Renamed Event"
     );
 
     // Delete (created, no policy: Delete) → Kinde app gone, Secret garbage collected.
-    delete(&env.apps(), "acme").await?;
-    env.wait_gone(&env.apps(), "acme").await?;
+    support::delete(&env.apps(), "acme").await?;
+    wait_gone(&env.apps(), "acme").await?;
     ensure!(
-        env.kinde_app(&app_id).await?.is_none(),
+        env.emu.kinde_app(&app_id).await?.is_none(),
         "Kinde app {app_id} survived the deletion of its M2MApplication"
     );
-    wait_for("the Secret to be garbage collected", TIMEOUT, || async {
-        Ok(env
-            .secrets()
-            .get_opt("acme-credentials")
-            .await?
-            .is_none()
-            .then_some(()))
-    })
-    .await
+    env.wait_secret_collected("acme-credentials").await
 }
 
 /// SPEC section 3: keys, label, controller ownerReference to `app`, type Opaque.
-fn check_secret_shape(env: &Env, s: &Secret, app: &Value) -> anyhow::Result<()> {
+fn check_secret_shape(env: &Env, s: &Secret, app: &M2MApplication) -> anyhow::Result<()> {
     ensure!(s.type_.as_deref() == Some("Opaque"), "type {:?}", s.type_);
     ensure!(
-        s.labels()
-            .get("app.kubernetes.io/managed-by")
-            .map(String::as_str)
-            == Some("kinde-m2m-operator"),
+        s.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE),
         "labels {:?}",
         s.labels()
     );
@@ -986,7 +741,7 @@ fn check_secret_shape(env: &Env, s: &Secret, app: &Value) -> anyhow::Result<()> 
         owners.len() == 1
             && owners[0].controller == Some(true)
             && owners[0].kind == "M2MApplication"
-            && owners[0].uid == app["metadata"]["uid"].as_str().unwrap_or_default(),
+            && Some(&owners[0].uid) == app.meta().uid.as_ref(),
         "ownerReferences {owners:?}"
     );
     let keys: Vec<&String> = s
@@ -1007,14 +762,14 @@ fn check_secret_shape(env: &Env, s: &Secret, app: &Value) -> anyhow::Result<()> 
         );
     }
     ensure!(
-        secret_key(s, "KINDE_DOMAIN").as_deref() == Some(env.emu.url.as_str()),
+        secret_value(s, "KINDE_DOMAIN").as_deref() == Some(env.emu.url.as_str()),
         "KINDE_DOMAIN {:?}",
-        secret_key(s, "KINDE_DOMAIN")
+        secret_value(s, "KINDE_DOMAIN")
     );
     ensure!(
-        secret_key(s, "KINDE_TOKEN_URL") == Some(format!("{}/oauth2/token", env.emu.url)),
+        secret_value(s, "KINDE_TOKEN_URL") == Some(format!("{}/oauth2/token", env.emu.url)),
         "KINDE_TOKEN_URL {:?}",
-        secret_key(s, "KINDE_TOKEN_URL")
+        secret_value(s, "KINDE_TOKEN_URL")
     );
     Ok(())
 }
@@ -1034,15 +789,9 @@ async fn app_secret_conflict(env: Arc<Env>) -> anyhow::Result<()> {
         .secrets()
         .create(&PostParams::default(), &foreign)
         .await?;
-    env.create_app("foreign", json!({}), json!({})).await?;
-    let obj = env
-        .wait_ready(&env.apps(), "foreign", "False", "SecretConflict")
-        .await?;
-    let (_, _, message) = condition(&obj, "Ready");
-    ensure!(
-        message.contains("foreign-credentials"),
-        "message does not name the Secret: {message}"
-    );
+    env.ctx.apply(&[&m2m_application("foreign")]).await?;
+    let obj = wait_reason(&env.apps(), "foreign", "SecretConflict").await?;
+    obj.ensure_ready_mentions("foreign-credentials")?;
     let after = env.secret("foreign-credentials").await?;
     ensure!(
         after.resource_version() == before.resource_version()
@@ -1058,113 +807,70 @@ async fn app_secret_conflict(env: Arc<Env>) -> anyhow::Result<()> {
 /// Adoption by `external-id` reads the secret back from Kinde into the Secret; adopted →
 /// orphaned on delete by default; explicit `Orphan` keeps a created app.
 async fn app_adopt_and_deletion_policies(env: Arc<Env>) -> anyhow::Result<()> {
-    let created = env
-        .mgmt(
-            reqwest::Method::POST,
-            "/api/v1/applications",
-            Some(json!({"name": "Legacy app", "type": "m2m"})),
-        )
-        .await?;
-    let legacy_id = str_at(&created, "/application/id")?.to_string();
-    let legacy_client = str_at(&created, "/application/client_id")?.to_string();
-    let legacy_secret = str_at(&created, "/application/client_secret")?.to_string();
-    env.create_app(
-        "legacy",
-        json!({"displayName": "Legacy app"}),
-        json!({"m2m.kinde-operator.io/external-id": legacy_id}),
-    )
-    .await?;
-    env.create_app("kept", json!({"deletionPolicy": "Orphan"}), json!({}))
+    let created = env.emu.create_kinde_app("Legacy app").await?;
+    let legacy_id = str_at(&created, "/id")?.to_string();
+    let legacy_client = str_at(&created, "/client_id")?.to_string();
+    let legacy_secret = str_at(&created, "/client_secret")?.to_string();
+    env.ctx
+        .apply(&[
+            &m2m_application("legacy")
+                .with_display_name("Legacy app")
+                .adopting(&legacy_id),
+            &m2m_application("kept").with_deletion_policy(DeletionPolicy::Orphan),
+        ])
         .await?;
 
-    let legacy = env
-        .wait_ready(&env.apps(), "legacy", "True", "Reconciled")
-        .await?;
+    let legacy = wait_reason(&env.apps(), "legacy", "Reconciled").await?;
+    let status = legacy.status_or_default();
     ensure!(
-        str_at(&legacy, "/status/applicationId")? == legacy_id,
-        "status {}",
-        legacy["status"]
+        status.application_id.as_deref() == Some(legacy_id.as_str()),
+        "status {status:?}"
     );
     let secret = env.secret("legacy-credentials").await?;
     ensure!(
-        secret_key(&secret, "KINDE_CLIENT_ID").as_deref() == Some(legacy_client.as_str())
-            && secret_key(&secret, "KINDE_CLIENT_SECRET").as_deref()
+        secret_value(&secret, "KINDE_CLIENT_ID").as_deref() == Some(legacy_client.as_str())
+            && secret_value(&secret, "KINDE_CLIENT_SECRET").as_deref()
                 == Some(legacy_secret.as_str()),
         "the adopted app's credentials were not read back into the Secret"
     );
     check_secret_shape(&env, &secret, &legacy)?;
-    let kept = env
-        .wait_ready(&env.apps(), "kept", "True", "Reconciled")
-        .await?;
-    let kept_id = str_at(&kept, "/status/applicationId")?.to_string();
-    let apps = env.emu.state().await?["applications"].clone();
-    let non_mgmt = apps
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["is_management_client"] != true)
-        .count();
+    let kept = wait_reason(&env.apps(), "kept", "Reconciled").await?;
+    let kept_id = required(kept.status_or_default().application_id, "applicationId")?;
+    let apps = env.emu.kinde_apps().await?;
     ensure!(
-        non_mgmt == 2,
-        "expected 2 applications in Kinde (no duplicate on adoption): {apps}"
+        apps.len() == 2,
+        "expected 2 applications in Kinde (no duplicate on adoption): {apps:?}"
     );
 
     // An adopted app deleted in Kinde is reported, not re-created (a reconcile is forced
     // with an annotation; the resync is long here).
-    merge(
-        &env.apps(),
-        "legacy",
-        json!({"metadata": {"annotations": {"e2e/poke": "1"}}}),
-    )
-    .await?;
-    let vanishing = env
-        .mgmt(
-            reqwest::Method::POST,
-            "/api/v1/applications",
-            Some(json!({"name": "Vanishing", "type": "m2m"})),
-        )
+    poke(&env.apps(), "legacy").await?;
+    let vanishing = env.emu.create_kinde_app("Vanishing").await?;
+    let vanishing_id = str_at(&vanishing, "/id")?.to_string();
+    env.ctx
+        .apply(&[&m2m_application("vanishing")
+            .with_display_name("Vanishing")
+            .adopting(&vanishing_id)])
         .await?;
-    let vanishing_id = str_at(&vanishing, "/application/id")?.to_string();
-    env.create_app(
-        "vanishing",
-        json!({"displayName": "Vanishing"}),
-        json!({"m2m.kinde-operator.io/external-id": vanishing_id}),
-    )
-    .await?;
-    env.wait_ready(&env.apps(), "vanishing", "True", "Reconciled")
+    wait_reason(&env.apps(), "vanishing", "Reconciled").await?;
+    env.emu
+        .mgmt_delete(&format!("/api/v1/applications/{vanishing_id}"))
         .await?;
-    env.mgmt(
-        reqwest::Method::DELETE,
-        &format!("/api/v1/applications/{vanishing_id}"),
-        None,
-    )
-    .await?;
-    merge(
-        &env.apps(),
-        "vanishing",
-        json!({"metadata": {"annotations": {"e2e/poke": "1"}}}),
-    )
-    .await?;
-    env.wait_ready(&env.apps(), "vanishing", "False", "ExternalNotFound")
-        .await?;
+    poke(&env.apps(), "vanishing").await?;
+    wait_reason(&env.apps(), "vanishing", "ExternalNotFound").await?;
     let apps = env.emu.state().await?["applications"].clone();
     ensure!(
         !apps.to_string().contains("Vanishing"),
         "the adopted app was re-created: {apps}"
     );
 
-    for name in ["legacy", "kept", "vanishing"] {
-        delete(&env.apps(), name).await?;
-    }
-    for name in ["legacy", "kept", "vanishing"] {
-        env.wait_gone(&env.apps(), name).await?;
-    }
+    support::delete_all(&env.apps(), &["legacy", "kept", "vanishing"]).await?;
     ensure!(
-        env.kinde_app(&legacy_id).await?.is_some(),
+        env.emu.kinde_app(&legacy_id).await?.is_some(),
         "the adopted Kinde app was deleted (default for adopted objects is Orphan)"
     );
     ensure!(
-        env.kinde_app(&kept_id).await?.is_some(),
+        env.emu.kinde_app(&kept_id).await?.is_some(),
         "the Kinde app of a deletionPolicy: Orphan M2MApplication was deleted"
     );
     Ok(())
@@ -1173,11 +879,9 @@ async fn app_adopt_and_deletion_policies(env: Arc<Env>) -> anyhow::Result<()> {
 /// A secret rotated in the Kinde dashboard is written through at the next resync, with an
 /// Event `CredentialsUpdated`.
 async fn app_rotated_secret_written_through(env: Arc<Env>) -> anyhow::Result<()> {
-    env.create_app("rotated", json!({}), json!({})).await?;
-    let obj = env
-        .wait_ready(&env.apps(), "rotated", "True", "Reconciled")
-        .await?;
-    let app_id = str_at(&obj, "/status/applicationId")?.to_string();
+    env.ctx.apply(&[&m2m_application("rotated")]).await?;
+    let obj = wait_reason(&env.apps(), "rotated", "Reconciled").await?;
+    let app_id = required(obj.status_or_default().application_id, "applicationId")?;
     let rotated = env
         .emu
         .control(
@@ -1187,17 +891,21 @@ async fn app_rotated_secret_written_through(env: Arc<Env>) -> anyhow::Result<()>
         )
         .await?;
     let new_secret = str_at(&rotated, "/client_secret")?.to_string();
-    wait_for("the rotated secret in the Secret", TIMEOUT, || async {
-        let s = env.secret("rotated-credentials").await?;
-        Ok(
-            (secret_key(&s, "KINDE_CLIENT_SECRET").as_deref() == Some(new_secret.as_str()))
-                .then_some(()),
-        )
-    })
+    wait_for(
+        "the rotated secret in the Secret",
+        support::WAIT,
+        || async {
+            let s = env.secret("rotated-credentials").await?;
+            Ok(
+                (secret_value(&s, "KINDE_CLIENT_SECRET").as_deref() == Some(new_secret.as_str()))
+                    .then_some(()),
+            )
+        },
+    )
     .await?;
-    wait_for("an Event CredentialsUpdated", TIMEOUT, || async {
+    wait_for("an Event CredentialsUpdated", support::WAIT, || async {
         Ok((!env
-            .events("rotated", "CredentialsUpdated")
+            .events::<M2MApplication>("rotated", "CredentialsUpdated")
             .await?
             .is_empty())
         .then_some(()))
@@ -1212,68 +920,58 @@ async fn app_rotated_secret_written_through(env: Arc<Env>) -> anyhow::Result<()>
 /// An API deleted in Kinde is re-created; an adopted one is reported, not re-created.
 async fn drift_api_deleted_in_kinde(env: Arc<Env>) -> anyhow::Result<()> {
     let adopted_id = env
-        .kinde_create_api("Adopted", "https://adopted.example.com")
+        .emu
+        .create_kinde_api("Adopted", "https://adopted.example.com")
         .await?;
-    env.create_api(
-        "adopted",
-        json!({"audience": "https://adopted.example.com"}),
-        json!({"m2m.kinde-operator.io/external-id": adopted_id}),
-    )
-    .await?;
-    env.create_api(
-        "mine",
-        json!({"audience": "https://mine.example.com", "scopes": [{"key": "read", "description": "Read"}]}),
-        json!({}),
-    )
-    .await?;
-    // A grant on it: after the re-creation the application is authorized on the new API.
-    env.create_app("client", json!({}), json!({})).await?;
-    env.create_grant("client-mine", "client", "mine", &["read"])
+    env.ctx
+        .apply(&[
+            &api_registration("adopted", "https://adopted.example.com").adopting(&adopted_id),
+            &api_registration("mine", "https://mine.example.com").with_scope("read", "Read"),
+            // A grant on it: after the re-creation the application is authorized on the new
+            // API.
+            &m2m_application("client"),
+            &api_grant("client-mine", "client", "mine").with_scopes(&["read"]),
+        ])
         .await?;
-    let mine = env
-        .wait_ready(&env.apis(), "mine", "True", "Reconciled")
-        .await?;
-    let mine_id = str_at(&mine, "/status/apiId")?.to_string();
-    env.wait_ready(&env.apis(), "adopted", "True", "Reconciled")
-        .await?;
-    env.wait_ready(&env.grants(), "client-mine", "True", "Reconciled")
-        .await?;
+    let mine = wait_reason(&env.apis(), "mine", "Reconciled").await?;
+    let mine_id = required(mine.status_or_default().api_id, "apiId")?;
+    wait_reason(&env.apis(), "adopted", "Reconciled").await?;
+    wait_reason(&env.grants(), "client-mine", "Reconciled").await?;
 
     for id in [&mine_id, &adopted_id] {
-        env.mgmt(reqwest::Method::DELETE, &format!("/api/v1/apis/{id}"), None)
-            .await?;
+        env.emu.mgmt_delete(&format!("/api/v1/apis/{id}")).await?;
     }
-    let new_id = wait_for("the deleted API to be re-created", TIMEOUT, || async {
-        let obj = to_json(&env.apis().get("mine").await?)?;
-        let id = obj["status"]["apiId"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let (s, _, _) = condition(&obj, "Ready");
-        ensure!(
-            id != mine_id && !id.is_empty() && s == "True",
-            "status {}",
-            obj["status"]
-        );
-        let k = env.kinde_api(&id).await?.context("not in Kinde")?;
-        ensure!(k["audience"] == "https://mine.example.com", "{k}");
-        ensure!(kinde_scopes(&k) == pairs(&[("read", "Read")]), "{k}");
-        check_status_scopes(&obj, &k, &["read"])?;
-        Ok(Some(id))
-    })
+    let new_id = wait_for(
+        "the deleted API to be re-created",
+        support::WAIT,
+        || async {
+            let obj = env.apis().get("mine").await?;
+            let status = obj.status_or_default();
+            let id = status.api_id.clone().unwrap_or_default();
+            let ready = obj.condition("Ready").is_some_and(|c| c.status == "True");
+            ensure!(
+                id != mine_id && !id.is_empty() && ready,
+                "status {status:?}"
+            );
+            let k = env.emu.kinde_api(&id).await?.context("not in Kinde")?;
+            ensure!(k["audience"] == "https://mine.example.com", "{k}");
+            ensure!(kinde_scopes(&k) == pairs(&[("read", "Read")]), "{k}");
+            check_status_scopes(&status.scopes, &k, &["read"])?;
+            Ok(Some(id))
+        },
+    )
     .await?;
     wait_for(
         "the grant to authorize the app on the re-created API",
-        TIMEOUT,
+        support::WAIT,
         || async {
             let s = env.secret("client-credentials").await?;
-            let id = secret_key(&s, "KINDE_CLIENT_ID").context("no client id")?;
-            let secret = secret_key(&s, "KINDE_CLIENT_SECRET").context("no secret")?;
-            let grant = to_json(&env.grants().get("client-mine").await?)?;
+            let id = secret_value(&s, "KINDE_CLIENT_ID").context("no client id")?;
+            let secret = secret_value(&s, "KINDE_CLIENT_SECRET").context("no secret")?;
+            let grant = env.grants().get("client-mine").await?.status_or_default();
             ensure!(
-                grant["status"]["apiId"] == new_id.as_str(),
-                "grant status {}",
-                grant["status"]
+                grant.api_id.as_deref() == Some(new_id.as_str()),
+                "grant status {grant:?}"
             );
             match env
                 .emu
@@ -1287,15 +985,14 @@ async fn drift_api_deleted_in_kinde(env: Arc<Env>) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let obj = env
-        .wait_ready(&env.apis(), "adopted", "False", "ExternalNotFound")
-        .await?;
+    let obj = wait_reason(&env.apis(), "adopted", "ExternalNotFound").await?;
     ensure!(
-        env.kinde_api_by_audience("https://adopted.example.com")
+        env.emu
+            .kinde_api_by_audience("https://adopted.example.com")
             .await?
             .is_none(),
-        "the adopted API was re-created: {}",
-        obj["status"]
+        "the adopted API was re-created: {:?}",
+        obj.status
     );
     Ok(())
 }
@@ -1304,54 +1001,49 @@ async fn drift_api_deleted_in_kinde(env: Arc<Env>) -> anyhow::Result<()> {
 /// authorization removed in Kinde → restored; app renamed in Kinde → renamed back.
 async fn drift_app_and_authorization(env: Arc<Env>) -> anyhow::Result<()> {
     let audience = "https://drift.example.com";
-    env.create_api(
-        "drift",
-        json!({"audience": audience, "scopes": [{"key": "read", "description": "Read"}]}),
-        json!({}),
-    )
-    .await?;
-    env.create_app("client", json!({"displayName": "Client"}), json!({}))
+    env.ctx
+        .apply(&[
+            &api_registration("drift", audience).with_scope("read", "Read"),
+            &m2m_application("client").with_display_name("Client"),
+            &api_grant("client-drift", "client", "drift").with_scopes(&["read"]),
+        ])
         .await?;
-    env.create_grant("client-drift", "client", "drift", &["read"])
-        .await?;
-    env.wait_ready(&env.grants(), "client-drift", "True", "Reconciled")
-        .await?;
-    let api = env
-        .wait_ready(&env.apis(), "drift", "True", "Reconciled")
-        .await?;
-    let api_id = str_at(&api, "/status/apiId")?.to_string();
-    let app = env
-        .wait_ready(&env.apps(), "client", "True", "Reconciled")
-        .await?;
-    let app_id = str_at(&app, "/status/applicationId")?.to_string();
+    wait_reason(&env.grants(), "client-drift", "Reconciled").await?;
+    let api = wait_reason(&env.apis(), "drift", "Reconciled").await?;
+    let api_id = required(api.status_or_default().api_id, "apiId")?;
+    let app = wait_reason(&env.apps(), "client", "Reconciled").await?;
+    let app_id = required(app.status_or_default().application_id, "applicationId")?;
     let token_works = |env: Arc<Env>| async move {
         let s = env.secret("client-credentials").await?;
-        let id = secret_key(&s, "KINDE_CLIENT_ID").context("no client id")?;
-        let secret = secret_key(&s, "KINDE_CLIENT_SECRET").context("no secret")?;
+        let id = secret_value(&s, "KINDE_CLIENT_ID").context("no client id")?;
+        let secret = secret_value(&s, "KINDE_CLIENT_SECRET").context("no secret")?;
         match env.emu.token_claims(&id, &secret, audience).await? {
             Ok(claims) if claims["scp"] == json!(["read"]) => Ok(Some(id)),
             Ok(claims) => Err(anyhow!("token claims {claims}")),
             Err(e) => Err(anyhow!("token refused: {e}")),
         }
     };
-    wait_for("a token with the Secret's credentials", TIMEOUT, || {
-        token_works(env.clone())
-    })
+    wait_for(
+        "a token with the Secret's credentials",
+        support::WAIT,
+        || token_works(env.clone()),
+    )
     .await?;
 
     // Authorization removed in Kinde → restored (with its scopes).
-    env.mgmt(
-        reqwest::Method::PATCH,
-        &format!("/api/v1/apis/{api_id}/applications"),
-        Some(json!({"applications": [{"id": app_id, "operation": "delete"}]})),
-    )
-    .await?;
+    env.emu
+        .mgmt(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/apis/{api_id}/applications"),
+            Some(json!({"applications": [{"id": app_id, "operation": "delete"}]})),
+        )
+        .await?;
     let s = env.secret("client-credentials").await?;
     let refused = env
         .emu
         .token_claims(
-            &secret_key(&s, "KINDE_CLIENT_ID").unwrap_or_default(),
-            &secret_key(&s, "KINDE_CLIENT_SECRET").unwrap_or_default(),
+            &secret_value(&s, "KINDE_CLIENT_ID").unwrap_or_default(),
+            &secret_value(&s, "KINDE_CLIENT_SECRET").unwrap_or_default(),
             audience,
         )
         .await?;
@@ -1359,38 +1051,29 @@ async fn drift_app_and_authorization(env: Arc<Env>) -> anyhow::Result<()> {
         refused.is_err(),
         "de-authorizing in Kinde did not cut access"
     );
-    wait_for("the authorization to be restored", TIMEOUT, || {
+    wait_for("the authorization to be restored", support::WAIT, || {
         token_works(env.clone())
     })
     .await?;
 
     // Renamed in Kinde → renamed back.
-    env.mgmt(
-        reqwest::Method::PATCH,
-        &format!("/api/v1/applications/{app_id}"),
-        Some(json!({"name": "hijacked"})),
-    )
-    .await?;
-    wait_for("the rename in Kinde to be undone", TIMEOUT, || async {
-        let a = env.kinde_app(&app_id).await?.context("Kinde app missing")?;
-        if a["name"] == "Client" {
-            Ok(Some(()))
-        } else {
-            Err(anyhow!("Kinde app: {a}"))
-        }
-    })
-    .await?;
+    env.emu
+        .mgmt(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/applications/{app_id}"),
+            Some(json!({"name": "hijacked"})),
+        )
+        .await?;
+    env.wait_kinde_name("the rename in Kinde to be undone", &app_id, "Client")
+        .await?;
 
     // Deleted in Kinde → re-created; the Secret and the grant follow.
-    env.mgmt(
-        reqwest::Method::DELETE,
-        &format!("/api/v1/applications/{app_id}"),
-        None,
-    )
-    .await?;
+    env.emu
+        .mgmt_delete(&format!("/api/v1/applications/{app_id}"))
+        .await?;
     let new_client = wait_for(
         "the re-created app's credentials to work for the API",
-        TIMEOUT,
+        support::WAIT,
         || {
             let env = env.clone();
             let app_id = app_id.clone();
@@ -1406,15 +1089,15 @@ async fn drift_app_and_authorization(env: Arc<Env>) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let app = env
-        .wait_ready(&env.apps(), "client", "True", "Reconciled")
-        .await?;
+    let status = wait_reason(&env.apps(), "client", "Reconciled")
+        .await?
+        .status_or_default();
     ensure!(
-        app["status"]["clientId"] == new_client.as_str(),
-        "status {} vs Secret client id {new_client}",
-        app["status"]
+        status.client_id.as_deref() == Some(new_client.as_str()),
+        "status {status:?} vs Secret client id {new_client}"
     );
     let kinde = env
+        .emu
         .kinde_app(&new_client)
         .await?
         .context("new app missing")?;
@@ -1454,31 +1137,26 @@ fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTree
 /// Events).
 async fn k8s_versions(env: &Env) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
-    for (kind, api) in [
-        ("ApiRegistration", env.apis()),
-        ("M2MApplication", env.apps()),
-        ("ApiGrant", env.grants()),
-    ] {
-        for o in api.list(&ListParams::default()).await? {
-            out.insert(
-                format!("{kind}/{}", o.name_any()),
-                o.resource_version().unwrap_or_default(),
-            );
-        }
-    }
-    for s in env.secrets().list(&ListParams::default()).await? {
-        out.insert(
-            format!("Secret/{}", s.name_any()),
-            s.resource_version().unwrap_or_default(),
-        );
-    }
-    for e in env.ctx.api::<Event>().list(&ListParams::default()).await? {
-        out.insert(
-            format!("Event/{}", e.name_any()),
-            e.resource_version().unwrap_or_default(),
-        );
-    }
+    versions_of(&env.apis(), &mut out).await?;
+    versions_of(&env.apps(), &mut out).await?;
+    versions_of(&env.grants(), &mut out).await?;
+    versions_of(&env.secrets(), &mut out).await?;
+    versions_of(&env.ctx.api::<Event>(), &mut out).await?;
     Ok(out)
+}
+
+/// Adds `<kind>/<name> -> resourceVersion` of every object of `api` to `out`.
+async fn versions_of<K>(api: &Api<K>, out: &mut BTreeMap<String, String>) -> anyhow::Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for o in api.list(&ListParams::default()).await? {
+        out.insert(
+            format!("{}/{}", K::kind(&()), o.name_any()),
+            o.resource_version().unwrap_or_default(),
+        );
+    }
+    Ok(())
 }
 
 type Counts = Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
@@ -1530,57 +1208,61 @@ fn fmt_counts(m: &BTreeMap<String, u64>) -> String {
         .join(" ")
 }
 
+/// API `api` (scopes read, write) for `audience`, application `buyer` and grant
+/// `buyer-<api>` of `read`; waits until all three are Ready and the Secret lists the
+/// audience.
+async fn buyer_ready(env: &Env, api: &str, audience: &str) -> anyhow::Result<()> {
+    env.ctx
+        .apply(&[
+            &api_registration(api, audience)
+                .with_scope("read", "Read")
+                .with_scope("write", "Write"),
+            &m2m_application("buyer"),
+            &api_grant(&format!("buyer-{api}"), "buyer", api).with_scopes(&["read"]),
+        ])
+        .await?;
+    wait_reason(&env.apis(), api, "Reconciled").await?;
+    wait_reason(&env.grants(), &format!("buyer-{api}"), "Reconciled").await?;
+    wait_reason(&env.apps(), "buyer", "Reconciled").await?;
+    wait_for(
+        "KINDE_AUDIENCE to list the grant",
+        support::WAIT,
+        || async {
+            let s = env.secret("buyer-credentials").await?;
+            Ok((secret_value(&s, "KINDE_AUDIENCE").as_deref() == Some(audience)).then_some(()))
+        },
+    )
+    .await
+}
+
 /// After everything is Ready, a no-op resync makes no Kinde and no Kubernetes writes, and
 /// reads what README "Economy" promises. Prints the measured counts.
 async fn economy_noop_resync(env: Arc<Env>) -> anyhow::Result<()> {
     let audience = "https://economy.example.com";
-    env.create_api(
-        "economy",
-        json!({"audience": audience, "scopes": [
-            {"key": "read", "description": "Read"},
-            {"key": "write", "description": "Write"},
-        ]}),
-        json!({}),
-    )
-    .await?;
-    env.create_app("buyer", json!({}), json!({})).await?;
-    env.create_grant("buyer-economy", "buyer", "economy", &["read"])
-        .await?;
-    env.wait_ready(&env.apis(), "economy", "True", "Reconciled")
-        .await?;
-    env.wait_ready(&env.grants(), "buyer-economy", "True", "Reconciled")
-        .await?;
-    env.wait_ready(&env.apps(), "buyer", "True", "Reconciled")
-        .await?;
-    wait_for("KINDE_AUDIENCE to list the grant", TIMEOUT, || async {
-        let s = env.secret("buyer-credentials").await?;
-        Ok((secret_key(&s, "KINDE_AUDIENCE").as_deref() == Some(audience)).then_some(()))
-    })
-    .await?;
+    buyer_ready(&env, "economy", audience).await?;
 
     // Someone else adds a key and a label to the Secret: corrected once (the data is the
     // operator's), not on every resync.
-    env.secrets()
-        .patch(
-            "buyer-credentials",
-            &PatchParams::default(),
-            &Patch::Merge(json!({
-                "metadata": {"labels": {"backup": "daily"}},
-                "stringData": {"EXTRA_SETTING": "added by another tool"},
-            })),
-        )
-        .await?;
+    merge_patch(
+        &env.secrets(),
+        "buyer-credentials",
+        json!({
+            "metadata": {"labels": {"backup": "daily"}},
+            "stringData": {"EXTRA_SETTING": "added by another tool"},
+        }),
+    )
+    .await?;
     // The data is the operator's alone: the extra key goes (once), the label stays.
     wait_for(
         "the extra key to be removed from the Secret",
-        TIMEOUT,
+        support::WAIT,
         || async {
             let s = env.secret("buyer-credentials").await?;
             ensure!(
                 s.labels().get("backup").map(String::as_str) == Some("daily"),
                 "the other tool's label was removed"
             );
-            Ok(secret_key(&s, "EXTRA_SETTING").is_none().then_some(()))
+            Ok(secret_value(&s, "EXTRA_SETTING").is_none().then_some(()))
         },
     )
     .await?;
@@ -1674,30 +1356,7 @@ async fn economy_lifecycle_calls(env: Arc<Env>) -> anyhow::Result<()> {
         count_writes(env.ctx.api::<Event>(), "Event", writes.clone()).await?,
     ];
     let audience = "https://lifecycle.example.com";
-    env.create_api(
-        "lifecycle",
-        json!({"audience": audience, "scopes": [
-            {"key": "read", "description": "Read"},
-            {"key": "write", "description": "Write"},
-        ]}),
-        json!({}),
-    )
-    .await?;
-    env.create_app("buyer", json!({}), json!({})).await?;
-    env.create_grant("buyer-lifecycle", "buyer", "lifecycle", &["read"])
-        .await?;
-    for (api, name) in [
-        (env.apis(), "lifecycle"),
-        (env.grants(), "buyer-lifecycle"),
-        (env.apps(), "buyer"),
-    ] {
-        env.wait_ready(&api, name, "True", "Reconciled").await?;
-    }
-    wait_for("KINDE_AUDIENCE to list the grant", TIMEOUT, || async {
-        let s = env.secret("buyer-credentials").await?;
-        Ok((secret_key(&s, "KINDE_AUDIENCE").as_deref() == Some(audience)).then_some(()))
-    })
-    .await?;
+    buyer_ready(&env, "lifecycle", audience).await?;
     let ready = call_counts(&env.emu).await?;
     let k8s_created = take_counts(&writes);
     let created = delta(&start, &ready);
@@ -1720,23 +1379,15 @@ async fn economy_lifecycle_calls(env: Arc<Env>) -> anyhow::Result<()> {
     }
 
     let writes_ready = env.emu.total_writes().await?;
-    delete(&env.grants(), "buyer-lifecycle").await?;
-    env.wait_gone(&env.grants(), "buyer-lifecycle").await?;
-    delete(&env.apps(), "buyer").await?;
-    delete(&env.apis(), "lifecycle").await?;
-    env.wait_gone(&env.apps(), "buyer").await?;
-    env.wait_gone(&env.apis(), "lifecycle").await?;
+    support::delete(&env.grants(), "buyer-lifecycle").await?;
+    wait_gone(&env.grants(), "buyer-lifecycle").await?;
+    support::delete(&env.apps(), "buyer").await?;
+    support::delete(&env.apis(), "lifecycle").await?;
+    wait_gone(&env.apps(), "buyer").await?;
+    wait_gone(&env.apis(), "lifecycle").await?;
     let end = call_counts(&env.emu).await?;
     // The garbage collector deletes the Secret after its owner is gone.
-    wait_for("the Secret to be garbage collected", TIMEOUT, || async {
-        Ok(env
-            .secrets()
-            .get_opt("buyer-credentials")
-            .await?
-            .is_none()
-            .then_some(()))
-    })
-    .await?;
+    env.wait_secret_collected("buyer-credentials").await?;
     eprintln!(
         "lifecycle: delete: Kubernetes writes (watch events; one MODIFIED per CR is the test's delete setting deletionTimestamp, the Secret DELETED is the garbage collector's) {}",
         fmt_counts(&take_counts(&writes))

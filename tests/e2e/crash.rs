@@ -20,12 +20,22 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, ensure};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kinde_m2m_operator::crd::{API_VERSION, ApiGrant, ApiRegistration, M2MApplication};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Namespace;
+use kinde_m2m_operator::crd::{
+    ApiGrant, ApiGrantStatus, ApiRegistration, ApiRegistrationStatus, DeletionPolicy,
+    M2MApplication, M2MApplicationStatus, ScopeStatus,
+};
+use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
 
-use crate::support::{self, Ctx, E2eTest, Emulator, Operator, wait_for};
+use crate::support::fixtures::{
+    ApiFixture as _, AppFixture as _, GrantFixture as _, api_grant, api_registration,
+    m2m_application,
+};
+use crate::support::{
+    self, Credentials, Ctx, E2eTest, Emulator, Kind, Operator, kinde_apis_of, kinde_apps_of,
+    merge_patch, strings, wait_for,
+};
 
 pub fn tests() -> Vec<E2eTest> {
     vec![
@@ -135,9 +145,6 @@ const API_SCOPES: [&str; 2] = ["read:users", "write:flags"];
 /// A second ApiRegistration (a grant's `apiRef` moves to it).
 const API2: &str = "api2";
 const AUDIENCE2: &str = "https://crash-moved.example.com";
-/// An annotation whose change makes the operator reconcile at once (it stands in for the
-/// drift-detecting resync, which the tests run at 10 minutes).
-const POKE: &str = "e2e.kinde-operator.io/poke";
 const APP_CRD: &str = "m2mapplications.m2m.kinde-operator.io";
 const API_CRD: &str = "apiregistrations.m2m.kinde-operator.io";
 const GRANT_CRD: &str = "apigrants.m2m.kinde-operator.io";
@@ -145,8 +152,6 @@ const GRANT_CRD: &str = "apigrants.m2m.kinde-operator.io";
 const HOLD_MS: u64 = 300_000;
 /// Waiting for convergence (an unknown outcome is retried after ~10 s).
 const CONVERGE: Duration = Duration::from_secs(90);
-/// Waiting for the operator to reach the crash window.
-const REACH: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------
 // Creation windows
@@ -154,7 +159,7 @@ const REACH: Duration = Duration::from_secs(60);
 
 /// (a) Killed while `createApplication` is in flight and before it takes effect.
 async fn app_create_killed_before_kinde(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     f.fault(json!({"operation": "createApplication", "latency_ms": HOLD_MS, "status": 503}))
         .await?;
     f.start()?;
@@ -172,25 +177,29 @@ async fn app_create_killed_before_kinde(ctx: Ctx) -> anyhow::Result<()> {
 
 /// (b) Killed after `createApplication` happened in Kinde, before status recorded the id.
 async fn app_create_killed_after_kinde_before_status(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     f.fault(json!({"operation": "createApplication", "drop_response": true}))
         .await?;
     f.start()?;
-    f.create_all(&API_SCOPES).await?;
+    // The application alone until the kill: a grant's status change would wake it at once
+    // (its dependants do), and that reconcile could record the id before the kill.
+    f.create_app().await?;
     f.wait_kinde("the created application in Kinde", |s| {
-        !non_management_apps(s).is_empty()
+        !kinde_apps_of(s).is_empty()
     })
     .await?;
     f.kill();
     let status = f.app_status().await?;
     ensure!(
-        status["applicationId"].is_null(),
-        "the id must not be in status yet (window missed): {status}"
+        status.application_id.is_none(),
+        "the id must not be in status yet (window missed): {status:?}"
     );
     ensure!(
         marked(&f.kinde_apps().await?) == 1,
         "expected one marked application in Kinde"
     );
+    f.apply(&[&api(API, AUDIENCE, &API_SCOPES), &grant(&API_SCOPES)])
+        .await?;
     f.start()?;
     f.converged("app create: killed after Kinde, before status", &API_SCOPES)
         .await
@@ -198,7 +207,7 @@ async fn app_create_killed_after_kinde_before_status(ctx: Ctx) -> anyhow::Result
 
 /// (c) Killed after status recorded the id, before the marker is removed from the name.
 async fn app_create_killed_before_marker_rename(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     f.fault(json!({"operation": "updateApplication", "latency_ms": HOLD_MS, "status": 503}))
         .await?;
     f.start()?;
@@ -212,8 +221,8 @@ async fn app_create_killed_before_marker_rename(ctx: Ctx) -> anyhow::Result<()> 
         "expected one application still carrying its marker: {apps:?}"
     );
     ensure!(
-        status["applicationId"] == apps[0]["id"],
-        "the id must be in status before the rename: {status}"
+        status.application_id.as_deref() == apps[0]["id"].as_str(),
+        "the id must be in status before the rename: {status:?}"
     );
     f.start()?;
     f.converged("app create: killed before marker rename", &API_SCOPES)
@@ -223,7 +232,7 @@ async fn app_create_killed_before_marker_rename(ctx: Ctx) -> anyhow::Result<()> 
 /// (d) The create's response is lost, no kill: the operator finds its application by
 /// marker instead of creating a second one.
 async fn app_create_lost_response(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     f.fault(json!({"operation": "createApplication", "drop_response": true}))
         .await?;
     f.start()?;
@@ -240,21 +249,23 @@ async fn app_create_lost_response(ctx: Ctx) -> anyhow::Result<()> {
 
 /// Killed after `addAPIs` happened in Kinde, before status recorded the API id.
 async fn api_create_killed_after_kinde_before_status(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     f.fault(json!({"operation": "addAPIs", "drop_response": true}))
         .await?;
     f.start()?;
-    f.create_all(&API_SCOPES).await?;
-    f.wait_kinde("the created API in Kinde", |s| {
-        !non_management_apis(s).is_empty()
-    })
-    .await?;
+    // The API alone until the kill: a grant's status change (its application getting
+    // Ready) wakes the API at once, and that reconcile found the API by its audience and
+    // recorded the id before the kill (seen on a loaded machine).
+    f.create_api(&API_SCOPES).await?;
+    f.wait_kinde("the created API in Kinde", |s| !kinde_apis_of(s).is_empty())
+        .await?;
     f.kill();
     let status = f.api_status().await?;
     ensure!(
-        status["apiId"].is_null() && status["audience"] == AUDIENCE,
-        "expected the audience marked and no apiId in status (window missed): {status}"
+        status.api_id.is_none() && status.audience.as_deref() == Some(AUDIENCE),
+        "expected the audience marked and no apiId in status (window missed): {status:?}"
     );
+    f.apply(&[&app(), &grant(&API_SCOPES)]).await?;
     f.start()?;
     f.converged("api create: killed after Kinde, before status", &API_SCOPES)
         .await
@@ -262,7 +273,7 @@ async fn api_create_killed_after_kinde_before_status(ctx: Ctx) -> anyhow::Result
 
 /// Killed between two scope creations: the first scope is in Kinde, the second held.
 async fn api_create_killed_mid_scopes(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     // Faults for one operation apply in order: the first scope passes, the second is held.
     f.fault(json!({"operation": "addAPIScope", "latency_ms": 1}))
         .await?;
@@ -284,7 +295,7 @@ async fn api_create_killed_mid_scopes(ctx: Ctx) -> anyhow::Result<()> {
 
 /// The `addAPIs` response is lost, no kill: the API is adopted by its audience.
 async fn api_create_lost_response(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     f.fault(json!({"operation": "addAPIs", "drop_response": true}))
         .await?;
     f.start()?;
@@ -301,7 +312,7 @@ async fn api_create_lost_response(ctx: Ctx) -> anyhow::Result<()> {
 
 /// An `addAPIScope` response is lost, no kill: the scope is found, not created twice.
 async fn api_scope_lost_response(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     f.fault(json!({"operation": "addAPIScope", "drop_response": true}))
         .await?;
     f.start()?;
@@ -319,7 +330,7 @@ async fn api_scope_lost_response(ctx: Ctx) -> anyhow::Result<()> {
 /// Killed after `updateAPIApplications` authorized the app, before status (the first
 /// per-app scope add is held).
 async fn grant_killed_after_authorize_before_status(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     f.fault(json!({"operation": "addAPIApplicationScope", "latency_ms": HOLD_MS, "status": 503}))
         .await?;
     f.start()?;
@@ -332,8 +343,8 @@ async fn grant_killed_after_authorize_before_status(ctx: Ctx) -> anyhow::Result<
     );
     let status = f.grant_status().await?;
     ensure!(
-        status["grantedScopes"].as_array().is_none_or(Vec::is_empty),
-        "no scope may be recorded as granted yet (window missed): {status}"
+        status.granted_scopes.is_empty(),
+        "no scope may be recorded as granted yet (window missed): {status:?}"
     );
     f.start()?;
     f.converged("grant: killed after authorize, before status", &API_SCOPES)
@@ -342,7 +353,7 @@ async fn grant_killed_after_authorize_before_status(ctx: Ctx) -> anyhow::Result<
 
 /// Killed after both per-app scope adds happened, before status records them.
 async fn grant_killed_after_scope_adds(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     // First add passes; the second is performed but its answer lost; the client's retry of
     // it (the call is retry-safe) is held.
     f.fault(json!({"operation": "addAPIApplicationScope", "latency_ms": 1}))
@@ -362,8 +373,8 @@ async fn grant_killed_after_scope_adds(ctx: Ctx) -> anyhow::Result<()> {
     );
     let status = f.grant_status().await?;
     ensure!(
-        status["grantedScopes"].as_array().is_none_or(Vec::is_empty),
-        "no scope may be recorded as granted yet (window missed): {status}"
+        status.granted_scopes.is_empty(),
+        "no scope may be recorded as granted yet (window missed): {status:?}"
     );
     f.start()?;
     f.converged("grant: killed after per-app scope adds", &API_SCOPES)
@@ -376,7 +387,7 @@ async fn grant_killed_after_scope_adds(ctx: Ctx) -> anyhow::Result<()> {
 
 /// A delete performed in Kinde whose answer is lost; the client's retry is held, and the
 /// operator killed there: the Kinde object is gone, the finalizer still on.
-async fn lose_delete_then_hold(f: &Fixture, operation: &str) -> anyhow::Result<()> {
+async fn lose_delete_then_hold(f: &Rig, operation: &str) -> anyhow::Result<()> {
     f.fault(json!({"operation": operation, "drop_response": true}))
         .await?;
     f.fault(json!({"operation": operation, "latency_ms": HOLD_MS, "status": 503}))
@@ -388,7 +399,7 @@ async fn app_delete_killed_after_kinde(
     ctx: Ctx,
     emulator_args: &'static [&'static str],
 ) -> anyhow::Result<()> {
-    let mut f = Fixture::new_with(ctx, emulator_args).await?;
+    let mut f = Rig::new_with(ctx, emulator_args).await?;
     f.start()?;
     f.create_app().await?;
     f.wait_ready::<M2MApplication>(APP).await?;
@@ -418,7 +429,7 @@ async fn api_delete_killed_after_kinde(
     ctx: Ctx,
     emulator_args: &'static [&'static str],
 ) -> anyhow::Result<()> {
-    let mut f = Fixture::new_with(ctx, emulator_args).await?;
+    let mut f = Rig::new_with(ctx, emulator_args).await?;
     f.start()?;
     f.create_api(&API_SCOPES).await?;
     f.wait_ready::<ApiRegistration>(API).await?;
@@ -445,7 +456,7 @@ async fn api_delete_killed_after_kinde(
 
 /// ApiGrant deletion killed after the de-authorization happened in Kinde.
 async fn grant_delete_killed_after_kinde(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     f.start()?;
     f.create_all(&API_SCOPES).await?;
     f.converged_quietly(&API_SCOPES).await?;
@@ -470,11 +481,7 @@ async fn grant_delete_killed_after_kinde(ctx: Ctx) -> anyhow::Result<()> {
         f.authorized_scopes().await?.is_none(),
         "the application must stay de-authorized"
     );
-    let refused = f
-        .emu
-        .token_claims(&creds.0, &creds.1, AUDIENCE)
-        .await?
-        .is_err();
+    let refused = f.emu.scp(&creds, AUDIENCE).await?.is_err();
     ensure!(
         refused,
         "a token for {AUDIENCE} must be refused after the grant's deletion"
@@ -486,18 +493,18 @@ async fn grant_delete_killed_after_kinde(ctx: Ctx) -> anyhow::Result<()> {
 /// Killed after `createApplication` happened, before status; the M2MApplication is
 /// deleted while the operator is down: the restarted operator finds it by marker.
 async fn app_deleted_while_down_create_unrecorded(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     f.fault(json!({"operation": "createApplication", "drop_response": true}))
         .await?;
     f.start()?;
     f.create_app().await?;
     f.wait_kinde("the created application in Kinde", |s| {
-        !non_management_apps(s).is_empty()
+        !kinde_apps_of(s).is_empty()
     })
     .await?;
     f.kill();
     ensure!(
-        f.app_status().await?["applicationId"].is_null(),
+        f.app_status().await?.application_id.is_none(),
         "the id must not be in status (window missed)"
     );
     f.delete::<M2MApplication>(APP).await?;
@@ -510,18 +517,16 @@ async fn app_deleted_while_down_create_unrecorded(ctx: Ctx) -> anyhow::Result<()
 /// Killed after `addAPIs` happened, before status recorded its id; the ApiRegistration is
 /// deleted while the operator is down: the restarted operator finds the API by audience.
 async fn api_deleted_while_down_create_unrecorded(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     f.fault(json!({"operation": "addAPIs", "drop_response": true}))
         .await?;
     f.start()?;
     f.create_api(&API_SCOPES).await?;
-    f.wait_kinde("the created API in Kinde", |s| {
-        !non_management_apis(s).is_empty()
-    })
-    .await?;
+    f.wait_kinde("the created API in Kinde", |s| !kinde_apis_of(s).is_empty())
+        .await?;
     f.kill();
     ensure!(
-        f.api_status().await?["apiId"].is_null(),
+        f.api_status().await?.api_id.is_none(),
         "the id must not be in status (window missed)"
     );
     f.delete::<ApiRegistration>(API).await?;
@@ -534,7 +539,7 @@ async fn api_deleted_while_down_create_unrecorded(ctx: Ctx) -> anyhow::Result<()
 /// Killed after the authorization happened, before the grant's status recorded anything
 /// granted; the grant is deleted while the operator is down: no authorization may remain.
 async fn grant_deleted_while_down_authorize_unrecorded(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     f.fault(json!({"operation": "addAPIApplicationScope", "latency_ms": HOLD_MS, "status": 503}))
         .await?;
     f.start()?;
@@ -565,14 +570,17 @@ async fn grant_deleted_while_down_authorize_unrecorded(ctx: Ctx) -> anyhow::Resu
 /// and authorizing the new one (the second, held). After the restart the application holds
 /// the grant's scopes on the new API only.
 async fn grant_api_ref_moved_killed_before_authorize(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     f.start()?;
     f.create_all(&API_SCOPES).await?;
     f.converged_quietly(&API_SCOPES).await?;
-    f.create_api_as(API2, AUDIENCE2, &API_SCOPES, json!({}))
-        .await?;
-    let api2_id = f.wait_ready::<ApiRegistration>(API2).await?["apiId"].clone();
-    ensure!(api2_id.is_string(), "no apiId for {API2}");
+    f.apply(&[&api(API2, AUDIENCE2, &API_SCOPES)]).await?;
+    let api2_id = f
+        .wait_ready::<ApiRegistration>(API2)
+        .await?
+        .status_or_default()
+        .api_id;
+    ensure!(api2_id.is_some(), "no apiId for {API2}");
     let creds = f.credentials().await?;
     f.fault(json!({"operation": "updateAPIApplications", "latency_ms": 1}))
         .await?;
@@ -593,12 +601,12 @@ async fn grant_api_ref_moved_killed_before_authorize(ctx: Ctx) -> anyhow::Result
     );
     let status = f.grant_status().await?;
     ensure!(
-        status["apiId"] == api2_id,
-        "the new pair must be recorded before it is authorized (window missed): {status}"
+        status.api_id == api2_id,
+        "the new pair must be recorded before it is authorized (window missed): {status:?}"
     );
     f.start()?;
     let r = async {
-        let grant = f.wait_ready::<ApiGrant>(GRANT).await?;
+        let grant = f.wait_ready::<ApiGrant>(GRANT).await?.status_or_default();
         f.wait_ready::<M2MApplication>(APP).await?;
         f.wait_ready::<ApiRegistration>(API).await?;
         f.wait_ready::<ApiRegistration>(API2).await?;
@@ -608,11 +616,10 @@ async fn grant_api_ref_moved_killed_before_authorize(ctx: Ctx) -> anyhow::Result
             "expected one unmarked Kinde application: {apps:?}"
         );
         ensure!(
-            grant["apiId"] == api2_id && grant["audience"] == AUDIENCE2,
-            "the grant's status must name the new API: {grant}"
+            grant.api_id == api2_id && grant.audience.as_deref() == Some(AUDIENCE2),
+            "the grant's status must name the new API: {grant:?}"
         );
-        let mut want: Vec<String> = API_SCOPES.iter().map(|s| s.to_string()).collect();
-        want.sort();
+        let want = support::sorted(&API_SCOPES);
         let mut on_new = f
             .scopes_on(AUDIENCE2)
             .await?
@@ -626,24 +633,19 @@ async fn grant_api_ref_moved_killed_before_authorize(ctx: Ctx) -> anyhow::Result
             f.scopes_on(AUDIENCE).await?.is_none(),
             "the application is still authorized for the old API"
         );
-        let claims = f
+        let scp = f
             .emu
-            .token_claims(&creds.0, &creds.1, AUDIENCE2)
+            .scp(&creds, AUDIENCE2)
             .await?
             .map_err(|e| anyhow!("token for the new audience refused: {e}"))?;
-        let mut scp = strings(&claims["scp"]);
-        scp.sort();
         ensure!(scp == want, "token scopes {scp:?}, expected {want:?}");
         ensure!(
-            f.emu
-                .token_claims(&creds.0, &creds.1, AUDIENCE)
-                .await?
-                .is_err(),
+            f.emu.scp(&creds, AUDIENCE).await?.is_err(),
             "a token for the old audience {AUDIENCE} must be refused"
         );
         // The application's Secret follows the grant to the new audience.
         wait_for("KINDE_AUDIENCE to name the new API", CONVERGE, || async {
-            let audience = f.secret_key("KINDE_AUDIENCE").await?;
+            let audience = f.credentials().await?.audience;
             Ok((audience == AUDIENCE2).then_some(()))
         })
         .await
@@ -659,23 +661,17 @@ async fn grant_api_ref_moved_killed_before_authorize(ctx: Ctx) -> anyhow::Result
 /// re-creates it (`addAPIs` held). After the restart there is one API again (a new id), with
 /// its scopes, and the grant authorizes the application on it.
 async fn api_recreated_after_kinde_delete_killed_in_create(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     f.start()?;
     f.create_all(&API_SCOPES).await?;
     f.converged_quietly(&API_SCOPES).await?;
-    let old_id = str_of(&f.api_status().await?["apiId"]);
+    let old_id = f.api_status().await?.api_id.unwrap_or_default();
     // The hold first: a reconcile that notices the deletion before the poke (a late wake
     // from the setup) is held too.
     f.fault(json!({"operation": "addAPIs", "latency_ms": HOLD_MS, "status": 503}))
         .await?;
     let before = f.emu.call_count("addAPIs").await?;
-    f.emu
-        .mgmt(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/apis/{old_id}"),
-            None,
-        )
-        .await?;
+    f.emu.mgmt_delete(&format!("/api/v1/apis/{old_id}")).await?;
     f.poke::<ApiRegistration>(API).await?;
     f.wait_calls("addAPIs", before + 1).await?;
     f.kill();
@@ -685,8 +681,8 @@ async fn api_recreated_after_kinde_delete_killed_in_create(ctx: Ctx) -> anyhow::
     );
     let status = f.api_status().await?;
     ensure!(
-        status["apiId"].is_null() && status["audience"] == AUDIENCE,
-        "expected the intent marked (audience, no apiId) at the kill (window missed): {status}"
+        status.api_id.is_none() && status.audience.as_deref() == Some(AUDIENCE),
+        "expected the intent marked (audience, no apiId) at the kill (window missed): {status:?}"
     );
     f.start()?;
     // Ready is still True from before the deletion (only an annotation changed since), and
@@ -694,8 +690,8 @@ async fn api_recreated_after_kinde_delete_killed_in_create(ctx: Ctx) -> anyhow::
     // new id with every scope recorded before checking the rest.
     let r = wait_for("a new apiId and its scopes in status", CONVERGE, || async {
         let status = f.api_status().await?;
-        let id = str_of(&status["apiId"]);
-        let scopes = status["scopes"].as_array().map_or(0, Vec::len);
+        let id = status.api_id.unwrap_or_default();
+        let scopes = status.scopes.len();
         Ok((!id.is_empty() && id != old_id && scopes == API_SCOPES.len()).then_some(()))
     })
     .await;
@@ -716,27 +712,17 @@ async fn api_recreated_after_kinde_delete_killed_in_create(ctx: Ctx) -> anyhow::
 /// new id, and deleting a scope in Kinde took it from the application) and a token carries
 /// them.
 async fn api_scope_drift_killed_mid_correction(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     f.start()?;
     f.create_all(&API_SCOPES).await?;
     f.converged_quietly(&API_SCOPES).await?;
     f.kill();
     let status = f.api_status().await?;
-    let api_id = str_of(&status["apiId"]);
+    let api_id = status.api_id.clone().unwrap_or_default();
     let dropped = API_SCOPES[1];
-    let dropped_id = status["scopes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| s["key"] == dropped)
-        .map(|s| str_of(&s["id"]))
-        .context("no scope id in status")?;
+    let dropped_id = scope_id(&status.scopes, dropped).context("no scope id in status")?;
     f.emu
-        .mgmt(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/apis/{api_id}/scopes/{dropped_id}"),
-            None,
-        )
+        .mgmt_delete(&format!("/api/v1/apis/{api_id}/scopes/{dropped_id}"))
         .await?;
     f.emu
         .mgmt(
@@ -774,12 +760,13 @@ async fn api_scope_drift_killed_mid_correction(ctx: Ctx) -> anyhow::Result<()> {
     // Ready is still True from before (no status was written since): wait until status
     // names the re-created scope's new id before checking the rest.
     let r = wait_for("status to name the re-created scope", CONVERGE, || async {
-        let ids: Vec<String> = f.api_status().await?["scopes"]
-            .as_array()
+        let ids: Vec<String> = f
+            .api_status()
+            .await?
+            .scopes
             .into_iter()
-            .flatten()
-            .filter(|s| s["key"] == dropped)
-            .map(|s| str_of(&s["id"]))
+            .filter(|s| s.key == dropped)
+            .map(|s| s.id)
             .collect();
         Ok((ids.len() == 1 && ids[0] != dropped_id).then_some(()))
     })
@@ -795,18 +782,8 @@ async fn api_scope_drift_killed_mid_correction(ctx: Ctx) -> anyhow::Result<()> {
             "the API must end with exactly its declared scopes: {keys:?}"
         );
         let apis = f.kinde_apis().await?;
-        let mut kinde: Vec<(String, String)> = apis[0]["scopes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| (str_of(&s["key"]), str_of(&s["id"])))
-            .collect();
-        let mut recorded: Vec<(String, String)> = f.api_status().await?["scopes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| (str_of(&s["key"]), str_of(&s["id"])))
-            .collect();
+        let mut kinde = kinde_scope_pairs(&apis[0]);
+        let mut recorded = scope_pairs(&f.api_status().await?.scopes);
         kinde.sort();
         recorded.sort();
         ensure!(
@@ -833,60 +810,34 @@ async fn api_scope_drift_killed_mid_correction(ctx: Ctx) -> anyhow::Result<()> {
 /// token with the Secret's credentials carries every scope of the grant. (No kill: this is
 /// the end state the crash windows above rely on.)
 async fn api_scope_deleted_in_kinde_granted_again(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     f.start()?;
     f.create_all(&API_SCOPES).await?;
     f.converged_quietly(&API_SCOPES).await?;
     let status = f.api_status().await?;
-    let api_id = str_of(&status["apiId"]);
+    let api_id = status.api_id.clone().unwrap_or_default();
     let dropped = API_SCOPES[1];
-    let dropped_id = status["scopes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|s| s["key"] == dropped)
-        .map(|s| str_of(&s["id"]))
-        .context("no scope id in status")?;
+    let dropped_id = scope_id(&status.scopes, dropped).context("no scope id in status")?;
     f.emu
-        .mgmt(
-            reqwest::Method::DELETE,
-            &format!("/api/v1/apis/{api_id}/scopes/{dropped_id}"),
-            None,
-        )
+        .mgmt_delete(&format!("/api/v1/apis/{api_id}/scopes/{dropped_id}"))
         .await?;
     f.poke::<ApiRegistration>(API).await?;
     let r = wait_for("status to name the re-created scope", CONVERGE, || async {
-        let ids: Vec<String> = f.api_status().await?["scopes"]
-            .as_array()
+        let ids: Vec<String> = f
+            .api_status()
+            .await?
+            .scopes
             .into_iter()
-            .flatten()
-            .filter(|s| s["key"] == dropped)
-            .map(|s| str_of(&s["id"]))
+            .filter(|s| s.key == dropped)
+            .map(|s| s.id)
             .collect();
         Ok((ids.len() == 1 && ids[0] != dropped_id).then_some(()))
     })
     .await;
     f.explain(r)?;
     // The grant's Ready is still True from before: wait for what it must bring about.
-    let (client_id, client_secret) = f.credentials().await?;
-    let mut want: Vec<String> = API_SCOPES.iter().map(|s| s.to_string()).collect();
-    want.sort();
-    let r = wait_for(
-        "a token carrying the re-created scope",
-        CONVERGE,
-        || async {
-            let claims = f
-                .emu
-                .token_claims(&client_id, &client_secret, AUDIENCE)
-                .await?
-                .map_err(|e| anyhow!("token refused: {e}"))?;
-            let mut scp = strings(&claims["scp"]);
-            scp.sort();
-            ensure!(scp == want, "token scopes {scp:?}, expected {want:?}");
-            Ok(Some(()))
-        },
-    )
-    .await;
+    let creds = f.credentials().await?;
+    let r = f.emu.wait_scp(&creds, AUDIENCE, &API_SCOPES).await;
     f.explain(r)?;
     f.converged("api scope re-created: granted again (no kill)", &API_SCOPES)
         .await
@@ -898,14 +849,16 @@ async fn api_scope_deleted_in_kinde_granted_again(ctx: Ctx) -> anyhow::Result<()
 /// Kinde once the grant is gone; the application, `Orphan`, stays) and the namespace
 /// finishes deleting.
 async fn namespace_deleted_while_down(ctx: Ctx) -> anyhow::Result<()> {
-    let mut f = Fixture::new(ctx).await?;
+    let mut f = Rig::new(ctx).await?;
     f.start()?;
-    f.create_api(&API_SCOPES).await?;
-    f.create_app_as(json!({"displayName": DISPLAY_NAME, "deletionPolicy": "Orphan"}))
-        .await?;
-    f.create_grant(&API_SCOPES).await?;
+    f.apply(&[
+        &api(API, AUDIENCE, &API_SCOPES),
+        &app().with_deletion_policy(DeletionPolicy::Orphan),
+        &grant(&API_SCOPES),
+    ])
+    .await?;
     f.converged_quietly(&API_SCOPES).await?;
-    let app_id = f.app_status().await?["applicationId"].clone();
+    let app_id = f.app_status().await?.application_id;
     let creds = f.credentials().await?;
     f.kill();
 
@@ -918,13 +871,12 @@ async fn namespace_deleted_while_down(ctx: Ctx) -> anyhow::Result<()> {
         CONVERGE,
         || async {
             let mut pending = Vec::new();
-            for (kind, obj) in [
-                ("M2MApplication", f.get::<M2MApplication>(APP).await?),
-                ("ApiRegistration", f.get::<ApiRegistration>(API).await?),
-                ("ApiGrant", f.get::<ApiGrant>(GRANT).await?),
+            for (kind, deleting) in [
+                ("M2MApplication", f.deleting::<M2MApplication>(APP).await?),
+                ("ApiRegistration", f.deleting::<ApiRegistration>(API).await?),
+                ("ApiGrant", f.deleting::<ApiGrant>(GRANT).await?),
             ] {
-                let obj = obj.with_context(|| format!("{kind} gone while the operator is down"))?;
-                if obj["metadata"]["deletionTimestamp"].is_null() {
+                if !deleting.with_context(|| format!("{kind} gone while the operator is down"))? {
                     pending.push(kind);
                 }
             }
@@ -953,14 +905,11 @@ async fn namespace_deleted_while_down(ctx: Ctx) -> anyhow::Result<()> {
     f.explain(r)?;
     let apps = f.kinde_apps().await?;
     ensure!(
-        apps.len() == 1 && apps[0]["id"] == app_id && marked(&apps) == 0,
+        apps.len() == 1 && apps[0]["id"].as_str() == app_id.as_deref() && marked(&apps) == 0,
         "the orphaned application must stay in Kinde, unmarked: {apps:?}"
     );
     ensure!(
-        f.emu
-            .token_claims(&creds.0, &creds.1, AUDIENCE)
-            .await?
-            .is_err(),
+        f.emu.scp(&creds, AUDIENCE).await?.is_err(),
         "a token for {AUDIENCE} must be refused once the API is deleted"
     );
     f.counted("namespace deleted while down", 1, 0).await
@@ -1009,13 +958,13 @@ async fn crds_deleted_while_down(ctx: Ctx) -> anyhow::Result<()> {
         ns,
         ..ctx.clone()
     };
-    let mut f = Fixture::new(private).await?;
+    let mut f = Rig::new(private).await?;
     f.kubeconfig = Some(cp.kubeconfig.clone());
     f.start()?;
     f.create_all(&API_SCOPES).await?;
     f.converged_quietly(&API_SCOPES).await?;
     let creds = f.credentials().await?;
-    let app_id = f.app_status().await?["applicationId"].clone();
+    let app_id = f.app_status().await?.application_id;
     f.kill();
 
     // (1) The ApiGrant CRD.
@@ -1025,8 +974,8 @@ async fn crds_deleted_while_down(ctx: Ctx) -> anyhow::Result<()> {
         "the ApiGrant marked deleted with its CRD",
         CONVERGE,
         || async {
-            let grant = f.get::<ApiGrant>(GRANT).await?.context("grant gone")?;
-            Ok((!grant["metadata"]["deletionTimestamp"].is_null()).then_some(()))
+            let deleting = f.deleting::<ApiGrant>(GRANT).await?.context("grant gone")?;
+            Ok(deleting.then_some(()))
         },
     )
     .await;
@@ -1042,10 +991,7 @@ async fn crds_deleted_while_down(ctx: Ctx) -> anyhow::Result<()> {
         "the deleted grant left the application authorized in Kinde"
     );
     ensure!(
-        f.emu
-            .token_claims(&creds.0, &creds.1, AUDIENCE)
-            .await?
-            .is_err(),
+        f.emu.scp(&creds, AUDIENCE).await?.is_err(),
         "a token for {AUDIENCE} must be refused once the grant is gone"
     );
     f.merge::<M2MApplication>(
@@ -1055,7 +1001,7 @@ async fn crds_deleted_while_down(ctx: Ctx) -> anyhow::Result<()> {
     .await?;
     let r = f
         .wait_kinde("the rename to reach Kinde", |s| {
-            non_management_apps(s)
+            kinde_apps_of(s)
                 .iter()
                 .any(|a| a["name"] == "Renamed After CRD Loss")
         })
@@ -1137,7 +1083,7 @@ async fn crds_deleted_while_down(ctx: Ctx) -> anyhow::Result<()> {
     );
     let apps = f.kinde_apps().await?;
     ensure!(
-        apps.len() == 1 && apps[0]["id"] == app_id,
+        apps.len() == 1 && apps[0]["id"].as_str() == app_id.as_deref(),
         "expected the one application left behind: {apps:?}"
     );
     f.counted("all CRDs deleted while down", 1, 1).await
@@ -1154,11 +1100,29 @@ fn missing_crd_reported(log: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------
-// Fixture
+// Rig
 // ---------------------------------------------------------------------------------------
 
+/// The application of every crash test.
+fn app() -> M2MApplication {
+    m2m_application(APP).with_display_name(DISPLAY_NAME)
+}
+
+/// An ApiRegistration `name` for `audience` with `scopes`.
+fn api(name: &str, audience: &str, scopes: &[&str]) -> ApiRegistration {
+    scopes.iter().fold(
+        api_registration(name, audience).with_display_name("Crash Test API"),
+        |api, k| api.with_scope(k, &format!("scope {k}")),
+    )
+}
+
+/// The grant of `scopes` on [`API`] to [`APP`].
+fn grant(scopes: &[&str]) -> ApiGrant {
+    api_grant(GRANT, APP, API).with_scopes(scopes)
+}
+
 /// One test's emulator, operator and objects.
-struct Fixture {
+struct Rig {
     ctx: Ctx,
     emu: Emulator,
     operator: Option<Operator>,
@@ -1168,12 +1132,12 @@ struct Fixture {
     kubeconfig: Option<std::path::PathBuf>,
 }
 
-impl Fixture {
+impl Rig {
     async fn new(ctx: Ctx) -> anyhow::Result<Self> {
         Self::new_with(ctx, &[]).await
     }
 
-    /// A fixture whose emulator gets `emulator_args` (e.g. [`support::NOT_FOUND_404`]).
+    /// A rig whose emulator gets `emulator_args` (e.g. [`support::NOT_FOUND_404`]).
     async fn new_with(ctx: Ctx, emulator_args: &[&str]) -> anyhow::Result<Self> {
         ctx.harness.ensure_crds().await?;
         let emu = ctx.own_emulator_with(emulator_args)?;
@@ -1254,102 +1218,53 @@ impl Fixture {
 
     // --- objects ----------------------------------------------------------------------
 
-    async fn create_app(&self) -> anyhow::Result<()> {
-        self.create_app_as(json!({"displayName": DISPLAY_NAME}))
-            .await
+    async fn apply(&self, objects: &[&dyn support::fixtures::Apply]) -> anyhow::Result<()> {
+        self.ctx.apply(objects).await
     }
 
-    async fn create_app_as(&self, spec: Value) -> anyhow::Result<()> {
-        let app: M2MApplication = serde_json::from_value(json!({
-            "apiVersion": API_VERSION,
-            "kind": "M2MApplication",
-            "metadata": {"name": APP},
-            "spec": spec,
-        }))?;
-        self.ctx
-            .api::<M2MApplication>()
-            .create(&PostParams::default(), &app)
-            .await?;
-        Ok(())
+    async fn create_app(&self) -> anyhow::Result<()> {
+        self.apply(&[&app()]).await
     }
 
     async fn create_api(&self, scopes: &[&str]) -> anyhow::Result<()> {
-        self.create_api_as(API, AUDIENCE, scopes, json!({})).await
-    }
-
-    /// An ApiRegistration `name` for `audience` with `scopes`, `extra` merged into its spec.
-    async fn create_api_as(
-        &self,
-        name: &str,
-        audience: &str,
-        scopes: &[&str],
-        extra: Value,
-    ) -> anyhow::Result<()> {
-        let scopes: Vec<Value> = scopes
-            .iter()
-            .map(|k| json!({"key": k, "description": format!("scope {k}")}))
-            .collect();
-        let mut spec =
-            json!({"displayName": "Crash Test API", "audience": audience, "scopes": scopes});
-        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-            spec.extend(extra.clone());
-        }
-        let api: ApiRegistration = serde_json::from_value(json!({
-            "apiVersion": API_VERSION,
-            "kind": "ApiRegistration",
-            "metadata": {"name": name},
-            "spec": spec,
-        }))?;
-        self.ctx
-            .api::<ApiRegistration>()
-            .create(&PostParams::default(), &api)
-            .await?;
-        Ok(())
-    }
-
-    async fn create_grant(&self, scopes: &[&str]) -> anyhow::Result<()> {
-        let grant: ApiGrant = serde_json::from_value(json!({
-            "apiVersion": API_VERSION,
-            "kind": "ApiGrant",
-            "metadata": {"name": GRANT},
-            "spec": {"applicationRef": {"name": APP}, "apiRef": {"name": API}, "scopes": scopes},
-        }))?;
-        self.ctx
-            .api::<ApiGrant>()
-            .create(&PostParams::default(), &grant)
-            .await?;
-        Ok(())
+        self.apply(&[&api(API, AUDIENCE, scopes)]).await
     }
 
     /// The application, the API with `scopes`, and a grant of all of them.
     async fn create_all(&self, scopes: &[&str]) -> anyhow::Result<()> {
-        self.create_api(scopes).await?;
-        self.create_app().await?;
-        self.create_grant(scopes).await
+        self.apply(&[&api(API, AUDIENCE, scopes), &app(), &grant(scopes)])
+            .await
     }
 
-    async fn get<K: Kind>(&self, name: &str) -> anyhow::Result<Option<Value>> {
-        let obj = self.ctx.api::<K>().get_opt(name).await?;
-        Ok(obj.map(|o| serde_json::to_value(o)).transpose()?)
+    async fn get<K: Kind>(&self, name: &str) -> anyhow::Result<Option<K>> {
+        Ok(self.ctx.api::<K>().get_opt(name).await?)
     }
 
-    async fn status<K: Kind>(&self, name: &str) -> anyhow::Result<Value> {
+    /// Whether the object is being deleted (`None` when it is gone).
+    async fn deleting<K: Kind>(&self, name: &str) -> anyhow::Result<Option<bool>> {
+        Ok(self
+            .get::<K>(name)
+            .await?
+            .map(|o| o.meta().deletion_timestamp.is_some()))
+    }
+
+    async fn status<K: Kind>(&self, name: &str) -> anyhow::Result<K::Status> {
         let obj = self
             .get::<K>(name)
             .await?
-            .with_context(|| format!("{} {name} does not exist", K::KIND))?;
-        Ok(obj["status"].clone())
+            .with_context(|| format!("{} {name} does not exist", K::kind(&())))?;
+        Ok(obj.status_or_default())
     }
 
-    async fn app_status(&self) -> anyhow::Result<Value> {
+    async fn app_status(&self) -> anyhow::Result<M2MApplicationStatus> {
         self.status::<M2MApplication>(APP).await
     }
 
-    async fn api_status(&self) -> anyhow::Result<Value> {
+    async fn api_status(&self) -> anyhow::Result<ApiRegistrationStatus> {
         self.status::<ApiRegistration>(API).await
     }
 
-    async fn grant_status(&self) -> anyhow::Result<Value> {
+    async fn grant_status(&self) -> anyhow::Result<ApiGrantStatus> {
         self.status::<ApiGrant>(GRANT).await
     }
 
@@ -1359,108 +1274,61 @@ impl Fixture {
 
     /// A JSON merge patch of the object.
     async fn merge<K: Kind>(&self, name: &str, patch: Value) -> anyhow::Result<()> {
-        self.ctx
-            .api::<K>()
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        Ok(())
+        merge_patch(&self.ctx.api::<K>(), name, patch).await
     }
 
-    /// Changes an annotation the operator does not read: an immediate reconcile.
+    /// Changes an annotation the operator does not read: an immediate reconcile (it stands
+    /// in for the drift-detecting resync, which the tests run at 10 minutes).
     async fn poke<K: Kind>(&self, name: &str) -> anyhow::Result<()> {
-        let value = fastrand::u64(..).to_string();
-        self.merge::<K>(name, json!({"metadata": {"annotations": {POKE: value}}}))
-            .await
+        support::poke(&self.ctx.api::<K>(), name).await
     }
 
     async fn delete<K: Kind>(&self, name: &str) -> anyhow::Result<()> {
-        self.ctx
-            .api::<K>()
-            .delete(name, &DeleteParams::default())
-            .await?;
-        Ok(())
+        support::delete(&self.ctx.api::<K>(), name).await
     }
 
     /// Waits for `Ready=True` for the current generation.
-    async fn wait_ready<K: Kind>(&self, name: &str) -> anyhow::Result<Value> {
-        let r = wait_for(&format!("{} {name} Ready", K::KIND), CONVERGE, || async {
-            let obj = self.get::<K>(name).await?.context("not found")?;
-            let generation = &obj["metadata"]["generation"];
-            let status = &obj["status"];
-            let ready = status["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|c| c["type"] == "Ready");
-            match ready {
-                Some(c) if c["status"] == "True" && &status["observedGeneration"] == generation => {
-                    Ok(Some(status.clone()))
-                }
-                other => Err(anyhow!("Ready condition: {other:?}")),
-            }
-        })
-        .await;
+    async fn wait_ready<K: Kind>(&self, name: &str) -> anyhow::Result<K> {
+        let r = support::wait_ready_current(&self.ctx.api::<K>(), name).await;
         self.explain(r)
     }
 
     /// Waits until the object is gone from Kubernetes (finalizer removed).
     async fn gone<K: Kind>(&self, name: &str) -> anyhow::Result<()> {
-        let r = wait_for(
-            &format!("{} {name} to be deleted", K::KIND),
-            CONVERGE,
-            || async {
-                match self.get::<K>(name).await? {
-                    None => Ok(Some(())),
-                    Some(o) => Err(anyhow!("still there; status: {}", o["status"])),
-                }
-            },
-        )
-        .await;
+        let r = support::wait_gone(&self.ctx.api::<K>(), name).await;
         self.explain(r)
     }
 
     // --- Kinde ------------------------------------------------------------------------
 
     async fn kinde_apps(&self) -> anyhow::Result<Vec<Value>> {
-        Ok(non_management_apps(&self.emu.state().await?))
+        self.emu.kinde_apps().await
     }
 
     async fn kinde_apis(&self) -> anyhow::Result<Vec<Value>> {
-        Ok(non_management_apis(&self.emu.state().await?))
+        self.emu.kinde_apis().await
     }
 
     /// The scope keys of the (only) application on the Kinde API for `audience`, `None`
     /// when it is not authorized there (or either is missing).
     async fn scopes_on(&self, audience: &str) -> anyhow::Result<Option<Vec<String>>> {
         let state = self.emu.state().await?;
-        let apps = non_management_apps(&state);
-        let apis = non_management_apis(&state);
+        let apps = kinde_apps_of(&state);
+        let apis = kinde_apis_of(&state);
         let (Some(api), Some(app)) = (
             apis.iter().find(|a| a["audience"] == audience),
             apps.first(),
         ) else {
             return Ok(None);
         };
-        Ok(api["applications"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|a| a["id"] == app["id"])
-            .map(|a| strings(&a["scopes"])))
+        Ok(scopes_of(api, app))
     }
 
     /// The scope keys of the (only) Kinde API, sorted.
     async fn kinde_scope_keys(&self) -> anyhow::Result<Vec<String>> {
         let apis = self.kinde_apis().await?;
         ensure!(apis.len() == 1, "expected one Kinde API: {apis:?}");
-        let mut keys: Vec<String> = apis[0]["scopes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| str_of(&s["key"]))
-            .collect();
-        keys.sort();
-        Ok(keys)
+        Ok(support::scope_keys(&apis[0]))
     }
 
     /// The scopes the (only) application holds on the (only) API, `None` when it is not
@@ -1471,63 +1339,28 @@ impl Fixture {
         let (Some(api), Some(app)) = (apis.first(), apps.first()) else {
             return Ok(None);
         };
-        Ok(api["applications"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|a| a["id"] == app["id"])
-            .map(|a| strings(&a["scopes"])))
+        Ok(scopes_of(api, app))
     }
 
     /// Waits until the emulator has counted `n` calls of `operation` (a held call counts on
     /// arrival: the operator is then blocked inside it).
     async fn wait_calls(&self, operation: &str, n: u64) -> anyhow::Result<()> {
-        let r = wait_for(
-            &format!("{n} {operation} call(s) in the emulator"),
-            REACH,
-            || async {
-                let got = self.emu.call_count(operation).await?;
-                Ok((got >= n).then_some(()))
-            },
-        )
-        .await;
+        let r = self.emu.wait_calls(operation, n).await;
         self.explain(r)
     }
 
     /// Waits until the emulator's state satisfies `pred`.
     async fn wait_kinde(&self, what: &str, pred: impl Fn(&Value) -> bool) -> anyhow::Result<()> {
-        let r = wait_for(what, REACH, || async {
+        let r = wait_for(what, support::WAIT, || async {
             Ok(pred(&self.emu.state().await?).then_some(()))
         })
         .await;
         self.explain(r)
     }
 
-    /// One key of the app's Secret.
-    async fn secret_key(&self, key: &str) -> anyhow::Result<String> {
-        let secret = Api::<Secret>::namespaced(self.ctx.client.clone(), &self.ctx.ns)
-            .get(&format!("{APP}-credentials"))
-            .await?;
-        secret
-            .data
-            .unwrap_or_default()
-            .get(key)
-            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-            .with_context(|| format!("Secret lacks {key}"))
-    }
-
-    /// The client id and secret in the app's Secret.
-    async fn credentials(&self) -> anyhow::Result<(String, String)> {
-        let secret = Api::<Secret>::namespaced(self.ctx.client.clone(), &self.ctx.ns)
-            .get(&format!("{APP}-credentials"))
-            .await?;
-        let data = secret.data.unwrap_or_default();
-        let key = |k: &str| {
-            data.get(k)
-                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-                .with_context(|| format!("Secret lacks {k}"))
-        };
-        Ok((key("KINDE_CLIENT_ID")?, key("KINDE_CLIENT_SECRET")?))
+    /// The credentials in the app's Secret.
+    async fn credentials(&self) -> anyhow::Result<Credentials> {
+        self.ctx.credentials(APP).await
     }
 
     /// No reconcile of the latest operator failed (no error loop after a restart).
@@ -1558,16 +1391,25 @@ impl Fixture {
         self.counted(window, 1, 1).await
     }
 
-    /// Like [`Fixture::converged`], without a table row (a deletion test's setup).
+    /// Like [`Rig::converged`], without a table row (a deletion test's setup).
     async fn converged_quietly(&self, grant_scopes: &[&str]) -> anyhow::Result<()> {
         let r = self.check_converged(grant_scopes).await;
         self.explain(r)
     }
 
     async fn check_converged(&self, grant_scopes: &[&str]) -> anyhow::Result<()> {
-        let app_status = self.wait_ready::<M2MApplication>(APP).await?;
-        let api_status = self.wait_ready::<ApiRegistration>(API).await?;
-        let grant_status = self.wait_ready::<ApiGrant>(GRANT).await?;
+        let app_status = self
+            .wait_ready::<M2MApplication>(APP)
+            .await?
+            .status_or_default();
+        let api_status = self
+            .wait_ready::<ApiRegistration>(API)
+            .await?
+            .status_or_default();
+        let grant_status = self
+            .wait_ready::<ApiGrant>(GRANT)
+            .await?
+            .status_or_default();
 
         let apps = self.kinde_apps().await?;
         ensure!(
@@ -1581,9 +1423,9 @@ impl Fixture {
             "the application's name must be its display name without marker: {app}"
         );
         ensure!(
-            app_status["applicationId"] == app["id"],
-            "status.applicationId {} is not the Kinde application {}",
-            app_status["applicationId"],
+            app_status.application_id.as_deref() == app["id"].as_str(),
+            "status.applicationId {:?} is not the Kinde application {}",
+            app_status.application_id,
             app["id"]
         );
 
@@ -1596,23 +1438,13 @@ impl Fixture {
         let api = &apis[0];
         ensure!(api["audience"] == AUDIENCE, "unexpected API: {api}");
         ensure!(
-            api_status["apiId"] == api["id"],
-            "status.apiId {} is not the Kinde API {}",
-            api_status["apiId"],
+            api_status.api_id.as_deref() == api["id"].as_str(),
+            "status.apiId {:?} is not the Kinde API {}",
+            api_status.api_id,
             api["id"]
         );
-        let mut kinde_scopes: Vec<(String, String)> = api["scopes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| (str_of(&s["key"]), str_of(&s["id"])))
-            .collect();
-        let mut status_scopes: Vec<(String, String)> = api_status["scopes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| (str_of(&s["key"]), str_of(&s["id"])))
-            .collect();
+        let mut kinde_scopes = kinde_scope_pairs(api);
+        let mut status_scopes = scope_pairs(&api_status.scopes);
         kinde_scopes.sort();
         status_scopes.sort();
         ensure!(
@@ -1625,30 +1457,29 @@ impl Fixture {
             .await?
             .context("the application is not authorized for the API in Kinde")?;
         granted.sort();
-        let mut want: Vec<String> = grant_scopes.iter().map(|s| s.to_string()).collect();
-        want.sort();
+        let want = support::sorted(grant_scopes);
         ensure!(
             granted == want,
             "scopes granted in Kinde {granted:?}, expected {want:?}"
         );
         ensure!(
-            grant_status["applicationId"] == app["id"] && grant_status["apiId"] == api["id"],
-            "grant status does not name the Kinde objects: {grant_status}"
+            grant_status.application_id.as_deref() == app["id"].as_str()
+                && grant_status.api_id.as_deref() == api["id"].as_str(),
+            "grant status does not name the Kinde objects: {grant_status:?}"
         );
 
-        let (client_id, client_secret) = self.credentials().await?;
+        let creds = self.credentials().await?;
         ensure!(
-            app_status["clientId"] == client_id.as_str(),
-            "the Secret's client id {client_id} is not status.clientId {}",
-            app_status["clientId"]
+            app_status.client_id.as_deref() == Some(creds.client_id.as_str()),
+            "the Secret's client id {} is not status.clientId {:?}",
+            creds.client_id,
+            app_status.client_id
         );
-        let claims = self
+        let scp = self
             .emu
-            .token_claims(&client_id, &client_secret, AUDIENCE)
+            .scp(&creds, AUDIENCE)
             .await?
             .map_err(|e| anyhow!("token request with the Secret's credentials refused: {e}"))?;
-        let mut scp = strings(&claims["scp"]);
-        scp.sort();
         ensure!(scp == want, "token scopes {scp:?}, expected {want:?}");
         Ok(())
     }
@@ -1668,43 +1499,38 @@ impl Fixture {
     }
 }
 
-/// The three kinds, for generic helpers.
-trait Kind:
-    kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-    + Clone
-    + serde::de::DeserializeOwned
-    + serde::Serialize
-    + std::fmt::Debug
-{
-    const KIND: &'static str;
-}
-impl Kind for M2MApplication {
-    const KIND: &'static str = "M2MApplication";
-}
-impl Kind for ApiRegistration {
-    const KIND: &'static str = "ApiRegistration";
-}
-impl Kind for ApiGrant {
-    const KIND: &'static str = "ApiGrant";
-}
-
-fn non_management_apps(state: &Value) -> Vec<Value> {
-    state["applications"]
+/// The scopes `app` holds on Kinde API `api` (both from the emulator's state), `None` when
+/// it is not authorized there.
+fn scopes_of(api: &Value, app: &Value) -> Option<Vec<String>> {
+    api["applications"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|a| a["is_management_client"] != true)
-        .cloned()
+        .find(|a| a["id"] == app["id"])
+        .map(|a| strings(&a["scopes"]))
+}
+
+/// The id status records for scope `key`.
+fn scope_id(scopes: &[ScopeStatus], key: &str) -> Option<String> {
+    scopes.iter().find(|s| s.key == key).map(|s| s.id.clone())
+}
+
+/// `(key, id)` of the scopes status records.
+fn scope_pairs(scopes: &[ScopeStatus]) -> Vec<(String, String)> {
+    scopes
+        .iter()
+        .map(|s| (s.key.clone(), s.id.clone()))
         .collect()
 }
 
-fn non_management_apis(state: &Value) -> Vec<Value> {
-    state["apis"]
+/// `(key, id)` of a Kinde API's scopes.
+fn kinde_scope_pairs(api: &Value) -> Vec<(String, String)> {
+    let field = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    api["scopes"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|a| a["is_management_api"] != true)
-        .cloned()
+        .map(|s| (field(&s["key"]), field(&s["id"])))
         .collect()
 }
 
@@ -1713,18 +1539,6 @@ fn marked(apps: &[Value]) -> usize {
     apps.iter()
         .filter(|a| a["name"].as_str().is_some_and(|n| n.contains("[kmo:")))
         .count()
-}
-
-fn str_of(v: &Value) -> String {
-    v.as_str().unwrap_or_default().to_owned()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(str::to_owned))
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------

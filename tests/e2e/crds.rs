@@ -6,11 +6,14 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kinde_m2m_operator::crd::{API_VERSION, ApiRegistration, GROUP};
 use kube::api::Api;
+use serde_json::Value;
 
+use crate::support::fixtures::{
+    ApiFixture as _, GrantFixture as _, api_grant, api_registration, m2m_application,
+};
 use crate::support::{self, Ctx, E2eTest};
-
-const GROUP: &str = "m2m.kinde-operator.io";
 
 pub fn tests() -> Vec<E2eTest> {
     vec![
@@ -101,7 +104,7 @@ async fn install_with_kubectl_and_established(ctx: Ctx) -> anyhow::Result<()> {
         // NAME SHORTNAMES APIVERSION NAMESPACED KIND VERBS CATEGORIES
         ensure!(
             cols.get(1) == Some(&short)
-                && cols.get(2) == Some(&"m2m.kinde-operator.io/v1alpha1")
+                && cols.get(2) == Some(&API_VERSION)
                 && cols.get(3) == Some(&"true")
                 && cols.get(4) == Some(&kind)
                 && cols.last() == Some(&"kinde"),
@@ -199,20 +202,16 @@ async fn examples_accepted(ctx: Ctx) -> anyhow::Result<()> {
 }
 
 /// A valid ApiRegistration to break one field at a time.
-fn api_registration(name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: {GROUP}/v1alpha1\nkind: ApiRegistration\nmetadata:\n  name: {name}\nspec:\n{spec}"
-    )
+fn valid_api(name: &str) -> ApiRegistration {
+    api_registration(name, "https://api.example.com")
+        .with_scope("read:users", "Read users")
+        .with_scope("write:users", "")
 }
 
-const VALID_SPEC: &str = "  audience: https://api.example.com
-  grantPolicy:
-    from: Same
-  scopes:
-    - key: read:users
-      description: Read users
-    - key: write:users
-";
+/// `api` as the JSON manifest kubectl is given.
+fn manifest(api: &ApiRegistration) -> anyhow::Result<Value> {
+    Ok(serde_json::to_value(api)?)
+}
 
 /// (c) Invalid specs are refused by the API server itself (client-side validation off),
 /// and the error names the offending field and the rule. The unbroken base is accepted, so
@@ -221,47 +220,54 @@ async fn invalid_specs_rejected_naming_the_field(ctx: Ctx) -> anyhow::Result<()>
     ctx.harness.ensure_crds().await?;
     let long_audience = format!("https://{}.example.com", "a".repeat(50));
     ensure!(long_audience.len() > 64);
-    let cases: Vec<(&str, String, &[&str])> = vec![
+    let mut too_long = valid_api("too-long-audience");
+    too_long.spec.audience = long_audience;
+    let mut whitespace = valid_api("whitespace-scope-key");
+    whitespace.spec.scopes[0].key = "read users".into();
+    let mut duplicate = valid_api("duplicate-scope-key");
+    duplicate.spec.scopes[1].key = "read:users".into();
+    // What the types cannot express (an enum value they do not know, a required field left
+    // out) is broken in the serialized manifest: raw JSON for exactly that field.
+    let mut bad_policy = manifest(&valid_api("bad-grant-policy"))?;
+    bad_policy["spec"]["grantPolicy"]["from"] = "Everyone".into();
+    let mut missing_audience = manifest(&valid_api("missing-audience"))?;
+    missing_audience["spec"]
+        .as_object_mut()
+        .context("spec is an object")?
+        .remove("audience");
+    let cases: Vec<(Value, &[&str])> = vec![
+        (manifest(&too_long)?, &["spec.audience", "at most 64"]),
         (
-            "too-long-audience",
-            VALID_SPEC.replace("https://api.example.com", &long_audience),
-            &["spec.audience", "at most 64"],
-        ),
-        (
-            "bad-grant-policy",
-            VALID_SPEC.replace("from: Same", "from: Everyone"),
+            bad_policy,
             &["spec.grantPolicy.from", "Unsupported value: \"Everyone\""],
         ),
         (
-            "whitespace-scope-key",
-            VALID_SPEC.replace("key: read:users", "key: \"read users\""),
+            manifest(&whitespace)?,
             &["spec.scopes", "key", "\"read users\"", "should match"],
         ),
+        (missing_audience, &["spec.audience", "Required value"]),
         (
-            "missing-audience",
-            VALID_SPEC.replace("  audience: https://api.example.com\n", ""),
-            &["spec.audience", "Required value"],
-        ),
-        (
-            "duplicate-scope-key",
-            VALID_SPEC.replace("key: write:users", "key: read:users"),
+            manifest(&duplicate)?,
             &["spec.scopes[1]", "Duplicate value"],
         ),
     ];
 
     ctx.kubectl_stdin(
         &["apply", "--validate=false", "-f", "-"],
-        &api_registration("valid", VALID_SPEC),
+        &manifest(&valid_api("valid"))?.to_string(),
     )
     .await?
     .success()
     .context("the valid base ApiRegistration was refused")?;
 
     let mut failures = Vec::new();
-    for (name, spec, expected) in &cases {
-        let manifest = api_registration(name, spec);
+    for (manifest, expected) in &cases {
+        let name = manifest["metadata"]["name"].as_str().unwrap_or_default();
         let stderr = match ctx
-            .kubectl_stdin(&["apply", "--validate=false", "-f", "-"], &manifest)
+            .kubectl_stdin(
+                &["apply", "--validate=false", "-f", "-"],
+                &manifest.to_string(),
+            )
             .await?
             .failure()
         {
@@ -299,16 +305,11 @@ async fn invalid_specs_rejected_naming_the_field(ctx: Ctx) -> anyhow::Result<()>
 /// (d) `kubectl get kinde -A` lists all three kinds with their printer columns.
 async fn kubectl_get_kinde_printer_columns(ctx: Ctx) -> anyhow::Result<()> {
     ctx.harness.ensure_crds().await?;
-    ctx.apply_yaml(&format!(
-        "{}\n---\n{}\n---\n{}",
-        api_registration("orders-api", VALID_SPEC),
-        format_args!(
-            "apiVersion: {GROUP}/v1alpha1\nkind: M2MApplication\nmetadata:\n  name: shop\nspec: {{}}\n"
-        ),
-        format_args!(
-            "apiVersion: {GROUP}/v1alpha1\nkind: ApiGrant\nmetadata:\n  name: shop-orders\nspec:\n  applicationRef:\n    name: shop\n  apiRef:\n    name: orders-api\n  scopes: [read:users]\n"
-        ),
-    ))
+    ctx.apply(&[
+        &valid_api("orders-api"),
+        &m2m_application("shop"),
+        &api_grant("shop-orders", "shop", "orders-api").with_scopes(&["read:users"]),
+    ])
     .await?;
 
     let out = ctx.kubectl(&["get", "kinde", "-A"]).await?.success()?;

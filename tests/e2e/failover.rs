@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kinde_m2m_operator::crd::M2MApplication;
 use serde_json::json;
 
+use crate::support::fixtures::{AppFixture as _, m2m_application};
 use crate::support::proxy::{FreezableProxy, kubeconfig_server, kubeconfig_via};
 use crate::support::{self, Ctx, E2eTest, Emulator, Operator, wait_for};
 
@@ -62,32 +63,29 @@ async fn holder(ctx: &Ctx) -> anyhow::Result<Option<String>> {
 /// Waits until the Lease is held by the candidate started as `who`.
 async fn wait_leader(ctx: &Ctx, who: &str, op: &Operator) -> anyhow::Result<()> {
     let prefix = format!("{who}-");
-    wait_for(&format!("{who} to hold the Lease"), WAIT, || async {
+    let r = wait_for(&format!("{who} to hold the Lease"), WAIT, || async {
         let h = holder(ctx).await?;
         Ok(h.filter(|h| h.starts_with(&prefix)).map(drop))
     })
-    .await
-    .map_err(|e| e.context(op.log_tail(40)))
+    .await;
+    op.with_log(r)
 }
 
 /// Waits until `op` reports that it waits for leadership (it is up and a standby).
 async fn wait_standby(op: &Operator) -> anyhow::Result<()> {
-    wait_for("the standby to wait for leadership", WAIT, || async {
+    let r = wait_for("the standby to wait for leadership", WAIT, || async {
         Ok(op
             .log_text()
             .contains("waiting for leadership")
             .then_some(()))
     })
-    .await
-    .map_err(|e| e.context(op.log_tail(40)))
+    .await;
+    op.with_log(r)
 }
 
 async fn create_app(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
-    ctx.apply_yaml(&format!(
-        "apiVersion: m2m.kinde-operator.io/v1alpha1\nkind: M2MApplication\nmetadata: {{name: {name}}}\nspec: {{displayName: Failover {name}}}\n"
-    ))
-    .await
-    .map(drop)
+    ctx.apply(&[&m2m_application(name).with_display_name(&format!("Failover {name}"))])
+        .await
 }
 
 /// Waits until `name` is Ready with its Kinde id in status and its Secret written;
@@ -95,7 +93,7 @@ async fn create_app(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
 async fn converged(ctx: &Ctx, name: &str, op: &Operator) -> anyhow::Result<String> {
     let apps = ctx.api::<M2MApplication>();
     let secrets = ctx.api::<Secret>();
-    wait_for(&format!("M2MApplication {name} Ready"), WAIT, || async {
+    let r = wait_for(&format!("M2MApplication {name} Ready"), WAIT, || async {
         let app = apps.get(name).await?;
         let generation = app.metadata.generation;
         let Some(status) = app.status else {
@@ -108,8 +106,8 @@ async fn converged(ctx: &Ctx, name: &str, op: &Operator) -> anyhow::Result<Strin
         let secret = secrets.get_opt(&format!("{name}-credentials")).await?;
         Ok(secret.map(|_| id))
     })
-    .await
-    .map_err(|e| e.context(op.log_tail(40)))
+    .await;
+    op.with_log(r)
 }
 
 /// Exactly one Kinde application per object, each the one its status names.
@@ -189,19 +187,16 @@ async fn frozen_leader_steps_down(ctx: Ctx) -> anyhow::Result<()> {
     emu.fault(json!({"operation": "getApplications", "latency_ms": 30_000}))
         .await?;
     create_app(&ctx, "raced").await?;
-    wait_for("the leader's application list", WAIT, || async {
-        Ok((emu.call_count("getApplications").await? > lists).then_some(()))
-    })
-    .await
-    .map_err(|e| e.context(a.log_tail(40)))?;
+    let r = emu.wait_calls("getApplications", lists + 1).await;
+    a.with_log(r)?;
     proxy.freeze();
 
-    let status = wait_for("the frozen leader to exit", WAIT, || {
+    let r = wait_for("the frozen leader to exit", WAIT, || {
         let status = a.exit_status();
         async move { Ok(status) }
     })
-    .await
-    .map_err(|e| e.context(a.log_tail(40)))?;
+    .await;
+    let status = a.with_log(r)?;
     ensure!(
         status.code() == Some(EXIT_LOST_LEADERSHIP),
         "the frozen leader ended with {status}, not as a leader that stepped down:\n{}",

@@ -24,7 +24,8 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::ResourceExt as _;
+use kube::api::{Api, ObjectMeta, PostParams};
 use serde_json::{Value, json};
 
 use kinde_m2m_operator::crd::{
@@ -32,7 +33,11 @@ use kinde_m2m_operator::crd::{
 };
 
 use crate::chart::{self, CHART};
-use crate::support::{self, Ctx, E2eTest, Emulator, KubectlOutput, wait_for};
+use crate::support::fixtures::{GrantFixture as _, api_grant, m2m_application};
+use crate::support::{
+    self, Credentials, Ctx, E2eTest, Emulator, KubectlOutput, annotate, wait_condition, wait_for,
+    wait_gone,
+};
 
 const RELEASE: &str = "kmo";
 const RELEASE_NS: &str = "kinde-system";
@@ -522,70 +527,22 @@ async fn wait_operator_ready(c: &kube::Client, op: &mut OperatorProcess) -> anyh
 // Controller behaviours
 // ---------------------------------------------------------------------------------------
 
-fn condition<'a>(
-    conds: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    type_: &str,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    conds.iter().find(|c| c.type_ == type_)
-}
-
-/// Waits for Ready with `status` (and `reason`, if given) on any of the three kinds.
-async fn wait_ready<K>(
+/// Waits for Ready with `status` (and `reason`, if given) of `ns/name`.
+async fn wait_ready<K: support::Kind>(
     c: &kube::Client,
     ns: &str,
     name: &str,
     status: &str,
     reason: Option<&str>,
-) -> anyhow::Result<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let api = Api::<K>::namespaced(c.clone(), ns);
-    let kind = K::kind(&());
-    wait_for(
-        &format!("{kind} {ns}/{name} Ready={status} {reason:?}"),
-        WAIT,
-        || async {
-            let obj = api.get(name).await?;
-            let v = serde_json::to_value(&obj)?;
-            let conds: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> =
-                serde_json::from_value(v["status"]["conditions"].clone()).unwrap_or_default();
-            match condition(&conds, "Ready") {
-                Some(r) if r.status == status && reason.is_none_or(|w| r.reason == w) => {
-                    Ok(Some(obj))
-                }
-                other => Err(anyhow!("Ready condition: {other:?}")),
-            }
-        },
+) -> anyhow::Result<K> {
+    wait_condition(
+        &Api::namespaced(c.clone(), ns),
+        name,
+        "Ready",
+        status,
+        reason,
     )
     .await
-}
-
-struct Credentials {
-    client_id: String,
-    client_secret: String,
-    audience: String,
-    uid: String,
-}
-
-async fn credentials(c: &kube::Client, ns: &str, name: &str) -> anyhow::Result<Credentials> {
-    let s = Api::<Secret>::namespaced(c.clone(), ns).get(name).await?;
-    let data = s.data.clone().unwrap_or_default();
-    let key = |k: &str| -> anyhow::Result<String> {
-        Ok(String::from_utf8(
-            data.get(k)
-                .with_context(|| format!("Secret {ns}/{name} has no {k}"))?
-                .0
-                .clone(),
-        )?)
-    };
-    Ok(Credentials {
-        client_id: key("KINDE_CLIENT_ID")?,
-        client_secret: key("KINDE_CLIENT_SECRET")?,
-        audience: key("KINDE_AUDIENCE")?,
-        uid: s.metadata.uid.unwrap_or_default(),
-    })
 }
 
 async fn behaviours(
@@ -617,8 +574,9 @@ async fn behaviours(
     eprintln!("rbac[{tag}]: examples Ready in {:.1?}", t0.elapsed());
 
     // Credentials from a customer Secret work, with the granted scopes.
+    let acme_secrets = Api::<Secret>::namespaced(c.clone(), "acme");
     let acme = wait_for("acme's Secret to list the audience", WAIT, || async {
-        let cr = credentials(c, "acme", "acme-credentials").await?;
+        let cr = support::credentials(&acme_secrets, "acme-credentials").await?;
         Ok((cr.audience == AUDIENCE).then_some(cr))
     })
     .await?;
@@ -632,7 +590,8 @@ async fn behaviours(
         claims["scp"]
     );
     let globex = wait_for("globex's Secret to list the audience", WAIT, || async {
-        let cr = credentials(c, "globex", "globex-kinde").await?;
+        let cr =
+            support::credentials(&Api::namespaced(c.clone(), "globex"), "globex-kinde").await?;
         Ok((cr.audience == AUDIENCE).then_some(cr))
     })
     .await?;
@@ -658,7 +617,17 @@ async fn behaviours(
     .await?;
 
     // grantPolicy Selector: a namespace without the label is refused (its labels were read).
-    apply_yaml(cp, INITECH).await?;
+    support::fixtures::apply(
+        c,
+        "initech",
+        &[
+            &m2m_application("initech"),
+            &api_grant("initech-example-api", "initech", "example-api")
+                .with_api_namespace("platform")
+                .with_scopes(&["read:users"]),
+        ],
+    )
+    .await?;
     wait_ready::<ApiGrant>(
         c,
         "initech",
@@ -669,9 +638,8 @@ async fn behaviours(
     .await?;
 
     // Deleting a grant cuts access.
-    Api::<ApiGrant>::namespaced(c.clone(), "globex")
-        .delete("globex-example-api", &DeleteParams::default())
-        .await?;
+    let globex_grants = Api::<ApiGrant>::namespaced(c.clone(), "globex");
+    support::delete(&globex_grants, "globex-example-api").await?;
     wait_for("globex's token request to be refused", WAIT, || async {
         Ok(emulator
             .token_claims(&globex.client_id, &globex.client_secret, AUDIENCE)
@@ -680,16 +648,16 @@ async fn behaviours(
             .map(drop))
     })
     .await?;
-    wait_gone::<ApiGrant>(c, "globex", "globex-example-api").await?;
+    wait_gone(&globex_grants, "globex-example-api").await?;
 
     // A deleted Secret is recreated.
-    let secrets = Api::<Secret>::namespaced(c.clone(), "acme");
-    secrets
-        .delete("acme-credentials", &DeleteParams::default())
+    let old_uid = acme_secrets.get("acme-credentials").await?.uid();
+    acme_secrets
+        .delete("acme-credentials", &Default::default())
         .await?;
     let recreated = wait_for("acme-credentials to be recreated", WAIT, || async {
-        let cr = credentials(c, "acme", "acme-credentials").await?;
-        Ok((cr.uid != acme.uid).then_some(cr))
+        let s = acme_secrets.get("acme-credentials").await?;
+        Ok((s.uid() != old_uid).then(|| Credentials::of(&s)))
     })
     .await?;
     ensure!(
@@ -699,16 +667,13 @@ async fn behaviours(
 
     // Rotation on request.
     let request = format!("rbac-{}", fastrand::u32(..));
-    Api::<M2MApplication>::namespaced(c.clone(), "acme")
-        .patch(
-            "acme",
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"metadata": {"annotations": {ROTATE_REQUESTED_AT_ANNOTATION: request}}}),
-            ),
-        )
-        .await?;
     let apps = Api::<M2MApplication>::namespaced(c.clone(), "acme");
+    annotate(
+        &apps,
+        "acme",
+        &[(ROTATE_REQUESTED_AT_ANNOTATION, Some(&request))],
+    )
+    .await?;
     wait_for("the rotation to be handled", WAIT, || async {
         let app = apps.get("acme").await?;
         let status = app.status.unwrap_or_default();
@@ -716,7 +681,7 @@ async fn behaviours(
     })
     .await?;
     let rotated = wait_for("acme's Secret to hold the successor", WAIT, || async {
-        let cr = credentials(c, "acme", "acme-credentials").await?;
+        let cr = support::credentials(&acme_secrets, "acme-credentials").await?;
         Ok((cr.client_id != acme.client_id).then_some(cr))
     })
     .await?;
@@ -727,7 +692,7 @@ async fn behaviours(
 
     // ApiRegistration deletion waits while grants reference it, then completes.
     let apis = Api::<ApiRegistration>::namespaced(c.clone(), "platform");
-    apis.delete("example-api", &DeleteParams::default()).await?;
+    support::delete(&apis, "example-api").await?;
     wait_ready::<ApiRegistration>(c, "platform", "example-api", "False", Some("InUse")).await?;
     ensure!(
         apis.get_opt("example-api").await?.is_some(),
@@ -737,11 +702,9 @@ async fn behaviours(
         ("acme", "acme-example-api"),
         ("initech", "initech-example-api"),
     ] {
-        Api::<ApiGrant>::namespaced(c.clone(), ns)
-            .delete(name, &DeleteParams::default())
-            .await?;
+        support::delete(&Api::<ApiGrant>::namespaced(c.clone(), ns), name).await?;
     }
-    wait_gone::<ApiRegistration>(c, "platform", "example-api").await?;
+    wait_gone(&apis, "example-api").await?;
     let state = emulator.state().await?;
     ensure!(
         !state["apis"]
@@ -771,51 +734,6 @@ async fn behaviours(
     }
     eprintln!("rbac[{tag}]: behaviours done in {:.1?}", t0.elapsed());
     Ok(())
-}
-
-const INITECH: &str = r#"
-apiVersion: m2m.kinde-operator.io/v1alpha1
-kind: M2MApplication
-metadata:
-  name: initech
-  namespace: initech
-spec: {}
----
-apiVersion: m2m.kinde-operator.io/v1alpha1
-kind: ApiGrant
-metadata:
-  name: initech-example-api
-  namespace: initech
-spec:
-  applicationRef:
-    name: initech
-  apiRef:
-    name: example-api
-    namespace: platform
-  scopes: [read:users]
-"#;
-
-async fn apply_yaml(cp: &RbacCluster, yaml: &str) -> anyhow::Result<()> {
-    let path = cp.dir.join(format!("manifest-{}.yaml", fastrand::u32(..)));
-    std::fs::write(&path, yaml)?;
-    cp.kubectl(&["apply", "-f", &path.to_string_lossy()])
-        .await?
-        .success()?;
-    Ok(())
-}
-
-async fn wait_gone<K>(c: &kube::Client, ns: &str, name: &str) -> anyhow::Result<()>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let api = Api::<K>::namespaced(c.clone(), ns);
-    wait_for(
-        &format!("{} {ns}/{name} to be gone", K::kind(&())),
-        WAIT,
-        || async { Ok(api.get_opt(name).await?.is_none().then_some(())) },
-    )
-    .await
 }
 
 // ---------------------------------------------------------------------------------------

@@ -10,14 +10,24 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, bail, ensure};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kinde_m2m_operator::crd::{M2MApplication, M2MApplicationStatus};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kinde_m2m_operator::crd::{
+    ApiGrant, DeletionPolicy, M2MApplication, M2MApplicationStatus, PAUSED_ANNOTATION,
+    ROTATE_REQUESTED_AT_ANNOTATION,
+};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
-use crate::support::{self, Ctx, E2eTest, Emulator, Operator, wait_for};
+use crate::support::fixtures::{
+    ApiFixture as _, AppFixture as _, GrantFixture as _, api_grant, api_registration,
+    m2m_application,
+};
+use crate::support::{
+    self, Credentials, Ctx, E2eTest, Emulator, Kind as _, KindStatus as _, Operator,
+    POKE_ANNOTATION, annotate, event_reasons, metric, poke, wait_condition, wait_events, wait_for,
+    wait_gone,
+};
 
 pub fn tests() -> Vec<E2eTest> {
     vec![
@@ -56,8 +66,6 @@ pub fn tests() -> Vec<E2eTest> {
 }
 
 const WAIT: Duration = Duration::from_secs(90);
-const ROTATE: &str = "m2m.kinde-operator.io/rotate-requested-at";
-const PAUSED: &str = "m2m.kinde-operator.io/paused";
 const AUDIENCE: &str = "https://orders.example.com";
 const BILLING: &str = "https://billing.example.com";
 const APP_CRD: &str = "m2mapplications.m2m.kinde-operator.io";
@@ -65,32 +73,6 @@ const APP_CRD: &str = "m2mapplications.m2m.kinde-operator.io";
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// Installs `crds/` once per run the way the README does (`kubectl apply --validate=false`;
-/// v1.20 refuses the server-side apply of the CEL fields it does not know).
-async fn install_crds(ctx: &Ctx) -> anyhow::Result<()> {
-    static CRDS: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
-    CRDS.get_or_try_init(|| async {
-        let dir = support::repo_path("crds");
-        let dir = dir.to_string_lossy();
-        support::kubectl(
-            ctx.harness,
-            &["apply", "--validate=false", "-f", &dir],
-            None,
-        )
-        .await?
-        .success()?;
-        let names = [
-            "apiregistrations.m2m.kinde-operator.io",
-            APP_CRD,
-            "apigrants.m2m.kinde-operator.io",
-        ]
-        .map(String::from);
-        support::wait_crds_established(&ctx.client, &names, WAIT).await
-    })
-    .await
-    .map(drop)
-}
 
 /// An operator with `/metrics` on a port we know.
 struct Running {
@@ -117,30 +99,10 @@ fn operator(ctx: &Ctx, emulator: &Emulator) -> anyhow::Result<Running> {
 }
 
 async fn start(ctx: &Ctx) -> anyhow::Result<(Emulator, Running)> {
-    install_crds(ctx).await?;
+    ctx.harness.ensure_crds().await?;
     let emulator = ctx.own_emulator()?;
     let running = operator(ctx, &emulator)?;
     Ok((emulator, running))
-}
-
-/// The sum of the samples `name{labels...}` on `/metrics` (other labels free), if any.
-async fn metric(url: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<Option<f64>> {
-    let text = reqwest::get(url).await?.error_for_status()?.text().await?;
-    let mut sum = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (series, value) = line.rsplit_once(' ').context("metric line")?;
-        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-        if n != name {
-            continue;
-        }
-        if labels
-            .iter()
-            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        {
-            *sum.get_or_insert(0.0) += value.parse::<f64>()?;
-        }
-    }
-    Ok(sum)
 }
 
 async fn reconciles(r: &Running) -> anyhow::Result<f64> {
@@ -162,66 +124,16 @@ async fn wait_reconciled(r: &Running, before: f64) -> anyhow::Result<()> {
     .await
 }
 
-fn api_yaml(name: &str, audience: &str, scopes: &[&str]) -> String {
-    let scopes: String = scopes
-        .iter()
-        .map(|s| format!("\n    - key: {s}\n      description: {s}"))
-        .collect();
-    format!(
-        "apiVersion: m2m.kinde-operator.io/v1alpha1\nkind: ApiRegistration\nmetadata:\n  name: {name}\nspec:\n  audience: {audience}\n  scopes:{scopes}\n---\n"
-    )
+/// An M2MApplication displayed under its own name, rotated with `overlap`.
+fn rotating(name: &str, overlap: &str) -> M2MApplication {
+    m2m_application(name)
+        .with_display_name(name)
+        .with_overlap(overlap)
 }
 
-/// An M2MApplication; `extra_spec` lines go under `spec:` (indented by two).
-fn app_yaml(name: &str, extra_spec: &str) -> String {
-    format!(
-        "apiVersion: m2m.kinde-operator.io/v1alpha1\nkind: M2MApplication\nmetadata:\n  name: {name}\nspec:\n  displayName: {name}\n{extra_spec}---\n"
-    )
-}
-
-fn rotation_spec(overlap: &str, every: Option<&str>) -> String {
-    let every = every
-        .map(|e| format!("    every: {e}\n"))
-        .unwrap_or_default();
-    format!("  rotation:\n    overlap: {overlap}\n{every}")
-}
-
-fn grant_yaml(name: &str, app: &str, api: &str, scopes: &[&str]) -> String {
-    let scopes: String = scopes.iter().map(|s| format!("\n    - {s}")).collect();
-    format!(
-        "apiVersion: m2m.kinde-operator.io/v1alpha1\nkind: ApiGrant\nmetadata:\n  name: {name}\nspec:\n  applicationRef:\n    name: {app}\n  apiRef:\n    name: {api}\n  scopes:{scopes}\n---\n"
-    )
-}
-
-/// Credentials as read from a Secret.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Creds {
-    id: String,
-    secret: String,
-    audience: String,
-}
-
-fn creds_of(secret: &Secret) -> Creds {
-    let data = secret.data.clone().unwrap_or_default();
-    let key = |k: &str| -> String {
-        data.get(k)
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .unwrap_or_default()
-    };
-    Creds {
-        id: key("KINDE_CLIENT_ID"),
-        secret: key("KINDE_CLIENT_SECRET"),
-        audience: key("KINDE_AUDIENCE"),
-    }
-}
-
-async fn creds(ctx: &Ctx, app: &str) -> anyhow::Result<Creds> {
-    let s = ctx
-        .api::<Secret>()
-        .get(&format!("{app}-credentials"))
-        .await
-        .with_context(|| format!("Secret of {app}"))?;
-    Ok(creds_of(&s))
+/// A grant of `scopes` on `api` to `app`.
+fn grant_for(name: &str, app: &str, api: &str, scopes: &[&str]) -> ApiGrant {
+    api_grant(name, app, api).with_scopes(scopes)
 }
 
 async fn status(ctx: &Ctx, app: &str) -> anyhow::Result<M2MApplicationStatus> {
@@ -229,95 +141,7 @@ async fn status(ctx: &Ctx, app: &str) -> anyhow::Result<M2MApplicationStatus> {
         .api::<M2MApplication>()
         .get(app)
         .await?
-        .status
-        .unwrap_or_default())
-}
-
-fn is_ready(s: &M2MApplicationStatus) -> bool {
-    s.conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
-}
-
-/// `Ok(sorted scp)` of a token for `creds` on `audience`, or the refusal.
-async fn scp(
-    emulator: &Emulator,
-    creds: &Creds,
-    audience: &str,
-) -> anyhow::Result<Result<Vec<String>, String>> {
-    Ok(emulator
-        .token_claims(&creds.id, &creds.secret, audience)
-        .await?
-        .map(|claims| {
-            let mut v: Vec<String> = claims["scp"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect();
-            v.sort();
-            v
-        }))
-}
-
-fn strings(v: &[&str]) -> Vec<String> {
-    let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
-    v.sort();
-    v
-}
-
-async fn wait_scp(
-    emulator: &Emulator,
-    creds: &Creds,
-    audience: &str,
-    scopes: &[&str],
-) -> anyhow::Result<()> {
-    let want = strings(scopes);
-    wait_for(
-        &format!("a token for {} on {audience} with scp {want:?}", creds.id),
-        WAIT,
-        || async {
-            match scp(emulator, creds, audience).await? {
-                Ok(got) if got == want => Ok(Some(())),
-                other => Err(anyhow!("token: {other:?}")),
-            }
-        },
-    )
-    .await
-}
-
-async fn wait_refused(emulator: &Emulator, creds: &Creds, audience: &str) -> anyhow::Result<()> {
-    wait_for(
-        &format!("a token for {} on {audience} to be refused", creds.id),
-        WAIT,
-        || async {
-            match scp(emulator, creds, audience).await? {
-                Err(refusal) => Ok(Some(refusal)),
-                Ok(s) => Err(anyhow!("still issued, scp {s:?}")),
-            }
-        },
-    )
-    .await
-    .map(drop)
-}
-
-/// Applications in the emulator (management client excluded): id -> name.
-async fn kinde_apps(emulator: &Emulator) -> anyhow::Result<BTreeMap<String, String>> {
-    let state = emulator.state().await?;
-    Ok(state["applications"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter(|a| a["is_management_client"] != true)
-        .map(|a| {
-            (
-                a["id"].as_str().unwrap_or_default().to_owned(),
-                a["name"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect())
+        .status_or_default())
 }
 
 /// The APIs (audience -> scope keys) an application is authorized on, per the emulator.
@@ -325,13 +149,9 @@ async fn kinde_grants(
     emulator: &Emulator,
     app_id: &str,
 ) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
-    let state = emulator.state().await?;
-    let app = state["applications"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .find(|a| a["id"] == app_id)
+    let app = emulator
+        .kinde_app(app_id)
+        .await?
         .with_context(|| format!("no application {app_id} in the emulator"))?;
     Ok(app["apis"]
         .as_array()
@@ -339,13 +159,7 @@ async fn kinde_grants(
         .unwrap_or_default()
         .iter()
         .map(|a| {
-            let mut scopes: Vec<String> = a["scopes"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect();
+            let mut scopes = support::strings(&a["scopes"]);
             scopes.sort();
             (
                 a["audience"].as_str().unwrap_or_default().to_owned(),
@@ -355,56 +169,47 @@ async fn kinde_grants(
         .collect())
 }
 
-/// API `orders` (read/write), application `name` with `extra_spec`, a grant of both scopes;
-/// waits until the Secret's credentials get a token with both. Returns them.
-async fn setup(
-    ctx: &Ctx,
-    emulator: &Emulator,
-    name: &str,
-    extra_spec: &str,
-) -> anyhow::Result<Creds> {
-    ctx.apply_yaml(&format!(
-        "{}{}{}",
-        api_yaml("orders", AUDIENCE, &["read:orders", "write:orders"]),
-        app_yaml(name, extra_spec),
-        grant_yaml(
+/// API `orders` (read/write), application `app`, a grant of both scopes; waits until the
+/// Secret's credentials get a token with both. Returns them.
+async fn setup(ctx: &Ctx, emulator: &Emulator, app: M2MApplication) -> anyhow::Result<Credentials> {
+    let name = app.metadata.name.clone().unwrap_or_default();
+    ctx.apply(&[
+        &api_registration("orders", AUDIENCE).with_scopes(&["read:orders", "write:orders"]),
+        &app,
+        &grant_for(
             &format!("{name}-orders"),
-            name,
+            &name,
             "orders",
-            &["read:orders", "write:orders"]
+            &["read:orders", "write:orders"],
         ),
-    ))
+    ])
     .await?;
     let c = wait_for(
         &format!("the Secret of {name} with KINDE_AUDIENCE"),
         WAIT,
         || async {
-            let c = creds(ctx, name).await?;
+            let c = ctx.credentials(&name).await?;
             Ok((c.audience == AUDIENCE).then_some(c))
         },
     )
     .await?;
-    wait_scp(emulator, &c, AUDIENCE, &["read:orders", "write:orders"]).await?;
+    emulator
+        .wait_scp(&c, AUDIENCE, &["read:orders", "write:orders"])
+        .await?;
     wait_for(&format!("{name} Ready"), WAIT, || async {
-        Ok(is_ready(&status(ctx, name).await?).then_some(()))
+        Ok(status(ctx, &name).await?.is_ready().then_some(()))
     })
     .await?;
     Ok(c)
 }
 
-async fn annotate(ctx: &Ctx, app: &str, annotations: Value) -> anyhow::Result<()> {
-    ctx.api::<M2MApplication>()
-        .patch(
-            app,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {"annotations": annotations}})),
-        )
-        .await?;
-    Ok(())
-}
-
 async fn request_rotation(ctx: &Ctx, app: &str, value: &str) -> anyhow::Result<()> {
-    annotate(ctx, app, json!({ ROTATE: value })).await
+    annotate(
+        &ctx.api::<M2MApplication>(),
+        app,
+        &[(ROTATE_REQUESTED_AT_ANNOTATION, Some(value))],
+    )
+    .await
 }
 
 /// Waits until `status.lastHandledRotateRequest` is `value` and the app is Ready.
@@ -414,7 +219,7 @@ async fn wait_handled(ctx: &Ctx, app: &str, value: &str) -> anyhow::Result<M2MAp
         WAIT,
         || async {
             let s = status(ctx, app).await?;
-            if s.last_handled_rotate_request.as_deref() == Some(value) && is_ready(&s) {
+            if s.last_handled_rotate_request.as_deref() == Some(value) && s.is_ready() {
                 Ok(Some(s))
             } else {
                 Err(anyhow!(
@@ -442,7 +247,7 @@ async fn wait_retired(
         WAIT,
         || async {
             let s = status(ctx, app).await?;
-            let apps = kinde_apps(emulator).await?;
+            let apps = emulator.kinde_app_names().await?;
             let current = s.application_id.clone().unwrap_or_default();
             let done = s.retiring.is_empty()
                 && apps.len() == 1 + others
@@ -460,30 +265,9 @@ async fn wait_retired(
     .await
 }
 
-/// Reasons of the Events about `app`.
-async fn event_reasons(ctx: &Ctx, app: &str) -> anyhow::Result<Vec<String>> {
-    let events = ctx.api::<Event>().list(&ListParams::default()).await?;
-    Ok(events
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(app)
-                && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("M2MApplication")
-        })
-        .filter_map(|e| e.reason)
-        .collect())
-}
-
-async fn wait_events(ctx: &Ctx, app: &str, reasons: &[&str]) -> anyhow::Result<()> {
-    wait_for(&format!("Events {reasons:?} on {app}"), WAIT, || async {
-        let got = event_reasons(ctx, app).await?;
-        if reasons.iter().all(|r| got.iter().any(|g| g == r)) {
-            Ok(Some(()))
-        } else {
-            Err(anyhow!("Events so far: {got:?}"))
-        }
-    })
-    .await
+/// Waits for Events with `reasons` about M2MApplication `app`.
+async fn wait_app_events(ctx: &Ctx, app: &str, reasons: &[&str]) -> anyhow::Result<()> {
+    wait_events::<M2MApplication>(&ctx.client, &ctx.ns, app, reasons).await
 }
 
 /// Per-operation call counts (`calls`) between two `/_emulator/calls` snapshots.
@@ -504,22 +288,6 @@ fn writes_of(calls: &Value, op: &str) -> u64 {
     calls[op]["writes"].as_u64().unwrap_or(0)
 }
 
-/// Removes every pending fault.
-async fn clear_faults(emulator: &Emulator) -> anyhow::Result<()> {
-    emulator
-        .control(reqwest::Method::DELETE, "faults", None)
-        .await
-        .map(drop)
-}
-
-/// Waits until the emulator has received more than `before` calls of `op`.
-async fn wait_calls(emulator: &Emulator, op: &str, before: u64) -> anyhow::Result<()> {
-    wait_for(&format!("a call of {op}"), WAIT, || async {
-        Ok((emulator.call_count(op).await? > before).then_some(()))
-    })
-    .await
-}
-
 /// After a crash and restart: the rotation `request` completes with exactly one successor,
 /// the Secret holds its credentials (a token works with the granted scopes), and the
 /// predecessor is retired. `creates_before` is createApplication's write count before the
@@ -529,24 +297,26 @@ async fn finishes_cleanly(
     emulator: &Emulator,
     app: &str,
     request: &str,
-    old: &Creds,
+    old: &Credentials,
     creates_before: u64,
 ) -> anyhow::Result<()> {
     let s = wait_handled(ctx, app, request).await?;
     ensure!(
-        s.client_id.as_deref() != Some(old.id.as_str()),
+        s.client_id.as_deref() != Some(old.client_id.as_str()),
         "still the old client id after the rotation: {s:?}"
     );
     let s = wait_retired(ctx, emulator, app, 0).await?;
-    let c = creds(ctx, app).await?;
+    let c = ctx.credentials(app).await?;
     ensure!(
-        Some(&c.id) == s.client_id.as_ref(),
+        Some(&c.client_id) == s.client_id.as_ref(),
         "Secret holds {} but status says {:?}",
-        c.id,
+        c.client_id,
         s.client_id
     );
-    wait_scp(emulator, &c, AUDIENCE, &["read:orders", "write:orders"]).await?;
-    wait_refused(emulator, old, AUDIENCE).await?;
+    emulator
+        .wait_scp(&c, AUDIENCE, &["read:orders", "write:orders"])
+        .await?;
+    emulator.wait_refused(old, AUDIENCE).await?;
     let creates = writes_of(&emulator.calls().await?, "createApplication") - creates_before;
     ensure!(
         creates == 1,
@@ -576,10 +346,10 @@ fn watch_secret(ctx: &Ctx, name: &str) -> (SeenPairs, tokio::task::JoinHandle<()
             .applied_objects()
             .boxed();
         while let Some(Ok(s)) = stream.next().await {
-            let c = creds_of(&s);
+            let c = Credentials::of(&s);
             let mut v = sink.lock().unwrap();
-            if v.last() != Some(&(c.id.clone(), c.secret.clone())) {
-                v.push((c.id, c.secret));
+            if v.last() != Some(&(c.client_id.clone(), c.client_secret.clone())) {
+                v.push((c.client_id, c.client_secret));
             }
         }
     });
@@ -597,7 +367,7 @@ fn watch_secret(ctx: &Ctx, name: &str) -> (SeenPairs, tokio::task::JoinHandle<()
 async fn annotation_rotates_once(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, op) = start(&ctx).await?;
     let app = "acme";
-    let old = setup(&ctx, &emu, app, &rotation_spec("20s", None)).await?;
+    let old = setup(&ctx, &emu, rotating(app, "20s")).await?;
     let s0 = status(&ctx, app).await?;
     let old_app_id = s0.application_id.clone().context("applicationId")?;
     ensure!(
@@ -614,13 +384,16 @@ async fn annotation_rotates_once(ctx: Ctx) -> anyhow::Result<()> {
     request_rotation(&ctx, app, "r1").await?;
     let s1 = wait_handled(&ctx, app, "r1").await?;
     let new_id = s1.client_id.clone().context("clientId")?;
-    ensure!(new_id != old.id, "client id unchanged after the rotation");
+    ensure!(
+        new_id != old.client_id,
+        "client id unchanged after the rotation"
+    );
     ensure!(s1.application_id.as_deref() == Some(new_id.as_str()));
     let lrt = s1.last_rotation_time.clone().context("lastRotationTime")?;
     ensure!(s1.retiring.len() == 1, "retiring: {:?}", s1.retiring);
     let r = &s1.retiring[0];
     ensure!(
-        r.application_id == old_app_id && r.client_id == old.id,
+        r.application_id == old_app_id && r.client_id == old.client_id,
         "retiring entry {r:?} is not the predecessor {old_app_id}"
     );
     let overlap = r.retire_at.0.duration_since(lrt.0).as_secs_f64();
@@ -630,21 +403,25 @@ async fn annotation_rotates_once(ctx: Ctx) -> anyhow::Result<()> {
     );
 
     // The Secret now holds the successor, and it works with the same scopes.
-    let new = creds(&ctx, app).await?;
-    ensure!(new.id == new_id, "Secret holds {} not {new_id}", new.id);
+    let new = ctx.credentials(app).await?;
+    ensure!(
+        new.client_id == new_id,
+        "Secret holds {} not {new_id}",
+        new.client_id
+    );
     ensure!(new.audience == AUDIENCE);
     ensure!(
-        scp(&emu, &new, AUDIENCE).await? == Ok(strings(&["read:orders", "write:orders"])),
+        emu.scp(&new, AUDIENCE).await? == Ok(support::sorted(&["read:orders", "write:orders"])),
         "successor token scopes differ"
     );
     let grants = kinde_grants(&emu, &new_id).await?;
     ensure!(
-        grants.get(AUDIENCE) == Some(&strings(&["read:orders", "write:orders"])),
+        grants.get(AUDIENCE) == Some(&support::sorted(&["read:orders", "write:orders"])),
         "successor grants in Kinde: {grants:?}"
     );
     // The predecessor keeps working during the overlap.
     ensure!(
-        scp(&emu, &old, AUDIENCE).await?.is_ok(),
+        emu.scp(&old, AUDIENCE).await?.is_ok(),
         "predecessor refused during the overlap"
     );
     // The successor loses its marker once recorded.
@@ -652,13 +429,13 @@ async fn annotation_rotates_once(ctx: Ctx) -> anyhow::Result<()> {
         "the successor renamed to its display name",
         WAIT,
         || async {
-            let apps = kinde_apps(&emu).await?;
+            let apps = emu.kinde_app_names().await?;
             Ok((apps.get(&new_id).map(String::as_str) == Some(app)).then_some(()))
         },
     )
     .await?;
     let calls_switched = emu.calls().await?;
-    wait_events(
+    wait_app_events(
         &ctx,
         app,
         &["Created", "CredentialsRotated", "CredentialsUpdated"],
@@ -688,16 +465,16 @@ async fn annotation_rotates_once(ctx: Ctx) -> anyhow::Result<()> {
     // Retirement after the overlap.
     let s2 = wait_retired(&ctx, &emu, app, 0).await?;
     ensure!(s2.client_id.as_deref() == Some(new_id.as_str()));
-    wait_refused(&emu, &old, AUDIENCE).await?;
-    wait_events(&ctx, app, &["PredecessorRetired"]).await?;
+    emu.wait_refused(&old, AUDIENCE).await?;
+    wait_app_events(&ctx, app, &["PredecessorRetired"]).await?;
     let calls_retired = emu.calls().await?;
 
     // No intermediate Secret: every state it held is the old or the new pair, old then new.
     watch.abort();
     let seen = seen.lock().unwrap().clone();
     let pairs = [
-        (old.id.clone(), old.secret.clone()),
-        (new.id.clone(), new.secret.clone()),
+        (old.client_id.clone(), old.client_secret.clone()),
+        (new.client_id.clone(), new.client_secret.clone()),
     ];
     ensure!(
         seen == pairs,
@@ -709,7 +486,16 @@ async fn annotation_rotates_once(ctx: Ctx) -> anyhow::Result<()> {
     // The same value again does nothing (an unrelated annotation forces a reconcile).
     let creates = emu.call_count("createApplication").await?;
     let before = reconciles(&op).await?;
-    annotate(&ctx, app, json!({ ROTATE: "r1", "touch": "1" })).await?;
+    let poke_value = fastrand::u64(..).to_string();
+    annotate(
+        &ctx.api::<M2MApplication>(),
+        app,
+        &[
+            (ROTATE_REQUESTED_AT_ANNOTATION, Some("r1")),
+            (POKE_ANNOTATION, Some(&poke_value)),
+        ],
+    )
+    .await?;
     wait_reconciled(&op, before).await?;
     let s3 = status(&ctx, app).await?;
     ensure!(
@@ -739,7 +525,7 @@ async fn annotation_rotates_once(ctx: Ctx) -> anyhow::Result<()> {
 async fn cli_rotate(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, _op) = start(&ctx).await?;
     let app = "cli";
-    let old = setup(&ctx, &emu, app, &rotation_spec("1h", None)).await?;
+    let old = setup(&ctx, &emu, rotating(app, "1h")).await?;
     let rotate = |wait: bool| {
         let mut cmd = tokio::process::Command::new(support::operator_bin());
         cmd.args(["rotate", app, "-n", &ctx.ns])
@@ -762,11 +548,11 @@ async fn cli_rotate(ctx: Ctx) -> anyhow::Result<()> {
         .metadata
         .annotations
         .unwrap_or_default()
-        .get(ROTATE)
+        .get(ROTATE_REQUESTED_AT_ANNOTATION)
         .cloned()
         .context("rotate set no annotation")?;
     let s1 = wait_handled(&ctx, app, &value).await?;
-    ensure!(s1.client_id.as_deref() != Some(old.id.as_str()));
+    ensure!(s1.client_id.as_deref() != Some(old.client_id.as_str()));
 
     let out = rotate(true).output().await?;
     ensure!(
@@ -780,24 +566,28 @@ async fn cli_rotate(ctx: Ctx) -> anyhow::Result<()> {
         .metadata
         .annotations
         .unwrap_or_default()
-        .get(ROTATE)
+        .get(ROTATE_REQUESTED_AT_ANNOTATION)
         .cloned()
         .context("annotation")?;
     let s2 = obj.status.unwrap_or_default();
     ensure!(value2 != value, "rotate reused the value {value}");
     ensure!(
-        s2.last_handled_rotate_request.as_deref() == Some(value2.as_str()) && is_ready(&s2),
+        s2.last_handled_rotate_request.as_deref() == Some(value2.as_str()) && s2.is_ready(),
         "rotate --wait returned before the rotation: {s2:?}"
     );
     ensure!(
         s2.client_id != s1.client_id && s2.retiring.len() == 2,
         "{s2:?}"
     );
-    let c = creds(&ctx, app).await?;
-    ensure!(Some(&c.id) == s2.client_id.as_ref());
-    wait_scp(&emu, &c, AUDIENCE, &["read:orders", "write:orders"]).await?;
+    let c = ctx.credentials(app).await?;
+    ensure!(Some(&c.client_id) == s2.client_id.as_ref());
+    emu.wait_scp(&c, AUDIENCE, &["read:orders", "write:orders"])
+        .await?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(stdout.contains(&c.id), "rotate --wait printed {stdout:?}");
+    ensure!(
+        stdout.contains(&c.client_id),
+        "rotate --wait printed {stdout:?}"
+    );
     Ok(())
 }
 
@@ -805,7 +595,7 @@ async fn cli_rotate(ctx: Ctx) -> anyhow::Result<()> {
 async fn scheduled(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, _op) = start(&ctx).await?;
     let app = "sched";
-    let old = setup(&ctx, &emu, app, &rotation_spec("3s", Some("20s"))).await?;
+    let old = setup(&ctx, &emu, rotating(app, "3s").with_rotation_every("20s")).await?;
     let obj = ctx.api::<M2MApplication>().get(app).await?;
     let created = obj.metadata.creation_timestamp.clone().context("created")?;
     let s0 = obj.status.unwrap_or_default();
@@ -821,10 +611,13 @@ async fn scheduled(ctx: Ctx) -> anyhow::Result<()> {
     );
     let s1 = wait_for("the scheduled rotation", WAIT, || async {
         let s = status(&ctx, app).await?;
-        Ok((s.last_rotation_time.is_some() && is_ready(&s)).then_some(s))
+        Ok((s.last_rotation_time.is_some() && s.is_ready()).then_some(s))
     })
     .await?;
-    ensure!(s1.client_id.as_deref() != Some(old.id.as_str()), "{s1:?}");
+    ensure!(
+        s1.client_id.as_deref() != Some(old.client_id.as_str()),
+        "{s1:?}"
+    );
     ensure!(s1.last_handled_rotate_request.is_none());
     let lrt = s1.last_rotation_time.clone().context("lrt")?;
     ensure!(
@@ -860,10 +653,11 @@ async fn scheduled(ctx: Ctx) -> anyhow::Result<()> {
     })
     .await?;
     let s = wait_retired(&ctx, &emu, app, 0).await?;
-    let c = creds(&ctx, app).await?;
-    ensure!(Some(&c.id) == s.client_id.as_ref());
-    wait_scp(&emu, &c, AUDIENCE, &["read:orders", "write:orders"]).await?;
-    wait_refused(&emu, &old, AUDIENCE).await
+    let c = ctx.credentials(app).await?;
+    ensure!(Some(&c.client_id) == s.client_id.as_ref());
+    emu.wait_scp(&c, AUDIENCE, &["read:orders", "write:orders"])
+        .await?;
+    emu.wait_refused(&old, AUDIENCE).await.map(drop)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -875,45 +669,36 @@ async fn scheduled(ctx: Ctx) -> anyhow::Result<()> {
 async fn grants_during_overlap(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, _op) = start(&ctx).await?;
     let app = "ovl";
-    ctx.apply_yaml(&api_yaml("billing", BILLING, &["read:billing"]))
+    ctx.apply(&[&api_registration("billing", BILLING).with_scopes(&["read:billing"])])
         .await?;
-    let old = setup(&ctx, &emu, app, &rotation_spec("1h", None)).await?;
+    let old = setup(&ctx, &emu, rotating(app, "1h")).await?;
     request_rotation(&ctx, app, "r1").await?;
     let s = wait_handled(&ctx, app, "r1").await?;
     ensure!(s.retiring.len() == 1);
-    let new = creds(&ctx, app).await?;
+    let new = ctx.credentials(app).await?;
 
-    ctx.apply_yaml(&grant_yaml(
-        "ovl-billing",
-        app,
-        "billing",
-        &["read:billing"],
-    ))
-    .await?;
-    wait_scp(&emu, &new, BILLING, &["read:billing"]).await?;
+    ctx.apply(&[&grant_for("ovl-billing", app, "billing", &["read:billing"])])
+        .await?;
+    emu.wait_scp(&new, BILLING, &["read:billing"]).await?;
     wait_for("KINDE_AUDIENCE with both audiences", WAIT, || async {
-        let c = creds(&ctx, app).await?;
+        let c = ctx.credentials(app).await?;
         let mut a: Vec<&str> = c.audience.split(' ').collect();
         a.sort();
         Ok((a == [BILLING, AUDIENCE]).then_some(()))
     })
     .await?;
     ensure!(
-        scp(&emu, &old, AUDIENCE).await?.is_ok(),
+        emu.scp(&old, AUDIENCE).await?.is_ok(),
         "predecessor refused during the overlap"
     );
 
-    support::kubectl(
-        ctx.harness,
-        &["--namespace", &ctx.ns, "delete", "apigrant", "ovl-orders"],
-        None,
-    )
-    .await?
-    .success()?;
-    wait_refused(&emu, &new, AUDIENCE).await?;
-    wait_refused(&emu, &old, AUDIENCE).await?;
+    let grants = ctx.api::<ApiGrant>();
+    support::delete(&grants, "ovl-orders").await?;
+    wait_gone(&grants, "ovl-orders").await?;
+    emu.wait_refused(&new, AUDIENCE).await?;
+    emu.wait_refused(&old, AUDIENCE).await?;
     // The other grant is untouched.
-    wait_scp(&emu, &new, BILLING, &["read:billing"]).await
+    emu.wait_scp(&new, BILLING, &["read:billing"]).await
 }
 
 /// A grant deleted before it caught up with a rotation (it was paused meanwhile, so its
@@ -922,71 +707,26 @@ async fn grant_deleted_before_it_saw_rotation(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, _op) = start(&ctx).await?;
     let app = "gs";
     let grant = "gs-orders";
-    let old = setup(&ctx, &emu, app, &rotation_spec("1h", None)).await?;
-    let kubectl = |args: Vec<String>| {
-        let ctx = ctx.clone();
-        async move {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            ctx.kubectl(&args).await?.success()
-        }
-    };
-    kubectl(vec![
-        "annotate".into(),
-        "apigrant".into(),
-        grant.into(),
-        format!("{PAUSED}=true"),
-    ])
-    .await?;
-    let grants = Api::<kube::api::DynamicObject>::namespaced_with(
-        ctx.client.clone(),
-        &ctx.ns,
-        &kube::api::ApiResource::from_gvk_with_plural(
-            &kube::core::GroupVersionKind::gvk("m2m.kinde-operator.io", "v1alpha1", "ApiGrant"),
-            "apigrants",
-        ),
-    );
-    wait_for("the grant paused", WAIT, || async {
-        let g = grants.get(grant).await?;
-        let conds = g.data["status"]["conditions"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        Ok(conds
-            .iter()
-            .any(|c| c["type"] == "Synced" && c["reason"] == "Paused")
-            .then_some(()))
-    })
-    .await?;
+    let old = setup(&ctx, &emu, rotating(app, "1h")).await?;
+    let grants = ctx.api::<ApiGrant>();
+    annotate(&grants, grant, &[(PAUSED_ANNOTATION, Some("true"))]).await?;
+    wait_condition(&grants, grant, "Synced", "False", Some("Paused")).await?;
     request_rotation(&ctx, app, "r1").await?;
     wait_handled(&ctx, app, "r1").await?;
-    let new = creds(&ctx, app).await?;
-    wait_scp(&emu, &new, AUDIENCE, &["read:orders", "write:orders"]).await?;
-    let g = grants.get(grant).await?;
+    let new = ctx.credentials(app).await?;
+    emu.wait_scp(&new, AUDIENCE, &["read:orders", "write:orders"])
+        .await?;
+    let g = grants.get(grant).await?.status_or_default();
     ensure!(
-        g.data["status"]["applicationId"] == old.id.as_str(),
-        "the paused grant moved to the successor: {}",
-        g.data["status"]
+        g.application_id.as_deref() == Some(old.client_id.as_str()),
+        "the paused grant moved to the successor: {g:?}"
     );
-    kubectl(vec![
-        "delete".into(),
-        "apigrant".into(),
-        grant.into(),
-        "--wait=false".into(),
-    ])
-    .await?;
-    kubectl(vec![
-        "annotate".into(),
-        "apigrant".into(),
-        grant.into(),
-        format!("{PAUSED}-"),
-    ])
-    .await?;
-    wait_for("the grant gone", WAIT, || async {
-        Ok(grants.get_opt(grant).await?.is_none().then_some(()))
-    })
-    .await?;
-    wait_refused(&emu, &old, AUDIENCE).await?;
-    wait_refused(&emu, &new, AUDIENCE).await
+    // Deleted while paused, then resumed: the deletion runs on the grant's old status.
+    support::delete(&grants, grant).await?;
+    annotate(&grants, grant, &[(PAUSED_ANNOTATION, None)]).await?;
+    wait_gone(&grants, grant).await?;
+    emu.wait_refused(&old, AUDIENCE).await?;
+    emu.wait_refused(&new, AUDIENCE).await.map(drop)
 }
 
 /// Kinde refuses a whole authorization batch when one application in it is unknown (a
@@ -996,64 +736,24 @@ async fn grant_deleted_before_it_saw_rotation(ctx: Ctx) -> anyhow::Result<()> {
 /// Kinde, both cut.
 async fn revoke_batched_with_gone_app(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, _op) = start(&ctx).await?;
-    let a = setup(&ctx, &emu, "ga", &rotation_spec("1h", None)).await?;
-    ctx.apply_yaml(&format!(
-        "{}{}",
-        app_yaml("gb", &rotation_spec("1h", None)),
-        grant_yaml("gb-orders", "gb", "orders", &["read:orders"])
-    ))
+    let a = setup(&ctx, &emu, rotating("ga", "1h")).await?;
+    ctx.apply(&[
+        &rotating("gb", "1h"),
+        &grant_for("gb-orders", "gb", "orders", &["read:orders"]),
+    ])
     .await?;
     let b = wait_for("the Secret of gb", WAIT, || async {
-        let c = creds(&ctx, "gb").await?;
+        let c = ctx.credentials("gb").await?;
         Ok((c.audience == AUDIENCE).then_some(c))
     })
     .await?;
-    wait_scp(&emu, &b, AUDIENCE, &["read:orders"]).await?;
+    emu.wait_scp(&b, AUDIENCE, &["read:orders"]).await?;
     // ga's application disappears from Kinde behind the operator's back.
-    let http = reqwest::Client::new();
-    let token: Value = http
-        .post(format!("{}/oauth2/token", emu.url))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", support::KINDE_CLIENT_ID),
-            ("client_secret", support::KINDE_CLIENT_SECRET),
-            ("audience", &format!("{}/api", emu.url)),
-        ])
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
+    emu.mgmt_delete(&format!("/api/v1/applications/{}", a.client_id))
         .await?;
-    let bearer = token["access_token"].as_str().context("management token")?;
-    http.delete(format!("{}/api/v1/applications/{}", emu.url, a.id))
-        .bearer_auth(bearer)
-        .send()
-        .await?
-        .error_for_status()?;
-    ctx.kubectl(&[
-        "delete",
-        "apigrant",
-        "ga-orders",
-        "gb-orders",
-        "--wait=false",
-    ])
-    .await?
-    .success()?;
-    let grants = Api::<kube::api::DynamicObject>::namespaced_with(
-        ctx.client.clone(),
-        &ctx.ns,
-        &kube::api::ApiResource::from_gvk_with_plural(
-            &kube::core::GroupVersionKind::gvk("m2m.kinde-operator.io", "v1alpha1", "ApiGrant"),
-            "apigrants",
-        ),
-    );
-    wait_for("both grants gone", WAIT, || async {
-        Ok((grants.get_opt("ga-orders").await?.is_none()
-            && grants.get_opt("gb-orders").await?.is_none())
-        .then_some(()))
-    })
-    .await?;
-    wait_refused(&emu, &b, AUDIENCE).await
+    // Both grants deleted together (without waiting in between).
+    support::delete_all(&ctx.api::<ApiGrant>(), &["ga-orders", "gb-orders"]).await?;
+    emu.wait_refused(&b, AUDIENCE).await.map(drop)
 }
 
 /// Deleting the M2MApplication during an overlap: policy Delete removes the current and the
@@ -1063,21 +763,16 @@ async fn delete_during_overlap(ctx: Ctx) -> anyhow::Result<()> {
     let old_d = setup(
         &ctx,
         &emu,
-        "del",
-        &format!("{}  deletionPolicy: Delete\n", rotation_spec("1h", None)),
+        rotating("del", "1h").with_deletion_policy(DeletionPolicy::Delete),
     )
     .await?;
-    ctx.apply_yaml(&format!(
-        "{}{}",
-        app_yaml(
-            "orph",
-            &format!("{}  deletionPolicy: Orphan\n", rotation_spec("1h", None))
-        ),
-        grant_yaml("orph-orders", "orph", "orders", &["read:orders"])
-    ))
+    ctx.apply(&[
+        &rotating("orph", "1h").with_deletion_policy(DeletionPolicy::Orphan),
+        &grant_for("orph-orders", "orph", "orders", &["read:orders"]),
+    ])
     .await?;
     let old_o = wait_for("the Secret of orph", WAIT, || async {
-        let c = creds(&ctx, "orph").await?;
+        let c = ctx.credentials("orph").await?;
         Ok((c.audience == AUDIENCE).then_some(c))
     })
     .await?;
@@ -1088,23 +783,14 @@ async fn delete_during_overlap(ctx: Ctx) -> anyhow::Result<()> {
         ensure!(s.retiring.len() == 1, "{app}: {s:?}");
         let cur = s.application_id.clone().context("id")?;
         let prev = s.retiring[0].application_id.clone();
-        ensure!(s.retiring[0].client_id == old.id);
+        ensure!(s.retiring[0].client_id == old.client_id);
         ids.insert(app, (prev, cur));
     }
-    let apps = kinde_apps(&emu).await?;
+    let apps = emu.kinde_app_names().await?;
     ensure!(apps.len() == 4, "Kinde apps before deletion: {apps:?}");
     let api = ctx.api::<M2MApplication>();
-    for app in ["del", "orph"] {
-        api.delete(app, &DeleteParams::default()).await?;
-    }
-    wait_for("both M2MApplications gone", WAIT, || async {
-        Ok(
-            (api.get_opt("del").await?.is_none() && api.get_opt("orph").await?.is_none())
-                .then_some(()),
-        )
-    })
-    .await?;
-    let apps = kinde_apps(&emu).await?;
+    support::delete_all(&api, &["del", "orph"]).await?;
+    let apps = emu.kinde_app_names().await?;
     let (dp, dc) = &ids["del"];
     let (op_, oc) = &ids["orph"];
     ensure!(
@@ -1122,14 +808,14 @@ async fn delete_during_overlap(ctx: Ctx) -> anyhow::Result<()> {
 async fn second_request_queued(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, op) = start(&ctx).await?;
     let app = "twice";
-    let old = setup(&ctx, &emu, app, &rotation_spec("15s", None)).await?;
+    let old = setup(&ctx, &emu, rotating(app, "15s")).await?;
     let creates0 = writes_of(&emu.calls().await?, "createApplication");
     // Hold rotation A at the successor's authorization.
     let patches = emu.call_count("updateAPIApplications").await?;
     emu.fault(json!({"operation": "updateAPIApplications", "latency_ms": 4000}))
         .await?;
     request_rotation(&ctx, app, "A").await?;
-    wait_calls(&emu, "updateAPIApplications", patches).await?;
+    emu.wait_calls("updateAPIApplications", patches + 1).await?;
     request_rotation(&ctx, app, "B").await?;
     let s = wait_handled(&ctx, app, "B").await?;
     let ok = metric(
@@ -1142,14 +828,14 @@ async fn second_request_queued(ctx: Ctx) -> anyhow::Result<()> {
     let created = writes_of(&emu.calls().await?, "createApplication") - creates0;
     ensure!(created == 2, "{created} successors for two requests");
     ensure!(
-        s.retiring.len() == 2 && s.retiring[0].client_id == old.id,
+        s.retiring.len() == 2 && s.retiring[0].client_id == old.client_id,
         "retiring should hold the original and A's successor: {:?}",
         s.retiring
     );
     let a_id = s.retiring[1].client_id.clone();
     ensure!(Some(&a_id) != s.client_id.as_ref());
-    wait_events(&ctx, app, &["CredentialsRotated"]).await?;
-    let rotated = event_reasons(&ctx, app)
+    wait_app_events(&ctx, app, &["CredentialsRotated"]).await?;
+    let rotated = event_reasons::<M2MApplication>(&ctx.client, &ctx.ns, app)
         .await?
         .iter()
         .filter(|r| *r == "CredentialsRotated")
@@ -1157,9 +843,10 @@ async fn second_request_queued(ctx: Ctx) -> anyhow::Result<()> {
     ensure!(rotated >= 1);
     let s = wait_retired(&ctx, &emu, app, 0).await?;
     ensure!(s.last_handled_rotate_request.as_deref() == Some("B"));
-    let c = creds(&ctx, app).await?;
-    wait_scp(&emu, &c, AUDIENCE, &["read:orders", "write:orders"]).await?;
-    wait_refused(&emu, &old, AUDIENCE).await
+    let c = ctx.credentials(app).await?;
+    emu.wait_scp(&c, AUDIENCE, &["read:orders", "write:orders"])
+        .await?;
+    emu.wait_refused(&old, AUDIENCE).await.map(drop)
 }
 
 /// Paused: a request does nothing in Kinde; resuming performs it. Paused during the
@@ -1167,20 +854,13 @@ async fn second_request_queued(ctx: Ctx) -> anyhow::Result<()> {
 async fn pause_and_resume(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, op) = start(&ctx).await?;
     let app = "pz";
-    let old = setup(&ctx, &emu, app, &rotation_spec("5s", None)).await?;
+    let old = setup(&ctx, &emu, rotating(app, "5s")).await?;
+    let apps = ctx.api::<M2MApplication>();
     let paused = |on: bool| {
-        let v = if on { json!("true") } else { Value::Null };
-        annotate(&ctx, app, json!({ PAUSED: v }))
+        let apps = &apps;
+        async move { annotate(apps, app, &[(PAUSED_ANNOTATION, on.then_some("true"))]).await }
     };
-    let wait_paused = || {
-        wait_for("Synced=False reason Paused", WAIT, || async {
-            let s = status(&ctx, app).await?;
-            Ok(s.conditions
-                .iter()
-                .any(|c| c.type_ == "Synced" && c.reason == "Paused")
-                .then_some(()))
-        })
-    };
+    let wait_paused = || wait_condition(&apps, app, "Synced", "False", Some("Paused"));
     paused(true).await?;
     wait_paused().await?;
     let writes = emu.total_writes().await?;
@@ -1193,11 +873,12 @@ async fn pause_and_resume(ctx: Ctx) -> anyhow::Result<()> {
         "Kinde writes while paused"
     );
     ensure!(
-        s.last_handled_rotate_request.is_none() && s.client_id.as_deref() == Some(old.id.as_str()),
+        s.last_handled_rotate_request.is_none()
+            && s.client_id.as_deref() == Some(old.client_id.as_str()),
         "rotated while paused: {s:?}"
     );
     ensure!(
-        creds(&ctx, app).await? == old,
+        ctx.credentials(app).await? == old,
         "Secret changed while paused"
     );
 
@@ -1218,7 +899,7 @@ async fn pause_and_resume(ctx: Ctx) -> anyhow::Result<()> {
         if now <= retire_at.0 + jiff::SignedDuration::from_secs(1) {
             return Ok(None);
         }
-        annotate(&ctx, app, json!({"touch": now.to_string()})).await?;
+        poke(&apps, app).await?;
         wait_reconciled(&op, before).await?;
         Ok(Some(()))
     })
@@ -1226,12 +907,12 @@ async fn pause_and_resume(ctx: Ctx) -> anyhow::Result<()> {
     let s2 = status(&ctx, app).await?;
     ensure!(s2.retiring.len() == 1, "retired while paused: {s2:?}");
     ensure!(
-        scp(&emu, &old, AUDIENCE).await?.is_ok(),
+        emu.scp(&old, AUDIENCE).await?.is_ok(),
         "predecessor cut while paused"
     );
     paused(false).await?;
     wait_retired(&ctx, &emu, app, 0).await?;
-    wait_refused(&emu, &old, AUDIENCE).await
+    emu.wait_refused(&old, AUDIENCE).await.map(drop)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1242,17 +923,20 @@ async fn pause_and_resume(ctx: Ctx) -> anyhow::Result<()> {
 async fn crash_after_successor_create(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, mut op) = start(&ctx).await?;
     let app = "ca";
-    let old = setup(&ctx, &emu, app, &rotation_spec("3s", None)).await?;
+    let old = setup(&ctx, &emu, rotating(app, "3s")).await?;
     let creates = writes_of(&emu.calls().await?, "createApplication");
     let patches = emu.call_count("updateAPIApplications").await?;
     emu.fault(json!({"operation": "updateAPIApplications", "latency_ms": 30000}))
         .await?;
     request_rotation(&ctx, app, "r1").await?;
-    wait_calls(&emu, "updateAPIApplications", patches).await?;
+    emu.wait_calls("updateAPIApplications", patches + 1).await?;
     op.op.kill();
-    clear_faults(&emu).await?;
-    ensure!(kinde_apps(&emu).await?.len() == 2, "successor not created");
-    ensure!(creds(&ctx, app).await? == old, "Secret switched early");
+    emu.clear_faults().await?;
+    ensure!(
+        emu.kinde_app_names().await?.len() == 2,
+        "successor not created"
+    );
+    ensure!(ctx.credentials(app).await? == old, "Secret switched early");
     let _op = operator(&ctx, &emu)?;
     finishes_cleanly(&ctx, &emu, app, "r1", &old, creates).await
 }
@@ -1263,7 +947,7 @@ async fn crash_after_successor_create(ctx: Ctx) -> anyhow::Result<()> {
 async fn crash_after_secret_switch(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, mut op) = start(&ctx).await?;
     let app = "cs";
-    let old = setup(&ctx, &emu, app, &rotation_spec("3s", None)).await?;
+    let old = setup(&ctx, &emu, rotating(app, "3s")).await?;
     let creates = writes_of(&emu.calls().await?, "createApplication");
     let crds = Api::<CustomResourceDefinition>::all(ctx.client.clone());
     let path = "/spec/versions/0/schema/openAPIV3Schema/properties/status/properties/lastHandledRotateRequest/pattern";
@@ -1284,11 +968,8 @@ async fn crash_after_secret_switch(ctx: Ctx) -> anyhow::Result<()> {
         // A probe in an unwatched namespace tells when the apiserver enforces the pattern.
         let probe_ns = ctx.extra_namespace(&[]).await?;
         let probes = Api::<M2MApplication>::namespaced(ctx.client.clone(), &probe_ns);
-        let probe: M2MApplication = serde_json::from_value(json!({
-            "apiVersion": "m2m.kinde-operator.io/v1alpha1", "kind": "M2MApplication",
-            "metadata": {"name": "probe"}, "spec": {}
-        }))?;
-        probes.create(&PostParams::default(), &probe).await?;
+        ctx.apply_in(&probe_ns, &[&m2m_application("probe")])
+            .await?;
         wait_for("the CRD pattern to be enforced", WAIT, || async {
             let r = probes
                 .patch_status(
@@ -1314,8 +995,8 @@ async fn crash_after_secret_switch(ctx: Ctx) -> anyhow::Result<()> {
         let failed_before = failures().await?;
         request_rotation(&ctx, app, "hold!").await?;
         let switched = wait_for("the Secret switch", WAIT, || async {
-            let c = creds(&ctx, app).await?;
-            Ok((c.id != old.id).then_some(c))
+            let c = ctx.credentials(app).await?;
+            Ok((c.client_id != old.client_id).then_some(c))
         })
         .await?;
         // The status write was refused: the reconcile failed after the switch.
@@ -1326,7 +1007,7 @@ async fn crash_after_secret_switch(ctx: Ctx) -> anyhow::Result<()> {
         op.op.kill();
         let s = status(&ctx, app).await?;
         ensure!(
-            s.client_id.as_deref() == Some(old.id.as_str()) && s.retiring.is_empty(),
+            s.client_id.as_deref() == Some(old.client_id.as_str()) && s.retiring.is_empty(),
             "status was written after all: {s:?}"
         );
         anyhow::Ok((switched, probes))
@@ -1355,7 +1036,7 @@ async fn crash_after_secret_switch(ctx: Ctx) -> anyhow::Result<()> {
     let _op = operator(&ctx, &emu)?;
     finishes_cleanly(&ctx, &emu, app, "hold!", &old, creates).await?;
     ensure!(
-        creds(&ctx, app).await?.id == switched.id,
+        ctx.credentials(app).await?.client_id == switched.client_id,
         "a different successor than the one switched to before the crash"
     );
     Ok(())
@@ -1365,22 +1046,23 @@ async fn crash_after_secret_switch(ctx: Ctx) -> anyhow::Result<()> {
 async fn crash_after_status_write(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, mut op) = start(&ctx).await?;
     let app = "cst";
-    let old = setup(&ctx, &emu, app, &rotation_spec("3s", None)).await?;
+    let old = setup(&ctx, &emu, rotating(app, "3s")).await?;
     let creates = writes_of(&emu.calls().await?, "createApplication");
     let renames = emu.call_count("updateApplication").await?;
     emu.fault(json!({"operation": "updateApplication", "latency_ms": 30000}))
         .await?;
     request_rotation(&ctx, app, "r1").await?;
-    wait_calls(&emu, "updateApplication", renames).await?;
+    emu.wait_calls("updateApplication", renames + 1).await?;
     op.op.kill();
-    clear_faults(&emu).await?;
+    emu.clear_faults().await?;
     let s = status(&ctx, app).await?;
     ensure!(
         s.last_handled_rotate_request.as_deref() == Some("r1"),
         "status not written before the rename: {s:?}"
     );
     let cur = s.application_id.clone().context("id")?;
-    let name = kinde_apps(&emu)
+    let name = emu
+        .kinde_app_names()
         .await?
         .get(&cur)
         .cloned()
@@ -1398,7 +1080,7 @@ async fn crash_after_status_write(ctx: Ctx) -> anyhow::Result<()> {
 async fn crash_during_retirement(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, mut op) = start(&ctx).await?;
     let app = "cr";
-    let old = setup(&ctx, &emu, app, &rotation_spec("3s", None)).await?;
+    let old = setup(&ctx, &emu, rotating(app, "3s")).await?;
     let creates = writes_of(&emu.calls().await?, "createApplication");
     emu.fault(json!({"operation": "deleteApplication", "drop_response": true}))
         .await?;
@@ -1413,11 +1095,11 @@ async fn crash_during_retirement(ctx: Ctx) -> anyhow::Result<()> {
         .application_id
         .clone();
     wait_for("Kinde to delete the predecessor", WAIT, || async {
-        Ok((!kinde_apps(&emu).await?.contains_key(&prev)).then_some(()))
+        Ok((!emu.kinde_app_names().await?.contains_key(&prev)).then_some(()))
     })
     .await?;
     op.op.kill();
-    clear_faults(&emu).await?;
+    emu.clear_faults().await?;
     let s = status(&ctx, app).await?;
     ensure!(
         s.retiring.len() == 1,
@@ -1432,7 +1114,7 @@ async fn crash_during_retirement(ctx: Ctx) -> anyhow::Result<()> {
 async fn lost_create_response(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, mut op) = start(&ctx).await?;
     let app = "lc";
-    let old = setup(&ctx, &emu, app, &rotation_spec("3s", None)).await?;
+    let old = setup(&ctx, &emu, rotating(app, "3s")).await?;
     let creates = writes_of(&emu.calls().await?, "createApplication");
     emu.fault(json!({"operation": "createApplication", "drop_response": true}))
         .await?;
@@ -1443,7 +1125,10 @@ async fn lost_create_response(ctx: Ctx) -> anyhow::Result<()> {
     })
     .await?;
     op.op.kill();
-    ensure!(kinde_apps(&emu).await?.len() == 2, "successor not created");
+    ensure!(
+        emu.kinde_app_names().await?.len() == 2,
+        "successor not created"
+    );
     let _op = operator(&ctx, &emu)?;
     finishes_cleanly(&ctx, &emu, app, "r1", &old, creates).await
 }
@@ -1457,7 +1142,7 @@ async fn lost_create_response(ctx: Ctx) -> anyhow::Result<()> {
 async fn zero_downtime(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, _op) = start(&ctx).await?;
     let app = "zd";
-    let old = setup(&ctx, &emu, app, &rotation_spec("30s", None)).await?;
+    let old = setup(&ctx, &emu, rotating(app, "30s")).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let made = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -1472,20 +1157,24 @@ async fn zero_downtime(ctx: Ctx) -> anyhow::Result<()> {
                 tick.tick().await;
                 made.fetch_add(1, Ordering::SeqCst);
                 let outcome = async {
-                    let c = creds_of(&secrets.get(&format!("{app}-credentials")).await?);
+                    let c = Credentials::of(&secrets.get(&format!("{app}-credentials")).await?);
                     let resp = http
                         .post(&token_url)
                         .form(&[
                             ("grant_type", "client_credentials"),
-                            ("client_id", c.id.as_str()),
-                            ("client_secret", c.secret.as_str()),
+                            ("client_id", c.client_id.as_str()),
+                            ("client_secret", c.client_secret.as_str()),
                             ("audience", c.audience.as_str()),
                         ])
                         .send()
                         .await?;
                     let status = resp.status();
                     if !status.is_success() {
-                        bail!("client {}: HTTP {status}: {}", c.id, resp.text().await?);
+                        bail!(
+                            "client {}: HTTP {status}: {}",
+                            c.client_id,
+                            resp.text().await?
+                        );
                     }
                     anyhow::Ok(())
                 }
@@ -1504,7 +1193,7 @@ async fn zero_downtime(ctx: Ctx) -> anyhow::Result<()> {
         request_rotation(&ctx, app, "r1").await?;
         wait_handled(&ctx, app, "r1").await?;
         wait_retired(&ctx, &emu, app, 0).await?;
-        wait_refused(&emu, &old, AUDIENCE).await?;
+        emu.wait_refused(&old, AUDIENCE).await?;
         // And a little longer on the successor alone.
         let n = made.load(Ordering::SeqCst);
         wait_for("more consumer requests", WAIT, || async {
@@ -1530,25 +1219,26 @@ async fn zero_downtime(ctx: Ctx) -> anyhow::Result<()> {
 async fn zero_overlap_cuts_old(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, _op) = start(&ctx).await?;
     let app = "zo";
-    let old = setup(&ctx, &emu, app, &rotation_spec("0s", None)).await?;
+    let old = setup(&ctx, &emu, rotating(app, "0s")).await?;
     request_rotation(&ctx, app, "r1").await?;
     let new = wait_for("the Secret switch", WAIT, || async {
-        let c = creds(&ctx, app).await?;
-        Ok((c.id != old.id).then_some(c))
+        let c = ctx.credentials(app).await?;
+        Ok((c.client_id != old.client_id).then_some(c))
     })
     .await?;
     wait_for(
         "the old credentials refused soon after the switch",
         Duration::from_secs(10),
         || async {
-            match scp(&emu, &old, AUDIENCE).await? {
+            match emu.scp(&old, AUDIENCE).await? {
                 Err(r) => Ok(Some(r)),
                 Ok(_) => Ok(None),
             }
         },
     )
     .await?;
-    wait_scp(&emu, &new, AUDIENCE, &["read:orders", "write:orders"]).await?;
+    emu.wait_scp(&new, AUDIENCE, &["read:orders", "write:orders"])
+        .await?;
     let s = wait_retired(&ctx, &emu, app, 0).await?;
     ensure!(s.last_handled_rotate_request.as_deref() == Some("r1"));
     Ok(())

@@ -8,11 +8,21 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, ensure};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kinde_m2m_operator::crd::{ApiRegistration, EXTERNAL_ID_ANNOTATION, M2MApplication};
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use kinde_m2m_operator::crd::{
+    ApiGrant, ApiRegistration, DeletionPolicy, GrantFrom, M2MApplication, PAUSED_ANNOTATION,
+    ROTATE_REQUESTED_AT_ANNOTATION,
+};
+use kube::api::Api;
 use serde_json::{Value, json};
 
-use crate::support::{self, Ctx, E2eTest, Emulator, Operator, wait_for};
+use crate::support::fixtures::{
+    ApiFixture as _, AppFixture as _, GrantFixture as _, Meta as _, api_grant, api_registration,
+    m2m_application,
+};
+use crate::support::{
+    self, Ctx, E2eTest, Kind as _, WAIT, annotate, events_about, merge_patch, poke, scope_keys,
+    wait_for, wait_gone, wait_reason,
+};
 
 pub fn tests() -> Vec<E2eTest> {
     vec![
@@ -64,231 +74,29 @@ pub fn tests() -> Vec<E2eTest> {
     ]
 }
 
-const WAIT: Duration = Duration::from_secs(60);
-
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-async fn start(
-    ctx: &Ctx,
-    extra_ns: &[&str],
-    args: &[&str],
-) -> anyhow::Result<(Emulator, Operator)> {
-    ctx.harness.ensure_crds().await?;
-    let emulator = ctx.own_emulator()?;
-    let operator = ctx.run_operator(&emulator, extra_ns, "10m", args)?;
-    Ok((emulator, operator))
+/// An M2MApplication with a display name.
+fn app(name: &str, display_name: &str) -> M2MApplication {
+    m2m_application(name).with_display_name(display_name)
 }
 
-fn dyn_api<K: kube::Resource<DynamicType = ()>>(ctx: &Ctx, ns: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(ctx.client.clone(), ns, &ApiResource::erase::<K>(&()))
+/// A grant of `scopes` on `api` in `api_ns` to `app`.
+fn grant(name: &str, app: &str, api: &str, api_ns: &str, scopes: &[&str]) -> ApiGrant {
+    api_grant(name, app, api)
+        .with_api_namespace(api_ns)
+        .with_scopes(scopes)
 }
 
-/// Applies `yaml` (one or more objects) into `ns`.
-async fn apply_in(ctx: &Ctx, ns: &str, yaml: &str) -> anyhow::Result<()> {
-    support::kubectl(
-        ctx.harness,
-        &["--namespace", ns, "apply", "-f", "-"],
-        Some(yaml),
-    )
-    .await?
-    .success()
-    .map(drop)
-}
-
-fn app_yaml(name: &str, annotations: &[(&str, &str)], spec: &str) -> String {
-    format!(
-        "apiVersion: m2m.kinde-operator.io/v1alpha1\nkind: M2MApplication\nmetadata:\n  name: {name}\n{}spec:\n{spec}\n---\n",
-        annotations_yaml(annotations)
-    )
-}
-
-fn api_yaml(name: &str, annotations: &[(&str, &str)], spec: &str) -> String {
-    format!(
-        "apiVersion: m2m.kinde-operator.io/v1alpha1\nkind: ApiRegistration\nmetadata:\n  name: {name}\n{}spec:\n{spec}\n---\n",
-        annotations_yaml(annotations)
-    )
-}
-
-fn grant_yaml(name: &str, app: &str, api: &str, api_ns: &str, scopes: &[&str]) -> String {
-    let scopes: String = scopes.iter().map(|s| format!("\n    - {s}")).collect();
-    format!(
-        "apiVersion: m2m.kinde-operator.io/v1alpha1\nkind: ApiGrant\nmetadata:\n  name: {name}\nspec:\n  applicationRef:\n    name: {app}\n  apiRef:\n    name: {api}\n    namespace: {api_ns}\n  scopes:{scopes}\n---\n"
-    )
-}
-
-fn annotations_yaml(annotations: &[(&str, &str)]) -> String {
-    if annotations.is_empty() {
-        return String::new();
-    }
-    let lines: String = annotations
-        .iter()
-        .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
-        .collect();
-    format!("  annotations:\n{lines}")
-}
-
-/// `(status, reason, message)` of the Ready condition.
-fn ready_of(obj: &DynamicObject) -> Option<(String, String, String)> {
-    let conds = obj.data["status"]["conditions"].as_array()?;
-    conds.iter().find(|c| c["type"] == "Ready").map(|c| {
-        let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-        (s("status"), s("reason"), s("message"))
-    })
-}
-
-/// Waits until `ns/name` of kind `K` has `Ready` with `reason`; returns the object.
-async fn wait_reason<K: kube::Resource<DynamicType = ()>>(
-    ctx: &Ctx,
-    ns: &str,
-    name: &str,
-    reason: &str,
-) -> anyhow::Result<DynamicObject> {
-    let want = if reason == "Reconciled" {
-        "True"
-    } else {
-        "False"
-    };
-    let api = dyn_api::<K>(ctx, ns);
-    wait_for(
-        &format!("{} {ns}/{name} Ready={want} {reason}", K::kind(&())),
-        WAIT,
-        || async {
-            let obj = api.get(name).await?;
-            match ready_of(&obj) {
-                Some((s, r, _)) if s == want && r == reason => Ok(Some(obj)),
-                other => Err(anyhow!("Ready condition: {other:?}")),
-            }
-        },
-    )
-    .await
-}
-
-fn message(obj: &DynamicObject) -> String {
-    ready_of(obj).map(|(_, _, m)| m).unwrap_or_default()
-}
-
-fn status_str(obj: &DynamicObject, field: &str) -> anyhow::Result<String> {
-    obj.data["status"][field]
-        .as_str()
-        .map(str::to_owned)
-        .with_context(|| format!("status.{field} missing: {}", obj.data["status"]))
-}
-
-async fn kinde_api(emulator: &Emulator, id: &str) -> anyhow::Result<Option<Value>> {
-    let state = emulator.state().await?;
-    Ok(state["apis"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|a| a["id"] == id)
-        .cloned())
-}
-
-fn scope_keys(api: &Value) -> Vec<String> {
-    let mut keys: Vec<String> = api["scopes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s["key"].as_str().map(str::to_owned))
-        .collect();
-    keys.sort();
-    keys
+/// A status field the operator must have written.
+fn required(field: Option<String>, what: &str) -> anyhow::Result<String> {
+    field.with_context(|| format!("{what} missing from the status"))
 }
 
 async fn secret_exists(ctx: &Ctx, ns: &str, name: &str) -> anyhow::Result<bool> {
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    Ok(api.get_opt(name).await?.is_some())
-}
-
-/// Creates an M2M app directly in Kinde (a dashboard-made app); returns its id.
-async fn kinde_create_app(emulator: &Emulator, name: &str) -> anyhow::Result<String> {
-    let created = mgmt(
-        emulator,
-        reqwest::Method::POST,
-        "/api/v1/applications",
-        Some(json!({"name": name, "type": "m2m"})),
-    )
-    .await?;
-    created["application"]["id"]
-        .as_str()
-        .map(str::to_owned)
-        .context("no application id")
-}
-
-/// A Management API call with the operator's own credentials.
-async fn mgmt(
-    emulator: &Emulator,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> anyhow::Result<Value> {
-    let http = reqwest::Client::new();
-    let token: Value = http
-        .post(format!("{}/oauth2/token", emulator.url))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", support::KINDE_CLIENT_ID),
-            ("client_secret", support::KINDE_CLIENT_SECRET),
-            ("audience", &format!("{}/api", emulator.url)),
-        ])
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let token = token["access_token"].as_str().context("no access_token")?;
-    let mut req = http
-        .request(method, format!("{}{path}", emulator.url))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await?;
-    let status = resp.status();
-    let text = resp.text().await?;
-    ensure!(status.is_success(), "{path}: HTTP {status}: {text}");
-    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-async fn delete_obj<K: kube::Resource<DynamicType = ()>>(
-    ctx: &Ctx,
-    ns: &str,
-    name: &str,
-) -> anyhow::Result<()> {
-    dyn_api::<K>(ctx, ns)
-        .delete(name, &DeleteParams::default())
-        .await?;
-    Ok(())
-}
-
-async fn wait_gone<K: kube::Resource<DynamicType = ()>>(
-    ctx: &Ctx,
-    ns: &str,
-    name: &str,
-) -> anyhow::Result<()> {
-    let api = dyn_api::<K>(ctx, ns);
-    wait_for(&format!("{ns}/{name} to be gone"), WAIT, || async {
-        Ok(api.get_opt(name).await?.is_none().then_some(()))
-    })
-    .await
-}
-
-async fn merge_patch<K: kube::Resource<DynamicType = ()>>(
-    ctx: &Ctx,
-    ns: &str,
-    name: &str,
-    patch: Value,
-) -> anyhow::Result<()> {
-    dyn_api::<K>(ctx, ns)
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
-}
-
-fn with_log<T>(result: anyhow::Result<T>, op: &Operator) -> anyhow::Result<T> {
-    result.map_err(|e| e.context(format!("operator log tail:\n{}", op.log_tail(40))))
+    Ok(ctx.api_in::<Secret>(ns).get_opt(name).await?.is_some())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -303,65 +111,47 @@ fn with_log<T>(result: anyhow::Result<T>, op: &Operator) -> anyhow::Result<T> {
 async fn tenant_cannot_adopt_foreign_applications(ctx: Ctx) -> anyhow::Result<()> {
     let victim_ns = ctx.extra_namespace(&[]).await?;
     let outsider_ns = ctx.extra_namespace(&[]).await?;
-    let (emulator, op) = start(
-        &ctx,
-        &[&victim_ns, &outsider_ns],
-        &["--adoption-namespace", &ctx.ns],
-    )
-    .await?;
-    let result = async {
-        apply_in(
-            &ctx,
-            &victim_ns,
-            &app_yaml("victim", &[], "  displayName: Victim"),
+    let (emulator, op) = ctx
+        .own_emulator_and_operator(
+            &[&victim_ns, &outsider_ns],
+            "10m",
+            &["--adoption-namespace", &ctx.ns],
         )
         .await?;
-        let victim =
-            wait_reason::<M2MApplication>(&ctx, &victim_ns, "victim", "Reconciled").await?;
-        let victim_id = status_str(&victim, "applicationId")?;
+    let apps = ctx.api::<M2MApplication>();
+    let result = async {
+        ctx.apply_in(&victim_ns, &[&app("victim", "Victim")])
+            .await?;
+        let victim_apps = ctx.api_in::<M2MApplication>(&victim_ns);
+        let victim = wait_reason(&victim_apps, "victim", "Reconciled").await?;
+        let victim_id = required(victim.status_or_default().application_id, "applicationId")?;
 
         let thieves = [
             ("thief", victim_id.as_str(), "AdoptionRefused"),
             ("mgmt-thief", support::KINDE_CLIENT_ID, "AdoptionRefused"),
         ];
         for (name, target, _) in thieves {
-            apply_in(
-                &ctx,
-                &ctx.ns,
-                &app_yaml(
-                    name,
-                    &[(EXTERNAL_ID_ANNOTATION, target)],
-                    "  displayName: Stolen\n  deletionPolicy: Delete",
-                ),
-            )
-            .await?;
+            ctx.apply(&[&app(name, "Stolen")
+                .adopting(target)
+                .with_deletion_policy(DeletionPolicy::Delete)])
+                .await?;
         }
-        apply_in(
-            &ctx,
+        ctx.apply_in(
             &outsider_ns,
-            &app_yaml(
-                "thief",
-                &[(EXTERNAL_ID_ANNOTATION, &victim_id)],
-                "  displayName: Stolen",
-            ),
+            &[&app("thief", "Stolen").adopting(&victim_id)],
         )
         .await?;
         for (name, target, reason) in thieves {
-            let obj = wait_reason::<M2MApplication>(&ctx, &ctx.ns, name, reason).await?;
-            ensure!(
-                message(&obj).contains(target),
-                "{name}: the message does not name {target}: {}",
-                message(&obj)
-            );
+            let obj = wait_reason(&apps, name, reason).await?;
+            obj.ensure_ready_mentions(target)?;
         }
-        let outsider =
-            wait_reason::<M2MApplication>(&ctx, &outsider_ns, "thief", "AdoptionNotPermitted")
-                .await?;
-        ensure!(
-            message(&outsider).contains(&outsider_ns),
-            "message: {}",
-            message(&outsider)
-        );
+        let outsider = wait_reason(
+            &ctx.api_in::<M2MApplication>(&outsider_ns),
+            "thief",
+            "AdoptionNotPermitted",
+        )
+        .await?;
+        outsider.ensure_ready_mentions(&outsider_ns)?;
         for (ns, name) in [
             (&ctx.ns, "thief"),
             (&ctx.ns, "mgmt-thief"),
@@ -371,27 +161,30 @@ async fn tenant_cannot_adopt_foreign_applications(ctx: Ctx) -> anyhow::Result<()
                 !secret_exists(&ctx, ns, &format!("{name}-credentials")).await?,
                 "{ns}/{name} got a credentials Secret"
             );
-            let obj = dyn_api::<M2MApplication>(&ctx, ns).get(name).await?;
+            let status = ctx
+                .api_in::<M2MApplication>(ns)
+                .get(name)
+                .await?
+                .status_or_default();
             ensure!(
-                obj.data["status"]["applicationId"].is_null()
-                    && obj.data["status"]["clientId"].is_null(),
-                "{ns}/{name} recorded a foreign application: {}",
-                obj.data["status"]
+                status.application_id.is_none() && status.client_id.is_none(),
+                "{ns}/{name} recorded a foreign application: {status:?}"
             );
         }
         // The refusals made no Kinde write; B's app keeps its name.
-        let apps = emulator.kinde_apps().await?;
-        ensure!(apps.len() == 1, "Kinde applications: {apps:?}");
-        ensure!(apps[0]["name"] == "Victim", "victim renamed: {}", apps[0]);
-
-        for name in ["thief", "mgmt-thief"] {
-            delete_obj::<M2MApplication>(&ctx, &ctx.ns, name).await?;
-            wait_gone::<M2MApplication>(&ctx, &ctx.ns, name).await?;
-        }
-        let apps = emulator.kinde_apps().await?;
+        let kinde_apps = emulator.kinde_apps().await?;
+        ensure!(kinde_apps.len() == 1, "Kinde applications: {kinde_apps:?}");
         ensure!(
-            apps.iter().any(|a| a["id"] == victim_id.as_str()),
-            "deleting the refused adopter deleted the victim's app: {apps:?}"
+            kinde_apps[0]["name"] == "Victim",
+            "victim renamed: {}",
+            kinde_apps[0]
+        );
+
+        support::delete_all(&apps, &["thief", "mgmt-thief"]).await?;
+        let kinde_apps = emulator.kinde_apps().await?;
+        ensure!(
+            kinde_apps.iter().any(|a| a["id"] == victim_id.as_str()),
+            "deleting the refused adopter deleted the victim's app: {kinde_apps:?}"
         );
         let state = emulator.state().await?;
         ensure!(
@@ -402,62 +195,51 @@ async fn tenant_cannot_adopt_foreign_applications(ctx: Ctx) -> anyhow::Result<()
                 .any(|a| a["is_management_client"] == true),
             "the management client was deleted"
         );
-        wait_reason::<M2MApplication>(&ctx, &victim_ns, "victim", "Reconciled").await?;
+        wait_reason(&victim_apps, "victim", "Reconciled").await?;
         Ok(())
     }
     .await;
-    with_log(result, &op)
+    op.with_log(result)
 }
 
 /// A tenant's ApiRegistration annotated with the platform API's id (and its audience) is
 /// refused: the platform's scopes and grant policy stay in force.
 async fn tenant_cannot_adopt_platform_api(ctx: Ctx) -> anyhow::Result<()> {
     let platform_ns = ctx.extra_namespace(&[]).await?;
-    let (emulator, op) = start(&ctx, &[&platform_ns], &["--adoption-namespace", &ctx.ns]).await?;
+    let (emulator, op) = ctx
+        .own_emulator_and_operator(&[&platform_ns], "10m", &["--adoption-namespace", &ctx.ns])
+        .await?;
+    let platform_apis = ctx.api_in::<ApiRegistration>(&platform_ns);
     let result = async {
         let audience = "https://orders.platform.example";
-        apply_in(
-            &ctx,
+        ctx.apply_in(
             &platform_ns,
-            &api_yaml(
-                "orders",
-                &[],
-                &format!(
-                    "  audience: {audience}\n  scopes:\n    - key: read\n      description: Read\n    - key: write\n      description: Write"
-                ),
-            ),
+            &[&api_registration("orders", audience)
+                .with_scope("read", "Read")
+                .with_scope("write", "Write")],
         )
         .await?;
-        let orders = wait_reason::<ApiRegistration>(&ctx, &platform_ns, "orders", "Reconciled").await?;
-        let api_id = status_str(&orders, "apiId")?;
-        apply_in(
-            &ctx,
-            &ctx.ns,
-            &api_yaml(
-                "copy",
-                &[(EXTERNAL_ID_ANNOTATION, &api_id)],
-                &format!("  audience: {audience}\n  grantPolicy:\n    from: All"),
-            ),
-        )
-        .await?;
-        let copy = wait_reason::<ApiRegistration>(&ctx, &ctx.ns, "copy", "AdoptionRefused").await?;
-        ensure!(
-            message(&copy).contains(&platform_ns),
-            "the message does not name the holder: {}",
-            message(&copy)
-        );
-        ensure!(copy.data["status"]["apiId"].is_null(), "{}", copy.data["status"]);
-        // A grant through the copy finds nothing to grant.
-        apply_in(&ctx, &ctx.ns, &app_yaml("client", &[], "  displayName: Client")).await?;
-        apply_in(
-            &ctx,
-            &ctx.ns,
-            &grant_yaml("via-copy", "client", "copy", &ctx.ns, &[]),
-        )
-        .await?;
-        wait_reason::<kinde_m2m_operator::crd::ApiGrant>(&ctx, &ctx.ns, "via-copy", "WaitingForApi")
+        let orders = wait_reason(&platform_apis, "orders", "Reconciled").await?;
+        let api_id = required(orders.status_or_default().api_id, "apiId")?;
+        ctx.apply(&[&api_registration("copy", audience)
+            .adopting(&api_id)
+            .with_grant_from(GrantFrom::All)])
             .await?;
-        let kinde = kinde_api(&emulator, &api_id).await?.context("platform API gone")?;
+        let copy = wait_reason(&ctx.api::<ApiRegistration>(), "copy", "AdoptionRefused").await?;
+        copy.ensure_ready_mentions(&platform_ns)?;
+        let copy_status = copy.status_or_default();
+        ensure!(copy_status.api_id.is_none(), "{copy_status:?}");
+        // A grant through the copy finds nothing to grant.
+        ctx.apply(&[
+            &app("client", "Client"),
+            &grant("via-copy", "client", "copy", &ctx.ns, &[]),
+        ])
+        .await?;
+        wait_reason(&ctx.api::<ApiGrant>(), "via-copy", "WaitingForApi").await?;
+        let kinde = emulator
+            .kinde_api(&api_id)
+            .await?
+            .context("platform API gone")?;
         ensure!(
             scope_keys(&kinde) == ["read", "write"],
             "the platform API's scopes changed: {kinde}"
@@ -466,11 +248,11 @@ async fn tenant_cannot_adopt_platform_api(ctx: Ctx) -> anyhow::Result<()> {
             kinde["applications"].as_array().is_none_or(Vec::is_empty),
             "an application was authorized on the platform API: {kinde}"
         );
-        wait_reason::<ApiRegistration>(&ctx, &platform_ns, "orders", "Reconciled").await?;
+        wait_reason(&platform_apis, "orders", "Reconciled").await?;
         Ok(())
     }
     .await;
-    with_log(result, &op)
+    op.with_log(result)
 }
 
 /// Adoption permitted by a namespace label: a dashboard-made app is adopted (its secret read
@@ -479,59 +261,41 @@ async fn tenant_cannot_adopt_platform_api(ctx: Ctx) -> anyhow::Result<()> {
 async fn adoption_by_namespace_label_keeps_adopted_objects(ctx: Ctx) -> anyhow::Result<()> {
     let label = "trust.e2e.kinde-operator.io/adopt";
     let namespaces: Api<Namespace> = Api::all(ctx.client.clone());
-    namespaces
-        .patch(
-            &ctx.ns,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {label: "yes"}}})),
-        )
-        .await?;
+    merge_patch(
+        &namespaces,
+        &ctx.ns,
+        json!({"metadata": {"labels": {label: "yes"}}}),
+    )
+    .await?;
     let selector = format!("{label}=yes");
-    let (emulator, op) = start(&ctx, &[], &["--adoption-namespace-selector", &selector]).await?;
+    let (emulator, op) = ctx
+        .own_emulator_and_operator(&[], "10m", &["--adoption-namespace-selector", &selector])
+        .await?;
+    let apps = ctx.api::<M2MApplication>();
     let result = async {
-        let legacy = kinde_create_app(&emulator, "Legacy").await?;
-        let doomed = kinde_create_app(&emulator, "Doomed").await?;
-        apply_in(
-            &ctx,
-            &ctx.ns,
-            &app_yaml(
-                "legacy",
-                &[(EXTERNAL_ID_ANNOTATION, &legacy)],
-                "  displayName: Legacy",
-            ),
-        )
+        let legacy = kinde_app_id(&emulator.create_kinde_app("Legacy").await?)?;
+        let doomed = kinde_app_id(&emulator.create_kinde_app("Doomed").await?)?;
+        ctx.apply(&[
+            &app("legacy", "Legacy").adopting(&legacy),
+            &app("doomed", "Doomed")
+                .adopting(&doomed)
+                .with_deletion_policy(DeletionPolicy::Delete),
+        ])
         .await?;
-        apply_in(
-            &ctx,
-            &ctx.ns,
-            &app_yaml(
-                "doomed",
-                &[(EXTERNAL_ID_ANNOTATION, &doomed)],
-                "  displayName: Doomed\n  deletionPolicy: Delete",
-            ),
-        )
-        .await?;
-        let obj = wait_reason::<M2MApplication>(&ctx, &ctx.ns, "legacy", "Reconciled").await?;
+        let obj = wait_reason(&apps, "legacy", "Reconciled").await?;
+        let status = obj.status_or_default();
         ensure!(
-            status_str(&obj, "applicationId")? == legacy,
-            "{}",
-            obj.data["status"]
+            required(status.application_id.clone(), "applicationId")? == legacy,
+            "{status:?}"
         );
         ensure!(
             secret_exists(&ctx, &ctx.ns, "legacy-credentials").await?,
             "no Secret for the adopted app"
         );
-        let obj = wait_reason::<M2MApplication>(&ctx, &ctx.ns, "doomed", "AdoptionRefused").await?;
-        ensure!(
-            message(&obj).contains("--adoption-allow-delete"),
-            "message: {}",
-            message(&obj)
-        );
+        let obj = wait_reason(&apps, "doomed", "AdoptionRefused").await?;
+        obj.ensure_ready_mentions("--adoption-allow-delete")?;
 
-        for name in ["legacy", "doomed"] {
-            delete_obj::<M2MApplication>(&ctx, &ctx.ns, name).await?;
-            wait_gone::<M2MApplication>(&ctx, &ctx.ns, name).await?;
-        }
+        support::delete_all(&apps, &["legacy", "doomed"]).await?;
         let ids: Vec<Value> = emulator
             .kinde_apps()
             .await?
@@ -544,36 +308,29 @@ async fn adoption_by_namespace_label_keeps_adopted_objects(ctx: Ctx) -> anyhow::
         );
 
         // The platform withdraws the permission: the next reconcile refuses.
-        apply_in(
-            &ctx,
-            &ctx.ns,
-            &app_yaml(
-                "again",
-                &[(EXTERNAL_ID_ANNOTATION, &legacy)],
-                "  displayName: Legacy",
-            ),
-        )
-        .await?;
-        wait_reason::<M2MApplication>(&ctx, &ctx.ns, "again", "Reconciled").await?;
-        namespaces
-            .patch(
-                &ctx.ns,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"labels": {label: null}}})),
-            )
+        ctx.apply(&[&app("again", "Legacy").adopting(&legacy)])
             .await?;
-        merge_patch::<M2MApplication>(
-            &ctx,
+        wait_reason(&apps, "again", "Reconciled").await?;
+        merge_patch(
+            &namespaces,
             &ctx.ns,
-            "again",
-            json!({"metadata": {"annotations": {"poke": "1"}}}),
+            json!({"metadata": {"labels": {label: null}}}),
         )
         .await?;
-        wait_reason::<M2MApplication>(&ctx, &ctx.ns, "again", "AdoptionNotPermitted").await?;
+        poke(&apps, "again").await?;
+        wait_reason(&apps, "again", "AdoptionNotPermitted").await?;
         Ok(())
     }
     .await;
-    with_log(result, &op)
+    op.with_log(result)
+}
+
+/// The id of an application [`Emulator::create_kinde_app`] made.
+fn kinde_app_id(app: &Value) -> anyhow::Result<String> {
+    app["id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no application id")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -585,23 +342,24 @@ async fn adoption_by_namespace_label_keeps_adopted_objects(ctx: Ctx) -> anyhow::
 /// the loser leaves the winner's API.
 async fn one_audience_in_two_namespaces(ctx: Ctx) -> anyhow::Result<()> {
     let other_ns = ctx.extra_namespace(&[]).await?;
-    let (emulator, op) = start(&ctx, &[&other_ns], &[]).await?;
+    let (emulator, op) = ctx
+        .own_emulator_and_operator(&[&other_ns], "10m", &[])
+        .await?;
     let result = async {
         // Both creates are in flight together: the second reaches Kinde after the first.
         emulator
             .fault(json!({"operation": "addAPIs", "latency_ms": 1500, "times": 2}))
             .await?;
         let audience = "https://contested.example.com";
-        let spec = format!("  audience: {audience}");
-        apply_in(&ctx, &ctx.ns, &api_yaml("contested", &[], &spec)).await?;
-        apply_in(&ctx, &other_ns, &api_yaml("contested", &[], &spec)).await?;
+        let contested = api_registration("contested", audience);
+        ctx.apply(&[&contested]).await?;
+        ctx.apply_in(&other_ns, &[&contested]).await?;
         let settled = wait_for("one Ready and one AudienceInUse", WAIT, || async {
             let mut reasons = Vec::new();
             for ns in [&ctx.ns, &other_ns] {
-                let obj = dyn_api::<ApiRegistration>(&ctx, ns)
-                    .get("contested")
-                    .await?;
-                reasons.push((ns.clone(), ready_of(&obj).map(|(_, r, _)| r), obj));
+                let obj = ctx.api_in::<ApiRegistration>(ns).get("contested").await?;
+                let reason = obj.condition("Ready").map(|c| c.reason.clone());
+                reasons.push((ns.clone(), reason, obj));
             }
             let ready: Vec<_> = reasons
                 .iter()
@@ -625,7 +383,7 @@ async fn one_audience_in_two_namespaces(ctx: Ctx) -> anyhow::Result<()> {
         })
         .await?;
         let (winner_ns, winner, loser_ns) = settled;
-        let api_id = status_str(&winner, "apiId")?;
+        let api_id = required(winner.status_or_default().api_id, "apiId")?;
         let state = emulator.state().await?;
         let with_audience = state["apis"]
             .as_array()
@@ -637,64 +395,63 @@ async fn one_audience_in_two_namespaces(ctx: Ctx) -> anyhow::Result<()> {
             with_audience == 1,
             "APIs with the audience: {with_audience}"
         );
-        let loser = dyn_api::<ApiRegistration>(&ctx, &loser_ns)
-            .get("contested")
-            .await?;
-        ensure!(
-            loser.data["status"]["apiId"].is_null(),
-            "loser: {}",
-            loser.data["status"]
-        );
+        let loser_apis = ctx.api_in::<ApiRegistration>(&loser_ns);
+        let loser = loser_apis.get("contested").await?.status_or_default();
+        ensure!(loser.api_id.is_none(), "loser: {loser:?}");
 
-        delete_obj::<ApiRegistration>(&ctx, &loser_ns, "contested").await?;
-        wait_gone::<ApiRegistration>(&ctx, &loser_ns, "contested").await?;
+        support::delete(&loser_apis, "contested").await?;
+        wait_gone(&loser_apis, "contested").await?;
         ensure!(
-            kinde_api(&emulator, &api_id).await?.is_some(),
+            emulator.kinde_api(&api_id).await?.is_some(),
             "deleting the loser deleted the winner's API"
         );
-        wait_reason::<ApiRegistration>(&ctx, &winner_ns, "contested", "Reconciled").await?;
+        wait_reason(
+            &ctx.api_in::<ApiRegistration>(&winner_ns),
+            "contested",
+            "Reconciled",
+        )
+        .await?;
         Ok(())
     }
     .await;
-    with_log(result, &op)
+    op.with_log(result)
 }
 
 /// A grant the API's `grantPolicy` refuses does not keep the API's deletion waiting.
 async fn refused_grant_does_not_pin_api(ctx: Ctx) -> anyhow::Result<()> {
     let platform_ns = ctx.extra_namespace(&[]).await?;
-    let (emulator, op) = start(&ctx, &[&platform_ns], &[]).await?;
+    let (emulator, op) = ctx
+        .own_emulator_and_operator(&[&platform_ns], "10m", &[])
+        .await?;
+    let platform_apis = ctx.api_in::<ApiRegistration>(&platform_ns);
     let result = async {
-        apply_in(
-            &ctx,
+        ctx.apply_in(
             &platform_ns,
-            &api_yaml(
-                "internal",
-                &[],
-                "  audience: https://internal.example.com\n  deletionPolicy: Delete\n  scopes:\n    - key: read\n      description: Read",
-            ),
+            &[
+                &api_registration("internal", "https://internal.example.com")
+                    .with_deletion_policy(DeletionPolicy::Delete)
+                    .with_scope("read", "Read"),
+            ],
         )
         .await?;
-        let api = wait_reason::<ApiRegistration>(&ctx, &platform_ns, "internal", "Reconciled").await?;
-        let api_id = status_str(&api, "apiId")?;
-        apply_in(&ctx, &ctx.ns, &app_yaml("pinner", &[], "  displayName: Pinner")).await?;
-        apply_in(
-            &ctx,
-            &ctx.ns,
-            &grant_yaml("pin", "pinner", "internal", &platform_ns, &["read"]),
-        )
+        let api = wait_reason(&platform_apis, "internal", "Reconciled").await?;
+        let api_id = required(api.status_or_default().api_id, "apiId")?;
+        ctx.apply(&[
+            &app("pinner", "Pinner"),
+            &grant("pin", "pinner", "internal", &platform_ns, &["read"]),
+        ])
         .await?;
-        wait_reason::<kinde_m2m_operator::crd::ApiGrant>(&ctx, &ctx.ns, "pin", "RefNotPermitted")
-            .await?;
-        delete_obj::<ApiRegistration>(&ctx, &platform_ns, "internal").await?;
-        wait_gone::<ApiRegistration>(&ctx, &platform_ns, "internal").await?;
+        wait_reason(&ctx.api::<ApiGrant>(), "pin", "RefNotPermitted").await?;
+        support::delete(&platform_apis, "internal").await?;
+        wait_gone(&platform_apis, "internal").await?;
         ensure!(
-            kinde_api(&emulator, &api_id).await?.is_none(),
+            emulator.kinde_api(&api_id).await?.is_none(),
             "the Kinde API survived its deletion"
         );
         Ok(())
     }
     .await;
-    with_log(result, &op)
+    op.with_log(result)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -705,29 +462,37 @@ async fn refused_grant_does_not_pin_api(ctx: Ctx) -> anyhow::Result<()> {
 /// too long for its Events (and its default Secret name), an invalid Secret label, a
 /// rotation interval of a second or shorter than twice the overlap.
 async fn specs_checked_before_kinde(ctx: Ctx) -> anyhow::Result<()> {
-    let (emulator, op) = start(&ctx, &[], &[]).await?;
+    let (emulator, op) = ctx.own_emulator_and_operator(&[], "10m", &[]).await?;
+    let apps = ctx.api::<M2MApplication>();
     let result = async {
         let long = "a".repeat(245);
         let cases = [
-            (long.as_str(), "  displayName: Long", "metadata.name"),
             (
-                "badlabel",
-                "  secret:\n    labels:\n      team: \"a b\"",
+                m2m_application(&long).with_display_name("Long"),
+                "metadata.name",
+            ),
+            (
+                m2m_application("badlabel").with_secret_label("team", "a b"),
                 "spec.secret.labels",
             ),
-            ("fast", "  rotation:\n    every: 1s", "spec.rotation.every"),
             (
-                "short",
-                "  rotation:\n    every: 1h\n    overlap: 1h",
+                m2m_application("fast").with_rotation_every("1s"),
+                "spec.rotation.every",
+            ),
+            (
+                m2m_application("short")
+                    .with_rotation_every("1h")
+                    .with_overlap("1h"),
                 "spec.rotation.every",
             ),
         ];
-        for (name, spec, _) in &cases {
-            apply_in(&ctx, &ctx.ns, &app_yaml(name, &[], spec)).await?;
+        for (app, _) in &cases {
+            ctx.apply(&[app]).await?;
         }
-        for (name, _, field) in &cases {
-            let obj = wait_reason::<M2MApplication>(&ctx, &ctx.ns, name, "InvalidSpec").await?;
-            ensure!(message(&obj).contains(field), "{name}: {}", message(&obj));
+        for (app, field) in &cases {
+            let name = app.metadata.name.as_deref().unwrap_or_default();
+            let obj = wait_reason(&apps, name, "InvalidSpec").await?;
+            obj.ensure_ready_mentions(field)?;
         }
         let calls = emulator.calls().await?;
         ensure!(
@@ -737,60 +502,40 @@ async fn specs_checked_before_kinde(ctx: Ctx) -> anyhow::Result<()> {
         Ok(())
     }
     .await;
-    with_log(result, &op)
+    op.with_log(result)
 }
 
 /// Immutable fields edited on a server without CEL (the test server is v1.20) are refused
 /// by the operator, not silently ignored.
 async fn immutable_fields_rechecked(ctx: Ctx) -> anyhow::Result<()> {
-    let (emulator, op) = start(&ctx, &[], &[]).await?;
+    let (emulator, op) = ctx.own_emulator_and_operator(&[], "10m", &[]).await?;
+    let (apis, apps) = (ctx.api::<ApiRegistration>(), ctx.api::<M2MApplication>());
     let result = async {
-        apply_in(
-            &ctx,
-            &ctx.ns,
-            &api_yaml("fixed", &[], "  audience: https://fixed.example.com"),
-        )
+        ctx.apply(&[
+            &api_registration("fixed", "https://fixed.example.com"),
+            &app("org-app", "Org app").with_organization_code("org_a"),
+        ])
         .await?;
-        apply_in(
-            &ctx,
-            &ctx.ns,
-            &app_yaml(
-                "org-app",
-                &[],
-                "  displayName: Org app\n  organizationCode: org_a",
-            ),
-        )
-        .await?;
-        let api = wait_reason::<ApiRegistration>(&ctx, &ctx.ns, "fixed", "Reconciled").await?;
-        let api_id = status_str(&api, "apiId")?;
-        wait_reason::<M2MApplication>(&ctx, &ctx.ns, "org-app", "Reconciled").await?;
-        merge_patch::<ApiRegistration>(
-            &ctx,
-            &ctx.ns,
+        let api = wait_reason(&apis, "fixed", "Reconciled").await?;
+        let api_id = required(api.status_or_default().api_id, "apiId")?;
+        wait_reason(&apps, "org-app", "Reconciled").await?;
+        merge_patch(
+            &apis,
             "fixed",
             json!({"spec": {"audience": "https://moved.example.com"}}),
         )
         .await?;
-        merge_patch::<M2MApplication>(
-            &ctx,
-            &ctx.ns,
+        merge_patch(
+            &apps,
             "org-app",
             json!({"spec": {"organizationCode": "org_b"}}),
         )
         .await?;
-        let obj = wait_reason::<ApiRegistration>(&ctx, &ctx.ns, "fixed", "InvalidSpec").await?;
-        ensure!(
-            message(&obj).contains("spec.audience is immutable"),
-            "{}",
-            message(&obj)
-        );
-        let obj = wait_reason::<M2MApplication>(&ctx, &ctx.ns, "org-app", "InvalidSpec").await?;
-        ensure!(
-            message(&obj).contains("spec.organizationCode is immutable"),
-            "{}",
-            message(&obj)
-        );
-        let kinde = kinde_api(&emulator, &api_id).await?.context("API gone")?;
+        let obj = wait_reason(&apis, "fixed", "InvalidSpec").await?;
+        obj.ensure_ready_mentions("spec.audience is immutable")?;
+        let obj = wait_reason(&apps, "org-app", "InvalidSpec").await?;
+        obj.ensure_ready_mentions("spec.organizationCode is immutable")?;
+        let kinde = emulator.kinde_api(&api_id).await?.context("API gone")?;
         ensure!(kinde["audience"] == "https://fixed.example.com", "{kinde}");
         ensure!(
             emulator.call_count("addAPIs").await? == 1,
@@ -800,7 +545,7 @@ async fn immutable_fields_rechecked(ctx: Ctx) -> anyhow::Result<()> {
         Ok(())
     }
     .await;
-    with_log(result, &op)
+    op.with_log(result)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -810,24 +555,15 @@ async fn immutable_fields_rechecked(ctx: Ctx) -> anyhow::Result<()> {
 /// A deletion Kinde refuses (the management client lacks `delete:applications`) shows in the
 /// conditions with the reason, and finishes once the scope is back.
 async fn refused_deletion_says_why(ctx: Ctx) -> anyhow::Result<()> {
-    let (emulator, op) = start(&ctx, &[], &[]).await?;
+    let (emulator, op) = ctx.own_emulator_and_operator(&[], "10m", &[]).await?;
+    let apps = ctx.api::<M2MApplication>();
     let result = async {
-        apply_in(
-            &ctx,
-            &ctx.ns,
-            &app_yaml("stuck", &[], "  displayName: Stuck"),
-        )
-        .await?;
-        wait_reason::<M2MApplication>(&ctx, &ctx.ns, "stuck", "Reconciled").await?;
+        ctx.apply(&[&app("stuck", "Stuck")]).await?;
+        wait_reason(&apps, "stuck", "Reconciled").await?;
         let scopes = emulator
             .control(reqwest::Method::GET, "management-client/scopes", None)
             .await?;
-        let all: Vec<String> = scopes["scopes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.as_str().map(str::to_owned))
-            .collect();
+        let all = support::strings(&scopes["scopes"]);
         let without: Vec<&String> = all.iter().filter(|s| *s != "delete:applications").collect();
         emulator
             .control(
@@ -839,23 +575,13 @@ async fn refused_deletion_says_why(ctx: Ctx) -> anyhow::Result<()> {
         emulator
             .control(reqwest::Method::POST, "tokens/revoke", Some(json!({})))
             .await?;
-        delete_obj::<M2MApplication>(&ctx, &ctx.ns, "stuck").await?;
-        let obj = wait_reason::<M2MApplication>(&ctx, &ctx.ns, "stuck", "KindeForbidden").await?;
+        support::delete(&apps, "stuck").await?;
+        let obj = wait_reason(&apps, "stuck", "KindeForbidden").await?;
+        obj.ensure_ready_mentions("delete:applications")?;
+        let synced = obj.condition("Synced");
         ensure!(
-            message(&obj).contains("delete:applications"),
-            "the condition does not name the missing scope: {}",
-            message(&obj)
-        );
-        let synced = obj.data["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["type"] == "Synced")
-            .cloned()
-            .unwrap_or_default();
-        ensure!(
-            synced["status"] == "False" && synced["reason"] == "KindeForbidden",
-            "Synced: {synced}"
+            synced.is_some_and(|c| c.status == "False" && c.reason == "KindeForbidden"),
+            "Synced: {synced:?}"
         );
         emulator
             .control(
@@ -870,117 +596,110 @@ async fn refused_deletion_says_why(ctx: Ctx) -> anyhow::Result<()> {
         wait_for(
             "the deletion to finish",
             Duration::from_secs(400),
-            || async {
-                Ok(dyn_api::<M2MApplication>(&ctx, &ctx.ns)
-                    .get_opt("stuck")
-                    .await?
-                    .is_none()
-                    .then_some(()))
-            },
+            || async { Ok(apps.get_opt("stuck").await?.is_none().then_some(())) },
         )
         .await?;
         ensure!(emulator.kinde_apps().await?.is_empty(), "the app survived");
         Ok(())
     }
     .await;
-    with_log(result, &op)
+    op.with_log(result)
 }
 
 /// A rotation that keeps failing (its successor cannot be authorized) and is then superseded
 /// by a new request leaves no authorized application behind: the first successor is
 /// disconnected and deleted, the second becomes current.
 async fn superseded_rotation_leaves_nothing_behind(ctx: Ctx) -> anyhow::Result<()> {
-    let (emulator, op) = start(&ctx, &[], &[]).await?;
+    let (emulator, op) = ctx.own_emulator_and_operator(&[], "10m", &[]).await?;
+    let apps = ctx.api::<M2MApplication>();
     let result = async {
-        apply_in(
-            &ctx,
-            &ctx.ns,
-            &api_yaml(
-                "svc",
-                &[],
-                "  audience: https://svc.example.com\n  scopes:\n    - key: read\n      description: Read",
-            ),
-        )
+        ctx.apply(&[
+            &api_registration("svc", "https://svc.example.com").with_scope("read", "Read"),
+            &app("rot", "Rot").with_overlap("1h"),
+            &grant("rot-svc", "rot", "svc", &ctx.ns, &["read"]),
+        ])
         .await?;
-        apply_in(&ctx, &ctx.ns, &app_yaml("rot", &[], "  displayName: Rot\n  rotation:\n    overlap: 1h")).await?;
-        apply_in(&ctx, &ctx.ns, &grant_yaml("rot-svc", "rot", "svc", &ctx.ns, &["read"])).await?;
-        wait_reason::<kinde_m2m_operator::crd::ApiGrant>(&ctx, &ctx.ns, "rot-svc", "Reconciled").await?;
-        let first = wait_reason::<M2MApplication>(&ctx, &ctx.ns, "rot", "Reconciled").await?;
-        let original = status_str(&first, "applicationId")?;
+        wait_reason(&ctx.api::<ApiGrant>(), "rot-svc", "Reconciled").await?;
+        let first = wait_reason(&apps, "rot", "Reconciled").await?;
+        let original = required(first.status_or_default().application_id, "applicationId")?;
 
         // Authorizing any successor fails from now on.
         emulator
             .fault(json!({"operation": "updateAPIApplications", "status": 500, "times": 1000}))
             .await?;
         let rotate = |v: &'static str| {
-            json!({"metadata": {"annotations": {"m2m.kinde-operator.io/rotate-requested-at": v}}})
+            let apps = &apps;
+            async move { annotate(apps, "rot", &[(ROTATE_REQUESTED_AT_ANNOTATION, Some(v))]).await }
         };
-        merge_patch::<M2MApplication>(&ctx, &ctx.ns, "rot", rotate("r1")).await?;
+        rotate("r1").await?;
         // The first rotation records its successor, then fails to authorize it.
         let pending = wait_for("the first rotation to fail", WAIT, || async {
-            let obj = dyn_api::<M2MApplication>(&ctx, &ctx.ns).get("rot").await?;
-            let synced_false = obj.data["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Synced" && c["status"] == "False");
-            Ok(obj.data["status"]["pendingSuccessor"]["applicationId"]
-                .as_str()
-                .filter(|_| synced_false)
-                .map(str::to_owned))
+            let obj = apps.get("rot").await?;
+            let synced_false = obj.condition("Synced").is_some_and(|c| c.status == "False");
+            Ok(obj
+                .status_or_default()
+                .pending_successor
+                .map(|p| p.application_id)
+                .filter(|_| synced_false))
         })
         .await?;
-        merge_patch::<M2MApplication>(&ctx, &ctx.ns, "rot", rotate("r2")).await?;
-        emulator
-            .control(reqwest::Method::DELETE, "faults", None)
-            .await?;
-        let done = wait_for("the second rotation to finish", Duration::from_secs(400), || async {
-            let obj = dyn_api::<M2MApplication>(&ctx, &ctx.ns).get("rot").await?;
-            let ready = ready_of(&obj).is_some_and(|(s, _, _)| s == "True");
-            Ok((ready && obj.data["status"]["lastHandledRotateRequest"] == "r2").then_some(obj))
-        })
+        rotate("r2").await?;
+        emulator.clear_faults().await?;
+        let done = wait_for(
+            "the second rotation to finish",
+            Duration::from_secs(400),
+            || async {
+                let obj = apps.get("rot").await?;
+                let ready = obj.condition("Ready").is_some_and(|c| c.status == "True");
+                let handled = obj.status_or_default().last_handled_rotate_request;
+                Ok((ready && handled.as_deref() == Some("r2")).then_some(obj))
+            },
+        )
         .await?;
-        let current = status_str(&done, "applicationId")?;
-        ensure!(current != original && current != pending, "current {current}");
-        let apps = emulator.kinde_apps().await?;
-        let ids: Vec<&str> = apps.iter().filter_map(|a| a["id"].as_str()).collect();
+        let status = done.status_or_default();
+        let current = required(status.application_id.clone(), "applicationId")?;
+        ensure!(
+            current != original && current != pending,
+            "current {current}"
+        );
+        let kinde_apps = emulator.kinde_apps().await?;
+        let ids: Vec<&str> = kinde_apps.iter().filter_map(|a| a["id"].as_str()).collect();
         ensure!(
             !ids.contains(&pending.as_str()),
-            "the superseded successor {pending} is still in Kinde: {apps:?}"
+            "the superseded successor {pending} is still in Kinde: {kinde_apps:?}"
         );
         ensure!(
             ids.len() == 2 && ids.contains(&original.as_str()) && ids.contains(&current.as_str()),
-            "expected the retiring original and the current app: {apps:?}"
+            "expected the retiring original and the current app: {kinde_apps:?}"
         );
-        ensure!(
-            done.data["status"]["pendingSuccessor"].is_null(),
-            "{}",
-            done.data["status"]
-        );
+        ensure!(status.pending_successor.is_none(), "{status:?}");
         Ok(())
     }
     .await;
-    with_log(result, &op)
+    op.with_log(result)
 }
 
 /// A create Kinde completes after the client gave up (timeout: outcome unknown) lands after
 /// the operator, finding nothing, created the application again: the late copy carries the
 /// object's marker and is found and deleted, leaving exactly one application.
 async fn late_create_is_swept(ctx: Ctx) -> anyhow::Result<()> {
-    let (emulator, op) = start(&ctx, &[], &["--kinde-timeout", "2s"]).await?;
+    let (emulator, op) = ctx
+        .own_emulator_and_operator(&[], "10m", &["--kinde-timeout", "2s"])
+        .await?;
+    let apps = ctx.api::<M2MApplication>();
     let result = async {
         // The first create is answered never and performed 15 s later: after the client's
         // timeout and after the retry (10 s backoff) has created the application again.
         emulator
             .fault(json!({"operation": "createApplication", "latency_ms": 15000, "detached": true}))
             .await?;
-        apply_in(&ctx, &ctx.ns, &app_yaml("late", &[], "  displayName: Late")).await?;
-        let obj = wait_reason::<M2MApplication>(&ctx, &ctx.ns, "late", "Reconciled").await?;
-        let id = status_str(&obj, "applicationId")?;
+        ctx.apply(&[&app("late", "Late")]).await?;
+        let obj = wait_reason(&apps, "late", "Reconciled").await?;
+        let status = obj.status_or_default();
+        let id = required(status.application_id.clone(), "applicationId")?;
         ensure!(
-            !obj.data["status"]["unconfirmedCreateSince"].is_null(),
-            "the unknown outcome was not noted: {}",
-            obj.data["status"]
+            status.unconfirmed_create_since.is_some(),
+            "the unknown outcome was not noted: {status:?}"
         );
         wait_for("the late copy to land", Duration::from_secs(60), || async {
             Ok((emulator.call_count("createApplication").await? == 2
@@ -988,42 +707,37 @@ async fn late_create_is_swept(ctx: Ctx) -> anyhow::Result<()> {
                 .then_some(()))
         })
         .await?;
-        let apps = wait_for(
+        let kinde_apps = wait_for(
             "exactly one application",
             Duration::from_secs(180),
             || async {
-                let apps = emulator.kinde_apps().await?;
-                Ok((apps.len() == 1).then_some(apps))
+                let kinde_apps = emulator.kinde_apps().await?;
+                Ok((kinde_apps.len() == 1).then_some(kinde_apps))
             },
         )
         .await?;
         ensure!(
-            apps[0]["id"] == id.as_str(),
-            "the wrong one survived: {apps:?}"
+            kinde_apps[0]["id"] == id.as_str(),
+            "the wrong one survived: {kinde_apps:?}"
         );
-        ensure!(apps[0]["name"] == "Late", "name: {}", apps[0]);
-        wait_reason::<M2MApplication>(&ctx, &ctx.ns, "late", "Reconciled").await?;
+        ensure!(kinde_apps[0]["name"] == "Late", "name: {}", kinde_apps[0]);
+        wait_reason(&apps, "late", "Reconciled").await?;
         Ok(())
     }
     .await;
-    with_log(result, &op)
+    op.with_log(result)
 }
 
 /// During a Kinde outage a failing object is retried with exponential backoff (10 s, 20 s,
 /// 40 s, ...), not every 10 s: over a 75 s outage its create is tried about 4 times (0, 10,
 /// 30, 70 s) where a fixed 10 s retry tried 8 times. A slow machine only lowers the count.
 async fn failures_back_off_per_object(ctx: Ctx) -> anyhow::Result<()> {
-    let (emulator, op) = start(&ctx, &[], &[]).await?;
+    let (emulator, op) = ctx.own_emulator_and_operator(&[], "10m", &[]).await?;
     let result = async {
         emulator
             .fault(json!({"operation": "createApplication", "status": 500, "times": 1000}))
             .await?;
-        apply_in(
-            &ctx,
-            &ctx.ns,
-            &app_yaml("broken", &[], "  displayName: Broken"),
-        )
-        .await?;
+        ctx.apply(&[&app("broken", "Broken")]).await?;
         wait_for("the first attempt", WAIT, || async {
             Ok((emulator.call_count("createApplication").await? >= 1).then_some(()))
         })
@@ -1035,31 +749,24 @@ async fn failures_back_off_per_object(ctx: Ctx) -> anyhow::Result<()> {
             (2..=5).contains(&attempts),
             "{attempts} create attempts in 75 s: expected 10 s, 20 s, 40 s backoff (3-5)"
         );
-        emulator
-            .control(reqwest::Method::DELETE, "faults", None)
-            .await?;
+        emulator.clear_faults().await?;
         Ok(())
     }
     .await;
-    with_log(result, &op)
+    op.with_log(result)
 }
 
-/// Events about `name` with `reason`: `(type, count)` of each (a repeated Event is one
-/// object with a growing series count).
-async fn events_about(ctx: &Ctx, name: &str, reason: &str) -> anyhow::Result<Vec<String>> {
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(ctx.client.clone(), &ctx.ns);
-    Ok(events
-        .list(&kube::api::ListParams::default())
+/// Events about the `K` named `name` with `reason`: `<type>x<count>` of each (a repeated
+/// Event is one object with a growing series count).
+async fn event_counts<K: support::Kind>(
+    ctx: &Ctx,
+    name: &str,
+    reason: &str,
+) -> anyhow::Result<Vec<String>> {
+    Ok(events_about::<K>(&ctx.client, &ctx.ns, name)
         .await?
-        .items
         .into_iter()
-        .filter(|e| {
-            e.regarding
-                .as_ref()
-                .is_some_and(|r| r.name.as_deref() == Some(name))
-                && e.reason.as_deref() == Some(reason)
-        })
+        .filter(|e| e.reason.as_deref() == Some(reason))
         .map(|e| {
             let count = e.series.as_ref().map_or(1, |s| s.count);
             format!("{}x{count}", e.type_.unwrap_or_default())
@@ -1076,68 +783,57 @@ async fn waiting_deletions_report_themselves(ctx: Ctx) -> anyhow::Result<()> {
     let port = support::free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let op = ctx.run_operator_listening(&emulator, &listen, &[], "10m", &[])?;
+    let (apis, apps) = (ctx.api::<ApiRegistration>(), ctx.api::<M2MApplication>());
     let result = async {
-        apply_in(
-            &ctx,
-            &ctx.ns,
-            &api_yaml(
-                "held",
-                &[],
-                "  audience: https://held.example.com\n  scopes:\n    - key: read\n      description: Read",
-            ),
-        )
+        ctx.apply(&[
+            &api_registration("held", "https://held.example.com").with_scope("read", "Read"),
+            &app("frozen", "Frozen"),
+            &grant("holder", "frozen", "held", &ctx.ns, &["read"]),
+        ])
         .await?;
-        apply_in(&ctx, &ctx.ns, &app_yaml("frozen", &[], "  displayName: Frozen")).await?;
-        apply_in(&ctx, &ctx.ns, &grant_yaml("holder", "frozen", "held", &ctx.ns, &["read"])).await?;
-        wait_reason::<kinde_m2m_operator::crd::ApiGrant>(&ctx, &ctx.ns, "holder", "Reconciled")
-            .await?;
-        merge_patch::<M2MApplication>(
-            &ctx,
-            &ctx.ns,
-            "frozen",
-            json!({"metadata": {"annotations": {"m2m.kinde-operator.io/paused": "true"}}}),
-        )
-        .await?;
-        delete_obj::<M2MApplication>(&ctx, &ctx.ns, "frozen").await?;
-        delete_obj::<ApiRegistration>(&ctx, &ctx.ns, "held").await?;
+        wait_reason(&ctx.api::<ApiGrant>(), "holder", "Reconciled").await?;
+        annotate(&apps, "frozen", &[(PAUSED_ANNOTATION, Some("true"))]).await?;
+        support::delete(&apps, "frozen").await?;
+        support::delete(&apis, "held").await?;
         let app = wait_for("the paused deletion to report itself", WAIT, || async {
-            let obj = dyn_api::<M2MApplication>(&ctx, &ctx.ns).get("frozen").await?;
-            let synced = obj.data["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|c| c["type"] == "Synced")
-                .cloned()
-                .unwrap_or_default();
-            Ok((synced["reason"] == "Paused"
-                && synced["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("deletion waits")))
-            .then_some(obj))
+            let obj = apps.get("frozen").await?;
+            let synced = obj.condition("Synced");
+            Ok(synced
+                .is_some_and(|c| c.reason == "Paused" && c.message.contains("deletion waits"))
+                .then_some(obj.clone()))
         })
         .await?;
+        let ready = app.condition("Ready");
         ensure!(
-            ready_of(&app).is_some_and(|(s, r, _)| s == "False" && r == "Paused"),
-            "Ready of the paused deletion: {:?}",
-            ready_of(&app)
+            ready.is_some_and(|c| c.status == "False" && c.reason == "Paused"),
+            "Ready of the paused deletion: {ready:?}"
         );
-        let api = wait_reason::<ApiRegistration>(&ctx, &ctx.ns, "held", "InUse").await?;
-        ensure!(message(&api).contains("holder"), "{}", message(&api));
+        let api = wait_reason(&apis, "held", "InUse").await?;
+        api.ensure_ready_mentions("holder")?;
         // Both retry every 30 s: after two retries still one Event each, and no failure.
         tokio::time::sleep(Duration::from_secs(65)).await;
-        for (name, reason) in [("frozen", "Paused"), ("held", "InUse")] {
-            let seen = events_about(&ctx, name, reason).await?;
-            ensure!(seen == ["Normalx1"], "Events {reason} about {name}: {seen:?}");
-        }
-        let metrics = reqwest::get(format!("http://{listen}/metrics")).await?.text().await?;
+        let frozen = event_counts::<M2MApplication>(&ctx, "frozen", "Paused").await?;
+        ensure!(
+            frozen == ["Normalx1"],
+            "Events Paused about frozen: {frozen:?}"
+        );
+        let held = event_counts::<ApiRegistration>(&ctx, "held", "InUse").await?;
+        ensure!(held == ["Normalx1"], "Events InUse about held: {held:?}");
+        let metrics = reqwest::get(format!("http://{listen}/metrics"))
+            .await?
+            .text()
+            .await?;
         let failures: Vec<&str> = metrics
             .lines()
             .filter(|l| l.starts_with("kinde_m2m_operator_reconcile_failures_total"))
             .filter(|l| l.contains("Paused") || l.contains("InUse"))
             .collect();
-        ensure!(failures.is_empty(), "waits counted as failures: {failures:?}");
+        ensure!(
+            failures.is_empty(),
+            "waits counted as failures: {failures:?}"
+        );
         Ok(())
     }
     .await;
-    with_log(result, &op)
+    op.with_log(result)
 }

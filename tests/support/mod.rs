@@ -40,7 +40,20 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use libtest_mimic::{Arguments, Failed, Trial};
 
+pub mod fixtures;
+mod kinde;
+mod objects;
 pub mod proxy;
+
+pub use kinde::{
+    Credentials, credentials, kinde_apis_of, kinde_apps_of, scope_keys, secret_value, sorted,
+    strings,
+};
+pub use objects::{
+    Kind, KindStatus, POKE_ANNOTATION, WAIT, annotate, delete, delete_all, event_reasons,
+    events_about, merge_patch, poke, raw, wait_condition, wait_events, wait_gone,
+    wait_ready_current, wait_reason,
+};
 
 /// Repository root (the crate's manifest dir).
 pub fn repo_root() -> &'static Path {
@@ -710,13 +723,7 @@ impl Emulator {
 
     /// The Kinde applications in the emulator's state other than the management client.
     pub async fn kinde_apps(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        Ok(self.state().await?["applications"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|a| a["is_management_client"] != true)
-            .cloned()
-            .collect())
+        Ok(kinde_apps_of(&self.state().await?))
     }
 
     /// Injects a fault: `{operation, status?, times?, latency_ms?, drop_response?, body?}`.
@@ -796,6 +803,31 @@ impl Ctx {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
+    /// A namespaced API in namespace `ns` (another of this test's namespaces).
+    pub fn api_in<K>(&self, ns: &str) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    /// Server-side applies fixtures ([`fixtures`]) into this test's namespace, in order.
+    pub async fn apply(&self, objects: &[&dyn fixtures::Apply]) -> anyhow::Result<()> {
+        fixtures::apply(&self.client, &self.ns, objects).await
+    }
+
+    /// Like [`Ctx::apply`], into namespace `ns`.
+    pub async fn apply_in(&self, ns: &str, objects: &[&dyn fixtures::Apply]) -> anyhow::Result<()> {
+        fixtures::apply(&self.client, ns, objects).await
+    }
+
+    /// The credentials in the Secret of M2MApplication `app` (`<app>-credentials`, the
+    /// default name) in this test's namespace; fails while it has no client id.
+    pub async fn credentials(&self, app: &str) -> anyhow::Result<Credentials> {
+        credentials(&self.api(), &format!("{app}-credentials")).await
+    }
+
     /// Creates another namespace for this test (e.g. for cross-namespace references),
     /// labelled like the test's own plus `labels`. Deleted with the control plane only:
     /// delete it in the test if it matters.
@@ -817,21 +849,6 @@ impl Ctx {
         kubectl(self.harness, &full, Some(stdin)).await
     }
 
-    /// `kubectl apply -f PATH` into this namespace (relative paths from the repo root);
-    /// fails with kubectl's stderr.
-    pub async fn apply_file(&self, path: impl AsRef<Path>) -> anyhow::Result<String> {
-        let path = repo_root().join(path);
-        let path = path.to_string_lossy();
-        self.kubectl(&["apply", "-f", &path]).await?.success()
-    }
-
-    /// `kubectl apply -f -` of `yaml` into this namespace; fails with kubectl's stderr.
-    pub async fn apply_yaml(&self, yaml: &str) -> anyhow::Result<String> {
-        self.kubectl_stdin(&["apply", "-f", "-"], yaml)
-            .await?
-            .success()
-    }
-
     /// Starts `kinde-m2m-operator ARGS` (e.g. `["run", "--namespace", &ctx.ns]`) against
     /// this run's control plane and emulator; killed when the handle drops.
     pub fn start_operator(&self, args: &[&str]) -> anyhow::Result<Operator> {
@@ -846,6 +863,20 @@ impl Ctx {
     /// Like [`Ctx::own_emulator`], with more emulator flags (e.g. [`NOT_FOUND_404`]).
     pub fn own_emulator_with(&self, extra_args: &[&str]) -> anyhow::Result<Emulator> {
         Emulator::start_with(&self.harness.run_dir, extra_args)
+    }
+
+    /// Installs the CRDs (once per run), starts a Kinde emulator of this test's own and an
+    /// operator on it ([`Ctx::run_operator`]).
+    pub async fn own_emulator_and_operator(
+        &self,
+        extra_namespaces: &[&str],
+        resync: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<(Emulator, Operator)> {
+        self.harness.ensure_crds().await?;
+        let emulator = self.own_emulator()?;
+        let operator = self.run_operator(&emulator, extra_namespaces, resync, extra_args)?;
+        Ok((emulator, operator))
     }
 
     /// `kinde-m2m-operator run` against `emulator`, watching this test's namespace plus
@@ -1059,9 +1090,6 @@ pub async fn kubectl(
 // Waiting
 // ---------------------------------------------------------------------------------------
 
-/// Polls `check` (every 200 ms) until it returns `Ok(Some(v))`, then returns `v`.
-/// `Ok(None)` and `Err(_)` both mean "not yet"; on timeout the error names `what` and
-/// carries the last error or "still not" state, so a failure says what was observed.
 /// A port on 127.0.0.1 that was free a moment ago (for a listener started next).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -1069,6 +1097,30 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// The sum of the samples `name{labels...}` (other labels free) on the Prometheus text
+/// page at `url` (an operator's `/metrics`), if there is any.
+pub async fn metric(url: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<Option<f64>> {
+    let text = reqwest::get(url).await?.error_for_status()?.text().await?;
+    let mut sum = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').context("metric line")?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        if n != name {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        {
+            *sum.get_or_insert(0.0) += value.parse::<f64>()?;
+        }
+    }
+    Ok(sum)
+}
+
+/// Polls `check` (every 200 ms) until it returns `Ok(Some(v))`, then returns `v`.
+/// `Ok(None)` and `Err(_)` both mean "not yet"; on timeout the error names `what` and
+/// carries the last error or "still not" state, so a failure says what was observed.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
@@ -1303,6 +1355,11 @@ impl Operator {
     /// The last `lines` lines of its log (for failure messages).
     pub fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.log, lines)
+    }
+
+    /// `result`, with the tail of this operator's log added to an error.
+    pub fn with_log<T>(&self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        result.map_err(|e| e.context(format!("operator log tail:\n{}", self.log_tail(40))))
     }
 }
 
