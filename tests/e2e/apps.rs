@@ -666,7 +666,8 @@ async fn app_create_secret_and_delete(env: Arc<Env>) -> anyhow::Result<()> {
             .secrets()
             .get_opt("acme-credentials")
             .await?
-            .filter(|s| s.uid() != old_uid))
+            // A recreated Secret is a placeholder (owner and label only) until it is filled.
+            .filter(|s| s.uid() != old_uid && secret_value(s, "KINDE_CLIENT_ID").is_some()))
     })
     .await?;
     ensure!(

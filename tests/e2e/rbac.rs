@@ -656,8 +656,10 @@ async fn behaviours(
         .delete("acme-credentials", &Default::default())
         .await?;
     let recreated = wait_for("acme-credentials to be recreated", WAIT, || async {
+        // A recreated Secret is a placeholder (owner and label only) until it is filled.
         let s = acme_secrets.get("acme-credentials").await?;
-        Ok((s.uid() != old_uid).then(|| Credentials::of(&s)))
+        let creds = Credentials::of(&s);
+        Ok((s.uid() != old_uid && !creds.client_id.is_empty()).then_some(creds))
     })
     .await?;
     ensure!(
