@@ -11,8 +11,7 @@ use anyhow::{Context as _, ensure};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kinde_m2m_operator::crd::{
-    ApiGrant, ApiGrantSpec, ApiReference, ApiRegistration, ApiRegistrationSpec, ApiScope,
-    ApplicationReference, M2MApplication, M2MApplicationSpec, OptionalKey,
+    ApiGrant, ApiRegistration, M2MApplication, M2MApplicationSpec, OptionalKey,
     ROTATE_REQUESTED_AT_ANNOTATION, SecretKeys, SecretSpec, TokensSpec,
 };
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -22,7 +21,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::support::{self, Ctx, E2eTest, Emulator, Operator, wait_for};
+use crate::support::fixtures::{ApiFixture, GrantFixture, api_grant, api_registration};
+use crate::support::{
+    self, Ctx, E2eTest, Emulator, Kind, KindStatus, Operator, annotate, wait_for, wait_reason,
+};
 
 pub fn tests() -> Vec<E2eTest> {
     vec![
@@ -95,72 +97,6 @@ impl Env {
     }
 }
 
-fn api_registration(name: &str, audience: &str, scopes: &[&str]) -> ApiRegistration {
-    ApiRegistration::new(
-        name,
-        ApiRegistrationSpec {
-            audience: audience.to_owned(),
-            scopes: scopes
-                .iter()
-                .map(|k| ApiScope {
-                    key: (*k).to_owned(),
-                    description: String::new(),
-                })
-                .collect(),
-            ..ApiRegistrationSpec::default()
-        },
-    )
-}
-
-fn grant(name: &str, app: &str, api: &str, scopes: &[&str]) -> ApiGrant {
-    ApiGrant::new(
-        name,
-        ApiGrantSpec {
-            application_ref: ApplicationReference {
-                name: app.to_owned(),
-            },
-            api_ref: ApiReference {
-                name: api.to_owned(),
-                ..ApiReference::default()
-            },
-            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-        },
-    )
-}
-
-/// `(type, reason, message)` of a condition of any of the three kinds.
-fn condition<K: Serialize>(obj: &K, type_: &str) -> Option<(String, String, String)> {
-    let v = serde_json::to_value(obj).ok()?;
-    let c = v["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)?
-        .clone();
-    Some((
-        c["status"].as_str()?.to_owned(),
-        c["reason"].as_str().unwrap_or_default().to_owned(),
-        c["message"].as_str().unwrap_or_default().to_owned(),
-    ))
-}
-
-/// Waits until `name` is `Ready` with `status` and `reason`; returns the object.
-async fn wait_ready<K>(api: &Api<K>, name: &str, status: &str, reason: &str) -> anyhow::Result<K>
-where
-    K: Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
-{
-    wait_for(
-        &format!("{name} Ready={status} ({reason})"),
-        WAIT,
-        || async {
-            let obj = api.get(name).await?;
-            Ok(condition(&obj, "Ready")
-                .filter(|(s, r, _)| s == status && r == reason)
-                .map(|_| obj))
-        },
-    )
-    .await
-}
-
 fn data(secret: &Secret) -> BTreeMap<String, String> {
     secret
         .data
@@ -189,22 +125,6 @@ async fn wait_secret_key(
     .await
 }
 
-async fn request_rotation(
-    api: &Api<M2MApplication>,
-    name: &str,
-    value: &str,
-) -> anyhow::Result<()> {
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(
-            json!({"metadata": {"annotations": {ROTATE_REQUESTED_AT_ANNOTATION: value}}}),
-        ),
-    )
-    .await?;
-    Ok(())
-}
-
 async fn wait_rotated(
     api: &Api<M2MApplication>,
     name: &str,
@@ -217,7 +137,7 @@ async fn wait_rotated(
             .as_ref()
             .and_then(|s| s.last_handled_rotate_request.as_deref())
             == Some(value);
-        let ready = condition(&app, "Ready").is_some_and(|(s, _, _)| s == "True");
+        let ready = app.status.as_ref().is_some_and(KindStatus::is_ready);
         Ok((handled && ready).then_some(app))
     })
     .await
@@ -232,7 +152,7 @@ async fn envoy_style_secret_keys(ctx: Ctx) -> anyhow::Result<()> {
         .await?
         .run(|env| async move {
             let audience = env.audience("orders");
-            env.create(api_registration("orders", &audience, &["read:orders"]))
+            env.create(api_registration("orders", &audience).with_scopes(&["read:orders"]))
                 .await?;
             let app = M2MApplication::new(
                 "gateway",
@@ -250,17 +170,14 @@ async fn envoy_style_secret_keys(ctx: Ctx) -> anyhow::Result<()> {
                 },
             );
             env.create(app).await?;
-            env.create(grant(
-                "gateway-orders",
-                "gateway",
-                "orders",
-                &["read:orders"],
-            ))
+            env.create(
+                api_grant("gateway-orders", "gateway", "orders").with_scopes(&["read:orders"]),
+            )
             .await?;
             let grants = env.ctx.api::<ApiGrant>();
-            wait_ready(&grants, "gateway-orders", "True", "Reconciled").await?;
+            wait_reason(&grants, "gateway-orders", "Reconciled").await?;
             let apps = env.ctx.api::<M2MApplication>();
-            wait_ready(&apps, "gateway", "True", "Reconciled").await?;
+            wait_reason(&apps, "gateway", "Reconciled").await?;
 
             let secrets = env.ctx.api::<Secret>();
             let before =
@@ -300,7 +217,12 @@ async fn envoy_style_secret_keys(ctx: Ctx) -> anyhow::Result<()> {
                 Ok((!seen.lock().unwrap().is_empty()).then_some(()))
             })
             .await?;
-            request_rotation(&apps, "gateway", "rotate-1").await?;
+            annotate(
+                &apps,
+                "gateway",
+                &[(ROTATE_REQUESTED_AT_ANNOTATION, Some("rotate-1"))],
+            )
+            .await?;
             wait_rotated(&apps, "gateway", "rotate-1").await?;
             let after = wait_secret_key(
                 &secrets,
@@ -397,8 +319,8 @@ async fn secret_keys_refused(ctx: Ctx) -> anyhow::Result<()> {
             );
             env.create(clash).await?;
             let apps = env.ctx.api::<M2MApplication>();
-            let refused = wait_ready(&apps, "clash", "False", "InvalidSpec").await?;
-            let (_, _, message) = condition(&refused, "Ready").context("Ready")?;
+            let refused = wait_reason(&apps, "clash", "InvalidSpec").await?;
+            let message = refused.condition("Ready").context("Ready")?.message.clone();
             ensure!(
                 message.contains("spec.secret.keys.clientSecret")
                     && message.contains("spec.secret.keys.clientId"),
@@ -430,29 +352,20 @@ async fn access_token_lifetime(ctx: Ctx) -> anyhow::Result<()> {
         .await?
         .run(|env| async move {
             let audience = env.audience("billing");
-            env.create(api_registration("billing", &audience, &["read:invoices"]))
+            env.create(api_registration("billing", &audience).with_scopes(&["read:invoices"]))
                 .await?;
             let mut app = M2MApplication::new("short", M2MApplicationSpec::default());
             app.spec.tokens = Some(TokensSpec {
                 access_token_lifetime: Some("10m".into()),
             });
             env.create(app).await?;
-            env.create(grant(
-                "short-billing",
-                "short",
-                "billing",
-                &["read:invoices"],
-            ))
-            .await?;
-            wait_ready(
-                &env.ctx.api::<ApiGrant>(),
-                "short-billing",
-                "True",
-                "Reconciled",
+            env.create(
+                api_grant("short-billing", "short", "billing").with_scopes(&["read:invoices"]),
             )
             .await?;
+            wait_reason(&env.ctx.api::<ApiGrant>(), "short-billing", "Reconciled").await?;
             let apps = env.ctx.api::<M2MApplication>();
-            wait_ready(&apps, "short", "True", "Reconciled").await?;
+            wait_reason(&apps, "short", "Reconciled").await?;
             let secrets = env.ctx.api::<Secret>();
 
             let lifetime = |creds: BTreeMap<String, String>| {
@@ -499,7 +412,12 @@ async fn access_token_lifetime(ctx: Ctx) -> anyhow::Result<()> {
             .await?;
             ensure!(lifetime(creds.clone()).await? == 900);
 
-            request_rotation(&apps, "short", "rotate-1").await?;
+            annotate(
+                &apps,
+                "short",
+                &[(ROTATE_REQUESTED_AT_ANNOTATION, Some("rotate-1"))],
+            )
+            .await?;
             wait_rotated(&apps, "short", "rotate-1").await?;
             let rotated = wait_secret_key(
                 &secrets,
@@ -554,7 +472,7 @@ async fn metrics_series_end_with_the_object(ctx: Ctx) -> anyhow::Result<()> {
         .await?
         .run(|env| async move {
             let ns = env.ctx.ns.clone();
-            env.create(api_registration("catalog", &env.audience("catalog"), &[]))
+            env.create(api_registration("catalog", &env.audience("catalog")))
                 .await?;
             env.create(M2MApplication::new(
                 "metered",
@@ -562,14 +480,8 @@ async fn metrics_series_end_with_the_object(ctx: Ctx) -> anyhow::Result<()> {
             ))
             .await?;
             let apps = env.ctx.api::<M2MApplication>();
-            wait_ready(&apps, "metered", "True", "Reconciled").await?;
-            wait_ready(
-                &env.ctx.api::<ApiRegistration>(),
-                "catalog",
-                "True",
-                "Reconciled",
-            )
-            .await?;
+            wait_reason(&apps, "metered", "Reconciled").await?;
+            wait_reason(&env.ctx.api::<ApiRegistration>(), "catalog", "Reconciled").await?;
             let of = |kind: &'static str, name: &'static str| {
                 [
                     ("kind", kind),
@@ -699,7 +611,7 @@ async fn cli_rotate_selected_and_status(ctx: Ctx) -> anyhow::Result<()> {
             }
             let apps = env.ctx.api::<M2MApplication>();
             for name in ["alpha", "beta", "gamma"] {
-                wait_ready(&apps, name, "True", "Reconciled").await?;
+                wait_reason(&apps, name, "Reconciled").await?;
             }
             let (ok, stdout, stderr) = cli(
                 &env.ctx,
