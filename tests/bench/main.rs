@@ -561,9 +561,7 @@ async fn bench(h: &'static support::Harness, o: &Options, audit: &Audit) -> anyh
         100.0 * onboard_calls.throttled as f64 / made.max(1) as f64
     );
     println!("calls by operation:");
-    for (op, n) in &onboard_calls.by_op {
-        println!("  {op:<30} {n:>8}");
-    }
+    print_rows(&onboard_calls.by_op);
     println!(
         "operator               peak RSS {:.1} MiB, RSS {:.1} MiB, CPU {:.1} s",
         onboard_usage.peak_rss_mib, onboard_usage.rss_mib, onboard_usage.cpu_secs
@@ -590,9 +588,7 @@ async fn bench(h: &'static support::Harness, o: &Options, audit: &Audit) -> anyh
         steady.writes,
         steady.throttled
     );
-    for (op, n) in &steady.by_op {
-        println!("  {op:<30} {n:>8}");
-    }
+    print_rows(&steady.by_op);
     println!(
         "Kubernetes writes      {:>9}     (judged: 0)",
         after.total().saturating_sub(before.total())
@@ -624,9 +620,7 @@ async fn bench(h: &'static support::Harness, o: &Options, audit: &Audit) -> anyh
         next_calls.management(),
         2 + GRANT_SCOPES
     );
-    for (op, n) in &next_calls.by_op {
-        println!("  {op:<30} {n:>8}");
-    }
+    print_rows(&next_calls.by_op);
 
     // Teardown: grants first (access cut), then applications (deleted in Kinde).
     emulator
@@ -658,32 +652,28 @@ async fn bench(h: &'static support::Harness, o: &Options, audit: &Audit) -> anyh
         teardown.management(),
         teardown.throttled
     );
-    for (op, n) in &teardown.by_op {
-        println!("  {op:<30} {n:>8}");
-    }
+    print_rows(&teardown.by_op);
     drop(operator);
     Ok(())
 }
 
+/// One indented `name count` row per entry.
+fn print_rows(rows: &BTreeMap<String, u64>) {
+    for (name, n) in rows {
+        println!("  {name:<30} {n:>8}");
+    }
+}
+
 fn print_kube_writes(w: &KubeWrites, customers: u64) {
-    let grant_status: Vec<u64> = w
-        .status
-        .iter()
-        .filter(|(k, _)| k.starts_with("apigrants/"))
-        .map(|(_, n)| *n)
-        .collect();
-    let app_status: Vec<u64> = w
-        .status
-        .iter()
-        .filter(|(k, _)| k.starts_with("m2mapplications/"))
-        .map(|(_, n)| *n)
-        .collect();
-    let events: Vec<u64> = w
-        .events
-        .iter()
-        .filter(|(ns, _)| ns.starts_with("bench-c"))
-        .map(|(_, n)| *n)
-        .collect();
+    let counts = |m: &BTreeMap<String, u64>, prefix: &str| -> Vec<u64> {
+        m.iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, n)| *n)
+            .collect()
+    };
+    let grant_status = counts(&w.status, "apigrants/");
+    let app_status = counts(&w.status, "m2mapplications/");
+    let events = counts(&w.events, "bench-c");
     let stats = |v: &[u64]| -> String {
         let max = v.iter().max().copied().unwrap_or(0);
         let mean = v.iter().sum::<u64>() as f64 / v.len().max(1) as f64;
@@ -703,9 +693,7 @@ fn print_kube_writes(w: &KubeWrites, customers: u64) {
         stats(&events),
         events.len()
     );
-    for (k, n) in &w.by_kind {
-        println!("  {k:<30} {n:>8}");
-    }
+    print_rows(&w.by_kind);
 }
 
 async fn delete_all(client: &kube::Client, kind: &str, customers: u64) -> anyhow::Result<()> {
