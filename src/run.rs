@@ -225,10 +225,9 @@ pub const EXIT_LOST_LEADERSHIP: i32 = 3;
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut kinde_config = args.kinde.config()?;
     let adoption = AdoptionPolicy::from_args(&args.adoption)?;
-    let kube_config = kube::Config::infer()
+    let mut kube_config = kube::Config::infer()
         .await
         .context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
-    let mut kube_config = kube_config;
     // Named in the API server's audit log and in its metrics, as every well-behaved
     // controller is (kube-rs sends no User-Agent of its own).
     kube_config.headers.push((
