@@ -256,7 +256,7 @@ pub(crate) fn check_destructive(policy: &AdoptionPolicy, what: &str) -> Result<(
 }
 
 /// The body of an operator name marker (`<name> [kmo:<body>]`), if `name` carries one.
-fn marker_body(name: &str) -> Option<&str> {
+pub(crate) fn marker_body(name: &str) -> Option<&str> {
     let start = name.rfind(" [kmo:")?;
     name[start + " [kmo:".len()..].trim_end().strip_suffix(']')
 }

@@ -26,6 +26,16 @@ fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(s))
 }
 
+/// A share between 0 and 1.
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a share between 0 and 1 (such as 0.5)"
+        )),
+    }
+}
+
 /// How to reach Kinde. Every flag has an environment fallback; the secret's value is never
 /// shown in `--help` or logs.
 #[derive(Args, Debug, Clone)]
@@ -43,8 +53,9 @@ pub struct KindeArgs {
     /// Process-wide Kinde request rate (requests per second; 0 = unlimited).
     #[arg(long, env = "KINDE_M2M_REQUESTS_PER_SECOND", default_value_t = 10.0)]
     pub kinde_requests_per_second: f64,
-    /// Requests allowed in a burst above the rate.
-    #[arg(long, env = "KINDE_M2M_BURST", default_value_t = 10)]
+    /// Requests allowed in a burst above the rate (1: none; a burst on top of a rate Kinde
+    /// already holds us to comes back as 429s).
+    #[arg(long, env = "KINDE_M2M_BURST", default_value_t = 1)]
     pub kinde_burst: u32,
     /// Kinde calls in flight at once, process-wide.
     #[arg(long, env = "KINDE_M2M_MAX_IN_FLIGHT", default_value_t = 4)]
@@ -101,9 +112,15 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub namespaces: Vec<String>,
-    /// Period of the drift-detecting resync of every object (jittered by up to 10%).
+    /// Period of the drift-detecting resync of every object (each object at its own slot of
+    /// the period, so the reads spread evenly).
     #[arg(long, env = "KINDE_M2M_RESYNC_PERIOD", default_value = "10m", value_parser = humantime::parse_duration)]
     pub resync_period: Duration,
+    /// Share (0 to 1) of `--kinde-requests-per-second` the resync's drift reads may take:
+    /// the period stretches when a fleet's reads would need more (see the README's
+    /// sizing). 0 keeps the period as configured.
+    #[arg(long, env = "KINDE_M2M_RESYNC_READ_SHARE", default_value_t = 0.5, value_parser = parse_share)]
+    pub resync_read_share: f64,
     /// Shortest `spec.rotation.every` accepted (each scheduled rotation mints a new
     /// authorized Kinde application; the interval must also be at least twice the overlap).
     #[arg(long, env = "KINDE_M2M_MIN_ROTATION_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
@@ -315,6 +332,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics,
         scope,
         resync: args.resync_period,
+        resync_read_share: args.resync_read_share,
         adoption,
         min_rotation_every: args.min_rotation_interval,
     };

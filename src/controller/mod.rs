@@ -29,8 +29,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 
 use kernel::{
-    ApiSnapshots, AuthorizeBatcher, FailureCounts, Router, StoreSet, WrittenVersions, error_policy,
-    reconcile,
+    ApiSnapshots, AppDirectory, AuthorizeBatcher, FailureCounts, Router, StoreSet, WrittenVersions,
+    error_policy, reconcile,
 };
 pub use kernel::{Context, Error, FIELD_MANAGER, FINALIZER, Managed, Result};
 use world::World;
@@ -152,6 +152,7 @@ where
             watcher::Config::default().any_semantic(),
         )
         .default_backoff()
+        .modify(strip_for_cache)
         .reflect(writer)
         .map(move |event| {
             if let Ok(event) = &event {
@@ -186,6 +187,8 @@ pub struct Settings {
     pub metrics: Metrics,
     pub scope: Scope,
     pub resync: Duration,
+    /// Share of the Kinde rate the resync's drift reads may take (the period stretches).
+    pub resync_read_share: f64,
     pub adoption: AdoptionPolicy,
     pub min_rotation_every: Duration,
 }
@@ -203,6 +206,7 @@ pub async fn run(
         metrics,
         scope,
         resync,
+        resync_read_share,
         adoption,
         min_rotation_every,
     } = settings;
@@ -217,7 +221,9 @@ pub async fn run(
         recorder,
         metrics,
         resync,
+        resync_read_share,
         kinde_apis: ApiSnapshots::new(kinde.clone(), resync / 2),
+        kinde_apps: AppDirectory::new(kinde.clone()),
         authorizer: AuthorizeBatcher::new(kinde),
         adoption,
         min_rotation_every,
@@ -290,6 +296,16 @@ where
             }
         })
         .await;
+}
+
+/// Drops what no decision reads before an object enters the cache: `managedFields` (often
+/// larger than the object) and kubectl's last-applied copy of the whole manifest. At a
+/// fleet of thousands of objects they were most of the operator's memory.
+fn strip_for_cache<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+    if let Some(annotations) = obj.meta_mut().annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// Watches of the operator's Secrets, metadata only (their data never sits in memory),

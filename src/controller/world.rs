@@ -8,7 +8,7 @@ use kube::{Resource, ResourceExt};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-use super::kernel::{Context, HasConditions, Router, StoreSet};
+use super::kernel::{Context, Fleet, HasConditions, Router, StoreSet};
 use crate::crd::{ApiGrant, ApiRegistration, M2MApplication};
 
 /// The context every kind's reconcile gets.
@@ -45,6 +45,15 @@ has_conditions!(
     crate::crd::M2MApplicationStatus,
     crate::crd::ApiGrantStatus
 );
+
+/// One period of drift checks reads each application once (`getApplication`) and each API
+/// about three times (`getAPI` for the registration and the cached snapshot the grants
+/// share, its scopes); a grant reads nothing of its own.
+impl Fleet for World {
+    fn resync_reads(&self) -> usize {
+        self.apps.len() + 3 * self.apis.len()
+    }
+}
 
 impl World {
     /// The grants in the application's namespace that name it.

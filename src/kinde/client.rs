@@ -60,7 +60,7 @@ impl KindeConfig {
             client_secret,
             request_timeout: Duration::from_secs(15),
             requests_per_second: 10.0,
-            burst: 10,
+            burst: 1,
             max_in_flight: 4,
             max_attempts: 5,
             base_backoff: Duration::from_millis(200),
@@ -265,6 +265,12 @@ impl KindeClient {
             |r: ListApplicationsResponse| (r.applications, r.next_token),
         )
         .await
+    }
+
+    /// The configured request rate (the pace's ceiling), `None` when unlimited.
+    pub fn configured_rate(&self) -> Option<f64> {
+        let rate = self.inner.config.requests_per_second;
+        (rate.is_finite() && rate > 0.0).then_some(rate)
     }
 
     /// Renames an application.
@@ -647,7 +653,11 @@ impl KindeClient {
             attempts = attempts.saturating_add(1);
             let (outcome, generation) = self.attempt(call).await;
             let (error, after) = match outcome {
-                Attempt::Done(body) => return Ok(body),
+                Attempt::Done(body) => {
+                    self.inner.limiter.succeeded();
+                    self.publish_pace();
+                    return Ok(body);
+                }
                 Attempt::Fail(e) => return Err(e),
                 Attempt::RefreshToken { error } => {
                     let Some(generation) = generation.filter(|_| !refreshed) else {
@@ -679,6 +689,10 @@ impl KindeClient {
                 return Err(error);
             }
             tracing::debug!(operation = call.op.name(), attempt = attempts, delay_ms = delay.as_millis() as u64, error = %error, "retrying Kinde call");
+            if matches!(error, KindeError::RateLimited { .. }) {
+                self.inner.limiter.throttled(Instant::now());
+                self.publish_pace();
+            }
             match after.and_then(|d| Instant::now().checked_add(d)) {
                 // Kinde's reset applies to every caller, not just this one.
                 Some(until) => self.inner.limiter.pause_until(until),
@@ -687,13 +701,22 @@ impl KindeClient {
         }
     }
 
+    fn publish_pace(&self) {
+        let limiter = &self.inner.limiter;
+        self.inner
+            .metrics
+            .limiter(limiter.pace(), limiter.waiting());
+    }
+
     /// A limiter slot, then (for management calls) the token. The token is taken after
     /// the wait: a caller parked behind a long 429 pause would otherwise send a token that
     /// expired while it waited.
     async fn slot(&self, call: &Call) -> Result<(SemaphorePermit<'_>, Option<Lease>)> {
         let limiter = &self.inner.limiter;
+        self.publish_pace();
         let (permit, waited) = limiter.acquire().await;
         self.inner.metrics.waited(waited);
+        self.publish_pace();
         if !call.bearer {
             return Ok((permit, None));
         }

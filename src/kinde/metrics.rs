@@ -6,6 +6,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -31,6 +32,8 @@ pub struct KindeMetrics {
     calls: Family<CallLabels, Counter>,
     latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
     rate_limit_wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    pace: Gauge<f64, std::sync::atomic::AtomicU64>,
+    waiting: Gauge,
 }
 
 impl Default for KindeMetrics {
@@ -39,6 +42,8 @@ impl Default for KindeMetrics {
             calls: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             rate_limit_wait_seconds: Counter::default(),
+            pace: Gauge::default(),
+            waiting: Gauge::default(),
         }
     }
 }
@@ -62,7 +67,23 @@ impl KindeMetrics {
             "Time Kinde calls spent waiting for the client-side rate limit or a 429 reset",
             m.rate_limit_wait_seconds.clone(),
         );
+        registry.register(
+            "kinde_pace_requests_per_second",
+            "The pace the client currently allows itself (the configured rate, lowered by Kinde's 429s and recovering with successes; 0 when unlimited)",
+            m.pace.clone(),
+        );
+        registry.register(
+            "kinde_calls_waiting",
+            "Kinde calls waiting for the client's pace or a 429 reset",
+            m.waiting.clone(),
+        );
         m
+    }
+
+    /// The limiter's current pace and queue, as last seen.
+    pub(crate) fn limiter(&self, pace: Option<f64>, waiting: usize) {
+        self.pace.set(pace.unwrap_or(0.0));
+        self.waiting.set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn observe(&self, operation: &'static str, status: String, elapsed: Duration) {

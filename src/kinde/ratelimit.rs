@@ -1,5 +1,6 @@
 //! Process-wide throttle for Kinde calls: a token bucket (requests per second with a
-//! burst), a cap on calls in flight, and a shared pause when Kinde answers 429.
+//! burst), a cap on calls in flight, a shared pause when Kinde answers 429, and a pace that
+//! learns from those 429s.
 //!
 //! Kinde publishes no numbers, only that it has a rate limiter and a concurrency limiter
 //! and that clients should throttle themselves; one pause for everyone after a 429 keeps
@@ -11,6 +12,13 @@
 //! one burst and draw a 429 for every caller beyond it (observed: 103 429s for 90
 //! successes). Reservations made before a pause are void: their holders queue again
 //! behind it, even if they were already waiting for a slot or an in-flight permit.
+//!
+//! The pace learns (additive increase, multiplicative decrease, as TCP does): the
+//! configured rate is a ceiling, a 429 cuts the current pace to [`DECREASE`] of itself (at
+//! most once per [`DECREASE_EVERY`], since the 429s of one window all tell the same news),
+//! and every successful call raises it by [`INCREASE_SHARE`] of the ceiling. Against a Kinde
+//! allowing less than the ceiling, the pace settles just under Kinde's rate with one 429
+//! every few hundred calls, instead of a 429 whenever the bucket refills.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -23,12 +31,26 @@ use tokio::time::Instant;
 pub struct Limiter {
     in_flight: Semaphore,
     state: Mutex<State>,
+    /// Callers inside [`Limiter::acquire`] (for the metric).
+    waiting: std::sync::atomic::AtomicUsize,
 }
+
+/// A 429 leaves this share of the current pace.
+pub const DECREASE: f64 = 0.7;
+/// The pace never falls below this share of the ceiling.
+pub const FLOOR_SHARE: f64 = 0.05;
+/// Each successful call raises the pace by this share of the ceiling.
+pub const INCREASE_SHARE: f64 = 0.001;
+/// 429s closer together than this count as one signal.
+pub const DECREASE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct State {
-    /// Tokens per second; `None` = unlimited.
+    /// The current pace, tokens per second; `None` = unlimited.
     rate: Option<f64>,
+    /// The configured rate: the pace never goes above it.
+    ceiling: Option<f64>,
+    last_decrease: Option<Instant>,
     burst: f64,
     /// May go negative: a negative balance is a queue of reservations.
     tokens: f64,
@@ -50,8 +72,11 @@ impl Limiter {
         let burst = f64::from(burst.max(1));
         Self {
             in_flight: Semaphore::new(max_in_flight.clamp(1, Semaphore::MAX_PERMITS)),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             state: Mutex::new(State {
                 rate,
+                ceiling: rate,
+                last_decrease: None,
                 burst,
                 tokens: burst,
                 refilled_at: Instant::now(),
@@ -64,6 +89,7 @@ impl Limiter {
     /// Waits for a token and a free slot; returns the slot and how long the caller waited.
     pub(crate) async fn acquire(&self) -> (SemaphorePermit<'_>, Duration) {
         let started = Instant::now();
+        let _waiting = Waiting::enter(&self.waiting);
         loop {
             let (wait, epoch) = self.reserve(Instant::now());
             if !wait.is_zero() {
@@ -98,6 +124,39 @@ impl Limiter {
         s.refilled_at = until;
     }
 
+    /// Kinde said 429: slow the pace down (see the module docs).
+    pub(crate) fn throttled(&self, now: Instant) {
+        let mut s = self.lock();
+        let (Some(rate), Some(ceiling)) = (s.rate, s.ceiling) else {
+            return;
+        };
+        if s.last_decrease
+            .is_some_and(|at| now.saturating_duration_since(at) < DECREASE_EVERY)
+        {
+            return;
+        }
+        s.last_decrease = Some(now);
+        s.rate = Some((rate * DECREASE).max(ceiling * FLOOR_SHARE));
+    }
+
+    /// A call went through without a 429: speed the pace up, up to the ceiling.
+    pub(crate) fn succeeded(&self) {
+        let mut s = self.lock();
+        if let (Some(rate), Some(ceiling)) = (s.rate, s.ceiling) {
+            s.rate = Some((rate + ceiling * INCREASE_SHARE).min(ceiling));
+        }
+    }
+
+    /// The current pace (requests per second), `None` when unlimited.
+    pub fn pace(&self) -> Option<f64> {
+        self.lock().rate
+    }
+
+    /// Callers waiting for a slot right now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Takes a slot: how long to wait for it, and the epoch it belongs to.
     fn reserve(&self, now: Instant) -> (Duration, u64) {
         let mut s = self.lock();
@@ -128,6 +187,23 @@ impl Limiter {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // The state stays consistent even if a holder panicked: recover it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Counts a caller inside `acquire` for as long as it is there (also when its future is
+/// dropped while waiting).
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -299,6 +375,60 @@ mod tests {
         for t in tasks {
             t.await.expect("join");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pace_backs_off_on_429_and_recovers_on_success() {
+        let limiter = Limiter::new(20.0, 1, 4);
+        let t0 = Instant::now();
+        limiter.throttled(t0);
+        assert_eq!(limiter.pace(), Some(14.0));
+        // The other 429s of the same window are the same signal.
+        limiter.throttled(t0 + Duration::from_millis(500));
+        assert_eq!(limiter.pace(), Some(14.0));
+        limiter.throttled(t0 + Duration::from_secs(1));
+        let after_two = limiter.pace().expect("limited");
+        assert!((after_two - 9.8).abs() < 1e-9, "{after_two}");
+        // Never below the floor, however many 429s.
+        for i in 2..100 {
+            limiter.throttled(t0 + Duration::from_secs(i));
+        }
+        assert_eq!(limiter.pace(), Some(20.0 * FLOOR_SHARE));
+        // Each success adds a thousandth of the ceiling; never above it.
+        limiter.succeeded();
+        let up = limiter.pace().expect("limited");
+        assert!((up - (1.0 + 0.02)).abs() < 1e-9, "{up}");
+        for _ in 0..10_000 {
+            limiter.succeeded();
+        }
+        assert_eq!(limiter.pace(), Some(20.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slower_pace_spaces_the_slots() {
+        let limiter = Limiter::new(10.0, 1, 4);
+        drop(limiter.acquire().await);
+        limiter.throttled(Instant::now());
+        // 7/s now: the next slot is 1/7 s away, not 1/10.
+        let (_p, waited) = limiter.acquire().await;
+        assert!(waited >= Duration::from_millis(142), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unlimited_limiter_stays_unlimited_and_counts_its_waiters() {
+        let limiter = std::sync::Arc::new(Limiter::new(0.0, 1, 1));
+        limiter.throttled(Instant::now());
+        assert_eq!(limiter.pace(), None);
+        let (held, _) = limiter.acquire().await;
+        let waiter = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { drop(limiter.acquire().await) })
+        };
+        settle().await;
+        assert_eq!(limiter.waiting(), 1);
+        drop(held);
+        waiter.await.expect("join");
+        assert_eq!(limiter.waiting(), 0);
     }
 
     #[test]

@@ -88,10 +88,16 @@ struct Pending {
     done: oneshot::Sender<Result<(), Arc<KindeError>>>,
 }
 
+/// Applications Kinde takes in one `PATCH /apis/{id}/applications`: a queue this long is
+/// sent at once.
+pub const FULL_BATCH: usize = 100;
+
 /// Requests queued for one API, and when the queue last grew.
 struct Queue {
     requests: Vec<Pending>,
     last: Instant,
+    /// Rung when the queue is full, so the flusher sends it without waiting further.
+    full: Arc<tokio::sync::Notify>,
     /// Which submitter flushes this queue (see [`QueueGuard`]).
     flusher: u64,
 }
@@ -119,10 +125,12 @@ impl Drop for QueueGuard {
 }
 
 /// Folds (de)authorizations for the same API arriving together into one Kinde call (at
-/// most 100 applications each, as Kinde allows). The call waits until no request has
-/// arrived for `quiet` (at most `max_wait` after the first): grants created together
-/// become authorizable as their applications turn Ready one by one, which takes a few
-/// hundred milliseconds each, so a fixed short window caught only one of them.
+/// most [`FULL_BATCH`] applications each, as Kinde allows). The call waits until no request
+/// has arrived for `quiet`, the queue is full, or `max_wait` has passed since the first:
+/// grants created together become authorizable as their applications turn Ready one by
+/// one, paced by the Kinde rate (at 20 calls/s about 5 a second), so a short window
+/// caught a handful of them and a fleet of 1,000 took 107 calls where 10 would do. The
+/// wait of a lone grant stays `quiet`.
 #[derive(Clone)]
 pub struct AuthorizeBatcher {
     kinde: KindeClient,
@@ -136,7 +144,7 @@ impl AuthorizeBatcher {
         Self {
             kinde,
             quiet: Duration::from_millis(1000),
-            max_wait: Duration::from_secs(3),
+            max_wait: Duration::from_secs(5),
             pending: Arc::default(),
         }
     }
@@ -152,11 +160,12 @@ impl AuthorizeBatcher {
         static FLUSHERS: AtomicU64 = AtomicU64::new(0);
         let (done, result) = oneshot::channel();
         let me = FLUSHERS.fetch_add(1, Ordering::Relaxed);
-        let first = {
+        let (first, full) = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             let queue = pending.entry(api_id.to_owned()).or_insert_with(|| Queue {
                 requests: Vec::new(),
                 last: Instant::now(),
+                full: Arc::default(),
                 flusher: me,
             });
             queue.requests.push(Pending {
@@ -165,7 +174,10 @@ impl AuthorizeBatcher {
                 done,
             });
             queue.last = Instant::now();
-            queue.flusher == me
+            if queue.requests.len() >= FULL_BATCH {
+                queue.full.notify_one();
+            }
+            (queue.flusher == me, queue.full.clone())
         };
         if first {
             // Flushed in this submitter's own future, not in a detached task: whatever
@@ -177,7 +189,7 @@ impl AuthorizeBatcher {
                 api_id: api_id.to_owned(),
                 flusher: me,
             };
-            self.flush(api_id.to_owned()).await;
+            self.flush(api_id.to_owned(), &full).await;
         }
         result.await.unwrap_or_else(|_| {
             Err(Arc::new(KindeError::Config(
@@ -186,15 +198,17 @@ impl AuthorizeBatcher {
         })
     }
 
-    async fn flush(&self, api_id: String) {
+    async fn flush(&self, api_id: String, full: &tokio::sync::Notify) {
         let deadline = Instant::now() + self.max_wait;
         let batch = loop {
             let wake = {
                 let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-                let last = pending.get(&api_id).map(|q| q.last);
-                match last {
-                    Some(last)
-                        if last + self.quiet > Instant::now() && Instant::now() < deadline =>
+                let queue = pending.get(&api_id).map(|q| (q.last, q.requests.len()));
+                match queue {
+                    Some((last, len))
+                        if len < FULL_BATCH
+                            && last + self.quiet > Instant::now()
+                            && Instant::now() < deadline =>
                     {
                         (last + self.quiet).min(deadline)
                     }
@@ -206,7 +220,10 @@ impl AuthorizeBatcher {
                     }
                 }
             };
-            tokio::time::sleep_until(wake).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                () = full.notified() => {}
+            }
         };
         // The last request per application wins.
         let mut changes: Vec<(&str, Authorization)> = Vec::new();
@@ -316,6 +333,27 @@ mod tests {
         assert_eq!(queue.requests[0].client_id, "c");
     }
 
+    /// A full queue goes at once: the 100th request does not wait out the quiet window.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_is_taken_without_waiting() {
+        let b = batcher();
+        let ids: Vec<String> = (0..FULL_BATCH).map(|i| format!("app-{i}")).collect();
+        let mut submits: Vec<_> = ids
+            .iter()
+            .map(|id| Box::pin(b.submit("api", id, Authorization::Authorize)))
+            .collect();
+        for submit in &mut submits {
+            assert!(futures::poll!(submit.as_mut()).is_pending());
+        }
+        // The first submitter flushes: no time has passed, yet once woken it takes the
+        // batch at once (and is now sending it to the unreachable Kinde).
+        assert!(futures::poll!(submits[0].as_mut()).is_pending());
+        assert!(
+            !b.pending.lock().unwrap().contains_key("api"),
+            "a full queue must be taken at once"
+        );
+    }
+
     #[test]
     fn the_guard_leaves_a_later_flushers_queue_alone() {
         let pending: Arc<Mutex<HashMap<String, Queue>>> = Arc::default();
@@ -324,6 +362,7 @@ mod tests {
             Queue {
                 requests: Vec::new(),
                 last: Instant::now(),
+                full: Arc::default(),
                 flusher: 2,
             },
         );

@@ -4,6 +4,7 @@
 //! stores a kind's decisions look at), and the effects every kind needs (Kinde deletes and
 //! de-authorizations, Events, status writes). Pure rules live in [`rules`].
 
+mod app_directory;
 mod bookkeeping;
 mod error;
 mod kinde_state;
@@ -28,6 +29,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+pub use app_directory::AppDirectory;
 pub use bookkeeping::{FailureCounts, WrittenVersions};
 use bookkeeping::{current_copy, object_key};
 pub use error::{Error, Result};
@@ -60,9 +62,13 @@ pub struct Context<W> {
     pub kinde: KindeClient,
     pub recorder: Recorder,
     pub metrics: Metrics,
-    /// Base period of the drift-detecting resync (jittered per object).
+    /// Base period of the drift-detecting resync (see [`resync_period`]).
     pub resync: Duration,
+    /// Share of the Kinde rate the resync's drift reads may take.
+    pub resync_read_share: f64,
     pub kinde_apis: ApiSnapshots,
+    /// The marked Kinde applications (creates look for their marker here).
+    pub kinde_apps: AppDirectory,
     pub authorizer: AuthorizeBatcher,
     /// Who may adopt existing Kinde objects (cluster-level, from the flags).
     pub adoption: AdoptionPolicy,
@@ -90,7 +96,7 @@ pub trait Managed:
     /// Kind name for metrics and logs.
     const KIND: &'static str;
     /// The stores the kind's decisions look at.
-    type World: Send + Sync + 'static;
+    type World: Fleet + Send + Sync + 'static;
     /// The status subresource.
     type Status: HasConditions + Serialize + PartialEq + Clone + Default + Send + Sync;
     /// The status as last written.
@@ -243,9 +249,31 @@ pub fn error_policy<K: Managed>(obj: Arc<K>, err: &Error, ctx: Arc<Context<K::Wo
     Action::requeue(with_jitter(after))
 }
 
-/// Requeue for the periodic resync, jittered by up to +10% so objects spread out.
-pub fn resync<W>(ctx: &Context<W>) -> Action {
-    Action::requeue(with_jitter(ctx.resync))
+/// What the resync needs to know of a fleet: how many Kinde reads one period of drift
+/// checks costs (about one per object the kinds read on resync).
+pub trait Fleet {
+    fn resync_reads(&self) -> usize;
+}
+
+/// The resync period in force: the configured one, stretched for the fleet so its drift
+/// reads stay within their share of the Kinde rate ([`rules::resync_period`]).
+pub fn resync_period<W: Fleet>(ctx: &Context<W>) -> Duration {
+    rules::resync_period(
+        ctx.resync,
+        ctx.world.resync_reads(),
+        ctx.kinde.configured_rate(),
+        ctx.resync_read_share,
+    )
+}
+
+/// Requeue for the periodic resync at the object's own slot of the period, so a fleet's
+/// drift reads spread evenly ([`rules::until_resync_slot`]).
+pub fn resync<K: Managed>(ctx: &Context<K::World>, obj: &K) -> Action {
+    let key = object_key::<K>(&obj.namespace().unwrap_or_default(), &obj.name_any());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Action::requeue(rules::until_resync_slot(&key, resync_period(ctx), now))
 }
 
 /// Publishes an Event; failures are logged, never fatal (an Event is a courtesy).
@@ -332,7 +360,7 @@ pub async fn finish<K: Managed>(
     let outcome = outcome?;
     let action = match requeue_after(&outcome, ctx.resync) {
         Some(after) => Action::requeue(after),
-        None => resync(ctx),
+        None => resync(ctx, obj),
     };
     Ok((action, changed))
 }
@@ -366,11 +394,13 @@ pub async fn current<K: Managed, W>(ctx: &Context<W>, cached: Arc<K>) -> Result<
 /// Deletes a Kinde application; `false` when it was already gone (Kinde's not-found counts
 /// as done).
 pub async fn delete_kinde_application<W>(ctx: &Context<W>, id: &str) -> Result<bool> {
-    match ctx.kinde.delete_application(id).await {
-        Ok(()) => Ok(true),
-        Err(e) if e.is_not_found() => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    let deleted = match ctx.kinde.delete_application(id).await {
+        Ok(()) => true,
+        Err(e) if e.is_not_found() => false,
+        Err(e) => return Err(e.into()),
+    };
+    ctx.kinde_apps.gone(id);
+    Ok(deleted)
 }
 
 /// De-authorizes `client_id` for `api_id` (through the batcher; an application or API

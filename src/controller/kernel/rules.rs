@@ -82,6 +82,55 @@ pub fn error_note(e: &Error) -> String {
     note
 }
 
+/// The resync period for a fleet: the configured one, stretched so that the drift reads of
+/// one period (`reads`, about one Kinde read per object) take at most `read_share` of the
+/// Kinde rate. 1,000 applications at 10 calls/s and a share of one half need 200 s; the
+/// default 10 minutes holds 3,000. Unlimited rate (or a share of 0): the configured period.
+pub fn resync_period(
+    configured: Duration,
+    reads: usize,
+    rate: Option<f64>,
+    read_share: f64,
+) -> Duration {
+    let Some(budget) = rate
+        .map(|r| r * read_share)
+        .filter(|b| b.is_finite() && *b > 0.0)
+    else {
+        return configured;
+    };
+    let needed = reads as f64 / budget;
+    if needed.is_finite() && needed > configured.as_secs_f64() {
+        Duration::try_from_secs_f64(needed).unwrap_or(configured)
+    } else {
+        configured
+    }
+}
+
+/// How long until the object's own slot in the resync cycle: each object's slot is fixed
+/// by a hash of `key` (stable across restarts), so a fleet's drift reads spread evenly over
+/// the period instead of coming all at once after a fleet was applied together (which drew
+/// 134 429s per period at 1,000 applications). Never sooner than a second.
+pub fn until_resync_slot(key: &str, period: Duration, now_unix: Duration) -> Duration {
+    let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX).max(1);
+    let slot = stable_hash(key) % period_ms;
+    let position = u64::try_from(now_unix.as_millis()).unwrap_or(0) % period_ms;
+    let wait = (slot + period_ms - position) % period_ms;
+    let wait = Duration::from_millis(wait);
+    if wait < Duration::from_secs(1) {
+        wait + period
+    } else {
+        wait
+    }
+}
+
+/// FNV-1a: a hash that stays the same across builds and platforms (markers and resync
+/// slots must).
+pub fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 pub(super) fn with_jitter(d: Duration) -> Duration {
     d + d.mul_f64(fastrand::f64() * 0.1)
 }
@@ -311,6 +360,53 @@ pub(super) fn requeue_after(outcome: &Outcome, resync: Duration) -> Option<Durat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_resync_period_stretches_to_hold_drift_reads_to_their_share() {
+        let ten_min = Duration::from_secs(600);
+        // 1,000 reads at 10/s, half for reads: 200 s needed, the 10 minutes stand.
+        assert_eq!(resync_period(ten_min, 1_000, Some(10.0), 0.5), ten_min);
+        // 10,000 at 10/s, half: 2,000 s.
+        assert_eq!(
+            resync_period(ten_min, 10_000, Some(10.0), 0.5),
+            Duration::from_secs(2_000)
+        );
+        // Unlimited or no share: as configured.
+        assert_eq!(resync_period(ten_min, 10_000, None, 0.5), ten_min);
+        assert_eq!(resync_period(ten_min, 10_000, Some(10.0), 0.0), ten_min);
+        assert_eq!(
+            resync_period(ten_min, usize::MAX, Some(1e-300), 1.0),
+            ten_min
+        );
+    }
+
+    #[test]
+    fn resync_slots_spread_evenly_and_stay_put() {
+        let period = Duration::from_secs(100);
+        let now = Duration::from_secs(1_000_000);
+        let waits: Vec<Duration> = (0..1_000)
+            .map(|i| until_resync_slot(&format!("M2MApplication/customer-{i}/app"), period, now))
+            .collect();
+        assert!(
+            waits
+                .iter()
+                .all(|w| *w >= Duration::from_secs(1) && *w <= period + Duration::from_secs(1))
+        );
+        // Ten buckets of 10 s each hold about a tenth each.
+        let mut buckets = [0usize; 11];
+        for w in &waits {
+            buckets[usize::try_from(w.as_secs() / 10).unwrap_or(10).min(10)] += 1;
+        }
+        assert!(
+            buckets[..10].iter().all(|n| (60..=140).contains(n)),
+            "{buckets:?}"
+        );
+        // The same object lands on the same slot a period later.
+        let key = "ApiGrant/customer-7/grant";
+        let first = until_resync_slot(key, period, now);
+        let next = until_resync_slot(key, period, now + first);
+        assert_eq!(next, period);
+    }
 
     #[test]
     fn failures_back_off_exponentially_per_object() {

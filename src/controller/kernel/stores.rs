@@ -48,6 +48,16 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> StoreSet<K> {
             .get(&ObjectRef::new(name).within(namespace))
     }
 
+    /// How many objects the stores hold.
+    pub fn len(&self) -> usize {
+        self.slots.iter().map(|(_, s)| s.len()).sum()
+    }
+
+    /// Whether the stores hold no object.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Every cached object that matches `pred`.
     pub fn find(&self, pred: impl Fn(&K) -> bool) -> Vec<Arc<K>> {
         self.slots

@@ -12,6 +12,7 @@ use kube::{Resource, ResourceExt};
 use secrecy::ExposeSecret;
 
 use crate::conditions::reasons;
+use crate::controller::kernel::rules::stable_hash;
 use crate::controller::kernel::{Error, Outcome, Result};
 use crate::crd::{AppliedTokens, M2MApplication, M2MApplicationStatus};
 use crate::secret;
@@ -279,13 +280,6 @@ pub(super) fn credential_gauges(
         next_rotation: status.next_rotation_time.as_ref().map(|t| t.0.as_second()),
         retiring: status.retiring.len(),
     }
-}
-
-/// FNV-1a: a hash that stays the same across builds and platforms (the marker must).
-pub(super) fn stable_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// The name marker of the successor for `due`.

@@ -10,7 +10,6 @@ use super::decide::{
     KindeApp, UNCONFIRMED_CREATE_POLL, uid_marker_body, unconfirmed_watch_left,
     used_application_ids,
 };
-use crate::adoption;
 use crate::controller::kernel::{Result, delete_kinde_application, record_change};
 use crate::controller::world::Ctx;
 use crate::crd::{M2MApplication, M2MApplicationStatus};
@@ -19,21 +18,20 @@ use crate::kinde::KindeError;
 /// The ids of every application carrying one of this object's markers (creation or
 /// rotation: `[kmo:<uid body>...]`).
 pub(super) async fn find_all_marked(ctx: &Ctx, uid_body: &str) -> Result<Vec<String>> {
-    let apps = ctx.kinde.list_applications().await?;
-    Ok(apps
-        .into_iter()
-        .filter(|a| adoption::carries_marker_of(&a.name, uid_body))
-        .map(|a| a.id)
-        .collect())
+    Ok(ctx.kinde_apps.find_all(uid_body, None).await?)
 }
 
-/// The id of the application whose name carries `marker`, if any.
-pub(super) async fn find_marked(ctx: &Ctx, marker: &str) -> Result<Option<String>> {
-    let apps = ctx.kinde.list_applications().await?;
-    Ok(apps
-        .into_iter()
-        .find(|a| a.name.ends_with(marker))
-        .map(|a| a.id))
+/// The application carrying `marker` in its name, if it still exists (the directory may
+/// know of one deleted behind our back).
+async fn find_marked(ctx: &Ctx, marker: &str) -> Result<Option<KindeApp>> {
+    for id in ctx.kinde_apps.find(marker).await? {
+        match read_app(ctx, &id).await {
+            Ok(app) => return Ok(Some(app)),
+            Err(e) if e.is_not_found() => ctx.kinde_apps.gone(&id),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
 }
 
 /// The application carrying `marker` in its name: found (created before a crash or a lost
@@ -46,18 +44,18 @@ pub(super) async fn create_marked(
     status: &mut M2MApplicationStatus,
     marker: &str,
 ) -> Result<KindeApp> {
-    if let Some(id) = find_marked(ctx, marker).await? {
-        let app = read_app(ctx, &id).await?;
+    if let Some(app) = find_marked(ctx, marker).await? {
         record_change(
             ctx,
             obj,
             "Created",
-            format!("created Kinde application {id}"),
+            format!("created Kinde application {}", app.id),
         )
         .await;
         return Ok(app);
     }
     let name = format!("{} {marker}", obj.display_name());
+    ctx.kinde_apps.attempting(marker);
     let created = match ctx
         .kinde
         .create_application(&name, obj.spec.organization_code.as_deref())
@@ -65,12 +63,14 @@ pub(super) async fn create_marked(
     {
         Ok(created) => created,
         Err(e) => {
+            ctx.kinde_apps.create_failed(marker, &e);
             if matches!(e, KindeError::OutcomeUnknown { .. }) {
                 status.unconfirmed_create_since = Some(Time(Timestamp::now()));
             }
             return Err(e.into());
         }
     };
+    ctx.kinde_apps.created(marker, &created.id, &name);
     record_change(
         ctx,
         obj,
@@ -102,17 +102,17 @@ pub(super) async fn sweep_unconfirmed(
     };
     let body = uid_marker_body(obj)?;
     let in_use = used_application_ids(status);
-    for app in ctx.kinde.list_applications().await? {
-        let ours = adoption::carries_marker_of(&app.name, &body);
-        if ours && !in_use.contains(&app.id) {
-            delete_kinde_application(ctx, &app.id).await?;
+    // A copy Kinde makes late only shows in a listing made now.
+    let now = tokio::time::Instant::now();
+    for id in ctx.kinde_apps.find_all(&body, Some(now)).await? {
+        if !in_use.contains(&id) {
+            delete_kinde_application(ctx, &id).await?;
             record_change(
                 ctx,
                 obj,
                 "DuplicateDeleted",
                 format!(
-                    "deleted Kinde application {}: a copy Kinde made of a create whose outcome was unknown",
-                    app.id
+                    "deleted Kinde application {id}: a copy Kinde made of a create whose outcome was unknown"
                 ),
             )
             .await;

@@ -2,8 +2,10 @@
 //!
 //! Crash safety: Kinde application names are not unique and a create is not idempotent, so
 //! the application is created under a name carrying a marker derived from the object's
-//! UID (`<displayName> [kmo:<uid>]`). Before any create the operator lists applications
-//! and adopts one carrying the marker (its own, from before a crash or a lost response).
+//! UID (`<displayName> [kmo:<uid>]`). Before any create the operator looks the marker up
+//! in the directory of marked applications (one shared listing, see
+//! `kernel::app_directory`) and adopts one carrying it (its own, from before a crash or a
+//! lost response).
 //! Only once the id is in the status is the application renamed to its display name.
 
 use std::sync::Arc;
@@ -182,6 +184,9 @@ async fn converge(
             return Ok(Outcome::Paused { ready: true });
         }
         ctx.kinde.rename_application(&app.id, &display).await?;
+        if !is_marked(&display) {
+            ctx.kinde_apps.gone(&app.id);
+        }
         if is_marked(&app.name) {
             tracing::debug!(application = %app.id, "removed the creation marker from the name");
         } else {
