@@ -29,8 +29,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 
 use kernel::{
-    ApiSnapshots, AppDirectory, AuthorizeBatcher, FailureCounts, Router, StoreSet, WrittenVersions,
-    error_policy, reconcile,
+    ApiSnapshots, AppDirectory, AuthorizeBatcher, FailureCounts, Recent, Router, StoreSet,
+    WrittenVersions, error_policy, reconcile,
 };
 pub use kernel::{Context, Error, FIELD_MANAGER, FINALIZER, Managed, Result};
 use world::World;
@@ -236,6 +236,7 @@ pub async fn run(
             wake_apps: apps.router.clone(),
             wake_apis: apis.router.clone(),
             wake_grants: grants.router.clone(),
+            app_reads: Recent::new(resync / 2),
         },
     });
 

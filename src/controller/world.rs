@@ -8,7 +8,8 @@ use kube::{Resource, ResourceExt};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-use super::kernel::{Context, Fleet, HasConditions, Router, StoreSet};
+use super::kernel::{Context, Fleet, HasConditions, Recent, Router, StoreSet};
+use super::m2m_application::KindeApp;
 use crate::crd::{ApiGrant, ApiRegistration, M2MApplication};
 
 /// The context every kind's reconcile gets.
@@ -22,6 +23,8 @@ pub struct World {
     pub wake_apps: Router<M2MApplication>,
     pub wake_apis: Router<ApiRegistration>,
     pub wake_grants: Router<ApiGrant>,
+    /// Recent reads of each M2MApplication's Kinde application (see [`Recent`]).
+    pub(crate) app_reads: Recent<KindeApp>,
 }
 
 macro_rules! has_conditions {

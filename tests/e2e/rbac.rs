@@ -602,13 +602,13 @@ async fn behaviours(
 
     // Events recorded (events.k8s.io) by the operator.
     let events = Api::<Event>::namespaced(c.clone(), "acme");
-    wait_for("a SecretCreated Event in acme", WAIT, || async {
+    wait_for("a Created Event in acme", WAIT, || async {
         let list = events.list(&Default::default()).await?;
         Ok(list
             .items
             .iter()
             .any(|e| {
-                e.reason.as_deref() == Some("SecretCreated")
+                e.reason.as_deref() == Some("Created")
                     && e.reporting_controller.as_deref() == Some("kinde-m2m-operator")
                     && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("acme")
             })

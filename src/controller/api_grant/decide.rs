@@ -3,8 +3,10 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
-use kube::ResourceExt;
+use jiff::Timestamp;
+use kube::{Resource, ResourceExt};
 
 use crate::conditions::{self, reasons};
 use crate::controller::kernel::{Outcome, is_older};
@@ -70,10 +72,50 @@ pub(super) fn winner_over<'a>(
         })
 }
 
+/// How long a grant that has never reported holds its wait quietly on a neighbour that has
+/// not reported either ([`Outcome::Pending`]): long enough for a fleet applied at once to
+/// have its applications created at the Kinde rate, short enough that a wait that is
+/// really stuck is told.
+pub(super) const QUIET_WAIT_GRACE: Duration = Duration::from_secs(600);
+/// The same for a reference not in the cache yet: objects applied together arrive within
+/// moments of each other, a typo shows after this.
+pub(super) const QUIET_MISSING_GRACE: Duration = Duration::from_secs(10);
+
+/// How long ago a grant that has never reported (no Ready condition) was created; `None`
+/// once it has reported (its waits are then told at once).
+pub(super) fn unreported_age(grant: &ApiGrant, now: Timestamp) -> Option<Duration> {
+    let reported = grant
+        .status
+        .as_ref()
+        .is_some_and(|s| conditions::find_condition(&s.conditions, conditions::READY).is_some());
+    if reported {
+        return None;
+    }
+    let created = grant.meta().creation_timestamp.as_ref()?;
+    Some(Duration::try_from(now.duration_since(created.0)).unwrap_or_default())
+}
+
+/// The quiet wait of a grant of `age` (see [`unreported_age`]) within `grace`.
+fn quiet_wait(age: Option<Duration>, grace: Duration, requeue: Duration) -> Option<Outcome> {
+    age.filter(|a| *a < grace)
+        .map(|_| Outcome::Pending { requeue })
+}
+
 /// Why a grant's references do not resolve: the application or the API is missing (or in a
-/// namespace the operator does not watch).
-pub(super) fn missing_reference(grant: &ApiGrant, app_seen: bool, api_ns_watched: bool) -> Outcome {
+/// namespace the operator does not watch). A new grant whose neighbour may just not be in
+/// the cache yet waits quietly for a moment first.
+pub(super) fn missing_reference(
+    grant: &ApiGrant,
+    app_seen: bool,
+    api_ns_watched: bool,
+    age: Option<Duration>,
+) -> Outcome {
     let ns = grant.namespace().unwrap_or_default();
+    if api_ns_watched
+        && let Some(quiet) = quiet_wait(age, QUIET_MISSING_GRACE, Duration::from_secs(2))
+    {
+        return quiet;
+    }
     if !app_seen {
         return Outcome::not_ready(
             reasons::APPLICATION_NOT_FOUND,
@@ -104,6 +146,8 @@ pub(super) struct ReferenceFacts {
     pub permitted: bool,
     /// An older grant for the same application and API.
     pub winner: Option<String>,
+    /// The grant's [`unreported_age`].
+    pub unreported_age: Option<Duration>,
 }
 
 /// What a grant resolves to: the Kinde ids it joins and the scope ids to grant.
@@ -166,6 +210,15 @@ pub(super) fn references(
         app_status.client_id.clone(),
         conditions::is_true(&app_status.conditions, conditions::READY),
     ) else {
+        if unreported(&app_status.conditions)
+            && let Some(quiet) = quiet_wait(
+                facts.unreported_age,
+                QUIET_WAIT_GRACE,
+                Duration::from_secs(30),
+            )
+        {
+            return Err(quiet);
+        }
         return Err(Outcome::not_ready(
             reasons::WAITING_FOR_APPLICATION,
             format!("M2MApplication {ns}/{app_name} is not Ready yet"),
@@ -178,6 +231,15 @@ pub(super) fn references(
         api_status.audience.clone(),
         ready,
     ) else {
+        if unreported(&api_status.conditions)
+            && let Some(quiet) = quiet_wait(
+                facts.unreported_age,
+                QUIET_WAIT_GRACE,
+                Duration::from_secs(30),
+            )
+        {
+            return Err(quiet);
+        }
         return Err(Outcome::not_ready(
             reasons::WAITING_FOR_API,
             format!("ApiRegistration {api_ns}/{api_name} is not Ready yet"),
@@ -203,6 +265,11 @@ pub(super) fn references(
         audience,
         scopes,
     })
+}
+
+/// Whether an object has never reported (no Ready condition at all).
+fn unreported(conds: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
+    conditions::find_condition(conds, conditions::READY).is_none()
 }
 
 #[cfg(test)]
@@ -387,15 +454,16 @@ mod tests {
         let ok = ReferenceFacts {
             permitted: true,
             winner: None,
+            unreported_age: None,
         };
         let g = grant_for(&["read"]);
         let all = &["read", "write"];
         let cases: Vec<(&str, Result<References, Outcome>)> = vec![
             (
                 "ApplicationNotFound",
-                Err(missing_reference(&g, false, true)),
+                Err(missing_reference(&g, false, true, None)),
             ),
-            ("ApiNotFound", Err(missing_reference(&g, true, true))),
+            ("ApiNotFound", Err(missing_reference(&g, true, true, None))),
             (
                 "RefNotPermitted",
                 references(
@@ -405,6 +473,7 @@ mod tests {
                     &ReferenceFacts {
                         permitted: false,
                         winner: None,
+                        unreported_age: None,
                     },
                 ),
             ),
@@ -426,6 +495,7 @@ mod tests {
                     &ReferenceFacts {
                         permitted: true,
                         winner: Some("older".into()),
+                        unreported_age: None,
                     },
                 ),
             ),
@@ -455,11 +525,94 @@ mod tests {
             (refs.app_id.as_str(), refs.api_id.as_str()),
             ("client1", "api1")
         );
-        match missing_reference(&g, true, false) {
+        match missing_reference(&g, true, false, None) {
             Outcome::NotReady { message, .. } => {
                 assert!(message.contains("does not watch"), "{message}")
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A new grant applied with its application waits without a word while the
+    /// application has not reported; once either has reported, or the grant is old, the
+    /// wait is told.
+    #[test]
+    fn a_new_grant_waits_quietly_on_a_neighbour_that_has_not_reported() {
+        let g = grant_for(&["read"]);
+        let all = &["read", "write"];
+        let facts = |age: Option<u64>| ReferenceFacts {
+            permitted: true,
+            winner: None,
+            unreported_age: age.map(Duration::from_secs),
+        };
+        let quiet = |r: Result<References, Outcome>| matches!(r, Err(Outcome::Pending { .. }));
+        // Neither has reported: quiet.
+        assert!(quiet(references(
+            &g,
+            &app_obj(false),
+            &api_obj(true, all),
+            &facts(Some(5))
+        )));
+        assert!(quiet(references(
+            &g,
+            &app_obj(true),
+            &api_obj(false, all),
+            &facts(Some(5))
+        )));
+        // The grant reported before, or waited past the grace: told.
+        for told in [facts(None), facts(Some(QUIET_WAIT_GRACE.as_secs()))] {
+            let r = references(&g, &app_obj(false), &api_obj(true, all), &told);
+            assert_eq!(reason(r), "WaitingForApplication");
+        }
+        // The application reported a problem (a Ready condition, False): told at once.
+        let mut failing = app_obj(false);
+        failing.status = Some(crate::crd::M2MApplicationStatus {
+            conditions: vec![conditions::new_condition(
+                conditions::READY,
+                false,
+                reasons::SECRET_CONFLICT,
+                "Secret exists",
+                Some(1),
+                Time(Timestamp::from_second(1).expect("ts")),
+            )],
+            ..Default::default()
+        });
+        let r = references(&g, &failing, &api_obj(true, all), &facts(Some(5)));
+        assert_eq!(reason(r), "WaitingForApplication");
+        // A reference not in the cache: quiet for a moment, then ApplicationNotFound.
+        assert!(matches!(
+            missing_reference(&g, false, true, Some(Duration::from_secs(1))),
+            Outcome::Pending { .. }
+        ));
+        let told = missing_reference(&g, false, true, Some(QUIET_MISSING_GRACE));
+        assert!(matches!(
+            told,
+            Outcome::NotReady {
+                reason: "ApplicationNotFound",
+                ..
+            }
+        ));
+        // In a namespace the operator does not watch it never turns up: told at once.
+        let unwatched = missing_reference(&g, true, false, Some(Duration::from_secs(1)));
+        assert!(matches!(
+            unwatched,
+            Outcome::NotReady {
+                reason: "ApiNotFound",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_grant_is_unreported_until_it_has_a_ready_condition() {
+        let now = Timestamp::from_second(1_000).expect("ts");
+        let mut g = grant_for(&["read"]);
+        g.metadata.creation_timestamp = Some(Time(Timestamp::from_second(990).expect("ts")));
+        assert_eq!(unreported_age(&g, now), Some(Duration::from_secs(10)));
+        g.status = Some(ApiGrantStatus {
+            conditions: ready_conditions(),
+            ..Default::default()
+        });
+        assert_eq!(unreported_age(&g, now), None);
     }
 }

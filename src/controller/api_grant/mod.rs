@@ -127,10 +127,14 @@ async fn resolve(grant: &ApiGrant, ctx: &Ctx) -> Step<Resolved> {
     let app = ctx.world.app_of(grant);
     let api = ctx.world.apis.get(&api_ns, &grant.spec.api_ref.name);
     let app_seen = app.is_some();
+    let unreported_age = decide::unreported_age(grant, jiff::Timestamp::now());
     let (Some(app), Some(api)) = (app, api) else {
         let watched = ctx.world.apis.covers(&api_ns);
         return Err(Stop::Outcome(decide::missing_reference(
-            grant, app_seen, watched,
+            grant,
+            app_seen,
+            watched,
+            unreported_age,
         )));
     };
     // The application or API may have just woken this grant with a status its store does
@@ -142,6 +146,7 @@ async fn resolve(grant: &ApiGrant, ctx: &Ctx) -> Step<Resolved> {
     let facts = decide::ReferenceFacts {
         permitted: permitted(ctx, &api, &api_ns, &ns).await?,
         winner: winner_over(grant, &ctx.world.conflicting(grant)).map(|g| g.name_any()),
+        unreported_age,
     };
     let refs = decide::references(grant, &app, &api, &facts)?;
     Ok(Resolved {

@@ -11,6 +11,7 @@ mod kinde_state;
 #[cfg(test)]
 pub(crate) mod mock_api;
 mod outcome;
+mod recent;
 pub mod rules;
 mod stores;
 
@@ -35,6 +36,7 @@ use bookkeeping::{current_copy, object_key};
 pub use error::{Error, Result};
 pub use kinde_state::{ApiSnapshots, AuthorizeBatcher};
 pub use outcome::{Outcome, Step, Stop};
+pub use recent::Recent;
 use rules::{
     WAIT_RECHECK, deletion_report, failure_backoff, outcome_event, record_outcome, requeue_after,
     set_conditions, with_jitter,
@@ -297,15 +299,15 @@ pub async fn publish<W>(
     }
 }
 
-/// Writes `status` with server-side apply, only when it differs from `current`: a no-op
-/// reconcile makes no Kubernetes write.
-pub async fn apply_status<K: Managed, S: Serialize + PartialEq>(
+/// Writes `status` with server-side apply, only when it differs from `current` (no status
+/// counts as an empty one): a no-op reconcile makes no Kubernetes write.
+pub async fn apply_status<K: Managed, S: Serialize + PartialEq + Default>(
     ctx: &Context<K::World>,
     obj: &K,
     current: Option<&S>,
     status: &S,
 ) -> Result<()> {
-    if current == Some(status) {
+    if current.map_or(*status == S::default(), |c| c == status) {
         return Ok(());
     }
     let ns = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
@@ -344,7 +346,7 @@ pub async fn finish<K: Managed>(
         .map(|c| (c.status.clone(), c.reason.clone()));
     record_outcome(&mut status, obj.meta().generation, K::KIND, &outcome);
     record_object_metrics(ctx, obj, &status);
-    let changed = old != Some(&status);
+    let changed = old.map_or(status != K::Status::default(), |o| *o != status);
     apply_status(ctx, obj, old, &status).await?;
     if let Some((reason, message)) = outcome_event(old_ready.as_ref(), &outcome) {
         publish(

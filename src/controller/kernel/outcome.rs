@@ -21,6 +21,12 @@ pub enum Outcome {
         message: String,
         requeue: Duration,
     },
+    /// Nothing to report yet: a new object waits on a neighbour that has not reported
+    /// either (applied together, its first reconcile has not finished). The conditions are
+    /// left as they are, no Event goes out; the neighbour's status wakes the object, or
+    /// `requeue` does. Saves a fleet applied at once a status write and a Warning per
+    /// object for a wait that is over in seconds.
+    Pending { requeue: Duration },
 }
 
 impl Outcome {

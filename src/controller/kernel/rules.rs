@@ -290,6 +290,10 @@ pub fn record_outcome(
     kind: &str,
     outcome: &Result<Outcome>,
 ) {
+    if matches!(outcome, Ok(Outcome::Pending { .. })) {
+        // Nothing observed yet: neither conditions nor observedGeneration move.
+        return;
+    }
     set_outcome_conditions(status.conditions_mut(), generation, kind, outcome);
     status.set_observed_generation(generation);
 }
@@ -324,6 +328,7 @@ pub(super) fn set_outcome_conditions(
             (false, reason, message.clone()),
             (false, reason, message.clone()),
         ),
+        Ok(Outcome::Pending { .. }) => {}
         Err(e) => set_failure(conds, generation, e, false),
     }
 }
@@ -353,7 +358,9 @@ pub(super) fn requeue_after(outcome: &Outcome, resync: Duration) -> Option<Durat
         Outcome::Ready | Outcome::Paused { .. } => None,
         Outcome::ReadyFor(d) if *d < resync => Some(d.saturating_add(Duration::from_secs(1))),
         Outcome::ReadyFor(_) => None,
-        Outcome::NotReady { requeue, .. } => Some(with_jitter((*requeue).min(resync))),
+        Outcome::NotReady { requeue, .. } | Outcome::Pending { requeue } => {
+            Some(with_jitter((*requeue).min(resync)))
+        }
     }
 }
 

@@ -317,7 +317,8 @@ pub fn until_next(status: &M2MApplicationStatus, now: Timestamp) -> Option<Durat
 }
 
 /// What the operator knows of its Kinde application after finding or creating it.
-pub(super) struct KindeApp {
+#[derive(Clone)]
+pub(crate) struct KindeApp {
     pub id: String,
     pub client_id: String,
     pub name: String,
@@ -327,6 +328,9 @@ pub(super) struct KindeApp {
     /// The access-token lifetime (seconds) if Kinde's read reported one (the spec's
     /// `getApplication` does not: then `status.appliedTokens` is what is known).
     pub access_token_lifetime: Option<u64>,
+    /// Created (or found after a create whose outcome was lost) by this reconcile, not yet
+    /// announced: its Event goes out once, with the Secret's when that is written too.
+    pub fresh: bool,
 }
 
 /// The access-token lifetime to send to Kinde now, if any: the spec's (`desired`), unless
@@ -632,6 +636,7 @@ mod tests {
             secret: SecretString::from(secret.to_owned()),
             app_type: Some("m2m".into()),
             access_token_lifetime: None,
+            fresh: false,
         }
     }
 

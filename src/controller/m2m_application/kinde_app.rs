@@ -35,7 +35,7 @@ async fn find_marked(ctx: &Ctx, marker: &str) -> Result<Option<KindeApp>> {
 }
 
 /// The application carrying `marker` in its name: found (created before a crash or a lost
-/// response) or created now. Never creates a second one for the same marker; a create
+/// response) or created now; `fresh` (the caller announces it, see [`announce_created`]). Never creates a second one for the same marker; a create
 /// whose outcome is unknown is noted in `status`, so that a copy Kinde makes later is found
 /// and deleted ([`sweep_unconfirmed`]).
 pub(super) async fn create_marked(
@@ -45,17 +45,11 @@ pub(super) async fn create_marked(
     marker: &str,
 ) -> Result<KindeApp> {
     if let Some(app) = find_marked(ctx, marker).await? {
-        record_change(
-            ctx,
-            obj,
-            "Created",
-            format!("created Kinde application {}", app.id),
-        )
-        .await;
-        return Ok(app);
+        return Ok(KindeApp { fresh: true, ..app });
     }
     let name = format!("{} {marker}", obj.display_name());
     ctx.kinde_apps.attempting(marker);
+    let sent_at = tokio::time::Instant::now();
     let created = match ctx
         .kinde
         .create_application(&name, obj.spec.organization_code.as_deref())
@@ -71,21 +65,18 @@ pub(super) async fn create_marked(
         }
     };
     ctx.kinde_apps.created(marker, &created.id, &name);
-    record_change(
-        ctx,
-        obj,
-        "Created",
-        format!("created Kinde application {}", created.id),
-    )
-    .await;
-    Ok(KindeApp {
+    let app = KindeApp {
         id: created.id,
         client_id: created.client_id,
         name,
         secret: created.client_secret,
         app_type: Some("m2m".into()),
         access_token_lifetime: None,
-    })
+        fresh: false,
+    };
+    // What the create answered is as good as a read made when it was sent.
+    ctx.world.app_reads.put(obj, sent_at, app.clone());
+    Ok(KindeApp { fresh: true, ..app })
 }
 
 /// After a create whose outcome was unknown: deletes applications that carry one of this
@@ -140,5 +131,18 @@ pub(super) async fn read_app(ctx: &Ctx, id: &str) -> std::result::Result<KindeAp
         secret,
         app_type: app.app_type,
         access_token_lifetime: app.access_token_lifetime,
+        fresh: false,
     })
+}
+
+/// The Event for an application this reconcile created (or found after a lost create),
+/// unless the Secret's Event already told of it.
+pub(super) async fn announce_created(ctx: &Ctx, obj: &M2MApplication, app: &KindeApp) {
+    record_change(
+        ctx,
+        obj,
+        "Created",
+        format!("created Kinde application {}", app.id),
+    )
+    .await;
 }

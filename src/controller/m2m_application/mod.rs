@@ -20,12 +20,12 @@ mod rotation;
 mod secret;
 mod tokens;
 
-use decide::KindeApp;
+pub(crate) use decide::KindeApp;
 use decide::{
     creation_marker, current_adopted, external_gone, is_marked, uid_marker_body,
     used_application_ids, validate,
 };
-use kinde_app::{create_marked, find_all_marked, read_app, sweep_unconfirmed};
+use kinde_app::{announce_created, create_marked, find_all_marked, read_app, sweep_unconfirmed};
 use secret::ensure_secret;
 
 use super::kernel::{
@@ -63,6 +63,7 @@ impl Managed for M2MApplication {
 
     async fn cleanup(obj: Arc<Self>, ctx: Arc<Ctx>) -> Result<Action> {
         wait_if_paused(obj.as_ref())?;
+        ctx.world.app_reads.forget(obj.as_ref());
         let status = obj.status.clone().unwrap_or_default();
         let adopted = obj.external_id().is_some() || status.adopted_id.is_some();
         let policy = effective_deletion_policy(obj.spec.deletion_policy, adopted);
@@ -133,6 +134,11 @@ async fn converge(
         .or_else(|| obj.meta().creation_timestamp.clone());
     status.next_rotation_time = decide::next_scheduled(every, base.as_ref(), now);
     let due = decide::due(obj, status, now);
+    if app.fresh && due.is_some() {
+        // Replaced at once: told now, before the rotation's own Events.
+        announce_created(ctx, obj, &app).await;
+        app.fresh = false;
+    }
     if !paused {
         // A successor left by a rotation that is no longer wanted (a newer request
         // superseded it) is disconnected and deleted before anything else.
@@ -153,6 +159,7 @@ async fn converge(
             return Ok(wait);
         }
         let overlap = obj.spec.rotation.overlap().unwrap_or_default();
+        ctx.world.app_reads.forget(obj);
         app = rotation::rotate(
             obj,
             ctx,
@@ -167,11 +174,24 @@ async fn converge(
     status.application_id = Some(app.id.clone());
     status.client_id = Some(app.client_id.clone());
     if !paused {
-        tokens::ensure_tokens(obj, ctx, status, &app).await?;
+        match tokens::ensure_tokens(obj, ctx, status, &app).await {
+            Ok(true) => ctx.world.app_reads.forget(obj),
+            Ok(false) => {}
+            Err(e) => {
+                if app.fresh {
+                    announce_created(ctx, obj, &app).await;
+                }
+                return Err(e);
+            }
+        }
     }
 
     let secret_name = obj.secret_name();
-    if let Err(stop) = ensure_secret(obj, ctx, &app, &secret_name).await {
+    let secret = ensure_secret(obj, ctx, &app, &secret_name).await;
+    if app.fresh && !matches!(secret, Ok(true)) {
+        announce_created(ctx, obj, &app).await;
+    }
+    if let Err(stop) = secret {
         return stop.into_result();
     }
     status.secret_name = Some(secret_name);
@@ -187,6 +207,9 @@ async fn converge(
         if !is_marked(&display) {
             ctx.kinde_apps.gone(&app.id);
         }
+        ctx.world
+            .app_reads
+            .update(obj, |read| read.name.clone_from(&display));
         if is_marked(&app.name) {
             tracing::debug!(application = %app.id, "removed the creation marker from the name");
         } else {
@@ -251,8 +274,15 @@ async fn ensure_app(
     if let Some(id) = status.application_id.clone()
         && recorded_stands
     {
+        if let Some(app) = ctx.world.app_reads.get(obj).filter(|a| a.id == id) {
+            return Ok(app);
+        }
+        let read_at = tokio::time::Instant::now();
         match read_app(ctx, &id).await {
-            Ok(app) => return Ok(app),
+            Ok(app) => {
+                ctx.world.app_reads.put(obj, read_at, app.clone());
+                return Ok(app);
+            }
             Err(e) if e.is_not_found() => {
                 if external.is_some() || adopted.is_some() {
                     return Err(Stop::Outcome(external_gone(&id)));

@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::decide::KindeApp;
 use super::decide::{Due, next_scheduled, successor_marker};
-use super::kinde_app::create_marked;
+use super::kinde_app::{announce_created, create_marked};
 use crate::controller::kernel::{
     Result, apply_status, deauthorize, delete_kinde_application, record_change,
 };
@@ -110,7 +110,7 @@ pub async fn rotate(
     overlap: Duration,
 ) -> Result<KindeApp> {
     let marker = successor_marker(uid_marker_body, due);
-    let successor = match create_marked(obj, ctx, status, &marker).await {
+    let mut successor = match create_marked(obj, ctx, status, &marker).await {
         Ok(app) => app,
         Err(e) => {
             ctx.metrics
@@ -120,6 +120,10 @@ pub async fn rotate(
             return Err(e);
         }
     };
+    if successor.fresh {
+        announce_created(ctx, obj, &successor).await;
+        successor.fresh = false;
+    }
     if status.pending_successor.as_ref().map(|p| &p.application_id) != Some(&successor.id) {
         status.pending_successor = Some(PendingSuccessor {
             application_id: successor.id.clone(),

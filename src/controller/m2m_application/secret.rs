@@ -66,12 +66,13 @@ async fn owned_secret(
 }
 
 /// Creates or restores the credentials Secret; refuses to touch a Secret it does not own.
+/// Returns whether its Event also announced the application's creation.
 pub(super) async fn ensure_secret(
     obj: &M2MApplication,
     ctx: &Ctx,
     app: &KindeApp,
     name: &str,
-) -> Step<()> {
+) -> Step<bool> {
     let ns = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let owner = obj
         .controller_owner_ref(&())
@@ -114,7 +115,16 @@ pub(super) async fn ensure_secret(
     // replaced meanwhile makes it fail (409) and the next reconcile looks again.
     let mut desired = desired;
     desired.metadata.resource_version = existing.metadata.resource_version.clone();
-    let note = if created {
+    let note = if created && app.fresh {
+        // One Event for a new customer's application and its Secret.
+        (
+            "Created",
+            format!(
+                "created Kinde application {} and wrote its credentials to Secret {name}",
+                app.id
+            ),
+        )
+    } else if created {
         (
             "SecretCreated",
             format!(
@@ -123,7 +133,7 @@ pub(super) async fn ensure_secret(
             ),
         )
     } else if !secret::needs_update(&existing, &desired) {
-        return Ok(());
+        return Ok(false);
     } else {
         change_note(&existing, &desired, app, name, &keys)
     };
@@ -152,7 +162,7 @@ pub(super) async fn ensure_secret(
         .await?;
     }
     record_change(ctx, obj, note.0, note.1).await;
-    Ok(())
+    Ok(created && app.fresh)
 }
 
 #[cfg(test)]

@@ -8,14 +8,14 @@ use crate::controller::world::Ctx;
 use crate::crd::{AppliedTokens, M2MApplication, M2MApplicationStatus};
 
 /// Applies `spec.tokens.accessTokenLifetime` to `app` if needed and records it in
-/// `status.appliedTokens`. Runs before the Secret is written, so a rotation's successor
+/// `status.appliedTokens`; returns whether it changed Kinde. Runs before the Secret is written, so a rotation's successor
 /// has its lifetime before any consumer holds its credentials.
 pub(super) async fn ensure_tokens(
     obj: &M2MApplication,
     ctx: &Ctx,
     status: &mut M2MApplicationStatus,
     app: &KindeApp,
-) -> Result<()> {
+) -> Result<bool> {
     // Checked by `validate` before any Kinde write.
     let desired = match &obj.spec.tokens {
         Some(tokens) => tokens
@@ -26,10 +26,10 @@ pub(super) async fn ensure_tokens(
     let Some(seconds) = desired else {
         // Removing the field leaves Kinde's setting as it is; nothing is tracked.
         status.applied_tokens = None;
-        return Ok(());
+        return Ok(false);
     };
-    if let Some(apply) = token_lifetime_to_apply(Some(seconds), app, status.applied_tokens.as_ref())
-    {
+    let apply = token_lifetime_to_apply(Some(seconds), app, status.applied_tokens.as_ref());
+    if let Some(apply) = apply {
         ctx.kinde.update_application_tokens(&app.id, apply).await?;
         record_change(
             ctx,
@@ -46,5 +46,5 @@ pub(super) async fn ensure_tokens(
         application_id: app.id.clone(),
         access_token_lifetime_seconds: seconds,
     });
-    Ok(())
+    Ok(apply.is_some())
 }
