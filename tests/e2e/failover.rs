@@ -10,11 +10,12 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, ensure};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
-use kinde_m2m_operator::crd::M2MApplication;
+use kinde_m2m_operator::crd::{ApiRegistration, M2MApplication};
 use serde_json::json;
 
-use crate::support::fixtures::{AppFixture as _, m2m_application};
+use crate::support::fixtures::{AppFixture as _, api_registration, m2m_application};
 use crate::support::proxy::{FreezableProxy, kubeconfig_server, kubeconfig_via};
+use crate::support::wait_ready_current;
 use crate::support::{self, Ctx, E2eTest, Emulator, Operator, wait_for};
 
 pub fn tests() -> Vec<E2eTest> {
@@ -177,12 +178,15 @@ async fn frozen_leader_steps_down(ctx: Ctx) -> anyhow::Result<()> {
     wait_leader(&ctx, "op-a", &a).await?;
     let b = candidate(&ctx, &emu, "op-b", None)?;
     wait_standby(&b).await?;
-    // The leader works through the proxy.
-    create_app(&ctx, "warmup").await?;
-    let warmup = converged(&ctx, "warmup", &a).await?;
+    // The leader works through the proxy (an API: no application is listed yet).
+    ctx.apply(&[&api_registration("warmup", "https://failover.example")])
+        .await?;
+    let r = wait_ready_current(&ctx.api::<ApiRegistration>(), "warmup").await;
+    a.with_log(r)?;
 
-    // The next application list (the leader's, before its create) is held 30 s in the
-    // emulator; then the leader's link freezes while it waits for the answer.
+    // The leader's first application list (its directory of marked applications, read
+    // before its first create) is held 30 s in the emulator; then the leader's link
+    // freezes while it waits for the answer.
     let lists = emu.call_count("getApplications").await?;
     emu.fault(json!({"operation": "getApplications", "latency_ms": 30_000}))
         .await?;
@@ -211,7 +215,7 @@ async fn frozen_leader_steps_down(ctx: Ctx) -> anyhow::Result<()> {
     wait_leader(&ctx, "op-b", &b).await?;
     let raced = converged(&ctx, "raced", &b).await?;
     // The old leader is gone, so nothing can add an application after this count.
-    one_app_each(&emu, &[&warmup, &raced])
+    one_app_each(&emu, &[&raced])
         .await
         .map_err(|e| anyhow!("{e:#}\nfrozen leader:\n{}", a.log_tail(60)))
         .context("one Kinde application per M2MApplication after the failover")
