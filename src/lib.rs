@@ -13,6 +13,7 @@ pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod http;
+pub mod identity;
 pub mod kinde;
 pub mod leader;
 pub mod metrics;

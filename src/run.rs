@@ -116,6 +116,18 @@ pub struct RunArgs {
     /// the period, so the reads spread evenly).
     #[arg(long, env = "KINDE_M2M_RESYNC_PERIOD", default_value = "10m", value_parser = humantime::parse_duration)]
     pub resync_period: Duration,
+    /// This installation's id (a DNS label), part of the owner key the operator records on
+    /// each Kinde application (`kmo/<installation>/<namespace>/<name>`): the same id after a
+    /// cluster rebuild finds the same applications; two clusters or installations sharing
+    /// a Kinde business need different ids (see the README).
+    #[arg(long, env = "KINDE_M2M_INSTALLATION_ID", default_value = crate::identity::DEFAULT_INSTALLATION, value_parser = crate::identity::parse_installation)]
+    pub installation_id: String,
+    /// Reconciles of one kind running at once. Bounded so that a fleet applied at once
+    /// does not queue a thousand reconciles at the Kinde rate limiter, where an API's few
+    /// calls would wait behind every application's (at 1,000 customers the grants waited
+    /// minutes for their API); 16 keeps the Kinde rate busy.
+    #[arg(long, env = "KINDE_M2M_MAX_CONCURRENT_RECONCILES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
     /// Share (0 to 1) of `--kinde-requests-per-second` the resync's drift reads may take:
     /// the period stretches when a fleet's reads would need more (see the README's
     /// sizing). 0 keeps the period as configured.
@@ -335,6 +347,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync_read_share: args.resync_read_share,
         adoption,
         min_rotation_every: args.min_rotation_interval,
+        installation: args.installation_id.clone(),
+        max_concurrent_reconciles: args.max_concurrent_reconciles,
     };
     let ready_state = state.clone();
     let controllers = controller::run(

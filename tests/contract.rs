@@ -38,13 +38,19 @@ use support_kinde::Emu;
 use support_openapi::Spec;
 
 /// Every management operation the emulator serves, by `operationId`.
-const OPERATIONS: [&str; 18] = [
+const OPERATIONS: [&str; 24] = [
     "createApplication",
     "getApplications",
     "getApplication",
     "updateApplication",
     "deleteApplication",
     "updateApplicationTokens",
+    "getApplicationPropertyValues",
+    "updateApplicationsProperty",
+    "GetProperties",
+    "CreateProperty",
+    "GetCategories",
+    "CreateCategory",
     "addAPIs",
     "getAPIs",
     "getAPI",
@@ -60,7 +66,8 @@ const OPERATIONS: [&str; 18] = [
 ];
 
 /// Operations whose only 400 is "not found" (nothing else in their input to get wrong).
-const NO_OTHER_BAD_REQUEST: [&str; 5] = [
+const NO_OTHER_BAD_REQUEST: [&str; 6] = [
+    "getApplicationPropertyValues",
     "getApplication",
     "deleteApplication",
     "getAPI",
@@ -69,7 +76,16 @@ const NO_OTHER_BAD_REQUEST: [&str; 5] = [
 ];
 
 /// Operations without an id in the path (no "not found").
-const NO_NOT_FOUND: [&str; 4] = ["createApplication", "getApplications", "addAPIs", "getAPIs"];
+const NO_NOT_FOUND: [&str; 8] = [
+    "createApplication",
+    "getApplications",
+    "addAPIs",
+    "getAPIs",
+    "GetProperties",
+    "CreateProperty",
+    "GetCategories",
+    "CreateCategory",
+];
 
 /// Documented without a body; the emulator sends `{code, message}`.
 const BODY_NOT_DOCUMENTED: [&str; 5] = [
@@ -78,6 +94,16 @@ const BODY_NOT_DOCUMENTED: [&str; 5] = [
     "deleteAPIScope",
     "addAPIApplicationScope",
     "deleteAPIApplicationScope",
+];
+
+/// Documented with refusals (403, 429) without a body (`description: Invalid credentials.`,
+/// `Request was throttled.` only); the emulator answers every refusal with an
+/// `error_response`, as the spec documents for the same refusal of every other operation.
+const ERROR_BODY_NOT_DOCUMENTED: [&str; 4] = [
+    "GetProperties",
+    "CreateProperty",
+    "GetCategories",
+    "CreateCategory",
 ];
 
 /// RFC 6749 token responses, in the validator's schema language.
@@ -249,6 +275,9 @@ impl Ctx {
             Ok(Some(s)) => s.clone(),
             Ok(None) if BODY_NOT_DOCUMENTED.contains(&op) => {
                 self.spec.component("success_response").unwrap().clone()
+            }
+            Ok(None) if status >= 400 && ERROR_BODY_NOT_DOCUMENTED.contains(&op) => {
+                self.spec.component("error_response").unwrap().clone()
             }
             Ok(None) => {
                 assert!(
@@ -435,6 +464,18 @@ fn missing() -> Vec<Input> {
             "/api/v1/applications/app_missing/tokens",
             Some(json!({"access_token_lifetime": 600})),
         ),
+        (
+            "getApplicationPropertyValues",
+            M::GET,
+            "/api/v1/applications/app_missing/properties",
+            None,
+        ),
+        (
+            "updateApplicationsProperty",
+            M::PUT,
+            "/api/v1/applications/app_missing/properties/kp_owner",
+            Some(json!({"value": "x"})),
+        ),
         ("getAPI", M::GET, "/api/v1/apis/api_missing", None),
         ("deleteAPI", M::DELETE, "/api/v1/apis/api_missing", None),
         (
@@ -541,6 +582,52 @@ fn bad_requests() -> Vec<Input> {
             Some(json!({"access_token_lifetime": "an hour"})),
         ),
         (
+            "updateApplicationsProperty",
+            M::PUT,
+            "/api/v1/applications/{app}/properties/kp_unknown",
+            Some(json!({"value": "x"})),
+        ),
+        (
+            "updateApplicationsProperty",
+            M::PUT,
+            "/api/v1/applications/{app}/properties/kp_owner",
+            Some(json!({"value": 5})),
+        ),
+        (
+            "GetProperties",
+            M::GET,
+            "/api/v1/properties?context=planet",
+            None,
+        ),
+        (
+            "CreateProperty",
+            M::POST,
+            "/api/v1/properties",
+            Some(
+                json!({"name": "No key", "type": "single_line_text", "context": "app", "is_private": true, "category_id": "{category}"}),
+            ),
+        ),
+        (
+            "CreateProperty",
+            M::POST,
+            "/api/v1/properties",
+            Some(
+                json!({"name": "Dup", "key": "kp_owner", "type": "single_line_text", "context": "app", "is_private": true, "category_id": "{category}"}),
+            ),
+        ),
+        (
+            "GetCategories",
+            M::GET,
+            "/api/v1/property_categories?context=planet",
+            None,
+        ),
+        (
+            "CreateCategory",
+            M::POST,
+            "/api/v1/property_categories",
+            Some(json!({"name": "No context"})),
+        ),
+        (
             "addAPIs",
             M::POST,
             "/api/v1/apis",
@@ -622,6 +709,34 @@ fn every_operation() -> Vec<Input> {
             M::PATCH,
             "/api/v1/applications/{app}/tokens",
             Some(json!({"access_token_lifetime": 900})),
+        ),
+        (
+            "getApplicationPropertyValues",
+            M::GET,
+            "/api/v1/applications/{app}/properties",
+            None,
+        ),
+        (
+            "updateApplicationsProperty",
+            M::PUT,
+            "/api/v1/applications/{app}/properties/kp_owner",
+            Some(json!({"value": "y"})),
+        ),
+        ("GetProperties", M::GET, "/api/v1/properties", None),
+        (
+            "CreateProperty",
+            M::POST,
+            "/api/v1/properties",
+            Some(
+                json!({"name": "n", "key": "kp_n", "type": "multi_line_text", "context": "usr", "is_private": false, "category_id": "{category}"}),
+            ),
+        ),
+        ("GetCategories", M::GET, "/api/v1/property_categories", None),
+        (
+            "CreateCategory",
+            M::POST,
+            "/api/v1/property_categories",
+            Some(json!({"name": "n", "context": "org"})),
         ),
         (
             "deleteApplication",
@@ -764,6 +879,59 @@ fn steps() -> Vec<Step> {
         M::PATCH,
         "/api/v1/applications/{app}/tokens",
         Some(json!({"access_token_lifetime": 600})),
+        200,
+    ));
+    push(
+        call(
+            "CreateCategory",
+            ok,
+            M::POST,
+            "/api/v1/property_categories",
+            Some(json!({"name": "Contract", "context": "app"})),
+            201,
+        )
+        .save("category", "/category/id"),
+    );
+    push(call(
+        "GetCategories",
+        ok,
+        M::GET,
+        "/api/v1/property_categories?context=app",
+        None,
+        200,
+    ));
+    push(call(
+        "CreateProperty",
+        ok,
+        M::POST,
+        "/api/v1/properties",
+        Some(
+            json!({"name": "Owner", "description": "who owns it", "key": "kp_owner", "type": "single_line_text", "context": "app", "is_private": true, "category_id": "{category}"}),
+        ),
+        201,
+    ));
+    push(call(
+        "GetProperties",
+        ok,
+        M::GET,
+        "/api/v1/properties?context=app",
+        None,
+        200,
+    ));
+    push(call(
+        "updateApplicationsProperty",
+        ok,
+        M::PUT,
+        "/api/v1/applications/{app}/properties/kp_owner",
+        Some(json!({"value": "kmo/default/acme/shop"})),
+        200,
+    ));
+    push(call(
+        "getApplicationPropertyValues",
+        ok,
+        M::GET,
+        "/api/v1/applications/{app}/properties",
+        None,
         200,
     ));
     push(
@@ -1182,7 +1350,10 @@ fn spec_covers_the_emulated_operations() {
     let v = spec.validator();
     let expected: BTreeMap<&str, u16> = OPERATIONS
         .iter()
-        .map(|op| (*op, if *op == "createApplication" { 201 } else { 200 }))
+        .map(|op| {
+            let created = ["createApplication", "CreateProperty", "CreateCategory"];
+            (*op, if created.contains(op) { 201 } else { 200 })
+        })
         .collect();
     for (op, status) in expected {
         assert_eq!(spec.success_statuses(op).unwrap(), vec![status], "{op}");

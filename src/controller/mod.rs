@@ -29,8 +29,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 
 use kernel::{
-    ApiSnapshots, AppDirectory, AuthorizeBatcher, FailureCounts, Recent, Router, StoreSet,
-    WrittenVersions, error_policy, reconcile,
+    ApiSnapshots, AppDirectory, AuthorizeBatcher, FailureCounts, Ownership, Recent, ResyncsDue,
+    Router, StoreSet, WrittenVersions, error_policy, reconcile,
 };
 pub use kernel::{Context, Error, FIELD_MANAGER, FINALIZER, Managed, Result};
 use world::World;
@@ -132,7 +132,7 @@ impl SeriesJanitor {
     }
 }
 
-fn build<K>(client: &Client, scope: &Scope, metrics: &Metrics) -> Built<K>
+fn build<K>(client: &Client, scope: &Scope, metrics: &Metrics, concurrency: u16) -> Built<K>
 where
     K: Managed,
 {
@@ -166,7 +166,9 @@ where
         let controller = Controller::for_stream(stream, reader.clone())
             .reconcile_on(rx)
             .with_config(
-                kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)),
+                kube::runtime::controller::Config::default()
+                    .debounce(Duration::from_millis(200))
+                    .concurrency(concurrency),
             );
         controllers.push(controller);
         stores.push((slot.clone(), reader));
@@ -191,6 +193,10 @@ pub struct Settings {
     pub resync_read_share: f64,
     pub adoption: AdoptionPolicy,
     pub min_rotation_every: Duration,
+    /// This installation's id: part of the owner key recorded on Kinde applications.
+    pub installation: String,
+    /// Reconciles of one kind running at once (per watched namespace slot).
+    pub max_concurrent_reconciles: u16,
 }
 
 /// Runs all controllers until `shutdown` resolves; calls `ready` once the caches are filled.
@@ -209,10 +215,12 @@ pub async fn run(
         resync_read_share,
         adoption,
         min_rotation_every,
+        installation,
+        max_concurrent_reconciles,
     } = settings;
-    let apps = build::<M2MApplication>(&client, &scope, &metrics);
-    let apis = build::<ApiRegistration>(&client, &scope, &metrics);
-    let grants = build::<ApiGrant>(&client, &scope, &metrics);
+    let apps = build::<M2MApplication>(&client, &scope, &metrics, max_concurrent_reconciles);
+    let apis = build::<ApiRegistration>(&client, &scope, &metrics, max_concurrent_reconciles);
+    let grants = build::<ApiGrant>(&client, &scope, &metrics, max_concurrent_reconciles);
     let secrets = secret_triggers(&client, &scope);
 
     let ctx = Arc::new(Context {
@@ -224,11 +232,13 @@ pub async fn run(
         resync_read_share,
         kinde_apis: ApiSnapshots::new(kinde.clone(), resync / 2),
         kinde_apps: AppDirectory::new(kinde.clone()),
+        ownership: Ownership::new(installation),
         authorizer: AuthorizeBatcher::new(kinde),
         adoption,
         min_rotation_every,
         failures: FailureCounts::default(),
         written: WrittenVersions::default(),
+        resyncs_due: ResyncsDue::default(),
         world: World {
             apps: apps.stores.clone(),
             apis: apis.stores.clone(),

@@ -387,6 +387,13 @@ pub struct M2MApplicationStatus {
     /// object's marker that it does not use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unconfirmed_create_since: Option<Time>,
+
+    /// The Kinde application on which this object's owner key
+    /// (`kmo/<installation>/<namespace>/<name>`, Kinde application property `kmo_owner`)
+    /// is recorded: how the object finds its application again when it is re-created
+    /// from the same manifest without status (a cluster rebuilt from Git, a restore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_recorded_on: Option<String>,
 }
 
 /// Token settings applied in Kinde, and to which application.

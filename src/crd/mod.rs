@@ -47,6 +47,14 @@ pub const CATEGORY: &str = "kinde";
 
 /// Annotation: adopt the existing Kinde application or API with this id instead of creating one.
 pub const EXTERNAL_ID_ANNOTATION: &str = "m2m.kinde-operator.io/external-id";
+/// Annotation (ApiRegistration): `adopt-or-create` takes an existing Kinde API with the
+/// spec's audience as this object's own (as if it had created it) instead of refusing it as
+/// `AudienceInUse`: how a cluster rebuilt from Git gets its APIs back. Only where the
+/// cluster's adoption policy admits the namespace; never the Management API, never an API
+/// another ApiRegistration holds.
+pub const ADOPTION_POLICY_ANNOTATION: &str = "m2m.kinde-operator.io/adoption-policy";
+/// The [`ADOPTION_POLICY_ANNOTATION`] value that adopts or creates.
+pub const ADOPT_OR_CREATE: &str = "adopt-or-create";
 /// Annotation: `"true"` stops all Kinde writes for the object until removed.
 pub const PAUSED_ANNOTATION: &str = "m2m.kinde-operator.io/paused";
 /// Annotation (M2MApplication): any new value requests a rotation; echoed in
@@ -86,6 +94,11 @@ pub trait KindeAnnotations: Resource {
         annotation(self, EXTERNAL_ID_ANNOTATION)
             .map(str::trim)
             .filter(|v| !v.is_empty())
+    }
+
+    /// Whether [`ADOPTION_POLICY_ANNOTATION`] asks for [`ADOPT_OR_CREATE`].
+    fn adopts_or_creates(&self) -> bool {
+        annotation(self, ADOPTION_POLICY_ANNOTATION).is_some_and(|v| v.trim() == ADOPT_OR_CREATE)
     }
 
     /// Whether [`PAUSED_ANNOTATION`] is `"true"` (case-insensitive).

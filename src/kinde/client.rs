@@ -320,6 +320,121 @@ impl KindeClient {
         .map(drop)
     }
 
+    // ---- application properties (the owner key) ----
+
+    /// The value of the application property `key` on application `id` (`None` when the
+    /// application has none).
+    pub async fn application_property(&self, id: &str, key: &str) -> Result<Option<String>> {
+        let resp: PropertyValuesResponse = self
+            .json(
+                Operation::GetApplicationProperties,
+                Method::GET,
+                &["api", "v1", "applications", id, "properties"],
+                &[],
+                None::<&()>,
+            )
+            .await?;
+        Ok(resp
+            .properties
+            .into_iter()
+            .find(|p| p.key == key)
+            .and_then(|p| p.value)
+            .filter(|v| !v.is_empty()))
+    }
+
+    /// Sets the application property `key` of application `id` to `value`.
+    pub async fn set_application_property(&self, id: &str, key: &str, value: &str) -> Result<()> {
+        self.send(
+            Operation::UpdateApplicationProperty,
+            Method::PUT,
+            &["api", "v1", "applications", id, "properties", key],
+            &[],
+            Some(&UpdatePropertyRequest { value }),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Makes sure the business has the application property `key` (private, single line),
+    /// in the category `category` (created if missing). Finds before it creates; a create
+    /// that lost its response and is repeated is refused as a duplicate key, which counts
+    /// as done.
+    pub async fn ensure_application_property(
+        &self,
+        key: &str,
+        name: &str,
+        description: &str,
+        category: &str,
+    ) -> Result<()> {
+        let existing: PropertiesResponse = self
+            .json(
+                Operation::ListProperties,
+                Method::GET,
+                &["api", "v1", "properties"],
+                &[("context", "app"), ("page_size", "100")],
+                None::<&()>,
+            )
+            .await?;
+        if existing
+            .properties
+            .iter()
+            .any(|p| p.key.as_deref() == Some(key))
+        {
+            return Ok(());
+        }
+        let categories: CategoriesResponse = self
+            .json(
+                Operation::ListPropertyCategories,
+                Method::GET,
+                &["api", "v1", "property_categories"],
+                &[("context", "app"), ("page_size", "100")],
+                None::<&()>,
+            )
+            .await?;
+        let category_id = match categories
+            .categories
+            .into_iter()
+            .find(|c| c.name.as_deref() == Some(category))
+        {
+            Some(c) => c.id,
+            None => {
+                let created: CreateCategoryResponse = self
+                    .json(
+                        Operation::CreatePropertyCategory,
+                        Method::POST,
+                        &["api", "v1", "property_categories"],
+                        &[],
+                        Some(&serde_json::json!({"name": category, "context": "app"})),
+                    )
+                    .await?;
+                created.category.id
+            }
+        };
+        let body = serde_json::json!({
+            "name": name, "description": description, "key": key,
+            "type": "single_line_text", "context": "app", "is_private": true,
+            "category_id": category_id,
+        });
+        match self
+            .json::<_, serde::de::IgnoredAny>(
+                Operation::CreateProperty,
+                Method::POST,
+                &["api", "v1", "properties"],
+                &[],
+                Some(&body),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(KindeError::Invalid { body, .. })
+                if body.code.as_deref() == Some("PROPERTY_KEY_ALREADY_EXISTS") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     // ---- APIs ----
 
     /// Registers an API; returns its id. Never retried after an unknown outcome.

@@ -17,7 +17,7 @@ pub use client::{KindeClient, KindeConfig};
 pub use error::{ErrorKind, KindeError, KindeErrorBody, Transient};
 pub use fence::WriteFence;
 pub use metrics::KindeMetrics;
-pub use ratelimit::Limiter;
+pub use ratelimit::{Limiter, in_background};
 
 /// Result of a Kinde call.
 pub type Result<T, E = KindeError> = std::result::Result<T, E>;
@@ -33,6 +33,12 @@ pub enum Operation {
     UpdateApplication,
     DeleteApplication,
     UpdateApplicationTokens,
+    GetApplicationProperties,
+    UpdateApplicationProperty,
+    ListProperties,
+    CreateProperty,
+    ListPropertyCategories,
+    CreatePropertyCategory,
     CreateApi,
     GetApi,
     ListApis,
@@ -57,6 +63,12 @@ impl Operation {
             Operation::UpdateApplication => "updateApplication",
             Operation::DeleteApplication => "deleteApplication",
             Operation::UpdateApplicationTokens => "updateApplicationTokens",
+            Operation::GetApplicationProperties => "getApplicationPropertyValues",
+            Operation::UpdateApplicationProperty => "updateApplicationsProperty",
+            Operation::ListProperties => "GetProperties",
+            Operation::CreateProperty => "CreateProperty",
+            Operation::ListPropertyCategories => "GetCategories",
+            Operation::CreatePropertyCategory => "CreateCategory",
             Operation::CreateApi => "addAPIs",
             Operation::GetApi => "getAPI",
             Operation::ListApis => "getAPIs",
@@ -82,6 +94,12 @@ impl Operation {
             Operation::UpdateApplication => "update:applications",
             Operation::DeleteApplication => "delete:applications",
             Operation::UpdateApplicationTokens => "update:application_tokens",
+            Operation::GetApplicationProperties => "read:application_properties",
+            Operation::UpdateApplicationProperty => "update:application_properties",
+            Operation::ListProperties => "read:properties",
+            Operation::CreateProperty => "create:properties",
+            Operation::ListPropertyCategories => "read:property_categories",
+            Operation::CreatePropertyCategory => "create:property_categories",
             Operation::CreateApi => "create:apis",
             Operation::GetApi | Operation::ListApis => "read:apis",
             Operation::DeleteApi => "delete:apis",
@@ -100,6 +118,14 @@ impl Operation {
     pub fn only_for(self) -> Option<&'static str> {
         match self {
             Operation::UpdateApplicationTokens => Some("spec.tokens"),
+            Operation::GetApplicationProperties
+            | Operation::UpdateApplicationProperty
+            | Operation::ListProperties
+            | Operation::CreateProperty
+            | Operation::ListPropertyCategories
+            | Operation::CreatePropertyCategory => {
+                Some("recovering applications after a cluster rebuild (owner property)")
+            }
             _ => None,
         }
     }
@@ -114,7 +140,7 @@ impl Operation {
     }
 
     /// Every operation, for documentation and tests.
-    pub const ALL: [Operation; 18] = [
+    pub const ALL: [Operation; 24] = [
         Operation::Token,
         Operation::CreateApplication,
         Operation::GetApplication,
@@ -122,6 +148,12 @@ impl Operation {
         Operation::UpdateApplication,
         Operation::DeleteApplication,
         Operation::UpdateApplicationTokens,
+        Operation::GetApplicationProperties,
+        Operation::UpdateApplicationProperty,
+        Operation::ListProperties,
+        Operation::CreateProperty,
+        Operation::ListPropertyCategories,
+        Operation::CreatePropertyCategory,
         Operation::CreateApi,
         Operation::GetApi,
         Operation::ListApis,

@@ -33,7 +33,25 @@ pub struct Limiter {
     state: Mutex<State>,
     /// Callers inside [`Limiter::acquire`] (for the metric).
     waiting: std::sync::atomic::AtomicUsize,
+    /// Foreground callers inside [`Limiter::acquire`] (background ones yield to them).
+    foreground_waiting: std::sync::atomic::AtomicUsize,
 }
+
+tokio::task_local! {
+    /// Set for the Kinde calls of a background task (a resync's drift reads): how long each
+    /// may yield to foreground calls.
+    static BACKGROUND: Duration;
+}
+
+/// Runs `work` with its Kinde calls in the background: each waits while calls of foreground
+/// work (creates, grants, whatever a change asked for) are waiting, for at most
+/// `max_yield`. A fleet's drift reads then do not slow an onboarding down, and cannot
+/// starve either.
+pub async fn in_background<F: std::future::Future>(max_yield: Duration, work: F) -> F::Output {
+    BACKGROUND.scope(max_yield, work).await
+}
+/// How often a yielding background call looks again.
+const BACKGROUND_POLL: Duration = Duration::from_millis(100);
 
 /// A 429 leaves this share of the current pace.
 pub const DECREASE: f64 = 0.7;
@@ -73,6 +91,7 @@ impl Limiter {
         Self {
             in_flight: Semaphore::new(max_in_flight.clamp(1, Semaphore::MAX_PERMITS)),
             waiting: std::sync::atomic::AtomicUsize::new(0),
+            foreground_waiting: std::sync::atomic::AtomicUsize::new(0),
             state: Mutex::new(State {
                 rate,
                 ceiling: rate,
@@ -90,6 +109,20 @@ impl Limiter {
     pub(crate) async fn acquire(&self) -> (SemaphorePermit<'_>, Duration) {
         let started = Instant::now();
         let _waiting = Waiting::enter(&self.waiting);
+        let max_yield = BACKGROUND.try_with(|d| *d).ok();
+        let _foreground = max_yield
+            .is_none()
+            .then(|| Waiting::enter(&self.foreground_waiting));
+        if let Some(max_yield) = max_yield {
+            while self
+                .foreground_waiting
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+                && started.elapsed() < max_yield
+            {
+                tokio::time::sleep(BACKGROUND_POLL).await;
+            }
+        }
         loop {
             let (wait, epoch) = self.reserve(Instant::now());
             if !wait.is_zero() {
@@ -429,6 +462,57 @@ mod tests {
         drop(held);
         waiter.await.expect("join");
         assert_eq!(limiter.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn background_calls_yield_to_foreground_ones_for_a_while() {
+        use std::sync::Arc;
+        let limiter = Arc::new(Limiter::new(0.0, 1, 1));
+        let (held, _) = limiter.acquire().await;
+        // A foreground caller waits for the permit.
+        let foreground = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { drop(limiter.acquire().await) })
+        };
+        settle().await;
+        let max_yield = Duration::from_secs(60);
+        let background = {
+            let limiter = limiter.clone();
+            tokio::spawn(in_background(max_yield, async move {
+                let (_p, waited) = limiter.acquire().await;
+                waited
+            }))
+        };
+        settle().await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        settle().await;
+        assert!(!background.is_finished(), "a background call must yield");
+        drop(held);
+        foreground.await.expect("join");
+        let waited = background.await.expect("join");
+        assert!(waited >= Duration::from_secs(5), "{waited:?}");
+
+        // Foreground work that never ends does not starve it.
+        let (held, _) = limiter.acquire().await;
+        let stuck = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { drop(limiter.acquire().await) })
+        };
+        settle().await;
+        let late = {
+            let limiter = limiter.clone();
+            tokio::spawn(in_background(max_yield, async move {
+                limiter.acquire().await.1
+            }))
+        };
+        settle().await;
+        for _ in 0..62 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            settle().await;
+        }
+        drop(held);
+        stuck.await.expect("join");
+        assert!(late.await.expect("join") >= max_yield);
     }
 
     #[test]

@@ -91,6 +91,63 @@ pub(crate) struct UpdateApplicationTokensRequest {
     pub access_token_lifetime: u64,
 }
 
+/// Body of `PUT /api/v1/applications/{id}/properties/{key}`.
+#[derive(Debug, Serialize)]
+pub(crate) struct UpdatePropertyRequest<'a> {
+    pub value: &'a str,
+}
+
+/// One entry of `getApplicationPropertyValues`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PropertyValue {
+    pub key: String,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// `getApplicationPropertyValues`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PropertyValuesResponse {
+    #[serde(default)]
+    pub properties: Vec<PropertyValue>,
+}
+
+/// One entry of `GetProperties` or `GetCategories`: what the operator looks for.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Named {
+    pub id: String,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `GetProperties`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PropertiesResponse {
+    #[serde(default)]
+    pub properties: Vec<Named>,
+}
+
+/// `GetCategories`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct CategoriesResponse {
+    #[serde(default)]
+    pub categories: Vec<Named>,
+}
+
+/// `CreateCategory` / `CreateProperty`: the new object's id.
+#[derive(Debug, Deserialize)]
+pub(crate) struct CreatedId {
+    pub id: String,
+}
+
+/// `CreateCategory`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct CreateCategoryResponse {
+    pub category: CreatedId,
+}
+
 /// Body of `POST /api/v1/apis`.
 #[derive(Debug, Serialize)]
 pub(crate) struct CreateApiRequest<'a> {

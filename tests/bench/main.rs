@@ -17,11 +17,14 @@
 //! ```
 //!
 //! The lower bound is the minimum number of Kinde management calls a perfect operator needs,
-//! divided by the rate: per customer one `createApplication`, one `updateApplication` (the
-//! crash-safe create names the application with a marker, taken out once its id is
-//! recorded: without it a create whose response was lost could not be found again) and one
-//! `addAPIApplicationScope` per scope of its grant; one `updateAPIApplications` per 100
-//! applications (Kinde's bulk cap); the API and each of its scopes once.
+//! divided by the rate: per customer one `createApplication`, one `updateApplicationsProperty`
+//! (the owner key that lets a rebuilt cluster find the application again), one
+//! `updateApplication` (the crash-safe create names the application with a marker, taken
+//! out once its id is recorded: without it a create whose response was lost could not be
+//! found again) and one `addAPIApplicationScope` per scope of its grant; one
+//! `updateAPIApplications` per 100 applications (Kinde's bulk cap); the API and each of its
+//! scopes once, and the owner property's definition once (list properties, list
+//! categories, create the category, create the property).
 #![allow(clippy::unwrap_used)]
 
 // The e2e harness; the benchmark uses a part of it.
@@ -463,11 +466,15 @@ fn minimum_calls(n: u64) -> u64 {
         + n.div_ceil(BULK_CAP)
         + 1
         + API_SCOPES.len() as u64
+        + OWNER_PROPERTY_SETUP
 }
 
-/// A customer's own calls besides its scopes: its create and the rename that takes the
-/// creation marker out.
-const PER_CUSTOMER_CALLS: u64 = 2;
+/// A customer's own calls besides its scopes: its create, its owner key and the rename
+/// that takes the creation marker out.
+const PER_CUSTOMER_CALLS: u64 = 3;
+/// Defining the owner property in a business that has none: list properties, list
+/// categories, create the category, create the property.
+const OWNER_PROPERTY_SETUP: u64 = 4;
 
 async fn bench(h: &'static support::Harness, o: &Options, audit: &Audit) -> anyhow::Result<()> {
     h.ensure_crds().await?;
@@ -550,7 +557,7 @@ async fn bench(h: &'static support::Harness, o: &Options, audit: &Audit) -> anyh
         ready_after.as_secs_f64()
     );
     println!(
-        "lower bound            {bound:>9.1} s   = {minimum} calls / {} per s  ({} x (1 create + 1 marker rename + {GRANT_SCOPES} scope grants) + {} bulk authorizations + 1 API + {} API scopes)",
+        "lower bound            {bound:>9.1} s   = {minimum} calls / {} per s  ({} x (1 create + 1 owner key + 1 marker rename + {GRANT_SCOPES} scope grants) + {} bulk authorizations + 1 API + {} API scopes + {OWNER_PROPERTY_SETUP} owner property setup)",
         o.rate,
         o.customers,
         o.customers.div_ceil(BULK_CAP),
@@ -624,7 +631,7 @@ async fn bench(h: &'static support::Harness, o: &Options, audit: &Audit) -> anyh
     let next_calls = kinde_calls(&emulator).await?;
     println!("\n== customer N+1");
     println!(
-        "Ready after            {:>9.1} s   Kinde calls {} (minimum {}: 1 create + 1 marker rename + {GRANT_SCOPES} scopes + 1 authorization)",
+        "Ready after            {:>9.1} s   Kinde calls {} (minimum {}: 1 create + 1 owner key + 1 marker rename + {GRANT_SCOPES} scopes + 1 authorization)",
         t.elapsed().as_secs_f64(),
         next_calls.management(),
         PER_CUSTOMER_CALLS + 1 + GRANT_SCOPES as u64

@@ -15,6 +15,7 @@ mod failover;
 mod grants;
 mod harness;
 mod rbac;
+mod rebuild;
 mod rotation;
 mod trust;
 
@@ -32,6 +33,7 @@ fn main() -> std::process::ExitCode {
             trust::tests(),
             chart::tests(),
             rbac::tests(),
+            rebuild::tests(),
         ]
         .into_iter()
         .flatten(),

@@ -14,7 +14,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::de::DeserializeOwned;
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::server::{AppState, NotFoundAnswer, Shared, changed, json_body};
-use super::state::{AppSort, AppType, KindeError, SortKey, management_audience};
+use super::state::{AppSort, AppType, KindeError, Property, SortKey, management_audience};
 
 /// Largest accepted `page_size` (NOTES: `PAGE_SIZE_LIMIT_EXCEEDED`, "cannot be greater than 100").
 const MAX_PAGE_SIZE: usize = 100;
@@ -45,6 +45,22 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/api/v1/applications/{application_id}/tokens",
             patch(update_application_tokens),
+        )
+        .route(
+            "/api/v1/applications/{application_id}/properties",
+            get(get_application_property_values),
+        )
+        .route(
+            "/api/v1/applications/{application_id}/properties/{property_key}",
+            put(update_applications_property),
+        )
+        .route(
+            "/api/v1/properties",
+            get(get_properties).post(create_property),
+        )
+        .route(
+            "/api/v1/property_categories",
+            get(get_categories).post(create_category),
         )
         .route("/api/v1/apis", get(get_apis).post(add_apis))
         .route("/api/v1/apis/{api_id}", get(get_api).delete(delete_api))
@@ -145,6 +161,12 @@ fn required_scopes(op: &str) -> &'static [&'static str] {
         "updateApplication" => &["update:applications"],
         "deleteApplication" => &["delete:applications"],
         "updateApplicationTokens" => &["update:application_tokens"],
+        "getApplicationPropertyValues" => &["read:application_properties"],
+        "updateApplicationsProperty" => &["update:application_properties"],
+        "GetProperties" => &["read:properties"],
+        "CreateProperty" => &["create:properties"],
+        "GetCategories" => &["read:property_categories"],
+        "CreateCategory" => &["create:property_categories"],
         "addAPIs" => &["create:apis"],
         "getAPI" | "getAPIs" => &["read:apis"],
         "deleteAPI" => &["delete:apis"],
@@ -580,6 +602,217 @@ async fn update_application_tokens(
     } else {
         response
     })
+}
+
+// ---- properties ----
+
+/// A `context` filter: absent, or one of `usr`, `org`, `app`.
+fn context_filter(query: &HashMap<String, String>) -> Result<Option<String>, ApiError> {
+    match query.get("context").map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(c @ ("usr" | "org" | "app")) => Ok(Some(c.to_owned())),
+        Some(_) => Err(bad_request(
+            "INVALID_CONTEXT",
+            "context must be one of usr, org, app",
+        )),
+    }
+}
+
+/// `GetProperties`: 200 `get_properties_response` (one page, `has_more` false: the
+/// emulator's businesses hold a handful of properties), filtered by `context`.
+async fn get_properties(
+    State(shared): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> ApiResult {
+    authorize(&shared, &headers, "GetProperties")?;
+    let query = parse_query(query)?;
+    let context = context_filter(&query)?;
+    let inner = shared.inner();
+    let properties: Vec<Value> = inner
+        .store
+        .properties
+        .iter()
+        .filter(|p| context.as_deref().is_none_or(|c| c == p.context))
+        .map(|p| {
+            json!({"id": p.id, "key": p.key, "name": p.name, "is_private": p.is_private,
+                   "description": p.description, "is_kinde_property": false})
+        })
+        .collect();
+    Ok(ok(
+        StatusCode::OK,
+        json!({"code": "OK", "message": "Success", "properties": properties, "has_more": false}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct CreatePropertyBody {
+    name: Option<String>,
+    description: Option<String>,
+    key: Option<String>,
+    #[serde(rename = "type")]
+    property_type: Option<String>,
+    context: Option<String>,
+    is_private: Option<bool>,
+    category_id: Option<String>,
+}
+
+/// `CreateProperty`: 201 `create_property_response`; every field but `description` is
+/// required (the spec's `required`), `type` is `single_line_text` or `multi_line_text`,
+/// keys are unique (400 `PROPERTY_KEY_ALREADY_EXISTS`).
+async fn create_property(
+    State(shared): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    authorize(&shared, &headers, "CreateProperty")?;
+    let body: CreatePropertyBody = parse_body(&body)?;
+    let name = required(body.name, "name", "NAME_REQUIRED")?;
+    let key = required(body.key, "key", "KEY_REQUIRED")?;
+    let property_type = required(body.property_type, "type", "TYPE_REQUIRED")?;
+    if !matches!(
+        property_type.as_str(),
+        "single_line_text" | "multi_line_text"
+    ) {
+        return Err(bad_request(
+            "INVALID_TYPE",
+            "type must be single_line_text or multi_line_text",
+        ));
+    }
+    let context = required(body.context, "context", "CONTEXT_REQUIRED")?;
+    let category_id = required(body.category_id, "category_id", "CATEGORY_ID_REQUIRED")?;
+    let is_private = body
+        .is_private
+        .ok_or_else(|| bad_request("IS_PRIVATE_REQUIRED", "is_private is required"))?;
+    let id = shared.inner().store.create_property(Property {
+        id: String::new(),
+        key,
+        name,
+        description: body.description.unwrap_or_default(),
+        context,
+        is_private,
+        category_id,
+    })?;
+    Ok(changed(
+        ok(
+            StatusCode::CREATED,
+            json!({"code": "PROPERTY_CREATED", "message": "Property successfully created", "property": {"id": id}}),
+        ),
+        true,
+    ))
+}
+
+/// `GetCategories`: 200 `get_categories_response` (one page), filtered by `context`.
+async fn get_categories(
+    State(shared): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> ApiResult {
+    authorize(&shared, &headers, "GetCategories")?;
+    let query = parse_query(query)?;
+    let context = context_filter(&query)?;
+    let inner = shared.inner();
+    let categories: Vec<Value> = inner
+        .store
+        .categories
+        .iter()
+        .filter(|c| context.as_deref().is_none_or(|x| x == c.context))
+        .map(|c| json!({"id": c.id, "name": c.name}))
+        .collect();
+    Ok(ok(
+        StatusCode::OK,
+        json!({"code": "OK", "message": "Success", "categories": categories, "has_more": false}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct CreateCategoryBody {
+    name: Option<String>,
+    context: Option<String>,
+}
+
+/// `CreateCategory`: 201 `create_category_response`; `name` and `context` required.
+async fn create_category(
+    State(shared): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    authorize(&shared, &headers, "CreateCategory")?;
+    let body: CreateCategoryBody = parse_body(&body)?;
+    let name = required(body.name, "name", "NAME_REQUIRED")?;
+    let context = required(body.context, "context", "CONTEXT_REQUIRED")?;
+    let id = shared.inner().store.create_category(&name, &context)?;
+    Ok(changed(
+        ok(
+            StatusCode::CREATED,
+            json!({"code": "CATEGORY_CREATED", "message": "Category successfully created", "category": {"id": id}}),
+        ),
+        true,
+    ))
+}
+
+/// `getApplicationPropertyValues`: 200 `get_property_values_response`: every `app`
+/// property with the application's value (`null` where it has none).
+async fn get_application_property_values(
+    State(shared): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    authorize(&shared, &headers, "getApplicationPropertyValues")?;
+    let inner = shared.inner();
+    let app = inner.store.application(&id)?;
+    let values: Vec<Value> = inner
+        .store
+        .properties
+        .iter()
+        .filter(|p| p.context == "app")
+        .map(|p| {
+            json!({"id": p.id, "name": p.name, "description": p.description, "key": p.key,
+                   "value": app.properties.get(&p.key)})
+        })
+        .collect();
+    Ok(ok(
+        StatusCode::OK,
+        json!({"code": "OK", "message": "Success", "properties": values}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct UpdatePropertyBody {
+    value: Option<Value>,
+}
+
+/// `updateApplicationsProperty`: 200 `success_response`; `value` is a string or a boolean
+/// (kept as its text); 400 `PROPERTY_NOT_FOUND` for a key that is no `app` property.
+async fn update_applications_property(
+    State(shared): State<AppState>,
+    headers: HeaderMap,
+    Path((id, key)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    authorize(&shared, &headers, "updateApplicationsProperty")?;
+    let body: UpdatePropertyBody = parse_body(&body)?;
+    let value = match body.value {
+        Some(Value::String(s)) => s,
+        Some(Value::Bool(b)) => b.to_string(),
+        _ => {
+            return Err(bad_request(
+                "INVALID_VALUE",
+                "value is required: a string or a boolean",
+            ));
+        }
+    };
+    let wrote = shared
+        .inner()
+        .store
+        .set_application_property(&id, &key, value)?;
+    Ok(changed(
+        ok(
+            StatusCode::OK,
+            json!({"code": "PROPERTY_UPDATED", "message": "Property successfully updated"}),
+        ),
+        wrote,
+    ))
 }
 
 // ---- APIs ----

@@ -33,6 +33,12 @@ const MANAGEMENT_SCOPE_CATALOGUE: &[&str] = &[
     "delete:api_application_scopes",
     "delete:apis_application_scopes",
     "update:application_tokens",
+    "read:properties",
+    "create:properties",
+    "read:property_categories",
+    "create:property_categories",
+    "read:application_properties",
+    "update:application_properties",
 ];
 
 /// The spec's typo'd spellings (from the descriptions of `deleteAPIScope` and
@@ -152,6 +158,9 @@ pub(crate) struct Application {
     /// (`updateApplicationTokens`); unset: the emulator's `token_ttl_secs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) access_token_lifetime: Option<i64>,
+    /// Values of application properties (`updateApplicationsProperty`), by property key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) properties: BTreeMap<String, String>,
     /// Creation order; the default (unsorted) listing order.
     pub(crate) seq: u64,
 }
@@ -210,11 +219,36 @@ impl Api {
     }
 }
 
+/// A property definition (`CreateProperty`): what users, organizations or applications
+/// (`context` `usr`/`org`/`app`) may carry a value of.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Property {
+    pub(crate) id: String,
+    pub(crate) key: String,
+    pub(crate) name: String,
+    pub(crate) description: String,
+    pub(crate) context: String,
+    pub(crate) is_private: bool,
+    pub(crate) category_id: String,
+}
+
+/// A property category (`CreateCategory`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Category {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) context: String,
+}
+
 /// The whole business. Serialised verbatim into the state file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Store {
     pub(crate) applications: BTreeMap<String, Application>,
     pub(crate) apis: BTreeMap<String, Api>,
+    #[serde(default)]
+    pub(crate) properties: Vec<Property>,
+    #[serde(default)]
+    pub(crate) categories: Vec<Category>,
     pub(crate) management_client_id: String,
     pub(crate) management_api_id: String,
     next_seq: u64,
@@ -243,6 +277,8 @@ impl Store {
         let mut store = Self {
             applications: BTreeMap::new(),
             apis: BTreeMap::new(),
+            properties: Vec::new(),
+            categories: Vec::new(),
             management_client_id: client_id.to_owned(),
             management_api_id: String::new(),
             next_seq: 0,
@@ -312,6 +348,7 @@ impl Store {
                 client_secret: secret.to_owned(),
                 retained_secrets: Vec::new(),
                 access_token_lifetime: None,
+                properties: BTreeMap::new(),
                 seq,
             },
         );
@@ -381,6 +418,7 @@ impl Store {
             client_secret: random_alnum(48),
             retained_secrets: Vec::new(),
             access_token_lifetime: None,
+            properties: BTreeMap::new(),
             seq,
         };
         self.applications.insert(id, app.clone());
@@ -410,6 +448,89 @@ impl Store {
             }
             _ => Ok(false),
         }
+    }
+
+    /// Creates a property category (`CreateCategory`); names are unique per context.
+    pub(crate) fn create_category(
+        &mut self,
+        name: &str,
+        context: &str,
+    ) -> Result<String, KindeError> {
+        if !matches!(context, "org" | "usr" | "app") {
+            return Err(KindeError::bad_request(
+                "INVALID_CONTEXT",
+                "context must be one of org, usr, app",
+            ));
+        }
+        if self
+            .categories
+            .iter()
+            .any(|c| c.name == name && c.context == context)
+        {
+            return Err(KindeError::bad_request(
+                "CATEGORY_ALREADY_EXISTS",
+                "A category with this name already exists",
+            ));
+        }
+        let id = format!("cat_{}", random_hex(32));
+        self.categories.push(Category {
+            id: id.clone(),
+            name: name.to_owned(),
+            context: context.to_owned(),
+        });
+        Ok(id)
+    }
+
+    /// Creates a property definition (`CreateProperty`); keys are unique in the business.
+    pub(crate) fn create_property(&mut self, property: Property) -> Result<String, KindeError> {
+        if !matches!(property.context.as_str(), "org" | "usr" | "app") {
+            return Err(KindeError::bad_request(
+                "INVALID_CONTEXT",
+                "context must be one of org, usr, app",
+            ));
+        }
+        if !self.categories.iter().any(|c| c.id == property.category_id) {
+            return Err(KindeError::bad_request(
+                "CATEGORY_NOT_FOUND",
+                "Category not found",
+            ));
+        }
+        if self.properties.iter().any(|p| p.key == property.key) {
+            return Err(KindeError::bad_request(
+                "PROPERTY_KEY_ALREADY_EXISTS",
+                "A property with this key already exists",
+            ));
+        }
+        let id = format!("prop_{}", random_hex(32));
+        self.properties.push(Property {
+            id: id.clone(),
+            ..property
+        });
+        Ok(id)
+    }
+
+    /// Sets an application's value of the `app` property `key`; `true` when it changed.
+    pub(crate) fn set_application_property(
+        &mut self,
+        id: &str,
+        key: &str,
+        value: String,
+    ) -> Result<bool, KindeError> {
+        if !self
+            .properties
+            .iter()
+            .any(|p| p.key == key && p.context == "app")
+        {
+            return Err(KindeError::bad_request(
+                "PROPERTY_NOT_FOUND",
+                "Property not found",
+            ));
+        }
+        let app = self
+            .applications
+            .get_mut(id)
+            .ok_or_else(KindeError::app_not_found)?;
+        Ok(app.properties.insert(key.to_owned(), value.clone()) != Some(value))
     }
 
     /// Sets the access-token lifetime of an application; `true` when it changed.
@@ -767,7 +888,7 @@ mod tests {
         let mut expected = default_management_scopes();
         expected.sort();
         assert_eq!(scopes, expected);
-        assert_eq!(scopes.len(), 15);
+        assert_eq!(scopes.len(), 21);
         assert!(scopes.contains(&"update:application_tokens".to_owned()));
         assert!(scopes.contains(&"delete:api_scopes".to_owned()));
         assert!(!scopes.contains(&"delete:apis_scopes".to_owned()));

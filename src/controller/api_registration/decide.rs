@@ -72,7 +72,7 @@ pub(super) fn audience_in_use(audience: &str, id: &str) -> Outcome {
     Outcome::not_ready(
         reasons::AUDIENCE_IN_USE,
         format!(
-            "audience {audience} is already registered in Kinde as API {id}; to manage that API, annotate this object with m2m.kinde-operator.io/external-id: {id} (where the cluster's adoption policy allows it)"
+            "audience {audience} is already registered in Kinde as API {id}; to manage that API, annotate this object with m2m.kinde-operator.io/external-id: {id}, or, if this object created it before its cluster was rebuilt, with m2m.kinde-operator.io/adoption-policy: adopt-or-create (where the cluster's adoption policy allows it)"
         ),
     )
 }

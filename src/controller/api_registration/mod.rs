@@ -300,6 +300,28 @@ async fn ensure_api(
         // Our intent record makes an API with this audience ours, unless another
         // ApiRegistration holds it (its create won; ours was refused or is stale).
         let held_elsewhere = !claims_on(ctx, obj, status, &found.id, None).is_empty();
+        if !held_elsewhere
+            && status.audience.as_deref() != Some(audience)
+            && obj.adopts_or_creates()
+        {
+            // Asked to take an existing API as its own (a rebuilt cluster): where the
+            // platform allows adoption in this namespace.
+            adoption_admitted(ctx, obj).await?;
+            status.audience = Some(audience.to_owned());
+            status.api_id = Some(found.id.clone());
+            apply_status(ctx, obj, obj.status.as_ref(), status).await?;
+            record_change(
+                ctx,
+                obj,
+                "Recovered",
+                format!(
+                    "took existing Kinde API {} for {audience} as this object's own (adoption-policy: adopt-or-create)",
+                    found.id
+                ),
+            )
+            .await;
+            return Ok(found.id.clone());
+        }
         if status.audience.as_deref() != Some(audience) || held_elsewhere {
             if held_elsewhere {
                 status.audience = None;

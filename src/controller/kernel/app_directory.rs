@@ -1,5 +1,6 @@
-//! The marked Kinde applications (names carrying an operator marker `[kmo:...]`), from one
-//! listing shared by every reconcile instead of a listing per create.
+//! The Kinde applications by name (the marked ones, whose names carry an operator marker
+//! `[kmo:...]`, and the rest), from one listing shared by every reconcile instead of a
+//! listing per create.
 //!
 //! Before it creates an application, the operator must know whether one with the same
 //! marker exists already (created before a crash or by a create whose response was lost):
@@ -14,30 +15,32 @@
 //! listing: a lookup for that marker waits for a listing started after the attempt
 //! ([`AppDirectory::attempting`]). A sweep for late copies asks for a listing started now.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use tokio::time::Instant;
 
 use crate::adoption;
 use crate::kinde::{KindeClient, KindeError};
 
-/// A marked application: id and name.
+/// A listed application: id and name.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MarkedApp {
+pub struct ListedApp {
     pub id: String,
     pub name: String,
 }
 
 struct Listing {
     started: Instant,
-    apps: Vec<MarkedApp>,
+    apps: Vec<ListedApp>,
 }
 
 #[derive(Default)]
 struct Notes {
-    /// Created by this process, with when.
+    /// Created by this process, with the name and when.
     created: HashMap<String, (String, Instant)>,
-    /// Deleted or renamed out of the marked set by this process, with when.
+    /// Renamed by this process, with the new name and when.
+    renamed: HashMap<String, (String, Instant)>,
+    /// Deleted by this process, with when.
     gone: HashMap<String, Instant>,
     /// Creates under a marker whose outcome is not known yet, with when they were sent.
     attempts: HashMap<String, Instant>,
@@ -124,16 +127,47 @@ impl AppDirectory {
             .insert(id.to_owned(), (name.to_owned(), Instant::now()));
     }
 
-    /// Application `id` was deleted, or renamed to a name without a marker.
+    /// Application `id` was deleted.
     pub fn gone(&self, id: &str) {
         let mut notes = self.notes();
         notes.created.remove(id);
+        notes.renamed.remove(id);
         notes.gone.insert(id.to_owned(), Instant::now());
     }
 
-    /// The marked applications as of a listing started no earlier than `not_before`, with
-    /// this process's own changes applied. Concurrent callers share one listing.
-    async fn marked(&self, not_before: Option<Instant>) -> Result<Vec<MarkedApp>, KindeError> {
+    /// Application `id` was renamed to `name`.
+    pub fn renamed(&self, id: &str, name: &str) {
+        let mut notes = self.notes();
+        if let Some((created_name, _)) = notes.created.get_mut(id) {
+            name.clone_into(created_name);
+        } else {
+            notes
+                .renamed
+                .insert(id.to_owned(), (name.to_owned(), Instant::now()));
+        }
+    }
+
+    /// The ids of applications named exactly `name` (those a previous owner of the same
+    /// object may have made, see [`crate::identity`]).
+    pub async fn find_named(&self, name: &str) -> Result<Vec<String>, KindeError> {
+        let apps = self.apps(None).await?;
+        Ok(apps
+            .into_iter()
+            .filter(|a| a.name == name)
+            .map(|a| a.id)
+            .collect())
+    }
+
+    /// The marked applications (see [`Self::apps`]).
+    async fn marked(&self, not_before: Option<Instant>) -> Result<Vec<ListedApp>, KindeError> {
+        let mut apps = self.apps(not_before).await?;
+        apps.retain(|a| adoption::marker_body(&a.name).is_some());
+        Ok(apps)
+    }
+
+    /// The applications as of a listing started no earlier than `not_before`, with this
+    /// process's own changes applied. Concurrent callers share one listing.
+    async fn apps(&self, not_before: Option<Instant>) -> Result<Vec<ListedApp>, KindeError> {
         let mut listing = self.listing.lock().await;
         let fresh_enough = listing
             .as_ref()
@@ -145,8 +179,7 @@ impl AppDirectory {
                 .list_applications()
                 .await?
                 .into_iter()
-                .filter(|a| adoption::marker_body(&a.name).is_some())
-                .map(|a| MarkedApp {
+                .map(|a| ListedApp {
                     id: a.id,
                     name: a.name,
                 })
@@ -163,26 +196,26 @@ impl AppDirectory {
 
 /// The listing with this process's notes applied; notes the listing already reflects
 /// (made before it started) are dropped, so the notes stay as small as the work in flight.
-fn merge(listing: &Listing, notes: &mut Notes) -> Vec<MarkedApp> {
+fn merge(listing: &Listing, notes: &mut Notes) -> Vec<ListedApp> {
     notes.created.retain(|_, (_, at)| *at >= listing.started);
+    notes.renamed.retain(|_, (_, at)| *at >= listing.started);
     notes.gone.retain(|_, at| *at >= listing.started);
-    let mut apps: Vec<MarkedApp> = listing
+    let mut apps: Vec<ListedApp> = listing
         .apps
         .iter()
-        .filter(|a| !notes.gone.contains_key(&a.id))
-        .cloned()
+        .filter(|a| !notes.gone.contains_key(&a.id) && !notes.created.contains_key(&a.id))
+        .map(|a| ListedApp {
+            id: a.id.clone(),
+            name: notes
+                .renamed
+                .get(&a.id)
+                .map_or_else(|| a.name.clone(), |(name, _)| name.clone()),
+        })
         .collect();
-    let listed: HashSet<String> = apps.iter().map(|a| a.id.clone()).collect();
-    apps.extend(
-        notes
-            .created
-            .iter()
-            .filter(|(id, _)| !listed.contains(*id))
-            .map(|(id, (name, _))| MarkedApp {
-                id: id.clone(),
-                name: name.clone(),
-            }),
-    );
+    apps.extend(notes.created.iter().map(|(id, (name, _))| ListedApp {
+        id: id.clone(),
+        name: name.clone(),
+    }));
     apps
 }
 
@@ -215,8 +248,8 @@ mod tests {
     use super::*;
     use crate::kinde::Transient;
 
-    fn app(id: &str, name: &str) -> MarkedApp {
-        MarkedApp {
+    fn app(id: &str, name: &str) -> ListedApp {
+        ListedApp {
             id: id.into(),
             name: name.into(),
         }
@@ -235,16 +268,19 @@ mod tests {
         notes
             .created
             .insert("c".into(), ("C [kmo:cc]".into(), Instant::now()));
+        notes
+            .renamed
+            .insert("b".into(), ("B".into(), Instant::now()));
         let apps = merge(&listing, &mut notes);
-        assert_eq!(apps, vec![app("b", "B [kmo:bb]"), app("c", "C [kmo:cc]")]);
+        assert_eq!(apps, vec![app("b", "B"), app("c", "C [kmo:cc]")]);
         // A listing started after those changes reflects them: the notes go.
         tokio::time::advance(Duration::from_secs(1)).await;
         let later = Listing {
             started: Instant::now(),
-            apps: vec![app("b", "B [kmo:bb]"), app("c", "C [kmo:cc]")],
+            apps: vec![app("b", "B"), app("c", "C [kmo:cc]")],
         };
         assert_eq!(merge(&later, &mut notes), later.apps);
-        assert!(notes.created.is_empty() && notes.gone.is_empty());
+        assert!(notes.created.is_empty() && notes.gone.is_empty() && notes.renamed.is_empty());
     }
 
     #[tokio::test(start_paused = true)]

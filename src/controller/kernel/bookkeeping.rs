@@ -81,6 +81,42 @@ impl WrittenVersions {
     }
 }
 
+/// When each object's next resync is due (see [`super::resync`]): a reconcile that starts
+/// then is the resync's, and its Kinde reads are drift checks that may wait for other work
+/// ([`crate::kinde::in_background`]).
+#[derive(Default)]
+pub struct ResyncsDue(std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>);
+
+/// A resync counts as due from this long before its time (the scheduler's jitter).
+const DUE_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl ResyncsDue {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, tokio::time::Instant>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn schedule(&self, key: &str, at: tokio::time::Instant) {
+        self.lock().insert(key.to_owned(), at);
+    }
+
+    /// Whether the reconcile of `key` starting now is its resync (and takes the entry).
+    pub(super) fn take_due(&self, key: &str) -> bool {
+        let mut due = self.lock();
+        let now = tokio::time::Instant::now();
+        if due.get(key).is_some_and(|at| *at <= now + DUE_SLACK) {
+            due.remove(key);
+            return true;
+        }
+        false
+    }
+
+    pub(super) fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+}
+
 /// Consecutive failures per object, for the backoff; cleared by a success.
 #[derive(Default)]
 pub struct FailureCounts(std::sync::Mutex<std::collections::HashMap<String, u32>>);

@@ -11,6 +11,7 @@ mod kinde_state;
 #[cfg(test)]
 pub(crate) mod mock_api;
 mod outcome;
+mod ownership;
 mod recent;
 pub mod rules;
 mod stores;
@@ -31,11 +32,12 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 pub use app_directory::AppDirectory;
-pub use bookkeeping::{FailureCounts, WrittenVersions};
+pub use bookkeeping::{FailureCounts, ResyncsDue, WrittenVersions};
 use bookkeeping::{current_copy, object_key};
 pub use error::{Error, Result};
 pub use kinde_state::{ApiSnapshots, AuthorizeBatcher};
 pub use outcome::{Outcome, Step, Stop};
+pub use ownership::{OwnerRecord, Ownership};
 pub use recent::Recent;
 use rules::{
     WAIT_RECHECK, deletion_report, failure_backoff, outcome_event, record_outcome, requeue_after,
@@ -71,6 +73,8 @@ pub struct Context<W> {
     pub kinde_apis: ApiSnapshots,
     /// The marked Kinde applications (creates look for their marker here).
     pub kinde_apps: AppDirectory,
+    /// The owner keys this installation records on its Kinde applications.
+    pub ownership: Ownership,
     pub authorizer: AuthorizeBatcher,
     /// Who may adopt existing Kinde objects (cluster-level, from the flags).
     pub adoption: AdoptionPolicy,
@@ -80,6 +84,8 @@ pub struct Context<W> {
     pub failures: FailureCounts,
     /// Status versions written, until the reflector shows them.
     pub written: WrittenVersions,
+    /// When each object's resync is due.
+    pub resyncs_due: ResyncsDue,
     /// The stores and routers of the kinds.
     pub world: W,
 }
@@ -146,14 +152,19 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context<K::World>>) -> 
     let key = object_key::<K>(&ns, &name);
     let obj = current_copy(&ctx.client, &ctx.written, obj, &key).await?;
     let deleting = obj.meta().deletion_timestamp.is_some();
-    let result = finalizer(&api, FINALIZER, obj, |event| async {
+    let work = finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             FinalizerEvent::Apply(o) => apply(o, ctx.clone()).await,
             FinalizerEvent::Cleanup(o) => cleanup_reporting(o, ctx.clone()).await,
         }
     })
-    .instrument(span)
-    .await
+    .instrument(span);
+    // The periodic drift check yields its Kinde calls to work a change asked for.
+    let result = if !deleting && ctx.resyncs_due.take_due(&key) {
+        crate::kinde::in_background(resync_period(&ctx), work).await
+    } else {
+        work.await
+    }
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.reconciled(K::KIND, started.elapsed());
     match &result {
@@ -162,6 +173,7 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context<K::World>>) -> 
             if deleting {
                 // The finalizer is gone, and so is the object: its series go with it.
                 ctx.written.forget(&key);
+                ctx.resyncs_due.forget(&key);
                 ctx.metrics.forget(&object_labels(&ns, &name, K::KIND));
             }
         }
@@ -275,7 +287,9 @@ pub fn resync<K: Managed>(ctx: &Context<K::World>, obj: &K) -> Action {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    Action::requeue(rules::until_resync_slot(&key, resync_period(ctx), now))
+    let after = rules::until_resync_slot(&key, resync_period(ctx), now);
+    ctx.resyncs_due.schedule(&key, Instant::now() + after);
+    Action::requeue(after)
 }
 
 /// Publishes an Event; failures are logged, never fatal (an Event is a courtesy).
@@ -402,6 +416,7 @@ pub async fn delete_kinde_application<W>(ctx: &Context<W>, id: &str) -> Result<b
         Err(e) => return Err(e.into()),
     };
     ctx.kinde_apps.gone(id);
+    ctx.ownership.forget(id);
     Ok(deleted)
 }
 

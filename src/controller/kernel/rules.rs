@@ -123,13 +123,7 @@ pub fn until_resync_slot(key: &str, period: Duration, now_unix: Duration) -> Dur
     }
 }
 
-/// FNV-1a: a hash that stays the same across builds and platforms (markers and resync
-/// slots must).
-pub fn stable_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+pub use crate::identity::stable_hash;
 
 pub(super) fn with_jitter(d: Duration) -> Duration {
     d + d.mul_f64(fastrand::f64() * 0.1)

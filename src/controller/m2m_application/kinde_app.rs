@@ -10,7 +10,11 @@ use super::decide::{
     KindeApp, UNCONFIRMED_CREATE_POLL, uid_marker_body, unconfirmed_watch_left,
     used_application_ids,
 };
-use crate::controller::kernel::{Result, delete_kinde_application, record_change};
+use std::collections::HashSet;
+
+use kube::ResourceExt;
+
+use crate::controller::kernel::{OwnerRecord, Result, delete_kinde_application, record_change};
 use crate::controller::world::Ctx;
 use crate::crd::{M2MApplication, M2MApplicationStatus};
 use crate::kinde::KindeError;
@@ -145,4 +149,91 @@ pub(super) async fn announce_created(ctx: &Ctx, obj: &M2MApplication, app: &Kind
         format!("created Kinde application {}", app.id),
     )
     .await;
+}
+
+/// The application this object owned before it lost its status (re-created from the same
+/// manifest: a cluster rebuilt from Git, a restore without status): named with its display
+/// name, carrying its owner key (see [`crate::identity`]), held by no other object. Its
+/// credentials are kept; nothing is created.
+pub(super) async fn recover_owned(
+    obj: &M2MApplication,
+    ctx: &Ctx,
+    status: &mut M2MApplicationStatus,
+) -> Result<Option<KindeApp>> {
+    let ns = obj.namespace().unwrap_or_default();
+    let key = ctx.ownership.key(&ns, &obj.name_any());
+    let held: HashSet<String> = ctx
+        .world
+        .apps
+        .find(|other| other.uid() != obj.uid())
+        .iter()
+        .filter_map(|other| other.status.as_ref())
+        .flat_map(used_application_ids)
+        .collect();
+    for id in ctx.kinde_apps.find_named(&obj.display_name()).await? {
+        if held.contains(&id)
+            || ctx.ownership.owner_of(&ctx.kinde, &id).await?.as_deref() != Some(key.as_str())
+        {
+            continue;
+        }
+        let app = match read_app(ctx, &id).await {
+            Ok(app) => app,
+            Err(e) if e.is_not_found() => {
+                ctx.kinde_apps.gone(&id);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        status.owner_recorded_on = Some(id.clone());
+        record_change(
+            ctx,
+            obj,
+            "Recovered",
+            format!(
+                "found Kinde application {id}, made for this object before it lost its status (owner {key}); its credentials are kept"
+            ),
+        )
+        .await;
+        return Ok(Some(app));
+    }
+    Ok(None)
+}
+
+/// Records this object's owner key on its current application (once per application), and
+/// takes it off the application it replaced (a rotation's predecessor), so only the
+/// current one is found after a rebuild. Without the property scopes the object works on,
+/// unrecoverable after a rebuild (see [`crate::controller::kernel::Ownership`]).
+pub(super) async fn record_owner(
+    obj: &M2MApplication,
+    ctx: &Ctx,
+    status: &mut M2MApplicationStatus,
+    app: &KindeApp,
+) -> Result<()> {
+    if status.owner_recorded_on.as_deref() == Some(app.id.as_str()) {
+        return Ok(());
+    }
+    let ns = obj.namespace().unwrap_or_default();
+    let key = ctx.ownership.key(&ns, &obj.name_any());
+    if ctx
+        .ownership
+        .record(&ctx.kinde, &app.id, Some(&key))
+        .await?
+        == OwnerRecord::Refused
+    {
+        return Ok(());
+    }
+    if let Some(previous) = status.owner_recorded_on.replace(app.id.clone()) {
+        release_owner(ctx, &previous).await?;
+    }
+    Ok(())
+}
+
+/// Takes the owner key off application `id` (it is orphaned or replaced): a later object
+/// of the same name must not claim it. An application already gone counts as done.
+pub(super) async fn release_owner(ctx: &Ctx, id: &str) -> Result<()> {
+    match ctx.ownership.record(&ctx.kinde, id, None).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }

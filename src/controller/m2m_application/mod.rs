@@ -25,7 +25,10 @@ use decide::{
     creation_marker, current_adopted, external_gone, is_marked, uid_marker_body,
     used_application_ids, validate,
 };
-use kinde_app::{announce_created, create_marked, find_all_marked, read_app, sweep_unconfirmed};
+use kinde_app::{
+    announce_created, create_marked, find_all_marked, read_app, record_owner, recover_owned,
+    release_owner, sweep_unconfirmed,
+};
 use secret::ensure_secret;
 
 use super::kernel::{
@@ -102,6 +105,13 @@ impl Managed for M2MApplication {
                     .await;
                 }
             }
+        }
+        if policy == DeletionPolicy::Orphan
+            && let Some(id) = status.owner_recorded_on.as_deref()
+        {
+            // Left in Kinde, no longer this object's: a later object of the same name
+            // creates its own instead of claiming it.
+            release_owner(&ctx, id).await?;
         }
         Ok(Action::await_change())
     }
@@ -197,6 +207,9 @@ async fn converge(
     status.secret_name = Some(secret_name);
     // The id must be recorded before the marker leaves the name.
     apply_status(ctx, obj, obj.status.as_ref(), status).await?;
+    if !paused && current_adopted(status).is_none() {
+        record_owner(obj, ctx, status, &app).await?;
+    }
 
     let display = obj.display_name();
     if app.name != display {
@@ -204,9 +217,7 @@ async fn converge(
             return Ok(Outcome::Paused { ready: true });
         }
         ctx.kinde.rename_application(&app.id, &display).await?;
-        if !is_marked(&display) {
-            ctx.kinde_apps.gone(&app.id);
-        }
+        ctx.kinde_apps.renamed(&app.id, &display);
         ctx.world
             .app_reads
             .update(obj, |read| read.name.clone_from(&display));
@@ -334,6 +345,11 @@ async fn ensure_app(
     if paused {
         // Even a marked app left by a crash is only picked up once writes are allowed.
         return Err(Stop::Outcome(Outcome::Paused { ready: false }));
+    }
+    if external.is_none()
+        && let Some(app) = recover_owned(obj, ctx, status).await?
+    {
+        return Ok(app);
     }
     Ok(create_marked(obj, ctx, status, &creation_marker(obj)?).await?)
 }
