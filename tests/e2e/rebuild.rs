@@ -206,11 +206,22 @@ async fn another_installation_keeps_its_hands_off(ctx: Ctx) -> anyhow::Result<()
     let blue_app = apps_after
         .iter()
         .find(|a| a["id"].as_str() == Some(first.client_id.as_str()));
+    // Still there, still named so, still blue's (its secret is not in the emulator's
+    // state view; nothing could have changed it but a rotation, which only blue would run).
+    let blue_owner = format!("kmo/blue/{}/shop", ctx.ns);
     ensure!(
         blue_app.is_some_and(
-            |a| a["name"] == "Shop" && a["client_secret"] == first.client_secret.as_str()
+            |a| a["name"] == "Shop" && a["properties"]["kmo_owner"] == blue_owner.as_str()
         ),
         "installation blue's application changed: {blue_app:?}"
+    );
+    let green_app = apps_after
+        .iter()
+        .find(|a| a["id"].as_str() == Some(second.client_id.as_str()));
+    let green_owner = format!("kmo/green/{}/shop", ctx.ns);
+    ensure!(
+        green_app.is_some_and(|a| a["properties"]["kmo_owner"] == green_owner.as_str()),
+        "installation green's application does not carry its owner key: {green_app:?}"
     );
     Ok(())
 }

@@ -384,6 +384,7 @@ async fn dump_state(State(shared): State<AppState>) -> Response {
                 "is_management_client": app.id == store.management_client_id,
                 "previous_secret_retained": !app.retained_secrets.is_empty(),
                 "access_token_lifetime": app.access_token_lifetime,
+                "properties": app.properties,
                 "apis": apis,
             })
         })
