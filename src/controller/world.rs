@@ -106,12 +106,19 @@ pub fn wake_dependants_of_api(world: &World, api: &ApiRegistration) {
     world.wake_grants.wake_all(&world.grants_referencing(api));
 }
 
-/// A grant's application (its Secret lists the grant's audience), its API (a deletion may
-/// wait on the grant), and the grants that lost a conflict to it (they may take over).
+/// A grant's application (its Secret lists the grant's audience), its API when that is
+/// being deleted (its deletion waits on the grants; otherwise nothing of the API depends on
+/// them, and waking it for every grant of a fleet cost a scope listing each), and the
+/// grants that lost a conflict to it (they may take over).
 pub fn wake_dependants_of_grant(world: &World, grant: &ApiGrant) {
     let ns = grant.namespace().unwrap_or_default();
     world.wake_apps.wake(&ns, &grant.spec.application_ref.name);
-    if let Some(api_ns) = grant.api_namespace() {
+    if let Some(api_ns) = grant.api_namespace()
+        && world
+            .apis
+            .get(&api_ns, &grant.spec.api_ref.name)
+            .is_some_and(|api| api.meta().deletion_timestamp.is_some())
+    {
         world.wake_apis.wake(&api_ns, &grant.spec.api_ref.name);
     }
     world.wake_grants.wake_all(&world.conflicting(grant));

@@ -54,11 +54,12 @@ pub async fn in_background<F: std::future::Future>(max_yield: Duration, work: F)
 const BACKGROUND_POLL: Duration = Duration::from_millis(100);
 
 /// A 429 leaves this share of the current pace.
-pub const DECREASE: f64 = 0.7;
+pub const DECREASE: f64 = 0.8;
 /// The pace never falls below this share of the ceiling.
 pub const FLOOR_SHARE: f64 = 0.05;
-/// Each successful call raises the pace by this share of the ceiling.
-pub const INCREASE_SHARE: f64 = 0.001;
+/// Each successful call raises the pace by this share of the ceiling (from the floor of a
+/// decrease back to the ceiling in about 100 calls: 5 s at 20 calls/s).
+pub const INCREASE_SHARE: f64 = 0.002;
 /// 429s closer together than this count as one signal.
 pub const DECREASE_EVERY: Duration = Duration::from_secs(1);
 
@@ -415,22 +416,22 @@ mod tests {
         let limiter = Limiter::new(20.0, 1, 4);
         let t0 = Instant::now();
         limiter.throttled(t0);
-        assert_eq!(limiter.pace(), Some(14.0));
+        assert_eq!(limiter.pace(), Some(16.0));
         // The other 429s of the same window are the same signal.
         limiter.throttled(t0 + Duration::from_millis(500));
-        assert_eq!(limiter.pace(), Some(14.0));
+        assert_eq!(limiter.pace(), Some(16.0));
         limiter.throttled(t0 + Duration::from_secs(1));
         let after_two = limiter.pace().expect("limited");
-        assert!((after_two - 9.8).abs() < 1e-9, "{after_two}");
+        assert!((after_two - 12.8).abs() < 1e-9, "{after_two}");
         // Never below the floor, however many 429s.
         for i in 2..100 {
             limiter.throttled(t0 + Duration::from_secs(i));
         }
         assert_eq!(limiter.pace(), Some(20.0 * FLOOR_SHARE));
-        // Each success adds a thousandth of the ceiling; never above it.
+        // Each success adds 0.2% of the ceiling; never above it.
         limiter.succeeded();
         let up = limiter.pace().expect("limited");
-        assert!((up - (1.0 + 0.02)).abs() < 1e-9, "{up}");
+        assert!((up - (1.0 + 0.04)).abs() < 1e-9, "{up}");
         for _ in 0..10_000 {
             limiter.succeeded();
         }
@@ -442,9 +443,9 @@ mod tests {
         let limiter = Limiter::new(10.0, 1, 4);
         drop(limiter.acquire().await);
         limiter.throttled(Instant::now());
-        // 7/s now: the next slot is 1/7 s away, not 1/10.
+        // 8/s now: the next slot is 1/8 s away, not 1/10.
         let (_p, waited) = limiter.acquire().await;
-        assert!(waited >= Duration::from_millis(142), "{waited:?}");
+        assert!(waited >= Duration::from_millis(125), "{waited:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -629,11 +629,14 @@ async fn bench(h: &'static support::Harness, o: &Options, audit: &Audit) -> anyh
     apply_all(&client, customer_objects(next)).await?;
     wait_all_ready(&client, expected + 1, timeout, &operator).await?;
     let next_calls = kinde_calls(&emulator).await?;
+    // The fleet's resync goes on meanwhile: its reads are `getApplication`s, which the new
+    // customer itself does not need (its create answers with what a read would).
+    let fleet_reads = next_calls.by_op.get("getApplication").copied().unwrap_or(0);
     println!("\n== customer N+1");
     println!(
-        "Ready after            {:>9.1} s   Kinde calls {} (minimum {}: 1 create + 1 owner key + 1 marker rename + {GRANT_SCOPES} scopes + 1 authorization)",
+        "Ready after            {:>9.1} s   Kinde calls {} (minimum {}: 1 create + 1 owner key + 1 marker rename + {GRANT_SCOPES} scopes + 1 authorization), besides {fleet_reads} getApplication of the fleet's resync meanwhile",
         t.elapsed().as_secs_f64(),
-        next_calls.management(),
+        next_calls.management() - fleet_reads,
         PER_CUSTOMER_CALLS + 1 + GRANT_SCOPES as u64
     );
     print_rows(&next_calls.by_op);

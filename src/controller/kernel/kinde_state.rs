@@ -126,15 +126,17 @@ impl Drop for QueueGuard {
 
 /// Folds (de)authorizations for the same API arriving together into one Kinde call (at
 /// most [`FULL_BATCH`] applications each, as Kinde allows). The call waits until no request
-/// has arrived for `quiet` (1 s), the queue is full, or `max_wait` (20 s) has passed since
+/// has arrived for a quiet window, the queue is full, or `max_wait` (20 s) has passed since
 /// the first: grants created together become authorizable as their applications turn
-/// Ready one by one, paced by the Kinde rate (at 20 calls/s about 4 a second), so a short
-/// window caught a handful of them and a fleet of 1,000 took 107 calls where 10 would do
-/// (78 with a 5 s window). The wait of a lone grant stays `quiet`.
+/// Ready one by one, paced by the Kinde rate (at 20 calls/s about 4 a second, in bursts),
+/// so a short window caught a handful of them and a fleet of 1,000 took 107 calls where 10
+/// would do (81 with a 1 s window). The window is `quiet` (1 s) for a lone request, so a
+/// single new grant waits only that, and `quiet_busy` (5 s) once others have joined.
 #[derive(Clone)]
 pub struct AuthorizeBatcher {
     kinde: KindeClient,
     quiet: Duration,
+    quiet_busy: Duration,
     max_wait: Duration,
     pending: Arc<Mutex<HashMap<String, Queue>>>,
 }
@@ -144,6 +146,7 @@ impl AuthorizeBatcher {
         Self {
             kinde,
             quiet: Duration::from_millis(1000),
+            quiet_busy: Duration::from_secs(5),
             max_wait: Duration::from_secs(20),
             pending: Arc::default(),
         }
@@ -204,13 +207,14 @@ impl AuthorizeBatcher {
             let wake = {
                 let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
                 let queue = pending.get(&api_id).map(|q| (q.last, q.requests.len()));
+                let quiet = |len: usize| if len > 1 { self.quiet_busy } else { self.quiet };
                 match queue {
                     Some((last, len))
                         if len < FULL_BATCH
-                            && last + self.quiet > Instant::now()
+                            && last + quiet(len) > Instant::now()
                             && Instant::now() < deadline =>
                     {
-                        (last + self.quiet).min(deadline)
+                        (last + quiet(len)).min(deadline)
                     }
                     _ => {
                         break pending

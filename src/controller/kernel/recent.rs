@@ -6,8 +6,11 @@
 //! per application while it was being onboarded, a third of all Kinde calls. Such a
 //! reconcile reuses the last read while it is young and the object is unchanged since
 //! (same generation, same annotations: a spec edit or a poke annotation reads Kinde again).
-//! Drift made in Kinde is seen by the resync, whose reads are never served from here (the
-//! lifetime is at most half a resync period, and slots are a period apart).
+//! Drift made in Kinde is seen by the resync: an object's resyncs are a period apart and
+//! the lifetime is 0.9 of it, so every resync reads Kinde, except the first after the
+//! object was created or changed, which is served from the read that change made (a fleet
+//! just onboarded is not read again at once; its first drift check comes one period
+//! later).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
