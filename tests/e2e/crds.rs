@@ -312,7 +312,19 @@ async fn kubectl_get_kinde_printer_columns(ctx: Ctx) -> anyhow::Result<()> {
     ])
     .await?;
 
-    let out = ctx.kubectl(&["get", "kinde", "-A"]).await?.success()?;
+    // A discovery cache of its own: kubectl's shared on-disk cache may hold a discovery
+    // made by another test before the CRDs existed, and a category ("kinde") that is not in
+    // a cached discovery is not looked up again (seen once under load: "the server doesn't
+    // have a resource type \"kinde\"").
+    let cache = ctx
+        .harness
+        .run_dir
+        .join(format!("kubectl-cache-{}", ctx.ns));
+    let cache = cache.to_string_lossy();
+    let out = ctx
+        .kubectl(&["--cache-dir", &cache, "get", "kinde", "-A"])
+        .await?
+        .success()?;
     let tables = parse_tables(&out);
     let expect: [(&str, &str, &[&str]); 3] = [
         (

@@ -210,18 +210,13 @@ pub(super) fn references(
         app_status.client_id.clone(),
         conditions::is_true(&app_status.conditions, conditions::READY),
     ) else {
-        if unreported(&app_status.conditions)
-            && let Some(quiet) = quiet_wait(
-                facts.unreported_age,
-                QUIET_WAIT_GRACE,
-                Duration::from_secs(30),
-            )
-        {
-            return Err(quiet);
-        }
-        return Err(Outcome::not_ready(
-            reasons::WAITING_FOR_APPLICATION,
-            format!("M2MApplication {ns}/{app_name} is not Ready yet"),
+        return Err(wait_on_neighbour(
+            &app_status.conditions,
+            facts,
+            Outcome::not_ready(
+                reasons::WAITING_FOR_APPLICATION,
+                format!("M2MApplication {ns}/{app_name} is not Ready yet"),
+            ),
         ));
     };
     let api_status = api.status.clone().unwrap_or_default();
@@ -231,18 +226,13 @@ pub(super) fn references(
         api_status.audience.clone(),
         ready,
     ) else {
-        if unreported(&api_status.conditions)
-            && let Some(quiet) = quiet_wait(
-                facts.unreported_age,
-                QUIET_WAIT_GRACE,
-                Duration::from_secs(30),
-            )
-        {
-            return Err(quiet);
-        }
-        return Err(Outcome::not_ready(
-            reasons::WAITING_FOR_API,
-            format!("ApiRegistration {api_ns}/{api_name} is not Ready yet"),
+        return Err(wait_on_neighbour(
+            &api_status.conditions,
+            facts,
+            Outcome::not_ready(
+                reasons::WAITING_FOR_API,
+                format!("ApiRegistration {api_ns}/{api_name} is not Ready yet"),
+            ),
         ));
     };
     let mut scopes = Vec::new();
@@ -265,6 +255,25 @@ pub(super) fn references(
         audience,
         scopes,
     })
+}
+
+/// The wait on a neighbour that is not Ready: quiet while neither it nor the grant has
+/// reported (within [`QUIET_WAIT_GRACE`]), else `told`.
+fn wait_on_neighbour(
+    neighbour: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    facts: &ReferenceFacts,
+    told: Outcome,
+) -> Outcome {
+    unreported(neighbour)
+        .then(|| {
+            quiet_wait(
+                facts.unreported_age,
+                QUIET_WAIT_GRACE,
+                Duration::from_secs(30),
+            )
+        })
+        .flatten()
+        .unwrap_or(told)
 }
 
 /// Whether an object has never reported (no Ready condition at all).
