@@ -257,6 +257,22 @@ pub enum KindeError {
 }
 
 impl KindeError {
+    /// Whether a create that failed so surely made nothing in Kinde: Kinde refused it before
+    /// doing anything (throttled, unauthorized, forbidden, invalid), or it was never sent.
+    /// Anything else (a timeout, a server error, a lost or unreadable success) may have
+    /// created the object.
+    pub fn created_nothing(&self) -> bool {
+        matches!(
+            self,
+            KindeError::RateLimited { .. }
+                | KindeError::Unauthorized { .. }
+                | KindeError::Forbidden { .. }
+                | KindeError::Invalid { .. }
+                | KindeError::Fenced { .. }
+                | KindeError::Config(_)
+        )
+    }
+
     /// The stable kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {

@@ -5,7 +5,6 @@
 use crate::conditions::reasons;
 use crate::controller::kernel::Outcome;
 use crate::crd::{ApiRegistration, ApiRegistrationStatus};
-use crate::kinde::KindeError;
 use crate::kinde::types::ApiScope as KindeScope;
 
 /// Checks what the schema may not have (servers without CEL, or edits bypassing it).
@@ -51,20 +50,6 @@ pub(super) fn refuse_management(audience: &str) -> Outcome {
         format!(
             "audience {audience} is the Kinde Management API's; the operator never manages or grants it"
         ),
-    )
-}
-
-/// Whether a failed create certainly made nothing in Kinde: a refusal, as opposed to an
-/// unknown outcome (timeout, 5xx, lost or garbled response) after which the API may exist.
-pub(super) fn create_definitely_refused(e: &KindeError) -> bool {
-    matches!(
-        e,
-        KindeError::Invalid { .. }
-            | KindeError::Forbidden { .. }
-            | KindeError::Unauthorized { .. }
-            | KindeError::RateLimited { .. }
-            | KindeError::Fenced { .. }
-            | KindeError::Config(_)
     )
 }
 
@@ -122,7 +107,7 @@ pub(super) fn scope_changes(spec: &[crate::crd::ApiScope], kinde: &[KindeScope])
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kinde::{KindeErrorBody, Transient};
+    use crate::kinde::{KindeError, KindeErrorBody, Transient};
 
     #[test]
     fn only_a_refusal_clears_the_intent_record() {
@@ -132,17 +117,17 @@ mod tests {
             status: 400,
             body,
         };
-        assert!(create_definitely_refused(&refused));
+        assert!(refused.created_nothing());
         let unknown = KindeError::OutcomeUnknown {
             operation: "addAPIs",
             reason: Transient::Timeout,
         };
-        assert!(!create_definitely_refused(&unknown));
+        assert!(!unknown.created_nothing());
         let garbled = KindeError::Decode {
             operation: "addAPIs",
             detail: "not JSON".into(),
         };
-        assert!(!create_definitely_refused(&garbled));
+        assert!(!garbled.created_nothing());
     }
 
     fn spec(pairs: &[(&str, &str)]) -> Vec<crate::crd::ApiScope> {

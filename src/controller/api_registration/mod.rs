@@ -13,9 +13,7 @@ use kube::runtime::controller::Action;
 
 mod decide;
 
-use decide::{
-    audience_in_use, create_definitely_refused, refuse_management, scope_changes, validate,
-};
+use decide::{audience_in_use, refuse_management, scope_changes, validate};
 
 use super::kernel::{
     Error, Managed, Outcome, Result, Step, Stop, adoption_admitted, apply_status,
@@ -350,7 +348,7 @@ async fn ensure_api(
     let id = match ctx.kinde.create_api(&obj.display_name(), audience).await {
         Ok(id) => id,
         Err(e) => {
-            if create_definitely_refused(&e) {
+            if e.created_nothing() {
                 // Kinde made nothing (e.g. another namespace's ApiRegistration registered
                 // the audience first): an API found with this audience later is not ours.
                 status.audience = None;

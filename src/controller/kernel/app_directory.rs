@@ -112,7 +112,7 @@ impl AppDirectory {
     /// The create under `marker` failed with `error`: when Kinde surely made nothing, the
     /// attempt is forgotten; otherwise the next lookup reads Kinde again.
     pub fn create_failed(&self, marker: &str, error: &KindeError) {
-        if created_nothing(error) {
+        if error.created_nothing() {
             self.notes().attempts.remove(marker);
         }
     }
@@ -224,22 +224,6 @@ fn marker_of(marker: &str, body: &str) -> bool {
     adoption::carries_marker_of(&format!(" {marker}"), body)
 }
 
-/// Whether a create that failed with `error` surely made nothing in Kinde: Kinde refused it
-/// before doing anything (throttled, unauthorized, forbidden, invalid), or it was never
-/// sent. Anything else (a timeout, a server error, an unreadable success) may have created
-/// the application.
-pub fn created_nothing(error: &KindeError) -> bool {
-    matches!(
-        error,
-        KindeError::RateLimited { .. }
-            | KindeError::Unauthorized { .. }
-            | KindeError::Forbidden { .. }
-            | KindeError::Invalid { .. }
-            | KindeError::Fenced { .. }
-            | KindeError::Config(_)
-    )
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -297,26 +281,41 @@ mod tests {
 
     #[test]
     fn only_refusals_before_any_work_prove_nothing_was_created() {
-        assert!(created_nothing(&KindeError::RateLimited {
-            operation: "createApplication",
-            retry_after: None,
-        }));
-        assert!(created_nothing(&KindeError::Fenced {
-            operation: "createApplication",
-        }));
-        assert!(!created_nothing(&KindeError::OutcomeUnknown {
-            operation: "createApplication",
-            reason: Transient::Timeout,
-        }));
-        assert!(!created_nothing(&KindeError::Decode {
-            operation: "createApplication",
-            detail: "no id".into(),
-        }));
-        assert!(!created_nothing(&KindeError::Retryable {
-            operation: "createApplication",
-            reason: Transient::Server(502),
-            attempts: 1,
-        }));
+        assert!(
+            (KindeError::RateLimited {
+                operation: "createApplication",
+                retry_after: None,
+            })
+            .created_nothing()
+        );
+        assert!(
+            (KindeError::Fenced {
+                operation: "createApplication",
+            })
+            .created_nothing()
+        );
+        assert!(
+            !(KindeError::OutcomeUnknown {
+                operation: "createApplication",
+                reason: Transient::Timeout,
+            })
+            .created_nothing()
+        );
+        assert!(
+            !(KindeError::Decode {
+                operation: "createApplication",
+                detail: "no id".into(),
+            })
+            .created_nothing()
+        );
+        assert!(
+            !(KindeError::Retryable {
+                operation: "createApplication",
+                reason: Transient::Server(502),
+                attempts: 1,
+            })
+            .created_nothing()
+        );
     }
 
     #[test]
