@@ -69,12 +69,10 @@ impl AppDirectory {
     /// The ids of applications whose name ends with `marker`.
     pub async fn find(&self, marker: &str) -> Result<Vec<String>, KindeError> {
         let not_before = self.notes().attempts.get(marker).copied();
-        let apps = self.marked(not_before).await?;
-        Ok(apps
-            .into_iter()
-            .filter(|a| a.name.ends_with(marker))
-            .map(|a| a.id)
-            .collect())
+        self.ids(not_before, |name| {
+            adoption::marker_body(name).is_some() && name.ends_with(marker)
+        })
+        .await
     }
 
     /// The ids of applications carrying any marker of the object whose marker body is
@@ -94,12 +92,10 @@ impl AppDirectory {
                 .map(|(_, at)| *at)
                 .max()
         };
-        let apps = self.marked(not_before.max(attempted)).await?;
-        Ok(apps
-            .into_iter()
-            .filter(|a| adoption::carries_marker_of(&a.name, body))
-            .map(|a| a.id)
-            .collect())
+        self.ids(not_before.max(attempted), |name| {
+            adoption::carries_marker_of(name, body)
+        })
+        .await
     }
 
     /// A create under `marker` is about to be sent.
@@ -150,24 +146,17 @@ impl AppDirectory {
     /// The ids of applications named exactly `name` (those a previous owner of the same
     /// object may have made, see [`crate::identity`]).
     pub async fn find_named(&self, name: &str) -> Result<Vec<String>, KindeError> {
-        let apps = self.apps(None).await?;
-        Ok(apps
-            .into_iter()
-            .filter(|a| a.name == name)
-            .map(|a| a.id)
-            .collect())
+        self.ids(None, |n| n == name).await
     }
 
-    /// The marked applications (see [`Self::apps`]).
-    async fn marked(&self, not_before: Option<Instant>) -> Result<Vec<ListedApp>, KindeError> {
-        let mut apps = self.apps(not_before).await?;
-        apps.retain(|a| adoption::marker_body(&a.name).is_some());
-        Ok(apps)
-    }
-
-    /// The applications as of a listing started no earlier than `not_before`, with this
-    /// process's own changes applied. Concurrent callers share one listing.
-    async fn apps(&self, not_before: Option<Instant>) -> Result<Vec<ListedApp>, KindeError> {
+    /// The ids of the applications whose name passes `keep`, as of a listing started no
+    /// earlier than `not_before`, with this process's own changes applied. Concurrent
+    /// callers share one listing.
+    async fn ids(
+        &self,
+        not_before: Option<Instant>,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>, KindeError> {
         let mut listing = self.listing.lock().await;
         let fresh_enough = listing
             .as_ref()
@@ -190,33 +179,42 @@ impl AppDirectory {
             return Ok(Vec::new());
         };
         let mut notes = self.notes();
-        Ok(merge(listing, &mut notes))
+        Ok(merge(listing, &mut notes, keep)
+            .into_iter()
+            .map(|a| a.id)
+            .collect())
     }
 }
 
 /// The listing with this process's notes applied; notes the listing already reflects
 /// (made before it started) are dropped, so the notes stay as small as the work in flight.
-fn merge(listing: &Listing, notes: &mut Notes) -> Vec<ListedApp> {
+/// Only the applications whose (current) name passes `keep` are copied: a lookup runs for
+/// every create, and copying a listing of 10,000 applications each time would make a fleet's
+/// onboarding quadratic.
+fn merge(listing: &Listing, notes: &mut Notes, keep: impl Fn(&str) -> bool) -> Vec<ListedApp> {
     notes.created.retain(|_, (_, at)| *at >= listing.started);
     notes.renamed.retain(|_, (_, at)| *at >= listing.started);
     notes.gone.retain(|_, at| *at >= listing.started);
-    let mut apps: Vec<ListedApp> = listing
+    let listed = listing
         .apps
         .iter()
         .filter(|a| !notes.gone.contains_key(&a.id) && !notes.created.contains_key(&a.id))
-        .map(|a| ListedApp {
-            id: a.id.clone(),
-            name: notes
-                .renamed
-                .get(&a.id)
-                .map_or_else(|| a.name.clone(), |(name, _)| name.clone()),
+        .map(|a| {
+            let name = notes.renamed.get(&a.id).map_or(a.name.as_str(), |(n, _)| n);
+            (a.id.as_str(), name)
+        });
+    let created = notes
+        .created
+        .iter()
+        .map(|(id, (name, _))| (id.as_str(), name.as_str()));
+    listed
+        .chain(created)
+        .filter(|(_, name)| keep(name))
+        .map(|(id, name)| ListedApp {
+            id: id.to_owned(),
+            name: name.to_owned(),
         })
-        .collect();
-    apps.extend(notes.created.iter().map(|(id, (name, _))| ListedApp {
-        id: id.clone(),
-        name: name.clone(),
-    }));
-    apps
+        .collect()
 }
 
 /// Whether `marker` (`[kmo:<body>...]`) belongs to the object whose marker body is `body`.
@@ -255,7 +253,7 @@ mod tests {
         notes
             .renamed
             .insert("b".into(), ("B".into(), Instant::now()));
-        let apps = merge(&listing, &mut notes);
+        let apps = merge(&listing, &mut notes, |_| true);
         assert_eq!(apps, vec![app("b", "B"), app("c", "C [kmo:cc]")]);
         // A listing started after those changes reflects them: the notes go.
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -263,7 +261,7 @@ mod tests {
             started: Instant::now(),
             apps: vec![app("b", "B"), app("c", "C [kmo:cc]")],
         };
-        assert_eq!(merge(&later, &mut notes), later.apps);
+        assert_eq!(merge(&later, &mut notes, |_| true), later.apps);
         assert!(notes.created.is_empty() && notes.gone.is_empty() && notes.renamed.is_empty());
     }
 
@@ -276,7 +274,10 @@ mod tests {
             started: t0,
             apps: vec![app("c", "C [kmo:cc]")],
         };
-        assert_eq!(merge(&listing, &mut notes), vec![app("c", "C [kmo:cc]")]);
+        assert_eq!(
+            merge(&listing, &mut notes, |_| true),
+            vec![app("c", "C [kmo:cc]")]
+        );
     }
 
     #[test]
