@@ -198,6 +198,23 @@ pub(crate) fn is_owned_by(existing: &ObjectMeta, owner: &OwnerReference) -> bool
         .any(|r| r.uid == owner.uid && r.controller == Some(true))
 }
 
+/// True when the object with `existing` metadata is controlled by an earlier object of
+/// `owner`'s kind and name (same API group, another UID): a Secret restored from a backup
+/// before its M2MApplication was, or kept while the M2MApplication was re-created from the
+/// same manifest. Only an object of that name in the Secret's own namespace could have set
+/// that reference, so taking such a Secret back reaches nothing another tenant owns; a
+/// Secret with any other controller, or none, stays foreign.
+pub(crate) fn left_by_earlier_incarnation(existing: &ObjectMeta, owner: &OwnerReference) -> bool {
+    let group = |api_version: &str| api_version.split('/').next().map(str::to_owned);
+    existing.owner_references.iter().flatten().any(|r| {
+        r.controller == Some(true)
+            && r.uid != owner.uid
+            && r.kind == owner.kind
+            && r.name == owner.name
+            && group(&r.api_version) == group(&owner.api_version)
+    })
+}
+
 /// True when `existing` lacks something `desired` sets: a data key or value, a label or
 /// annotation we own, the type. Extra labels and annotations others added are left alone.
 pub(crate) fn needs_update(existing: &Secret, desired: &Secret) -> bool {
@@ -254,6 +271,66 @@ mod tests {
             controller: Some(true),
             block_owner_deletion: Some(true),
         }
+    }
+
+    #[test]
+    fn only_a_secret_left_by_an_earlier_object_of_the_same_name_is_taken_back() {
+        let meta_with = |r: OwnerReference| ObjectMeta {
+            owner_references: Some(vec![r]),
+            ..ObjectMeta::default()
+        };
+        let earlier = OwnerReference {
+            uid: "uid-0".into(),
+            api_version: "m2m.kinde-operator.io/v1beta1".into(),
+            ..owner()
+        };
+        assert!(left_by_earlier_incarnation(
+            &meta_with(earlier.clone()),
+            &owner()
+        ));
+        assert!(
+            !left_by_earlier_incarnation(&meta_with(owner()), &owner()),
+            "the current owner is not an earlier one"
+        );
+        for (what, other) in [
+            (
+                "another name",
+                OwnerReference {
+                    name: "globex".into(),
+                    ..earlier.clone()
+                },
+            ),
+            (
+                "another kind",
+                OwnerReference {
+                    kind: "ApiGrant".into(),
+                    ..earlier.clone()
+                },
+            ),
+            (
+                "another group",
+                OwnerReference {
+                    api_version: "example.com/v1".into(),
+                    ..earlier.clone()
+                },
+            ),
+            (
+                "not the controller",
+                OwnerReference {
+                    controller: None,
+                    ..earlier.clone()
+                },
+            ),
+        ] {
+            assert!(
+                !left_by_earlier_incarnation(&meta_with(other), &owner()),
+                "{what}"
+            );
+        }
+        assert!(
+            !left_by_earlier_incarnation(&ObjectMeta::default(), &owner()),
+            "no owner"
+        );
     }
 
     fn desired(secret: &SecretString, audiences: Vec<String>) -> Secret {

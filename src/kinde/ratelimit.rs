@@ -17,8 +17,17 @@
 //! configured rate is a ceiling, a 429 cuts the current pace to [`DECREASE`] of itself (at
 //! most once per [`DECREASE_EVERY`], since the 429s of one window all tell the same news),
 //! and every successful call raises it by [`INCREASE_SHARE`] of the ceiling. Against a Kinde
-//! allowing less than the ceiling, the pace settles just under Kinde's rate with one 429
-//! every few hundred calls, instead of a 429 whenever the bucket refills.
+//! allowing less than the ceiling, the pace settles just under Kinde's rate instead of
+//! drawing a 429 whenever the bucket refills.
+//!
+//! The pace that drew the last 429 is remembered (as CUBIC remembers its `W_max`): the
+//! recovery is fast up to [`HOLD_SHARE`] of it and slow through the band just below it
+//! ([`PROBE_SHARE`] per call, about 1,000 calls to cross it), then fast again once past it
+//! (the limit moved). Without that band, a ceiling equal to Kinde's own rate gets back to
+//! it within 100 calls and the jitter of arrival times draws the next 429 there: each one
+//! pauses every caller until the window resets (a second, as Kinde's `RateLimit-Reset`
+//! counts whole seconds). Measured at 1,000 customers: 39 429s and a fifth of the run's
+//! time lost to them with plain AIMD.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -62,6 +71,12 @@ pub const FLOOR_SHARE: f64 = 0.05;
 pub const INCREASE_SHARE: f64 = 0.002;
 /// 429s closer together than this count as one signal.
 pub const DECREASE_EVERY: Duration = Duration::from_secs(1);
+/// The fast recovery stops at this share of the pace that drew the last 429 (5% under
+/// it: 20 calls then span 1.05 s, so a 50 ms jitter still fits a one-second window).
+pub const HOLD_SHARE: f64 = 0.95;
+/// Below the pace that drew the last 429, each success raises the pace by this share of
+/// that pace (from [`HOLD_SHARE`] of it back to it in about 1,000 calls).
+pub const PROBE_SHARE: f64 = 0.000_05;
 
 #[derive(Debug)]
 struct State {
@@ -70,6 +85,8 @@ struct State {
     /// The configured rate: the pace never goes above it.
     ceiling: Option<f64>,
     last_decrease: Option<Instant>,
+    /// The pace at which the last 429 came back.
+    throttled_at_pace: Option<f64>,
     burst: f64,
     /// May go negative: a negative balance is a queue of reservations.
     tokens: f64,
@@ -97,6 +114,7 @@ impl Limiter {
                 rate,
                 ceiling: rate,
                 last_decrease: None,
+                throttled_at_pace: None,
                 burst,
                 tokens: burst,
                 refilled_at: Instant::now(),
@@ -170,6 +188,7 @@ impl Limiter {
             return;
         }
         s.last_decrease = Some(now);
+        s.throttled_at_pace = Some(rate);
         s.rate = Some((rate * DECREASE).max(ceiling * FLOOR_SHARE));
     }
 
@@ -177,7 +196,7 @@ impl Limiter {
     pub(crate) fn succeeded(&self) {
         let mut s = self.lock();
         if let (Some(rate), Some(ceiling)) = (s.rate, s.ceiling) {
-            s.rate = Some((rate + ceiling * INCREASE_SHARE).min(ceiling));
+            s.rate = Some(recovered_pace(rate, ceiling, s.throttled_at_pace).min(ceiling));
         }
     }
 
@@ -221,6 +240,23 @@ impl Limiter {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // The state stays consistent even if a holder panicked: recover it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The pace after one more successful call at `rate`: fast, except in the band just below
+/// the pace that drew the last 429 (see the module docs).
+fn recovered_pace(rate: f64, ceiling: f64, throttled_at: Option<f64>) -> f64 {
+    let fast = rate + ceiling * INCREASE_SHARE;
+    let Some(throttled_at) = throttled_at else {
+        return fast;
+    };
+    let hold = throttled_at * HOLD_SHARE;
+    if rate < hold {
+        fast.min(hold)
+    } else if rate < throttled_at {
+        rate + throttled_at * PROBE_SHARE
+    } else {
+        fast
     }
 }
 
@@ -428,7 +464,8 @@ mod tests {
             limiter.throttled(t0 + Duration::from_secs(i));
         }
         assert_eq!(limiter.pace(), Some(20.0 * FLOOR_SHARE));
-        // Each success adds 0.2% of the ceiling; never above it.
+        // Each success adds 0.2% of the ceiling (the floor is past the band below the last
+        // 429's pace, which was the floor too); never above the ceiling.
         limiter.succeeded();
         let up = limiter.pace().expect("limited");
         assert!((up - (1.0 + 0.04)).abs() < 1e-9, "{up}");
@@ -436,6 +473,40 @@ mod tests {
             limiter.succeeded();
         }
         assert_eq!(limiter.pace(), Some(20.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pace_recovers_fast_to_just_under_the_last_429_then_probes_slowly() {
+        let limiter = Limiter::new(20.0, 1, 4);
+        limiter.throttled(Instant::now());
+        assert_eq!(limiter.pace(), Some(16.0));
+        // Fast: 0.04 per call up to 95% of 20 (19.0), in 75 calls, and not past it.
+        for _ in 0..75 {
+            limiter.succeeded();
+        }
+        let held = limiter.pace().expect("limited");
+        assert!((held - 19.0).abs() < 1e-9, "{held}");
+        // Slow through the band: 0.001 per call, so 500 calls gain half a call per second
+        // (give or take the one call that rounding may spend reaching 19.0 exactly).
+        for _ in 0..500 {
+            limiter.succeeded();
+        }
+        let probing = limiter.pace().expect("limited");
+        assert!((probing - 19.5).abs() < 1.5e-3, "{probing}");
+        // Past the pace that drew the 429, the limit has moved: fast again.
+        for _ in 0..510 {
+            limiter.succeeded();
+        }
+        assert_eq!(limiter.pace(), Some(20.0));
+    }
+
+    #[test]
+    fn recovery_without_a_429_is_fast_and_a_pace_above_the_band_stays_fast() {
+        assert!((recovered_pace(10.0, 20.0, None) - 10.04).abs() < 1e-9);
+        // 19.99 is below 20 (the 429's pace) but above 19: the band.
+        assert!((recovered_pace(19.99, 20.0, Some(20.0)) - 19.991).abs() < 1e-9);
+        // 15 is above 12 (the 429's pace): fast.
+        assert!((recovered_pace(15.0, 20.0, Some(12.0)) - 15.04).abs() < 1e-9);
     }
 
     #[tokio::test(start_paused = true)]

@@ -28,6 +28,10 @@ pub fn tests() -> Vec<E2eTest> {
             same_manifests_keep_every_credential,
         ),
         support::test(
+            "rebuild::restore_without_status_keeps_every_credential",
+            restore_without_status_keeps_every_credential,
+        ),
+        support::test(
             "rebuild::another_installation_keeps_its_hands_off",
             another_installation_keeps_its_hands_off,
         ),
@@ -166,6 +170,129 @@ async fn same_manifests_keep_every_credential(ctx: Ctx) -> anyhow::Result<()> {
     ensure!(
         api_after == api_id,
         "the API is {api_after:?}, was {api_id:?}"
+    );
+    Ok(())
+}
+
+/// What a backup tool (Velero's default) keeps of an object: everything but its status and
+/// what the API server assigns; owner references stay, pointing at UIDs that will be gone.
+fn as_backed_up<K: serde::Serialize + serde::de::DeserializeOwned>(obj: &K) -> anyhow::Result<K> {
+    let mut value = serde_json::to_value(obj)?;
+    if let Some(o) = value.as_object_mut() {
+        o.remove("status");
+    }
+    if let Some(meta) = value["metadata"].as_object_mut() {
+        for field in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "managedFields",
+            "generation",
+            "finalizers",
+        ] {
+            meta.remove(field);
+        }
+    }
+    Ok(serde_json::from_value(value)?)
+}
+
+async fn back_up<K>(api: &kube::Api<K>, names: &[String]) -> anyhow::Result<Vec<K>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let mut kept = Vec::new();
+    for name in names {
+        kept.push(as_backed_up(&api.get(name).await?)?);
+    }
+    Ok(kept)
+}
+
+async fn restore<K>(api: &kube::Api<K>, objects: &[K]) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    for object in objects {
+        api.create(&Default::default(), object).await?;
+    }
+    Ok(())
+}
+
+/// (2) A restore from a backup that dropped `status` (and the UIDs with it), Secrets
+/// included and restored first, as Velero orders them: 0 new Kinde objects, every
+/// customer's credentials unchanged, every Secret owned by the restored M2MApplication
+/// (taken back, or re-created by the operator once the garbage collector removed it for
+/// its stale owner; both happen, depending on who gets there first).
+async fn restore_without_status_keeps_every_credential(ctx: Ctx) -> anyhow::Result<()> {
+    let adoption = ["--adoption-namespace", ctx.ns.as_str()];
+    let (emu, op) = ctx.own_emulator_and_operator(&[], "30s", &adoption).await?;
+    apply_manifests(&ctx).await?;
+    let before = op.with_log(converged(&ctx).await)?;
+    let kinde_before = kinde_counts(&emu.state().await?);
+    let customers: Vec<String> = CUSTOMERS.iter().map(|c| (*c).to_owned()).collect();
+    let secret_names: Vec<String> = CUSTOMERS
+        .iter()
+        .map(|c| format!("{c}-credentials"))
+        .collect();
+    let secrets = back_up(&ctx.api::<Secret>(), &secret_names).await?;
+    let apis = back_up(&ctx.api::<ApiRegistration>(), &["orders".to_owned()]).await?;
+    let apps = back_up(&ctx.api::<M2MApplication>(), &customers).await?;
+    let grants = back_up(&ctx.api::<ApiGrant>(), &customers).await?;
+    drop(op);
+
+    lose_the_cluster(&ctx).await?;
+    restore(&ctx.api::<Secret>(), &secrets).await?;
+    restore(&ctx.api::<ApiRegistration>(), &apis).await?;
+    restore(&ctx.api::<M2MApplication>(), &apps).await?;
+    restore(&ctx.api::<ApiGrant>(), &grants).await?;
+    let op = ctx.run_operator(&emu, &[], "30s", &adoption)?;
+    let after = op.with_log(converged(&ctx).await)?;
+
+    let kinde_after = kinde_counts(&emu.state().await?);
+    let kept = CUSTOMERS
+        .iter()
+        .filter(|c| before.get(**c) == after.get(**c))
+        .count();
+    let mut taken_back = 0;
+    for customer in CUSTOMERS {
+        let app_uid = ctx
+            .api::<M2MApplication>()
+            .get(customer)
+            .await?
+            .metadata
+            .uid;
+        let secret = ctx
+            .api::<Secret>()
+            .get(&format!("{customer}-credentials"))
+            .await?;
+        let controllers: Vec<_> = secret
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .filter(|r| r.controller == Some(true))
+            .map(|r| Some(r.uid.clone()))
+            .collect();
+        ensure!(
+            controllers == [app_uid.clone()],
+            "Secret {customer}-credentials is controlled by {controllers:?}, not the restored M2MApplication {app_uid:?}"
+        );
+        let reasons =
+            support::event_reasons::<M2MApplication>(&ctx.client, &ctx.ns, customer).await?;
+        if reasons.iter().any(|r| r == "SecretTakenBack") {
+            taken_back += 1;
+        }
+    }
+    println!(
+        "restore: Kinde (applications, APIs) {kinde_before:?} -> {kinde_after:?}; {kept} of {} customers kept their client ID and secret; {taken_back} restored Secrets taken back, the others re-created",
+        CUSTOMERS.len()
+    );
+    ensure!(
+        kinde_after == kinde_before,
+        "Kinde held {kinde_before:?} (applications, APIs) before the restore and {kinde_after:?} after"
+    );
+    ensure!(
+        kept == CUSTOMERS.len(),
+        "customers' credentials changed across the restore"
     );
     Ok(())
 }

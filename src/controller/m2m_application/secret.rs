@@ -35,23 +35,40 @@ async fn audiences(ctx: &Ctx, obj: &M2MApplication) -> Result<Vec<String>> {
     Ok(audiences)
 }
 
-/// The Secret to write the credentials into, with whether it was created just now; `None`
-/// when a Secret of that name belongs to someone else. Ownership is checked on metadata
-/// first, so a foreign Secret's data is never read; a missing Secret is created as a
-/// placeholder (owner and label only), so that one someone else creates at the same moment
-/// makes the create fail (409) instead of being taken over by a server-side apply.
+/// How the credentials Secret came to be this M2MApplication's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// It already was.
+    Owned,
+    /// It was left by an earlier M2MApplication of this name (a restore from backup) and
+    /// now names this one as its owner.
+    TakenBack,
+    /// Created just now, as a placeholder.
+    Created,
+}
+
+/// The Secret to write the credentials into, with how it became ours; `None` when a Secret
+/// of that name belongs to someone else. Ownership is checked on metadata first, so a
+/// foreign Secret's data is never read; a missing Secret is created as a placeholder
+/// (owner and label only), so that one someone else creates at the same moment makes the
+/// create fail (409) instead of being taken over by a server-side apply.
 async fn owned_secret(
     api: &Api<Secret>,
     name: &str,
     desired: &Secret,
     owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
-) -> Result<Option<(Secret, bool)>> {
+) -> Result<Option<(Secret, Origin)>> {
     if let Some(meta) = api.get_metadata_opt(name).await? {
-        if !secret::is_owned_by(&meta.metadata, owner) {
+        let origin = if secret::is_owned_by(&meta.metadata, owner) {
+            Origin::Owned
+        } else if secret::left_by_earlier_incarnation(&meta.metadata, owner) {
+            take_back(api, name, &meta.metadata, owner).await?;
+            Origin::TakenBack
+        } else {
             return Ok(None);
-        }
+        };
         if let Some(found) = api.get_opt(name).await? {
-            return Ok(Some((found, false)));
+            return Ok(Some((found, origin)));
         }
     }
     let params = PostParams {
@@ -59,10 +76,31 @@ async fn owned_secret(
         ..PostParams::default()
     };
     match api.create(&params, &secret::placeholder(desired)).await {
-        Ok(created) => Ok(Some((created, true))),
+        Ok(created) => Ok(Some((created, Origin::Created))),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Makes `owner` the only owner of a Secret an earlier M2MApplication of its name left. A
+/// merge patch replaces the whole list (a server-side apply would add a second controller
+/// reference, which the API server refuses), conditional on the version whose owner was
+/// checked: a Secret changed meanwhile makes it fail (409) and the next reconcile looks again.
+async fn take_back(
+    api: &Api<Secret>,
+    name: &str,
+    checked: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) -> Result<()> {
+    let patch = serde_json::json!({
+        "metadata": {
+            "resourceVersion": checked.resource_version,
+            "ownerReferences": [owner],
+        }
+    });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
 }
 
 /// Creates or restores the credentials Secret; refuses to touch a Secret it does not own.
@@ -107,10 +145,23 @@ pub(super) async fn ensure_secret(
             ),
         )
     };
-    let (existing, created) = match owned_secret(&api, name, &desired, &owner).await? {
+    let (existing, origin) = match owned_secret(&api, name, &desired, &owner).await? {
         Some(found) => found,
         None => return Err(Stop::Outcome(conflict())),
     };
+    if origin == Origin::TakenBack {
+        record_change(
+            ctx,
+            obj,
+            "SecretTakenBack",
+            format!(
+                "Secret {name} was left by an earlier M2MApplication {} (a restore from backup); it now belongs to this one",
+                obj.name_any()
+            ),
+        )
+        .await;
+    }
+    let created = origin == Origin::Created;
     // The apply is conditional on the version whose ownership was checked: a Secret
     // replaced meanwhile makes it fail (409) and the next reconcile looks again.
     let mut desired = desired;
@@ -172,8 +223,8 @@ mod tests {
     /// `(method, path, accepts metadata only)`.
     async fn mock_secrets(
         script: Vec<(u16, serde_json::Value)>,
-        call: impl AsyncFnOnce(Api<Secret>) -> Option<(Secret, bool)>,
-    ) -> (Option<(Secret, bool)>, Vec<(String, String, bool)>) {
+        call: impl AsyncFnOnce(Api<Secret>) -> Option<(Secret, Origin)>,
+    ) -> (Option<(Secret, Origin)>, Vec<(String, String, bool)>) {
         let (client, server) = crate::controller::kernel::mock_api::serve(script);
         let result = call(Api::namespaced(client, "acme")).await;
         let seen = server.await.expect("mock server");
@@ -218,7 +269,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_foreign_secret_is_checked_on_metadata_and_never_read_or_written() {
-        let (result, seen) = mock_secrets(vec![(200, metadata_of("someone-else"))], async |api| {
+        // Controlled by another object (an M2MApplication of another name).
+        let mut foreign = metadata_of("someone-else");
+        foreign["metadata"]["ownerReferences"][0]["name"] = "other-app".into();
+        let (result, seen) = mock_secrets(vec![(200, foreign)], async |api| {
             owned_secret(&api, "shop-credentials", &desired(), &owner("mine"))
                 .await
                 .expect("no error")
@@ -234,6 +288,27 @@ mod tests {
             )],
             "only a metadata read"
         );
+    }
+
+    #[tokio::test]
+    async fn a_secret_an_earlier_object_of_this_name_left_is_taken_back_then_read() {
+        let earlier = metadata_of("uid-before-the-restore");
+        let full = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": metadata_of("mine")["metadata"].clone(), "data": {"KINDE_CLIENT_ID": "YQ=="}});
+        let (result, seen) = mock_secrets(
+            vec![(200, earlier), (200, full.clone()), (200, full)],
+            async |api| {
+                owned_secret(&api, "shop-credentials", &desired(), &owner("mine"))
+                    .await
+                    .expect("no error")
+            },
+        )
+        .await;
+        let (found, origin) = result.expect("taken back");
+        assert_eq!(origin, Origin::TakenBack);
+        assert!(found.data.is_some());
+        let methods: Vec<&str> = seen.iter().map(|(m, _, _)| m.as_str()).collect();
+        assert_eq!(methods, ["GET", "PATCH", "GET"], "{seen:?}");
     }
 
     #[tokio::test]
@@ -270,8 +345,8 @@ mod tests {
                     .expect("no error")
             })
             .await;
-        let (found, created) = result.expect("owned");
-        assert!(!created);
+        let (found, origin) = result.expect("owned");
+        assert_eq!(origin, Origin::Owned);
         assert!(found.data.is_some());
         assert_eq!(
             seen.iter().map(|(_, _, m)| *m).collect::<Vec<_>>(),
@@ -289,9 +364,9 @@ mod tests {
             },
         )
         .await;
-        let (made, created) = result.expect("created");
+        let (made, origin) = result.expect("created");
         assert!(
-            created && made.data.is_none(),
+            origin == Origin::Created && made.data.is_none(),
             "the placeholder carries no data"
         );
         assert_eq!(seen[1].0, "POST");
