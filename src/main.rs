@@ -3,7 +3,7 @@
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use kinde_emulator as emulator;
-use kinde_m2m_operator::{check, cli_env, crd, rotate, run, status, telemetry};
+use kinde_m2m_operator::{check, cli_env, crd, export, plan, rotate, run, status, telemetry};
 
 #[derive(Parser, Debug)]
 #[command(name = "kinde-m2m-operator", version, about)]
@@ -40,6 +40,13 @@ enum Command {
     Check(check::CheckArgs),
     /// Show an object: conditions, Kinde ids, Secret, rotation, recent Events.
     Status(status::StatusArgs),
+    /// Show what applying manifests would create, change, authorize, disconnect or delete
+    /// in Kinde; reads Kinde and the files only, writes nothing. Exit code 0: no changes,
+    /// 2: changes, 1: refused or unusable input.
+    Plan(plan::PlanArgs),
+    /// Write manifests (the examples/ layout) for a Kinde business's APIs, M2M
+    /// applications and authorizations, marked for adoption; reads Kinde only.
+    Export(export::ExportArgs),
     /// Print a shell completion script (`source <(kinde-m2m-operator completion bash)`).
     Completion {
         /// The shell.
@@ -74,6 +81,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Rotate(args) => rotate::run(args).await,
         Command::Check(args) => check::run(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Plan(args) => {
+            let code = plan::run(args).await?;
+            if code != 0 {
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                std::process::exit(i32::from(code));
+            }
+            Ok(())
+        }
+        Command::Export(args) => export::run(args).await,
         Command::Completion { shell } => {
             clap_complete::generate(
                 shell,

@@ -23,6 +23,11 @@ pub(crate) fn is_dns1123_subdomain(s: &str) -> bool {
         })
 }
 
+/// A DNS-1123 label (a namespace's name): at most 63 characters, one part of a subdomain.
+pub(crate) fn is_dns1123_label(s: &str) -> bool {
+    s.len() <= 63 && !s.contains('.') && is_dns1123_subdomain(s)
+}
+
 /// A Secret (or ConfigMap) data key: 1-253 characters of `[-._a-zA-Z0-9]`, neither `.` nor
 /// starting with `..` (the API server's `IsConfigMapKey`).
 pub(crate) fn is_secret_key(key: &str) -> bool {

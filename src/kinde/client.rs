@@ -962,12 +962,48 @@ impl KindeClient {
     /// Mints a management token (client credentials) through the retry engine.
     async fn fetch_token(&self) -> Result<(SecretString, Duration)> {
         let cfg = &self.inner.config;
-        let audience = self.management_audience();
+        let token = self
+            .client_credentials(
+                &cfg.client_id,
+                &cfg.client_secret,
+                &self.management_audience(),
+            )
+            .await?;
+        let lifetime = token::lifetime(token.expires_in);
+        tracing::debug!(
+            expires_in_s = lifetime.as_secs(),
+            "fetched Kinde management token"
+        );
+        Ok((token.access_token, lifetime))
+    }
+
+    /// The scopes a token of application `client_id` for `audience` carries: what Kinde
+    /// has granted the application on that API (Kinde offers no other way to read them).
+    /// `None` when the token names none. Mints one token, which is then dropped.
+    pub async fn application_scopes_for(
+        &self,
+        client_id: &str,
+        client_secret: &SecretString,
+        audience: &str,
+    ) -> Result<Option<Vec<String>>> {
+        let token = self
+            .client_credentials(client_id, client_secret, audience)
+            .await?;
+        Ok(token_scopes(token.access_token.expose_secret()))
+    }
+
+    /// One client-credentials token request through the retry engine.
+    async fn client_credentials(
+        &self,
+        client_id: &str,
+        client_secret: &SecretString,
+        audience: &str,
+    ) -> Result<TokenResponse> {
         let form = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "client_credentials")
-            .append_pair("client_id", &cfg.client_id)
-            .append_pair("client_secret", cfg.client_secret.expose_secret())
-            .append_pair("audience", &audience)
+            .append_pair("client_id", client_id)
+            .append_pair("client_secret", client_secret.expose_secret())
+            .append_pair("audience", audience)
             .finish();
         let call = Call {
             op: Operation::Token,
@@ -982,13 +1018,7 @@ impl KindeClient {
         };
         // Boxed: the engine asks for the token, and the token request runs in the engine.
         let body = Box::pin(self.execute(&call)).await?;
-        let token: TokenResponse = decode(Operation::Token, &body)?;
-        let lifetime = token::lifetime(token.expires_in);
-        tracing::debug!(
-            expires_in_s = lifetime.as_secs(),
-            "fetched Kinde management token"
-        );
-        Ok((token.access_token, lifetime))
+        decode(Operation::Token, &body)
     }
 }
 

@@ -12,6 +12,7 @@ mod crash;
 mod crds;
 mod edges;
 mod failover;
+mod gitops;
 mod grants;
 mod harness;
 mod rbac;
@@ -26,6 +27,7 @@ fn main() -> std::process::ExitCode {
             crds::tests(),
             apps::tests(),
             grants::tests(),
+            gitops::tests(),
             crash::tests(),
             failover::tests(),
             rotation::tests(),

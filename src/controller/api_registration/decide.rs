@@ -64,7 +64,7 @@ pub(super) fn audience_in_use(audience: &str, id: &str) -> Outcome {
 
 /// How Kinde's scopes of an API must change to match the spec.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct ScopeChanges {
+pub(crate) struct ScopeChanges {
     /// `(key, description)` to create.
     pub add: Vec<(String, String)>,
     /// `(scope id, key, description)` whose description must change.
@@ -81,7 +81,7 @@ impl ScopeChanges {
 
 /// The scope changes that make `kinde` match the spec's scopes (by key; a missing
 /// description counts as empty).
-pub(super) fn scope_changes(spec: &[crate::crd::ApiScope], kinde: &[KindeScope]) -> ScopeChanges {
+pub(crate) fn scope_changes(spec: &[crate::crd::ApiScope], kinde: &[KindeScope]) -> ScopeChanges {
     let mut changes = ScopeChanges::default();
     for want in spec {
         match kinde.iter().find(|s| s.key == want.key) {

@@ -13,7 +13,8 @@ use kube::runtime::controller::Action;
 
 mod decide;
 
-use decide::{audience_in_use, refuse_management, scope_changes, validate};
+pub(crate) use decide::scope_changes;
+use decide::{audience_in_use, refuse_management, validate};
 
 use super::kernel::{
     Error, Managed, Outcome, Result, Step, Stop, adoption_admitted, apply_status,
