@@ -1,7 +1,10 @@
 # syntax=docker/dockerfile:1
 # Multi-stage build of the one binary the tests run (`kinde-m2m-operator`), into a
-# distroless, non-root image. TLS is rustls (ring) with webpki roots compiled in, so the
-# runtime image needs no CA bundle and no OpenSSL; glibc comes from distroless/cc.
+# distroless, non-root image. TLS is rustls (ring), so no OpenSSL; the Kubernetes client
+# loads the system's CA bundle (/etc/ssl/certs/ca-certificates.crt, from distroless/cc, which
+# also brings glibc) and refuses to start without one. scripts/build-image builds the same
+# image from Debian packages where no base image can be pulled; tests/release.rs keeps the
+# two in step.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./

@@ -17,6 +17,7 @@ mod grants;
 mod harness;
 mod rbac;
 mod rebuild;
+mod release;
 mod rotation;
 mod trust;
 
@@ -28,6 +29,7 @@ fn main() -> std::process::ExitCode {
             apps::tests(),
             grants::tests(),
             gitops::tests(),
+            release::tests(),
             crash::tests(),
             failover::tests(),
             rotation::tests(),
