@@ -58,8 +58,8 @@ fn dockerfile_and_build_image_build_the_same_image() {
     let docker = |instruction: &str| {
         dockerfile
             .lines()
-            .filter_map(|l| l.strip_prefix(instruction))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix(instruction))
             .map(|v| v.trim().to_owned())
             .unwrap_or_else(|| panic!("no {instruction} in the Dockerfile"))
     };
