@@ -153,6 +153,24 @@ pub struct RunArgs {
         default_value = "kinde-m2m-operator"
     )]
     pub lease_name: String,
+    /// How long a Lease holds without renewal before a standby may take it (client-go's
+    /// default). Must exceed the renew deadline, which must exceed the retry period.
+    #[arg(long, env = "KINDE_M2M_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it stops reconciling.
+    #[arg(long, env = "KINDE_M2M_LEASE_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_renew_deadline: Duration,
+    /// How often candidates try to acquire or renew the Lease.
+    #[arg(long, env = "KINDE_M2M_LEASE_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub lease_retry_period: Duration,
+}
+
+/// The Lease timings of the command line.
+#[derive(Debug, Clone, Copy)]
+struct LeaseTimings {
+    duration: Duration,
+    renew_deadline: Duration,
+    retry_period: Duration,
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -233,17 +251,18 @@ fn elector_timeouts(config: &mut kube::Config, request_timeout: Duration) {
     config.reset_reader_on_write = true;
 }
 
-/// Lease timing: client-go's defaults. The 5 s between the renew deadline and the lease
-/// duration is the margin by which the old leader has exited before a standby takes over.
-fn lease_config(namespace: String, name: String, identity: String) -> LeaseConfig {
+/// Lease timing (client-go's defaults unless the flags say otherwise). The margin between
+/// the renew deadline and the lease duration is the time by which the old leader has exited
+/// before a standby takes over; `LeaseConfig::validate` refuses timings without it.
+fn lease_config(namespace: String, name: String, identity: String, t: LeaseTimings) -> LeaseConfig {
     LeaseConfig {
         namespace,
         name,
         identity,
-        lease_duration: Duration::from_secs(15),
-        renew_deadline: Duration::from_secs(10),
-        retry_period: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(5),
+        lease_duration: t.duration,
+        renew_deadline: t.renew_deadline,
+        retry_period: t.retry_period,
+        request_timeout: Duration::from_secs(5).min(t.renew_deadline / 2),
     }
 }
 
@@ -309,10 +328,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .clone()
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
             .unwrap_or_else(|| "default".into());
-        let lease = lease_config(namespace, args.lease_name.clone(), identity.clone());
+        let timings = LeaseTimings {
+            duration: args.lease_duration,
+            renew_deadline: args.lease_renew_deadline,
+            retry_period: args.lease_retry_period,
+        };
+        let lease = lease_config(
+            namespace,
+            args.lease_name.clone(),
+            identity.clone(),
+            timings,
+        );
         lease
             .validate()
-            .map_err(|e| anyhow::anyhow!("leader election: {e}"))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "leader election (--lease-duration, --lease-renew-deadline, --lease-retry-period): {e}"
+                )
+            })?;
         let mut config = kube_config.clone();
         elector_timeouts(&mut config, lease.request_timeout);
         let client = kube::Client::try_from(config)
@@ -406,9 +439,71 @@ mod tests {
         assert!(c.connect_timeout.is_some() && c.write_timeout.is_some());
     }
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn client_go_timings() -> LeaseTimings {
+        LeaseTimings {
+            duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn lease_flags_are_used_and_refused_when_they_leave_no_margin() {
+        use clap::Parser as _;
+        let args = Cli::try_parse_from([
+            "x",
+            "--lease-duration",
+            "30s",
+            "--lease-renew-deadline",
+            "20s",
+            "--lease-retry-period",
+            "4s",
+        ])
+        .expect("parses")
+        .run;
+        let t = LeaseTimings {
+            duration: args.lease_duration,
+            renew_deadline: args.lease_renew_deadline,
+            retry_period: args.lease_retry_period,
+        };
+        let lease = lease_config("ns".into(), "l".into(), "me".into(), t);
+        assert_eq!(lease.lease_duration, Duration::from_secs(30));
+        assert_eq!(lease.validate(), Ok(()));
+        let tight = LeaseTimings {
+            renew_deadline: Duration::from_secs(29),
+            ..t
+        };
+        assert!(
+            lease_config("ns".into(), "l".into(), "me".into(), tight)
+                .validate()
+                .is_err()
+        );
+        // A short renew deadline shortens the requests' timeout with it.
+        let quick = LeaseTimings {
+            duration: Duration::from_secs(6),
+            renew_deadline: Duration::from_secs(4),
+            retry_period: Duration::from_secs(1),
+        };
+        assert_eq!(
+            lease_config("ns".into(), "l".into(), "me".into(), quick).validate(),
+            Ok(())
+        );
+    }
+
     #[test]
     fn the_elector_client_gives_up_within_the_request_timeout() {
-        let lease = lease_config("ns".into(), "lease".into(), "me".into());
+        let lease = lease_config(
+            "ns".into(),
+            "lease".into(),
+            "me".into(),
+            client_go_timings(),
+        );
         assert_eq!(lease.validate(), Ok(()));
         let mut c = config();
         elector_timeouts(&mut c, lease.request_timeout);

@@ -39,6 +39,7 @@ pub fn tests() -> Vec<E2eTest> {
             template_watch_namespaces,
         ),
         support::test("chart::template_options", template_options),
+        support::test("chart::template_conventions", template_conventions),
         support::test("chart::values_schema_rejects", values_schema_rejects),
         support::test("chart::crds_are_generated", crds_are_generated),
         support::test("chart::install", install),
@@ -252,6 +253,9 @@ async fn template_defaults(ctx: Ctx) -> anyhow::Result<()> {
     let want: BTreeSet<String> = [
         format!("ServiceAccount/kinde-system/{full}"),
         format!("ClusterRole/{full}"),
+        // Aggregated into the built-in admin/edit and view roles (tenants).
+        format!("ClusterRole/{full}-edit"),
+        format!("ClusterRole/{full}-view"),
         format!("ClusterRoleBinding/{full}"),
         format!("Role/kinde-system/{full}-leader-election"),
         format!("RoleBinding/kinde-system/{full}-leader-election"),
@@ -683,6 +687,221 @@ async fn adoption_values(h: &Harness) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The conventions a platform team expects of a chart (issue: installable), value by value.
+async fn template_conventions(ctx: Ctx) -> anyhow::Result<()> {
+    let h = ctx.harness;
+    let full = "kmo-kinde-m2m-operator";
+    let deployment = |docs: &[Value]| -> anyhow::Result<Value> {
+        Ok(of_kind(docs, "Deployment")
+            .first()
+            .copied()
+            .cloned()
+            .context("no Deployment")?)
+    };
+    let container = |d: &Value| d["spec"]["template"]["spec"]["containers"][0].clone();
+
+    // As a subchart: a parent's `global` is accepted.
+    render(h, &["--set", "global.imageRegistry=registry.example"]).await?;
+
+    // Tenant roles, aggregated into admin/edit and view; off with the value.
+    let docs = render(h, &[]).await?;
+    let edit = object(&docs, "ClusterRole", &format!("{full}-edit"))?;
+    let labels = &edit["metadata"]["labels"];
+    ensure!(
+        labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+            && labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true",
+        "edit role labels: {labels}"
+    );
+    let rules = edit["rules"].to_string();
+    ensure!(
+        !rules.contains("status") && rules.contains("deletecollection"),
+        "edit rules: {rules}"
+    );
+    let view = object(&docs, "ClusterRole", &format!("{full}-view"))?;
+    ensure!(view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true");
+    let docs = render(h, &["--set", "rbac.aggregateToDefaultRoles=false"]).await?;
+    ensure!(
+        object(&docs, "ClusterRole", &format!("{full}-edit")).is_err(),
+        "aggregated roles though turned off"
+    );
+
+    // Names, labels, extra args/env/volumes, spread, security contexts, lease timings.
+    let docs = render(
+        h,
+        &[
+            "--set",
+            "fullnameOverride=kinde-ops",
+            "--set",
+            "commonLabels.team=platform",
+            "--set",
+            "extraArgs={--log-format=text}",
+            "--set",
+            "extraEnv[0].name=HTTPS_PROXY",
+            "--set",
+            "extraEnv[0].value=http://proxy:3128",
+            "--set",
+            "extraVolumes[0].name=ca",
+            "--set",
+            "extraVolumes[0].configMap.name=corp-ca",
+            "--set",
+            "extraVolumeMounts[0].name=ca",
+            "--set",
+            "extraVolumeMounts[0].mountPath=/etc/corp-ca",
+            "--set",
+            "topologySpreadConstraints[0].maxSkew=1",
+            "--set",
+            "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+            "--set",
+            "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+            "--set",
+            "podSecurityContext.runAsUser=null",
+            "--set",
+            "podSecurityContext.runAsGroup=null",
+            "--set",
+            "leaderElection.leaseDuration=30s",
+            "--set",
+            "leaderElection.renewDeadline=20s",
+        ],
+    )
+    .await?;
+    let d = deployment(&docs)?;
+    ensure!(
+        d["metadata"]["name"] == "kinde-ops",
+        "fullnameOverride: {}",
+        d["metadata"]["name"]
+    );
+    ensure!(
+        docs.iter()
+            .all(|o| o["metadata"]["labels"]["team"] == "platform"),
+        "commonLabels missing on some object"
+    );
+    let c = container(&d);
+    let args = c["args"].to_string();
+    ensure!(
+        args.contains("--log-format=text")
+            && args.contains("--lease-duration=30s")
+            && args.contains("--lease-renew-deadline=20s"),
+        "args: {args}"
+    );
+    ensure!(
+        c["env"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|v| v["name"] == "HTTPS_PROXY")),
+        "extraEnv: {}",
+        c["env"]
+    );
+    ensure!(
+        c["volumeMounts"][0]["mountPath"] == "/etc/corp-ca",
+        "mounts: {}",
+        c["volumeMounts"]
+    );
+    let pod = &d["spec"]["template"]["spec"];
+    ensure!(
+        pod["volumes"][0]["configMap"]["name"] == "corp-ca",
+        "volumes: {}",
+        pod["volumes"]
+    );
+    ensure!(
+        pod["topologySpreadConstraints"][0]["maxSkew"] == 1,
+        "spread: {}",
+        pod["topologySpreadConstraints"]
+    );
+    let psc = &pod["securityContext"];
+    ensure!(
+        psc.get("runAsUser").is_none() && psc["runAsNonRoot"] == true,
+        "podSecurityContext overrides (OpenShift): {psc}"
+    );
+    ensure!(
+        c["securityContext"]["readOnlyRootFilesystem"] == true,
+        "container securityContext"
+    );
+    let docs = render(h, &["--set", "nameOverride=kmo-x"]).await?;
+    ensure!(
+        deployment(&docs)?["metadata"]["name"] == "kmo-kmo-x",
+        "nameOverride: {}",
+        deployment(&docs)?["metadata"]["name"]
+    );
+
+    // ServiceMonitor options; the PrometheusRule and its alerts.
+    let docs = render(
+        h,
+        &[
+            "--set",
+            "serviceMonitor.enabled=true",
+            "--set",
+            "serviceMonitor.namespace=monitoring",
+            "--set",
+            "serviceMonitor.scrapeTimeout=10s",
+            "--set",
+            "serviceMonitor.honorLabels=true",
+            "--set",
+            "serviceMonitor.relabelings[0].action=labeldrop",
+            "--set",
+            "serviceMonitor.relabelings[0].regex=pod",
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "prometheusRule.notReadyFor=30m",
+        ],
+    )
+    .await?;
+    let sm = object(&docs, "ServiceMonitor", &format!("monitoring/{full}"))?;
+    let ep = &sm["spec"]["endpoints"][0];
+    ensure!(
+        ep["scrapeTimeout"] == "10s"
+            && ep["honorLabels"] == true
+            && ep["relabelings"][0]["action"] == "labeldrop",
+        "ServiceMonitor endpoint: {ep}"
+    );
+    ensure!(
+        sm["spec"]["namespaceSelector"]["matchNames"][0] == "kinde-system",
+        "{sm}"
+    );
+    let rule = object(&docs, "PrometheusRule", &format!("kinde-system/{full}"))?;
+    let alerts: Vec<&str> = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    ensure!(
+        alerts
+            == [
+                "KindeM2MObjectNotReady",
+                "KindeM2MRotationFailed",
+                "KindeM2MCredentialTooOld",
+                "KindeM2MKindeErrors"
+            ],
+        "alerts: {alerts:?}"
+    );
+    ensure!(rule["spec"]["groups"][0]["rules"][0]["for"] == "30m");
+    // Every alert's metric is one the operator exports.
+    let text = rule.to_string();
+    for metric in [
+        "object_ready",
+        "rotations_total",
+        "credential_issued_timestamp_seconds",
+        "kinde_requests_total",
+    ] {
+        ensure!(
+            text.contains(&format!("kinde_m2m_operator_{metric}")),
+            "alert on unknown metric {metric}"
+        );
+    }
+
+    // CRDs as templates for `helm upgrade`, kept on uninstall; none by default.
+    ensure!(of_kind(&render(h, &[]).await?, "CustomResourceDefinition").is_empty());
+    let docs = render(h, &["--set", "crds.managed=true"]).await?;
+    let crds = of_kind(&docs, "CustomResourceDefinition");
+    ensure!(crds.len() == 3, "{} CRDs", crds.len());
+    ensure!(
+        crds.iter()
+            .all(|c| c["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"),
+        "CRDs without resource-policy keep"
+    );
+    Ok(())
+}
+
 async fn values_schema_rejects(ctx: Ctx) -> anyhow::Result<()> {
     let h = ctx.harness;
     for (set, mention) in [
@@ -696,6 +915,20 @@ async fn values_schema_rejects(ctx: Ctx) -> anyhow::Result<()> {
         ("replicaCount=-1", "replicaCount"),
         ("adoption.allowDelete=yes", "allowDelete"),
         ("adoption.namespaces={Not_A_Namespace}", "namespaces"),
+        ("leaderElection.leaseDuration=soon", "leaseDuration"),
+        ("extraArgs={run}", "extraArgs"),
+        ("prometheusRule.kindeErrorRatio=2", "kindeErrorRatio"),
+        ("prometheusRule.notReadyFor=later", "notReadyFor"),
+        ("serviceMonitor.scrapeTimeout=fast", "scrapeTimeout"),
+        (
+            "rbac.aggregateToDefaultRoles=maybe",
+            "aggregateToDefaultRoles",
+        ),
+        ("crds.managed=sometimes", "managed"),
+        (
+            "nameOverride=a-name-far-longer-than-sixty-three-characters-which-kubernetes-refuses",
+            "nameOverride",
+        ),
     ] {
         let err = template(h, &["--set", set]).await?.failure()?;
         ensure!(

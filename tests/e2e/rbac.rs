@@ -410,6 +410,7 @@ async fn scenario(ctx: &Ctx, cp: &RbacCluster, mode: Mode) -> anyhow::Result<()>
     let t0 = Instant::now();
     audit(cp, mode).await?;
     can_i_table(cp, mode).await?;
+    tenant_can_i_tables(cp, tag).await?;
     eprintln!("rbac[{tag}]: audit + can-i checks in {:.1?}", t0.elapsed());
     Ok(())
 }
@@ -974,22 +975,93 @@ fn checks(mode: Mode) -> Vec<Check> {
 }
 
 async fn can_i_table(cp: &RbacCluster, mode: Mode) -> anyhow::Result<()> {
-    let tag = mode.slug();
-    let groups = [
+    let groups = vec![
         "--as-group=system:serviceaccounts".to_string(),
         format!("--as-group=system:serviceaccounts:{RELEASE_NS}"),
         "--as-group=system:authenticated".to_string(),
     ];
-    let results: Vec<(String, bool, anyhow::Result<bool>)> = futures::stream::iter(checks(mode))
+    can_i(cp, mode.slug(), SA_USER, &groups, checks(mode)).await
+}
+
+/// A namespace editor and a namespace viewer of a customer namespace (the built-in `edit`
+/// and `view` roles, bound there): the chart's aggregated roles let the editor manage
+/// M2MApplications and ApiGrants and read ApiRegistrations, the viewer read them, neither
+/// touch status or another namespace.
+async fn tenant_can_i_tables(cp: &RbacCluster, tag: &str) -> anyhow::Result<()> {
+    const APPS: &str = "m2mapplications.m2m.kinde-operator.io";
+    const APIS: &str = "apiregistrations.m2m.kinde-operator.io";
+    const GRANTS: &str = "apigrants.m2m.kinde-operator.io";
+    for (user, role) in [("alice", "edit"), ("bob", "view")] {
+        cp.kubectl(&[
+            "create",
+            "rolebinding",
+            &format!("{user}-{role}"),
+            "-n",
+            "acme",
+            &format!("--clusterrole={role}"),
+            &format!("--user={user}"),
+        ])
+        .await?
+        .success()?;
+    }
+    // The aggregation controller folds the chart's roles into edit/view asynchronously.
+    wait_for("the chart's roles aggregated into edit", WAIT, || async {
+        let out = cp
+            .kubectl(&["auth", "can-i", "create", APPS, "--as=alice", "-n", "acme"])
+            .await?;
+        Ok((out.stdout.trim() == "yes").then_some(()))
+    })
+    .await?;
+    let groups = vec!["--as-group=system:authenticated".to_string()];
+    let acme = Some("acme");
+    let mut editor = Vec::new();
+    for verb in [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ] {
+        editor.push(yes(verb, APPS, acme));
+        editor.push(yes(verb, GRANTS, acme));
+    }
+    editor.extend([
+        yes("get", APIS, acme),
+        yes("list", APIS, acme),
+        no("create", APIS, acme),
+        no("patch", APIS, acme),
+        no("delete", APIS, acme),
+        sub(no("patch", APPS, acme), "status"),
+        sub(no("update", GRANTS, acme), "status"),
+        no("create", APPS, Some("globex")),
+        no("list", APPS, ALL),
+        no("create", APIS, Some("platform")),
+    ]);
+    can_i(cp, tag, "alice", &groups, editor).await?;
+    let viewer = vec![
+        yes("get", APPS, acme),
+        yes("list", GRANTS, acme),
+        yes("watch", APIS, acme),
+        no("create", APPS, acme),
+        no("delete", GRANTS, acme),
+        no("get", APPS, Some("globex")),
+    ];
+    can_i(cp, tag, "bob", &groups, viewer).await
+}
+
+async fn can_i(
+    cp: &RbacCluster,
+    tag: &str,
+    user: &str,
+    groups: &[String],
+    checks: Vec<Check>,
+) -> anyhow::Result<()> {
+    let results: Vec<(String, bool, anyhow::Result<bool>)> = futures::stream::iter(checks)
         .map(|check| {
-            let groups = groups.clone();
+            let groups = groups.to_vec();
             async move {
                 let mut args: Vec<String> = vec![
                     "auth".into(),
                     "can-i".into(),
                     check.verb.into(),
                     check.resource.into(),
-                    format!("--as={SA_USER}"),
+                    format!("--as={user}"),
                 ];
                 args.extend(groups);
                 let mut label = format!("{} {}", check.verb, check.resource);
@@ -1023,7 +1095,7 @@ async fn can_i_table(cp: &RbacCluster, mode: Mode) -> anyhow::Result<()> {
         .buffered(6)
         .collect()
         .await;
-    eprintln!("rbac[{tag}]: kubectl auth can-i --as={SA_USER}");
+    eprintln!("rbac[{tag}]: kubectl auth can-i --as={user}");
     let mut wrong = Vec::new();
     for (label, want, got) in &results {
         let got = match got {
