@@ -692,11 +692,11 @@ async fn template_conventions(ctx: Ctx) -> anyhow::Result<()> {
     let h = ctx.harness;
     let full = "kmo-kinde-m2m-operator";
     let deployment = |docs: &[Value]| -> anyhow::Result<Value> {
-        Ok(of_kind(docs, "Deployment")
+        of_kind(docs, "Deployment")
             .first()
             .copied()
             .cloned()
-            .context("no Deployment")?)
+            .context("no Deployment")
     };
     let container = |d: &Value| d["spec"]["template"]["spec"]["containers"][0].clone();
 
