@@ -929,11 +929,17 @@ async fn values_schema_rejects(ctx: Ctx) -> anyhow::Result<()> {
         ("extraEnv[0].value=no-name", "extraEnv"),
         ("extraVolumeMounts[0].name=ca", "extraVolumeMounts"),
         ("extraVolumes[0].configMap.name=no-name", "extraVolumes"),
-        ("topologySpreadConstraints=oops", "topologySpreadConstraints"),
+        (
+            "topologySpreadConstraints=oops",
+            "topologySpreadConstraints",
+        ),
         ("commonLabels.team=5", "commonLabels"),
         ("podSecurityContext=oops", "podSecurityContext"),
         ("serviceMonitor.relabelings=oops", "relabelings"),
-        ("prometheusRule.credentialMaxAgeSeconds=1", "credentialMaxAgeSeconds"),
+        (
+            "prometheusRule.credentialMaxAgeSeconds=1",
+            "credentialMaxAgeSeconds",
+        ),
         (
             "nameOverride=a-name-far-longer-than-sixty-three-characters-which-kubernetes-refuses",
             "nameOverride",

@@ -67,10 +67,35 @@ impl Drop for Registry {
     }
 }
 
+/// `program` with `env`, as root: buildah and podman need it for vfs storage and runc (a
+/// rootless setup needs subordinate ids a CI machine may not have). Through `sudo -n` when
+/// the tests do not run as root (CI installs the tools with sudo too).
+fn as_root(program: &std::ffi::OsStr, env: &[(&str, &std::ffi::OsStr)]) -> std::process::Command {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if root {
+        let mut cmd = std::process::Command::new(program);
+        cmd.envs(env.iter().map(|(k, v)| (*k, *v)));
+        cmd
+    } else {
+        let mut cmd = std::process::Command::new("sudo");
+        cmd.args(["-n", "env"]);
+        for (k, v) in env {
+            let mut kv = std::ffi::OsString::from(format!("{k}="));
+            kv.push(v);
+            cmd.arg(kv);
+        }
+        cmd.arg(program);
+        cmd
+    }
+}
+
 /// podman as the README runs it here: vfs storage, runc, cgroupfs, no default ulimits.
 fn podman(conf: &std::path::Path) -> std::process::Command {
-    let mut cmd = std::process::Command::new("podman");
-    cmd.env("CONTAINERS_CONF", conf).args([
+    let mut cmd = as_root("podman".as_ref(), &[("CONTAINERS_CONF", conf.as_os_str())]);
+    cmd.args([
         "--storage-driver",
         "vfs",
         "--runtime",
@@ -139,14 +164,21 @@ async fn image_and_chart_from_an_oci_registry(ctx: Ctx) -> anyhow::Result<()> {
     let helm_bin = h.helm_bin()?;
 
     // Build and push, as a release would.
-    let mut build = std::process::Command::new(support::repo_path("scripts/build-image"));
-    build
-        .args(["--binary"])
-        .arg(support::operator_bin())
-        .args(["--push", &registry.addr, "--plain-http"])
-        .env("HELM", &helm_bin)
-        .env("HELM_CONFIG_HOME", dir.join("helm-config"))
-        .env("HELM_CACHE_HOME", dir.join("helm-cache"));
+    let (config_home, cache_home) = (dir.join("helm-config"), dir.join("helm-cache"));
+    let script = support::repo_path("scripts/build-image");
+    let mut build = as_root(
+        script.as_os_str(),
+        &[
+            ("HELM", helm_bin.as_os_str()),
+            ("HELM_CONFIG_HOME", config_home.as_os_str()),
+            ("HELM_CACHE_HOME", cache_home.as_os_str()),
+        ],
+    );
+    build.args(["--binary"]).arg(support::operator_bin()).args([
+        "--push",
+        &registry.addr,
+        "--plain-http",
+    ]);
     let local_image = run_ok(&mut build, "scripts/build-image").await?;
     let version = local_image
         .rsplit(':')
