@@ -758,6 +758,8 @@ async fn template_conventions(ctx: Ctx) -> anyhow::Result<()> {
             "--set",
             "podSecurityContext.runAsGroup=null",
             "--set",
+            "securityContext.readOnlyRootFilesystem=false",
+            "--set",
             "leaderElection.leaseDuration=30s",
             "--set",
             "leaderElection.renewDeadline=20s",
@@ -812,8 +814,10 @@ async fn template_conventions(ctx: Ctx) -> anyhow::Result<()> {
         "podSecurityContext overrides (OpenShift): {psc}"
     );
     ensure!(
-        c["securityContext"]["readOnlyRootFilesystem"] == true,
-        "container securityContext"
+        c["securityContext"]["readOnlyRootFilesystem"] == false
+            && c["securityContext"]["allowPrivilegeEscalation"] == false,
+        "container securityContext override: {}",
+        c["securityContext"]
     );
     let docs = render(h, &["--set", "nameOverride=kmo-x"]).await?;
     ensure!(
@@ -839,6 +843,10 @@ async fn template_conventions(ctx: Ctx) -> anyhow::Result<()> {
             "--set",
             "serviceMonitor.relabelings[0].regex=pod",
             "--set",
+            "serviceMonitor.metricRelabelings[0].action=drop",
+            "--set",
+            "serviceMonitor.metricRelabelings[0].regex=go_.*",
+            "--set",
             "prometheusRule.enabled=true",
             "--set",
             "prometheusRule.notReadyFor=30m",
@@ -850,7 +858,8 @@ async fn template_conventions(ctx: Ctx) -> anyhow::Result<()> {
     ensure!(
         ep["scrapeTimeout"] == "10s"
             && ep["honorLabels"] == true
-            && ep["relabelings"][0]["action"] == "labeldrop",
+            && ep["relabelings"][0]["action"] == "labeldrop"
+            && ep["metricRelabelings"][0]["action"] == "drop",
         "ServiceMonitor endpoint: {ep}"
     );
     ensure!(
@@ -940,6 +949,16 @@ async fn values_schema_rejects(ctx: Ctx) -> anyhow::Result<()> {
             "prometheusRule.credentialMaxAgeSeconds=1",
             "credentialMaxAgeSeconds",
         ),
+        ("securityContext=oops", "securityContext"),
+        (
+            "fullnameOverride=a-name-far-longer-than-sixty-three-characters-which-kubernetes-refuses",
+            "fullnameOverride",
+        ),
+        ("serviceMonitor.namespace=5", "namespace"),
+        ("serviceMonitor.honorLabels=maybe", "honorLabels"),
+        ("serviceMonitor.metricRelabelings=oops", "metricRelabelings"),
+        ("leaderElection.renewDeadline=soon", "renewDeadline"),
+        ("leaderElection.retryPeriod=soon", "retryPeriod"),
         (
             "nameOverride=a-name-far-longer-than-sixty-three-characters-which-kubernetes-refuses",
             "nameOverride",
