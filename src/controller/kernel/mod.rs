@@ -362,11 +362,11 @@ pub async fn finish<K: Managed>(
     record_object_metrics(ctx, obj, &status);
     let changed = old.map_or(status != K::Status::default(), |o| *o != status);
     apply_status(ctx, obj, old, &status).await?;
-    if let Some((reason, message)) = outcome_event(old_ready.as_ref(), &outcome) {
+    if let Some((reason, message, kind)) = outcome_event(old_ready.as_ref(), &outcome) {
         publish(
             ctx,
             &obj.object_ref(&()),
-            EventType::Warning,
+            kind,
             reason,
             message.to_owned(),
             "Reconcile",

@@ -332,12 +332,17 @@ pub(super) fn set_outcome_conditions(
 pub(super) fn outcome_event<'a>(
     old_ready: Option<&(String, String)>,
     outcome: &'a Result<Outcome>,
-) -> Option<(&'a str, &'a str)> {
+) -> Option<(&'a str, &'a str, EventType)> {
     match outcome {
         Ok(Outcome::NotReady {
             reason, message, ..
         }) if old_ready != Some(&(conditions::FALSE.to_owned(), (*reason).to_owned())) => {
-            Some((reason, message))
+            // A wait converges by itself (Normal); what stalls needs someone (Warning).
+            let kind = match conditions::progress(reason) {
+                conditions::Progress::Reconciling => EventType::Normal,
+                conditions::Progress::Stalled => EventType::Warning,
+            };
+            Some((reason, message, kind))
         }
         _ => None,
     }
@@ -666,7 +671,16 @@ mod tests {
         let outcome = Ok(Outcome::not_ready(reasons::CONFLICT, "older grant wins"));
         assert_eq!(
             outcome_event(None, &outcome),
-            Some((reasons::CONFLICT, "older grant wins"))
+            Some((reasons::CONFLICT, "older grant wins", EventType::Warning))
+        );
+        // A wait is Normal (README: waiting reasons are Normal Events).
+        let waiting = Ok(Outcome::not_ready(
+            reasons::WAITING_FOR_API,
+            "the API is not Ready",
+        ));
+        assert_eq!(
+            outcome_event(None, &waiting).map(|e| e.2),
+            Some(EventType::Normal)
         );
         assert_eq!(
             outcome_event(Some(&pair("True", "Reconciled")), &outcome).map(|e| e.0),
