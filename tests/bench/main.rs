@@ -218,8 +218,36 @@ impl KubeWrites {
     }
 }
 
+/// The audit log with the files the API server rotated out of it (`audit-<time>.log` beside
+/// it: v1.20 rotates at 100 MB whatever `--audit-log-maxsize` says, which a fleet of 10,000
+/// passes during onboarding).
+fn audit_files(log: &Path) -> Vec<std::path::PathBuf> {
+    let (Some(dir), Some(stem)) = (log.parent(), log.file_stem().and_then(|s| s.to_str())) else {
+        return vec![log.to_owned()];
+    };
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&format!("{stem}-")) && n.ends_with(".log"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files.push(log.to_owned());
+    files
+}
+
 fn read_audit(log: &Path) -> anyhow::Result<KubeWrites> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut text = String::new();
+    for file in audit_files(log) {
+        text.push_str(&std::fs::read_to_string(file).unwrap_or_default());
+        text.push('\n');
+    }
     let mut w = KubeWrites::default();
     for line in text.lines() {
         let Ok(e) = serde_json::from_str::<Value>(line) else {
