@@ -189,6 +189,9 @@ mod tests {
                 "KINDE_M2M_INSTALLATION_ID",
                 "KINDE_M2M_RESYNC_READ_SHARE",
                 "KINDE_M2M_MAX_CONCURRENT_RECONCILES",
+                "KINDE_M2M_LEASE_DURATION",
+                "KINDE_M2M_LEASE_RENEW_DEADLINE",
+                "KINDE_M2M_LEASE_RETRY_PERIOD",
             ];
             assert!(
                 cli_env::alias_of(&env).is_some() || born_prefixed.contains(&env.as_str()),
