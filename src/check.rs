@@ -4,7 +4,7 @@
 //! something), prints one line per scope and fails when a needed one is missing: usable
 //! as an init container or a CI step before the operator starts.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use anyhow::bail;
 use clap::Args;
@@ -190,17 +190,10 @@ async fn probe(client: &KindeClient) -> anyhow::Result<BTreeMap<&'static str, Pr
     Ok(probes)
 }
 
-/// Every scope a complete installation needs (for the README and tests).
-pub fn needed_scopes() -> BTreeSet<&'static str> {
-    assess(None, &BTreeMap::new())
-        .into_iter()
-        .filter(|r| r.only_for.is_none())
-        .map(|r| r.scope)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn all_but(missing: &[&str]) -> Vec<String> {
@@ -267,7 +260,15 @@ mod tests {
         assert!(apis.fails());
         let rows = assess(None, &BTreeMap::new());
         assert!(rows.iter().all(|r| r.finding == Finding::Unknown));
-        assert!(needed_scopes().contains("delete:api_application_scopes"));
-        assert!(!needed_scopes().contains("update:application_tokens"));
+        let needed = Operation::needed_scopes();
+        assert!(needed.contains("delete:api_application_scopes"));
+        assert!(!needed.contains("update:application_tokens"));
+        // The report fails on exactly the scopes a connection must carry to be Ready.
+        let failing: BTreeSet<&str> = assess(None, &BTreeMap::new())
+            .into_iter()
+            .filter(|r| r.only_for.is_none())
+            .map(|r| r.scope)
+            .collect();
+        assert_eq!(failing, needed);
     }
 }

@@ -77,6 +77,39 @@ pub mod reasons {
     /// The referenced ApiRegistration is not Ready yet.
     pub(crate) const WAITING_FOR_API: &str = "WaitingForApi";
 
+    // Connections (ApiRegistration, M2MApplication, and an ApiGrant through its API)
+    /// `spec.connectionRef` names no connection (of the object's namespace, for a
+    /// KindeConnection).
+    pub const CONNECTION_NOT_FOUND: &str = "ConnectionNotFound";
+    /// The connection exists but cannot reach its business (its own status says why).
+    pub const CONNECTION_NOT_READY: &str = "ConnectionNotReady";
+    /// The ClusterKindeConnection's `namespaceSelector` does not admit the namespace.
+    pub const CONNECTION_NOT_PERMITTED: &str = "ConnectionNotPermitted";
+    /// `spec.connectionRef` was edited after the Kinde object was made through another
+    /// connection.
+    pub const CONNECTION_CHANGED: &str = "ConnectionChanged";
+    /// An ApiGrant's application and API live in different businesses.
+    pub const CONNECTION_MISMATCH: &str = "ConnectionMismatch";
+
+    // KindeConnection, ClusterKindeConnection
+    /// A management token was obtained and carries every scope the operator needs.
+    pub const CONNECTED: &str = "Connected";
+    /// The connection's first check has not run yet.
+    pub const CONNECTING: &str = "Connecting";
+    /// The credentials Secret does not exist.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// The credentials Secret lacks the client ID or secret key (or it is empty).
+    pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
+    /// The management token lacks scopes the operator needs (`status.missingScopes`).
+    pub const MISSING_SCOPES: &str = "MissingScopes";
+    /// Kinde refused the management credentials.
+    pub const CREDENTIALS_REFUSED: &str = "CredentialsRefused";
+    /// A KindeConnection's domain matches none of the operator's
+    /// `--kinde-connection-domain` patterns.
+    pub const DOMAIN_NOT_ALLOWED: &str = "DomainNotAllowed";
+    /// The business could not be reached (the message says how it failed).
+    pub const BUSINESS_UNREACHABLE: &str = "BusinessUnreachable";
+
     // Reconcile errors outside Kinde (see `controller::kernel::Error::reason`); Kinde's
     // are named by `kinde::ErrorKind::as_str`.
     /// A Kubernetes API call failed.
@@ -107,6 +140,19 @@ pub mod reasons {
         CONFLICT,
         WAITING_FOR_APPLICATION,
         WAITING_FOR_API,
+        CONNECTION_NOT_FOUND,
+        CONNECTION_NOT_READY,
+        CONNECTION_NOT_PERMITTED,
+        CONNECTION_CHANGED,
+        CONNECTION_MISMATCH,
+        CONNECTED,
+        CONNECTING,
+        SECRET_NOT_FOUND,
+        SECRET_KEY_MISSING,
+        MISSING_SCOPES,
+        CREDENTIALS_REFUSED,
+        DOMAIN_NOT_ALLOWED,
+        BUSINESS_UNREACHABLE,
         KUBERNETES_ERROR,
         FINALIZER_ERROR,
         MISSING_METADATA,
@@ -147,6 +193,14 @@ pub fn progress(reason: &str) -> Progress {
         | SCOPE_NOT_FOUND
         | REF_NOT_PERMITTED
         | CONFLICT
+        | CONNECTION_NOT_PERMITTED
+        | CONNECTION_CHANGED
+        | CONNECTION_MISMATCH
+        | SECRET_NOT_FOUND
+        | SECRET_KEY_MISSING
+        | MISSING_SCOPES
+        | CREDENTIALS_REFUSED
+        | DOMAIN_NOT_ALLOWED
         | PAUSED
         | MISSING_METADATA => Progress::Stalled,
         // Waits that end by themselves: the referenced object appears (GitOps tools apply
@@ -279,6 +333,20 @@ pub(crate) const EXPECTED_PROGRESS: &[(&str, Progress)] = {
         (KUBERNETES_ERROR, Reconciling),
         (FINALIZER_ERROR, Reconciling),
         (MISSING_METADATA, Stalled),
+        (CONNECTION_NOT_FOUND, Reconciling),
+        (CONNECTION_NOT_READY, Reconciling),
+        (CONNECTION_NOT_PERMITTED, Stalled),
+        (CONNECTION_CHANGED, Stalled),
+        (CONNECTION_MISMATCH, Stalled),
+        // Never the reason of Ready=False, like `Reconciled`.
+        (CONNECTED, Reconciling),
+        (CONNECTING, Reconciling),
+        (SECRET_NOT_FOUND, Stalled),
+        (SECRET_KEY_MISSING, Stalled),
+        (MISSING_SCOPES, Stalled),
+        (CREDENTIALS_REFUSED, Stalled),
+        (DOMAIN_NOT_ALLOWED, Stalled),
+        (BUSINESS_UNREACHABLE, Reconciling),
         ("KindeNotFound", Reconciling),
         ("KindeUnauthorized", Stalled),
         ("KindeForbidden", Stalled),
@@ -346,7 +414,10 @@ mod tests {
                 let (_, expected) = want.unwrap_or_else(|| panic!("{reason} is no reason"));
                 match class {
                     Some(class) => assert_eq!(class, *expected, "README on {reason}"),
-                    None => assert_eq!(reason, reasons::RECONCILED),
+                    None => assert!(
+                        [reasons::RECONCILED, reasons::CONNECTED].contains(&reason),
+                        "{reason} is never the reason of Ready=False"
+                    ),
                 }
                 documented.insert(reason);
             }

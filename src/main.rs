@@ -192,6 +192,7 @@ mod tests {
                 "KINDE_M2M_LEASE_DURATION",
                 "KINDE_M2M_LEASE_RENEW_DEADLINE",
                 "KINDE_M2M_LEASE_RETRY_PERIOD",
+                "KINDE_M2M_CONNECTION_DOMAINS",
             ];
             assert!(
                 cli_env::alias_of(&env).is_some() || born_prefixed.contains(&env.as_str()),

@@ -9,12 +9,13 @@ use anyhow::Context as _;
 use clap::{ArgAction, Args};
 use futures::FutureExt;
 use kube::api::{Api, ListParams};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use prometheus_client::registry::Registry;
 use secrecy::SecretString;
 use url::Url;
 
 use crate::adoption::{AdoptionArgs, AdoptionPolicy};
+use crate::controller::kernel::events::Events;
 use crate::controller::{self, Scope, Settings};
 use crate::crd::{ApiGrant, ApiRegistration, M2MApplication};
 use crate::http;
@@ -122,7 +123,17 @@ pub struct RunArgs {
     /// a Kinde business need different ids (see the README).
     #[arg(long, env = "KINDE_M2M_INSTALLATION_ID", default_value = crate::identity::DEFAULT_INSTALLATION, value_parser = crate::identity::parse_installation)]
     pub installation_id: String,
-    /// Reconciles of one kind running at once. Bounded so that a fleet applied at once
+    /// Domains a namespaced KindeConnection may name (repeatable; one `*` stands for any
+    /// host part). ClusterKindeConnections, made by cluster admins, may name any.
+    #[arg(
+        long = "kinde-connection-domain",
+        env = "KINDE_M2M_CONNECTION_DOMAINS",
+        value_delimiter = ',',
+        default_value = "https://*.kinde.com"
+    )]
+    pub kinde_connection_domains: Vec<String>,
+    /// Reconciles of one kind running at once in one Kinde business (each connection has
+    /// its own; times the `--namespace` slots). Bounded so that a fleet applied at once
     /// does not queue a thousand reconciles at the Kinde rate limiter, where an API's few
     /// calls would wait behind every application's (at 1,000 customers the grants waited
     /// minutes for their API); 16 keeps the Kinde rate busy.
@@ -365,7 +376,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     tracing::info!(?scope, resync = ?args.resync_period, domain = %kinde.domain(), "starting controllers");
     let settings = Settings {
-        recorder: Recorder::new(
+        events: Events::new(
             client.clone(),
             Reporter {
                 controller: "kinde-m2m-operator".into(),
@@ -381,6 +392,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         adoption,
         min_rotation_every: args.min_rotation_interval,
         installation: args.installation_id.clone(),
+        connection_domains: args.kinde_connection_domains.clone(),
         max_concurrent_reconciles: args.max_concurrent_reconciles,
     };
     let ready_state = state.clone();

@@ -63,6 +63,8 @@ fn crdgen_stream_holds_every_crd() {
         [
             "apigrants.m2m.kinde-operator.io",
             "apiregistrations.m2m.kinde-operator.io",
+            "clusterkindeconnections.m2m.kinde-operator.io",
+            "kindeconnections.m2m.kinde-operator.io",
             "m2mapplications.m2m.kinde-operator.io"
         ]
     );

@@ -9,7 +9,9 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::Namespace;
-use kinde_m2m_operator::crd::{ApiGrant, ApiRegistration, M2MApplication};
+use kinde_m2m_operator::crd::{
+    ApiGrant, ApiRegistration, ClusterKindeConnection, KindeConnection, M2MApplication,
+};
 use kube::{CustomResourceExt, ResourceExt, core::cel::Validator};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -115,6 +117,12 @@ fn load() -> Examples {
                 "ApiGrant" => cel_create::<ApiGrant>(&doc)
                     .and_then(|()| parse_strict(&doc))
                     .map(|o| examples.grants.push(o)),
+                "KindeConnection" => cel_create::<KindeConnection>(&doc)
+                    .and_then(|()| parse_strict::<KindeConnection>(&doc))
+                    .map(drop),
+                "ClusterKindeConnection" => cel_create::<ClusterKindeConnection>(&doc)
+                    .and_then(|()| parse_strict::<ClusterKindeConnection>(&doc))
+                    .map(drop),
                 "Kustomization" => check_kustomization(file, &doc),
                 other => Err(format!("unexpected kind {other:?}")),
             };

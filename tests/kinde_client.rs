@@ -539,6 +539,27 @@ async fn rate_limit_window_is_not_hammered() {
     assert_eq!(client.metrics().calls("getAPIs", "429"), 2);
 }
 
+/// A call waiting for the pace counts in `kinde_calls_waiting` while it waits, even when it
+/// is the only one.
+#[tokio::test]
+async fn a_call_waiting_for_the_pace_is_counted_while_it_waits() {
+    let env = Emu::start().await;
+    let mut config = env.config();
+    config.requests_per_second = 0.5;
+    config.burst = 1;
+    let client = env.client_with(config);
+    client.list_apis(false).await.unwrap();
+    // The token and the first call took the burst: the next call waits about two seconds.
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { client.list_apis(false).await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client.metrics().calls_waiting(), 1);
+    waiting.await.unwrap().unwrap();
+    assert_eq!(client.metrics().calls_waiting(), 0);
+}
+
 /// Kinde answers a refused token with 401; the emulator's earlier 403 `TOKEN_INVALID`
 /// (its `token_invalid_status: 403` mode) is handled the same way.
 #[tokio::test]

@@ -5,6 +5,7 @@
 
 pub mod api_grant;
 pub mod api_registration;
+pub mod connection;
 #[cfg(test)]
 mod gitops_status;
 pub mod kernel;
@@ -23,20 +24,23 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
-use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 
+use connection::{ClientDefaults, ConnectionContext, ConnectionObject};
 use kernel::{
-    ApiSnapshots, AppDirectory, AuthorizeBatcher, FailureCounts, Ownership, Recent, ResyncsDue,
-    Router, StoreSet, WrittenVersions, error_policy, reconcile,
+    Business, Businesses, FailureCounts, Recent, ResyncsDue, Router, SlotLimits, StoreSet,
+    WrittenVersions, error_policy, reconcile,
 };
-pub use kernel::{Context, Error, FIELD_MANAGER, FINALIZER, Managed, Result};
+pub use kernel::{Context, Error, FIELD_MANAGER, FINALIZER, Managed, Result, Shared};
 use world::World;
 
 use crate::adoption::AdoptionPolicy;
-use crate::crd::{ApiGrant, ApiRegistration, M2MApplication, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::crd::{
+    ApiGrant, ApiRegistration, ClusterKindeConnection, KindeConnection, M2MApplication,
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+};
 use crate::kinde::KindeClient;
 use crate::metrics::Metrics;
 
@@ -132,7 +136,7 @@ impl SeriesJanitor {
     }
 }
 
-fn build<K>(client: &Client, scope: &Scope, metrics: &Metrics, concurrency: u16) -> Built<K>
+fn build<K>(client: &Client, scope: &Scope, metrics: &Metrics) -> Built<K>
 where
     K: Managed,
 {
@@ -166,9 +170,9 @@ where
         let controller = Controller::for_stream(stream, reader.clone())
             .reconcile_on(rx)
             .with_config(
-                kube::runtime::controller::Config::default()
-                    .debounce(Duration::from_millis(200))
-                    .concurrency(concurrency),
+                // Unbounded: each business bounds its own reconciles (`SlotLimits`), so
+                // one whose calls wait never holds the slots of another.
+                kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)),
             );
         controllers.push(controller);
         stores.push((slot.clone(), reader));
@@ -181,14 +185,31 @@ where
     }
 }
 
-/// Grants run this many times `--max-concurrent-reconciles` at once (see [`run`]).
-const GRANT_CONCURRENCY_FACTOR: u16 = 8;
+/// Grants run this many times `--max-concurrent-reconciles` at once (see [`slot_limits`]).
+const GRANT_CONCURRENCY_FACTOR: usize = 8;
+
+/// Each business's reconcile slots: `--max-concurrent-reconciles` per kind for every
+/// namespace slot watched (as many as the controllers of one watch each ran before the
+/// businesses bounded themselves). A grant's reconcile mostly waits for its authorization
+/// batch (up to 100 applications a call): with as few grants running as applications,
+/// batches held 16 and a fleet of 1,000 took 98 calls where 10 do.
+fn slot_limits(max_concurrent_reconciles: u16, namespace_slots: usize) -> SlotLimits {
+    let per_kind = usize::from(max_concurrent_reconciles).saturating_mul(namespace_slots.max(1));
+    SlotLimits::new(vec![
+        (M2MApplication::KIND, per_kind),
+        (ApiRegistration::KIND, per_kind),
+        (
+            ApiGrant::KIND,
+            per_kind.saturating_mul(GRANT_CONCURRENCY_FACTOR),
+        ),
+    ])
+}
 
 /// What the controllers run with.
 pub struct Settings {
     pub client: Client,
     pub kinde: KindeClient,
-    pub recorder: Recorder,
+    pub events: kernel::events::Events,
     pub metrics: Metrics,
     pub scope: Scope,
     pub resync: Duration,
@@ -198,7 +219,10 @@ pub struct Settings {
     pub min_rotation_every: Duration,
     /// This installation's id: part of the owner key recorded on Kinde applications.
     pub installation: String,
-    /// Reconciles of one kind running at once (per watched namespace slot).
+    /// Domains a KindeConnection may name (`--kinde-connection-domain`).
+    pub connection_domains: Vec<String>,
+    /// Reconciles of one kind running at once in one business, per watched namespace slot
+    /// (see [`slot_limits`]).
     pub max_concurrent_reconciles: u16,
 }
 
@@ -211,7 +235,7 @@ pub async fn run(
     let Settings {
         client,
         kinde,
-        recorder,
+        events,
         metrics,
         scope,
         resync,
@@ -219,32 +243,33 @@ pub async fn run(
         adoption,
         min_rotation_every,
         installation,
+        connection_domains,
         max_concurrent_reconciles,
     } = settings;
-    let apps = build::<M2MApplication>(&client, &scope, &metrics, max_concurrent_reconciles);
-    let apis = build::<ApiRegistration>(&client, &scope, &metrics, max_concurrent_reconciles);
-    // A grant's reconcile mostly waits for its authorization batch (up to 100 applications
-    // a call): with as few grants running as applications, batches held 16 and a fleet of
-    // 1,000 took 98 calls where 10 do.
-    let grants = build::<ApiGrant>(
-        &client,
-        &scope,
-        &metrics,
-        max_concurrent_reconciles.saturating_mul(GRANT_CONCURRENCY_FACTOR),
-    );
+    let apps = build::<M2MApplication>(&client, &scope, &metrics);
+    let apis = build::<ApiRegistration>(&client, &scope, &metrics);
+    let grants = build::<ApiGrant>(&client, &scope, &metrics);
+    let slots = slot_limits(max_concurrent_reconciles, scope.slots().len());
     let secrets = secret_triggers(&client, &scope);
 
-    let ctx = Arc::new(Context {
+    // The cached view of an API's applications serves the grants for half a period.
+    let api_snapshot_ttl = resync / 2;
+    let default_business = Arc::new(Business::new(
+        kinde.clone(),
+        &installation,
+        api_snapshot_ttl,
+        None,
+        &slots,
+    ));
+    // One KindeConnection watch per namespace slot, one ClusterKindeConnection watch.
+    let connection_watches = scope.slots().len() + 1;
+    let ctx = Arc::new(Shared {
         client: client.clone(),
-        kinde: kinde.clone(),
-        recorder,
+        businesses: Businesses::new(default_business, connection_watches),
+        events,
         metrics,
         resync,
         resync_read_share,
-        kinde_apis: ApiSnapshots::new(kinde.clone(), resync / 2),
-        kinde_apps: AppDirectory::new(kinde.clone()),
-        ownership: Ownership::new(installation),
-        authorizer: AuthorizeBatcher::new(kinde),
         adoption,
         min_rotation_every,
         failures: FailureCounts::default(),
@@ -261,7 +286,24 @@ pub async fn run(
         },
     });
 
+    let connection_ctx = Arc::new(ConnectionContext {
+        shared: ctx.clone(),
+        defaults: ClientDefaults {
+            template: kinde.config().clone(),
+            metrics: kinde.metrics().clone(),
+            installation,
+            allowed_domains: connection_domains,
+            api_snapshot_ttl,
+            slots,
+        },
+    });
     let mut runs = Vec::new();
+    for slot in scope.slots() {
+        let api = api_for::<KindeConnection>(&client, &slot);
+        runs.push(run_connections(api, &connection_ctx, shutdown.clone()).boxed());
+    }
+    let cluster_api = Api::<ClusterKindeConnection>::all(client.clone());
+    runs.push(run_connections(cluster_api, &connection_ctx, shutdown.clone()).boxed());
     for (c, secret_stream) in apps.controllers.into_iter().zip(secrets) {
         let c = c
             .owns_stream(secret_stream)
@@ -304,6 +346,55 @@ pub async fn run(
         ready();
     };
     futures::future::join(futures::future::join_all(runs), readiness).await;
+}
+
+/// Runs the controller of one connection watch. The watch itself keeps the registry in step
+/// before any reconcile: a connection seen is known (objects naming it wait for its first
+/// check instead of reporting it missing), one deleted is gone, and each listing counts
+/// towards the start-up wait of the other kinds ([`Businesses::wait_listed`]). A new or
+/// deleted connection, or a changed selector, wakes the objects that name it.
+async fn run_connections<C: ConnectionObject>(
+    api: Api<C>,
+    ctx: &Arc<ConnectionContext>,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let (reader, writer) = reflector::store();
+    let registry = ctx.clone();
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(strip_for_cache)
+        .reflect(writer)
+        .map(move |event| {
+            let businesses = &registry.shared.businesses;
+            let world = &registry.shared.world;
+            match &event {
+                Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => {
+                    let users_changed = businesses.seen(c.key(), c.selector());
+                    if users_changed {
+                        world::wake_users_of_connection(world, &c.key());
+                    }
+                }
+                Ok(watcher::Event::Delete(c)) => {
+                    if let Some(gone) = businesses.remove(&c.key()).and_then(|c| c.business) {
+                        gone.kinde.metrics().forget();
+                    }
+                    world::wake_users_of_connection(world, &c.key());
+                }
+                Ok(watcher::Event::InitDone) => businesses.listed(),
+                _ => {}
+            }
+            event
+        })
+        .applied_objects();
+    // Unbounded: a connection whose business is slow to answer (a low pace, a 429 pause)
+    // must not hold up the checks of the others.
+    let controller = Controller::for_stream(stream, reader).graceful_shutdown_on(shutdown);
+    drain(controller.run(
+        connection::reconcile::<C>,
+        connection::error_policy::<C>,
+        ctx.clone(),
+    ))
+    .await;
 }
 
 async fn drain<S, T, E>(stream: S)

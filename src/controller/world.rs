@@ -8,9 +8,10 @@ use kube::{Resource, ResourceExt};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-use super::kernel::{Context, Fleet, HasConditions, Recent, Router, StoreSet};
-use super::m2m_application::KindeApp;
-use crate::crd::{ApiGrant, ApiRegistration, M2MApplication};
+use super::kernel::{
+    Bound, ConnectionKey, Context, Fleet, HasConditions, KindeApp, Recent, Router, StoreSet,
+};
+use crate::crd::{ApiGrant, ApiRegistration, ConnectionRef, M2MApplication, connection_label};
 
 /// The context every kind's reconcile gets.
 pub type Ctx = Context<World>;
@@ -47,6 +48,30 @@ has_conditions!(
     crate::crd::ApiRegistrationStatus,
     crate::crd::M2MApplicationStatus,
     crate::crd::ApiGrantStatus
+);
+
+/// Each kind's status records its connection once the id of its Kinde object is known (a
+/// grant: once it knows the API it authorizes for).
+macro_rules! bound_by {
+    ($($t:ty => $id:ident),*) => {$(
+        impl Bound for $t {
+            fn connection(&self) -> Option<&str> {
+                self.connection.as_deref()
+            }
+            fn set_connection(&mut self, label: String) {
+                self.connection = Some(label);
+            }
+            fn is_bound(&self) -> bool {
+                self.$id.is_some()
+            }
+        }
+    )*};
+}
+
+bound_by!(
+    crate::crd::ApiRegistrationStatus => api_id,
+    crate::crd::M2MApplicationStatus => application_id,
+    crate::crd::ApiGrantStatus => api_id
 );
 
 /// One period of drift checks reads each application once (`getApplication`) and each API
@@ -86,6 +111,15 @@ impl World {
         })
     }
 
+    /// The connection of the ApiRegistration a grant names (none when it is not found:
+    /// the grant then reports that, whichever business it looks in).
+    pub fn api_connection(&self, grant: &ApiGrant) -> Option<ConnectionRef> {
+        let api = self
+            .apis
+            .get(&grant.api_namespace()?, &grant.spec.api_ref.name)?;
+        api.connection()
+    }
+
     /// The M2MApplication a grant names, if it exists.
     pub fn app_of(&self, grant: &ApiGrant) -> Option<Arc<M2MApplication>> {
         let ns = grant.namespace().unwrap_or_default();
@@ -95,6 +129,50 @@ impl World {
 
 // Who depends on whom. The kernel wakes an object's dependants after its status changed and
 // after its cleanup finished (see `Managed::wake_dependants`).
+
+/// The applications and APIs a connection serves or may serve: those naming it in
+/// `spec.connectionRef` (waiting for it, or refused by it) and those whose status records it
+/// (their Kinde objects are in its business). A KindeConnection's are in its namespace; a
+/// ClusterKindeConnection's anywhere. Woken when it appears, goes, changes who it admits
+/// or turns Ready or not, so they report that at once instead of at their next recheck.
+/// Their grants follow through [`wake_dependants_of_app`] and [`wake_dependants_of_api`].
+pub fn wake_users_of_connection(world: &World, key: &ConnectionKey) {
+    world.wake_apps.wake_all(&world.apps.find(|a| {
+        concerns_connection(
+            key,
+            a.namespace().as_deref(),
+            a.spec.connection_ref.as_ref(),
+            a.status.as_ref().and_then(|s| s.connection.as_deref()),
+        )
+    }));
+    world.wake_apis.wake_all(&world.apis.find(|a| {
+        concerns_connection(
+            key,
+            a.namespace().as_deref(),
+            a.spec.connection_ref.as_ref(),
+            a.status.as_ref().and_then(|s| s.connection.as_deref()),
+        )
+    }));
+}
+
+/// Whether an object in `namespace` that names `wanted` in its spec and has `recorded` in
+/// its status (the connection label its Kinde object was made through) concerns the
+/// connection `key`: it must be where the connection serves (a KindeConnection: its own
+/// namespace) and name it or have been made through it.
+pub fn concerns_connection(
+    key: &ConnectionKey,
+    namespace: Option<&str>,
+    wanted: Option<&ConnectionRef>,
+    recorded: Option<&str>,
+) -> bool {
+    let reference = ConnectionRef {
+        kind: key.kind,
+        name: key.name.clone(),
+    };
+    (key.namespace.is_none() || namespace == key.namespace.as_deref())
+        && (wanted == Some(&reference)
+            || recorded == Some(connection_label(Some(&reference)).as_str()))
+}
 
 /// An application's grants: its Ready state and client ID decide theirs.
 pub fn wake_dependants_of_app(world: &World, app: &M2MApplication) {
@@ -122,4 +200,81 @@ pub fn wake_dependants_of_grant(world: &World, grant: &ApiGrant) {
         world.wake_apis.wake(&api_ns, &grant.spec.api_ref.name);
     }
     world.wake_grants.wake_all(&world.conflicting(grant));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ConnectionKind;
+
+    #[test]
+    fn objects_concern_a_connection_they_name_or_were_made_through_where_it_serves() {
+        let tenant = ConnectionKey {
+            kind: ConnectionKind::KindeConnection,
+            namespace: Some("a".into()),
+            name: "staging".into(),
+        };
+        let staging = ConnectionRef {
+            kind: ConnectionKind::KindeConnection,
+            name: "staging".into(),
+        };
+        let label = "KindeConnection/staging";
+        // Named in the spec, or recorded in the status: in its namespace only.
+        assert!(concerns_connection(
+            &tenant,
+            Some("a"),
+            Some(&staging),
+            None
+        ));
+        assert!(concerns_connection(&tenant, Some("a"), None, Some(label)));
+        assert!(!concerns_connection(
+            &tenant,
+            Some("b"),
+            Some(&staging),
+            None
+        ));
+        assert!(!concerns_connection(&tenant, Some("b"), None, Some(label)));
+        // Another connection, or the default one, is no concern of it.
+        assert!(!concerns_connection(&tenant, Some("a"), None, None));
+        assert!(!concerns_connection(
+            &tenant,
+            Some("a"),
+            None,
+            Some("default")
+        ));
+        let cluster_ref = ConnectionRef {
+            kind: ConnectionKind::ClusterKindeConnection,
+            name: "staging".into(),
+        };
+        assert!(!concerns_connection(
+            &tenant,
+            Some("a"),
+            Some(&cluster_ref),
+            None
+        ));
+        // A cluster connection's: any namespace.
+        let shared = ConnectionKey {
+            kind: ConnectionKind::ClusterKindeConnection,
+            namespace: None,
+            name: "staging".into(),
+        };
+        assert!(concerns_connection(
+            &shared,
+            Some("b"),
+            Some(&cluster_ref),
+            None
+        ));
+        assert!(concerns_connection(
+            &shared,
+            Some("c"),
+            None,
+            Some("ClusterKindeConnection/staging")
+        ));
+        assert!(!concerns_connection(
+            &shared,
+            Some("b"),
+            Some(&staging),
+            None
+        ));
+    }
 }

@@ -138,6 +138,11 @@ pub struct ApiGrantStatus {
     /// granted again: Kinde dropped the application's grant of the old one with it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub granted_scope_ids: Vec<String>,
+
+    /// The connection the Kinde object was made through (`default`,
+    /// `KindeConnection/<name>` or `ClusterKindeConnection/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
 }
 
 impl ApiGrant {

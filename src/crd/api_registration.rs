@@ -91,6 +91,12 @@ pub struct ApiRegistrationSpec {
     /// an API the operator created, `Orphan` for an adopted one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
+
+    /// The Kinde business this object's Kinde object lives in: a `KindeConnection` of this
+    /// namespace or a `ClusterKindeConnection` admitting it. Unset: the operator's own
+    /// (`--kinde-domain`). Fixed once the Kinde object exists (`status.connection`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_ref: Option<crate::crd::ConnectionRef>,
 }
 
 /// One scope (permission) of a Kinde API.
@@ -169,6 +175,11 @@ pub struct ApiRegistrationStatus {
     /// adoption policy allows it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted_id: Option<String>,
+
+    /// The connection the Kinde object was made through (`default`,
+    /// `KindeConnection/<name>` or `ClusterKindeConnection/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
 }
 
 /// A scope as it exists in Kinde.

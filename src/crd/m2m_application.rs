@@ -91,6 +91,12 @@ pub struct M2MApplicationSpec {
     /// `Delete` for an application the operator created, `Orphan` for an adopted one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
+
+    /// The Kinde business this object's Kinde object lives in: a `KindeConnection` of this
+    /// namespace or a `ClusterKindeConnection` admitting it. Unset: the operator's own
+    /// (`--kinde-domain`). Fixed once the Kinde object exists (`status.connection`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_ref: Option<crate::crd::ConnectionRef>,
 }
 
 /// The credentials Secret (keys `KINDE_DOMAIN`, `KINDE_CLIENT_ID`, `KINDE_CLIENT_SECRET`,
@@ -380,6 +386,11 @@ pub struct M2MApplicationStatus {
     /// record is how the operator knows they are in place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_tokens: Option<AppliedTokens>,
+
+    /// The connection the Kinde object was made through (`default`,
+    /// `KindeConnection/<name>` or `ClusterKindeConnection/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
 
     /// Since when a create of this object's Kinde application had an unknown outcome
     /// (timeout, lost response): Kinde may still process it later, so until this is

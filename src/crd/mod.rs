@@ -21,12 +21,19 @@ use serde::{Deserialize, Serialize};
 
 mod api_grant;
 mod api_registration;
+mod connection;
 mod m2m_application;
 
 pub use api_grant::{ApiGrant, ApiGrantSpec, ApiGrantStatus, ApiReference, ApplicationReference};
 pub use api_registration::{
     ApiRegistration, ApiRegistrationSpec, ApiRegistrationStatus, ApiScope, GrantFrom, GrantPolicy,
     ScopeStatus,
+};
+pub use connection::{
+    BusinessSpec, ClientSettings, ClusterKindeConnection, ClusterKindeConnectionSpec,
+    ConnectionKind, ConnectionRef, ConnectionStatus, CredentialsRef, DEFAULT_CONNECTION,
+    KindeConnection, KindeConnectionSpec, RateStatus, connection_label, connection_of,
+    parse_connection_label,
 };
 pub use m2m_application::{
     AppliedTokens, DEFAULT_KEY_AUDIENCE, DEFAULT_KEY_CLIENT_ID, DEFAULT_KEY_CLIENT_SECRET,
@@ -135,6 +142,8 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         ApiRegistration::crd(),
         M2MApplication::crd(),
         ApiGrant::crd(),
+        KindeConnection::crd(),
+        ClusterKindeConnection::crd(),
     ]
 }
 
@@ -226,12 +235,22 @@ mod tests {
             [
                 "apigrants.m2m.kinde-operator.io.yaml",
                 "apiregistrations.m2m.kinde-operator.io.yaml",
+                "clusterkindeconnections.m2m.kinde-operator.io.yaml",
+                "kindeconnections.m2m.kinde-operator.io.yaml",
                 "m2mapplications.m2m.kinde-operator.io.yaml",
             ]
         );
         for crd in crds() {
             assert_eq!(crd.spec.group, GROUP);
-            assert_eq!(crd.spec.scope, "Namespaced");
+            let cluster_scoped = crd.spec.names.kind == "ClusterKindeConnection";
+            assert_eq!(
+                crd.spec.scope,
+                if cluster_scoped {
+                    "Cluster"
+                } else {
+                    "Namespaced"
+                }
+            );
             assert_eq!(
                 crd.spec.names.categories.as_deref(),
                 Some(&[CATEGORY.to_owned()][..])

@@ -80,9 +80,41 @@ pub struct KindeClient {
 struct Inner {
     http: reqwest::Client,
     config: KindeConfig,
+    /// The management credentials in use: the config's, until a connection's Secret
+    /// changes them ([`KindeClient::replace_credentials`]).
+    credentials: std::sync::RwLock<Credentials>,
     token: TokenCache,
     limiter: Limiter,
     metrics: KindeMetrics,
+}
+
+/// A management application's client ID and secret. Not `Debug`-printable beyond the ID.
+#[derive(Clone)]
+struct Credentials {
+    client_id: String,
+    client_secret: SecretString,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_credentials(client_id: &str, client_secret: &SecretString) -> Result<()> {
+    if client_id.trim().is_empty() {
+        return Err(KindeError::Config(
+            "the management client ID is empty".into(),
+        ));
+    }
+    if client_secret.expose_secret().is_empty() {
+        return Err(KindeError::Config(
+            "the management client secret is empty".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// One request; management calls get the token added per attempt. Deliberately not
@@ -125,16 +157,7 @@ impl KindeClient {
                 config.domain
             )));
         }
-        if config.client_id.trim().is_empty() {
-            return Err(KindeError::Config(
-                "the management client ID is empty".into(),
-            ));
-        }
-        if config.client_secret.expose_secret().is_empty() {
-            return Err(KindeError::Config(
-                "the management client secret is empty".into(),
-            ));
-        }
+        check_credentials(&config.client_id, &config.client_secret)?;
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
@@ -148,10 +171,15 @@ impl KindeClient {
             config.burst,
             config.max_in_flight,
         );
+        let credentials = std::sync::RwLock::new(Credentials {
+            client_id: config.client_id.clone(),
+            client_secret: config.client_secret.clone(),
+        });
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
                 config,
+                credentials,
                 token: TokenCache::default(),
                 limiter,
                 metrics,
@@ -175,13 +203,68 @@ impl KindeClient {
     }
 
     /// The client ID of the operator's own management application (never adoptable).
-    pub fn management_client_id(&self) -> &str {
-        &self.inner.config.client_id
+    pub fn management_client_id(&self) -> String {
+        self.credentials().client_id
+    }
+
+    fn credentials(&self) -> Credentials {
+        self.inner
+            .credentials
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Uses these management credentials from now on (a connection's Secret changed): the
+    /// cached token is dropped, so the next call mints one with them. `false` when they
+    /// are the ones in use already.
+    pub async fn replace_credentials(
+        &self,
+        client_id: String,
+        client_secret: SecretString,
+    ) -> Result<bool> {
+        check_credentials(&client_id, &client_secret)?;
+        {
+            let mut current = self
+                .inner
+                .credentials
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if current.client_id == client_id
+                && current.client_secret.expose_secret() == client_secret.expose_secret()
+            {
+                return Ok(false);
+            }
+            *current = Credentials {
+                client_id,
+                client_secret,
+            };
+        }
+        self.inner.token.expire().await;
+        Ok(true)
+    }
+
+    /// Drops the cached management token: the next call mints one (after the management
+    /// application's scopes were found lacking, so a fix in the dashboard is seen).
+    pub async fn expire_token(&self) {
+        self.inner.token.expire().await;
+    }
+
+    /// The pace the limiter keeps to now (below the configured rate after a 429), `None`
+    /// when unlimited.
+    pub fn current_pace(&self) -> Option<f64> {
+        self.inner.limiter.pace()
     }
 
     /// The OAuth2 token endpoint for client-credentials: `<domain>/oauth2/token`.
     pub fn token_url(&self) -> String {
         format!("{}/oauth2/token", self.domain())
+    }
+
+    /// The configuration the client was built with (its credentials may have been
+    /// replaced since).
+    pub fn config(&self) -> &KindeConfig {
+        &self.inner.config
     }
 
     pub fn metrics(&self) -> &KindeMetrics {
@@ -828,7 +911,11 @@ impl KindeClient {
     /// expired while it waited.
     async fn slot(&self, call: &Call) -> Result<(SemaphorePermit<'_>, Option<Lease>)> {
         let limiter = &self.inner.limiter;
-        self.publish_pace();
+        // Counted as waiting from here (the limiter counts it only once inside `acquire`);
+        // the publication after the wait corrects it.
+        self.inner
+            .metrics
+            .limiter(limiter.pace(), limiter.waiting().saturating_add(1));
         let (permit, waited) = limiter.acquire().await;
         self.inner.metrics.waited(waited);
         self.publish_pace();
@@ -961,11 +1048,11 @@ impl KindeClient {
 
     /// Mints a management token (client credentials) through the retry engine.
     async fn fetch_token(&self) -> Result<(SecretString, Duration)> {
-        let cfg = &self.inner.config;
+        let credentials = self.credentials();
         let token = self
             .client_credentials(
-                &cfg.client_id,
-                &cfg.client_secret,
+                &credentials.client_id,
+                &credentials.client_secret,
                 &self.management_audience(),
             )
             .await?;

@@ -178,4 +178,15 @@ impl Operation {
         s.dedup();
         s
     }
+
+    /// The scopes a complete installation needs outright: those of every operation that
+    /// no optional feature alone needs (what a connection must carry to be Ready).
+    pub fn needed_scopes() -> std::collections::BTreeSet<&'static str> {
+        Self::ALL
+            .iter()
+            .filter(|o| o.only_for().is_none())
+            .map(|o| o.scope())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
 }

@@ -96,6 +96,13 @@ impl TokenCache {
             })
     }
 
+    /// Drops the cached token, whichever it is (the credentials changed).
+    pub(crate) async fn expire(&self) {
+        if let Some(c) = self.slot.lock().await.as_mut() {
+            c.refresh_at = Instant::now();
+        }
+    }
+
     /// Drops the token Kinde refused, unless another task already replaced it.
     pub(crate) async fn invalidate(&self, generation: u64) {
         let mut slot = self.slot.lock().await;

@@ -79,7 +79,7 @@ pub async fn read(kinde: &KindeClient, with_owners: bool) -> Result<Snapshot, Ki
         }
         snapshot.apis.push(api);
     }
-    let management_client = kinde.management_client_id().to_owned();
+    let management_client = kinde.management_client_id();
     for summary in kinde.list_applications().await? {
         if summary.app_type.as_deref().is_some_and(|t| t != "m2m")
             || summary.id == management_client

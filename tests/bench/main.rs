@@ -43,6 +43,9 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
+/// The fleet's API.
+const AUDIENCE: &str = "https://orders.bench.example";
+
 /// Scopes of the benchmark's API, and how many of them each grant asks for.
 const API_SCOPES: [&str; 3] = ["read:orders", "write:orders", "read:invoices"];
 const GRANT_SCOPES: usize = 2;
@@ -359,7 +362,7 @@ fn platform_objects() -> Vec<Value> {
             "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "ApiRegistration",
             "metadata": {"name": "orders", "namespace": PLATFORM_NS},
             "spec": {
-                "audience": "https://orders.bench.example",
+                "audience": AUDIENCE,
                 "scopes": API_SCOPES.iter().map(|k| json!({"key": k, "description": k})).collect::<Vec<_>>(),
                 "grantPolicy": {"from": "All"},
             },
@@ -439,6 +442,33 @@ fn is_ready(obj: &DynamicObject) -> bool {
         })
 }
 
+/// How many of the operator's Secrets in the customer namespaces list the API's audience
+/// (metadata and data of the operator's Secrets only: the listing is by its label).
+async fn secrets_listing_audience(client: &kube::Client) -> anyhow::Result<usize> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kinde_m2m_operator::crd::{DEFAULT_KEY_AUDIENCE, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+    let api: Api<Secret> = Api::all(client.clone());
+    let list = api
+        .list(&ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|s| {
+            s.metadata
+                .namespace
+                .as_deref()
+                .is_some_and(|n| n.starts_with("bench-c"))
+        })
+        .filter(|s| {
+            s.data
+                .as_ref()
+                .and_then(|d| d.get(DEFAULT_KEY_AUDIENCE))
+                .is_some_and(|v| String::from_utf8_lossy(&v.0).contains(AUDIENCE))
+        })
+        .count())
+}
+
 /// How many objects of `kind` in the customer namespaces are Ready, of how many.
 async fn ready_count(client: &kube::Client, kind: &str) -> anyhow::Result<(usize, usize)> {
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource(kind));
@@ -467,19 +497,26 @@ async fn wait_all_ready(
     loop {
         let (apps, _) = ready_count(client, "M2MApplication").await?;
         let (grants, _) = ready_count(client, "ApiGrant").await?;
-        if apps >= expected && grants >= expected {
+        // Done for a customer once its Secret lists the audience: what it uses. (Listed
+        // once the objects are Ready: a thousand Secrets a second would load the server.)
+        let secrets = if apps >= expected && grants >= expected {
+            secrets_listing_audience(client).await?
+        } else {
+            0
+        };
+        if apps >= expected && grants >= expected && secrets >= expected {
             return Ok(start.elapsed());
         }
         if start.elapsed() > timeout {
             bail!(
-                "after {:.0?}: {apps}/{expected} applications and {grants}/{expected} grants Ready; operator log tail:\n{}",
+                "after {:.0?}: {apps}/{expected} applications and {grants}/{expected} grants Ready, {secrets}/{expected} Secrets list the audience; operator log tail:\n{}",
                 start.elapsed(),
                 operator.log_tail(40)
             );
         }
         if last_print.elapsed() > Duration::from_secs(30) {
             eprintln!(
-                "bench: {:>5.0?} {apps}/{expected} applications, {grants}/{expected} grants Ready",
+                "bench: {:>5.0?} {apps}/{expected} applications, {grants}/{expected} grants Ready, {secrets}/{expected} Secrets list the audience",
                 start.elapsed()
             );
             last_print = Instant::now();

@@ -180,7 +180,12 @@ fn expand(group: &str, resources: &[&str], verbs: &[&str]) -> Vec<String> {
 /// What the operator needs where it watches (cluster-wide or per namespace).
 pub fn expected_namespaced_rules() -> BTreeSet<String> {
     const GROUP: &str = "m2m.kinde-operator.io";
-    const KINDS: [&str; 3] = ["apiregistrations", "m2mapplications", "apigrants"];
+    const KINDS: [&str; 4] = [
+        "apiregistrations",
+        "m2mapplications",
+        "apigrants",
+        "kindeconnections",
+    ];
     let mut out = BTreeSet::new();
     out.extend(expand(GROUP, &KINDS, &["list", "watch", "patch"]));
     out.extend(expand(
@@ -197,6 +202,24 @@ pub fn expected_namespaced_rules() -> BTreeSet<String> {
         &["get", "list", "watch", "create", "patch"],
     ));
     out.extend(expand("events.k8s.io", &["events"], &["create", "patch"]));
+    out
+}
+
+/// What the operator needs cluster-wide whatever it watches: ClusterKindeConnections are
+/// cluster-scoped (watched, finalizer patched, status written).
+pub fn expected_cluster_rules() -> BTreeSet<String> {
+    const GROUP: &str = "m2m.kinde-operator.io";
+    let mut out = BTreeSet::new();
+    out.extend(expand(
+        GROUP,
+        &["clusterkindeconnections"],
+        &["list", "watch", "patch"],
+    ));
+    out.extend(expand(
+        GROUP,
+        &["clusterkindeconnections/status"],
+        &["patch"],
+    ));
     out
 }
 
@@ -383,6 +406,7 @@ async fn template_defaults(ctx: Ctx) -> anyhow::Result<()> {
     let cr = object(&docs, "ClusterRole", full)?;
     let mut want = expected_namespaced_rules();
     want.insert("|namespaces|get".into());
+    want.extend(expected_cluster_rules());
     diff(
         "ClusterRole (all namespaces)",
         &rule_set(&cr["rules"]),
@@ -445,9 +469,18 @@ async fn template_watch_namespaces(ctx: Ctx) -> anyhow::Result<()> {
         format!("team-a/{full}"),
         format!("team-b/{full}"),
         format!("kinde-system/{full}-leader-election"),
+        format!("kube-system/{full}-cluster-events"),
     ]
     .into();
     ensure!(roles == want, "Roles: {roles:?}");
+    let events = object(&docs, "Role", &format!("kube-system/{full}-cluster-events"))?;
+    diff(
+        "Role in kube-system (Events of cluster-scoped objects)",
+        &rule_set(&events["rules"]),
+        &expand("events.k8s.io", &["events"], &["create", "patch"])
+            .into_iter()
+            .collect(),
+    )?;
     for ns in ["team-a", "team-b"] {
         let role = object(&docs, "Role", &format!("{ns}/{full}"))?;
         diff(
@@ -469,7 +502,10 @@ async fn template_watch_namespaces(ctx: Ctx) -> anyhow::Result<()> {
     diff(
         "ClusterRole (namespaced install)",
         &rule_set(&cr["rules"]),
-        &["|namespaces|get|team-a,team-b".to_string()].into(),
+        &expected_cluster_rules()
+            .into_iter()
+            .chain(["|namespaces|get|team-a,team-b".to_string()])
+            .collect(),
     )?;
     let d = object(&docs, "Deployment", &format!("kinde-system/{full}"))?;
     let args = &d["spec"]["template"]["spec"]["containers"][0]["args"];
@@ -902,7 +938,12 @@ async fn template_conventions(ctx: Ctx) -> anyhow::Result<()> {
     ensure!(of_kind(&render(h, &[]).await?, "CustomResourceDefinition").is_empty());
     let docs = render(h, &["--set", "crds.managed=true"]).await?;
     let crds = of_kind(&docs, "CustomResourceDefinition");
-    ensure!(crds.len() == 3, "{} CRDs", crds.len());
+    let generated = kinde_m2m_operator::crd::crds().len();
+    ensure!(
+        crds.len() == generated,
+        "{} CRDs templated, {generated} generated",
+        crds.len()
+    );
     ensure!(
         crds.iter()
             .all(|c| c["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"),
@@ -1138,7 +1179,10 @@ async fn check_installed(ctx: &Ctx, release: &str, full: &str, extra: &str) -> a
 
     let cr = Api::<ClusterRole>::all(c.clone()).get(full).await?;
     let got = rule_set(&serde_json::to_value(&cr.rules)?);
-    let want = [format!("|namespaces|get|{},{extra}", ctx.ns)].into();
+    let want = expected_cluster_rules()
+        .into_iter()
+        .chain([format!("|namespaces|get|{},{extra}", ctx.ns)])
+        .collect();
     diff("installed ClusterRole", &got, &want)?;
     Api::<ClusterRoleBinding>::all(c.clone()).get(full).await?;
     for ns in [ctx.ns.as_str(), extra] {

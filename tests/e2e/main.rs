@@ -8,6 +8,7 @@ mod support;
 
 mod apps;
 mod chart;
+mod connections;
 mod crash;
 mod crds;
 mod edges;
@@ -38,6 +39,7 @@ fn main() -> std::process::ExitCode {
             chart::tests(),
             rbac::tests(),
             rebuild::tests(),
+            connections::tests(),
         ]
         .into_iter()
         .flatten(),

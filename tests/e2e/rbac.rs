@@ -29,7 +29,8 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use serde_json::{Value, json};
 
 use kinde_m2m_operator::crd::{
-    ApiGrant, ApiRegistration, M2MApplication, ROTATE_REQUESTED_AT_ANNOTATION,
+    ApiGrant, ApiRegistration, ClusterKindeConnection, KindeConnection, M2MApplication,
+    ROTATE_REQUESTED_AT_ANNOTATION,
 };
 
 use crate::chart::{self, CHART};
@@ -319,31 +320,13 @@ async fn scenario(ctx: &Ctx, cp: &RbacCluster, mode: Mode) -> anyhow::Result<()>
         );
     }
     // The operator's own Kinde credentials, as the chart expects them.
-    Api::<Secret>::namespaced(c.clone(), RELEASE_NS)
-        .create(
-            &PostParams::default(),
-            &Secret {
-                metadata: ObjectMeta {
-                    name: Some("kinde-operator-credentials".into()),
-                    ..Default::default()
-                },
-                string_data: Some(
-                    [
-                        (
-                            "KINDE_CLIENT_ID".to_string(),
-                            support::KINDE_CLIENT_ID.to_string(),
-                        ),
-                        (
-                            "KINDE_CLIENT_SECRET".to_string(),
-                            support::KINDE_CLIENT_SECRET.to_string(),
-                        ),
-                    ]
-                    .into(),
-                ),
-                ..Default::default()
-            },
-        )
-        .await?;
+    create_credentials_secret(
+        c,
+        RELEASE_NS,
+        "kinde-operator-credentials",
+        ("KINDE_CLIENT_ID", "KINDE_CLIENT_SECRET"),
+    )
+    .await?;
     let emulator = Emulator::start(&cp.dir)?;
 
     // helm install (CRDs from the chart's crds/).
@@ -415,6 +398,33 @@ async fn scenario(ctx: &Ctx, cp: &RbacCluster, mode: Mode) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Secret `ns/name` holding the emulator's management client ID and secret under `keys`.
+async fn create_credentials_secret(
+    c: &kube::Client,
+    ns: &str,
+    name: &str,
+    (id_key, secret_key): (&str, &str),
+) -> anyhow::Result<()> {
+    let data = [
+        (id_key, support::KINDE_CLIENT_ID),
+        (secret_key, support::KINDE_CLIENT_SECRET),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        string_data: Some(data.into()),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(c.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .with_context(|| format!("creating Secret {ns}/{name}"))?;
+    Ok(())
+}
+
 fn namespace(name: &str) -> Namespace {
     Namespace {
         metadata: ObjectMeta {
@@ -467,6 +477,9 @@ fn start_operator(
         LEASE,
         "--resync-period",
         "10m",
+        // The connections here point at the emulator (loopback), not at *.kinde.com.
+        "--kinde-connection-domain",
+        "http://127.0.0.1:*",
     ];
     for ns in watched {
         args.extend(["--namespace", ns]);
@@ -719,6 +732,9 @@ async fn behaviours(
         state["apis"]
     );
 
+    connections(c, emulator).await?;
+    eprintln!("rbac[{tag}]: connections done in {:.1?}", t0.elapsed());
+
     // Graceful stop releases the Lease (an update, in the release namespace).
     op.terminate().await?;
     let holder = Api::<Lease>::namespaced(c.clone(), RELEASE_NS)
@@ -739,6 +755,79 @@ async fn behaviours(
     Ok(())
 }
 
+/// A tenant's KindeConnection and a ClusterKindeConnection (to the same emulator, as a
+/// second business would be): each gets its finalizer, reads its Secret, connects and
+/// reports it in status; each deletion lifts the finalizer.
+async fn connections(c: &kube::Client, emulator: &Emulator) -> anyhow::Result<()> {
+    create_credentials_secret(
+        c,
+        "platform",
+        "partner-mgmt",
+        ("client-id", "client-secret"),
+    )
+    .await?;
+    let tenant: KindeConnection = serde_json::from_value(json!({
+        "apiVersion": "m2m.kinde-operator.io/v1alpha1",
+        "kind": "KindeConnection",
+        "metadata": {"name": "partner"},
+        "spec": {"domain": emulator.url, "credentials": {"name": "partner-mgmt"}},
+    }))?;
+    let tenants = Api::<KindeConnection>::namespaced(c.clone(), "platform");
+    tenants.create(&PostParams::default(), &tenant).await?;
+    let shared: ClusterKindeConnection = serde_json::from_value(json!({
+        "apiVersion": "m2m.kinde-operator.io/v1alpha1",
+        "kind": "ClusterKindeConnection",
+        "metadata": {"name": "rbac-shared"},
+        "spec": {
+            "domain": emulator.url,
+            "credentials": {"name": "partner-mgmt", "namespace": "platform"},
+            "namespaceSelector": {"matchLabels": {"kinde-m2m-operator.io/customer": "true"}},
+        },
+    }))?;
+    let cluster = Api::<ClusterKindeConnection>::all(c.clone());
+    cluster.create(&PostParams::default(), &shared).await?;
+
+    wait_ready::<KindeConnection>(c, "platform", "partner", "True", Some("Connected")).await?;
+    wait_for(
+        "ClusterKindeConnection rbac-shared to connect",
+        WAIT,
+        || async {
+            Ok(support::cluster_connection_ready(&cluster, "rbac-shared")
+                .await?
+                .filter(|r| r.status == "True" && r.reason == "Connected")
+                .map(drop))
+        },
+    )
+    .await?;
+    // Its Event: in kube-system, naming the object as it is (without a namespace).
+    let system_events = Api::<Event>::namespaced(c.clone(), "kube-system");
+    wait_for("a Connected Event about rbac-shared", WAIT, || async {
+        let list = system_events.list(&Default::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("Connected")
+                    && e.regarding.as_ref().is_some_and(|r| {
+                        r.name.as_deref() == Some("rbac-shared") && r.namespace.is_none()
+                    })
+            })
+            .then_some(()))
+    })
+    .await?;
+    support::delete(&tenants, "partner").await?;
+    wait_gone(&tenants, "partner").await?;
+    cluster.delete("rbac-shared", &Default::default()).await?;
+    wait_for("ClusterKindeConnection rbac-shared to go", WAIT, || async {
+        Ok(cluster
+            .get_opt("rbac-shared")
+            .await?
+            .is_none()
+            .then_some(()))
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------
 // What the operator did (audit log) against what it may do (its roles)
 // ---------------------------------------------------------------------------------------
@@ -749,6 +838,11 @@ const GRANTED_NOT_A_REQUEST: [&str; 1] = [
     // create (without it a deleted Secret is never recreated: verified).
     "|secrets|create",
 ];
+
+/// The operator's cluster-scoped kinds: read and written whatever it watches (a namespaced
+/// install still serves the ClusterKindeConnections that select its namespaces).
+const CLUSTER_SCOPED_KINDS: [&str; 1] = ["clusterkindeconnections"];
+const CLUSTER_SCOPED: &str = "(cluster-scoped kind)";
 
 async fn audit(cp: &RbacCluster, mode: Mode) -> anyhow::Result<()> {
     let tag = mode.slug();
@@ -770,7 +864,8 @@ async fn audit(cp: &RbacCluster, mode: Mode) -> anyhow::Result<()> {
         if o.is_null() {
             continue; // non-resource URL
         }
-        let mut resource = o["resource"].as_str().unwrap_or_default().to_string();
+        let base = o["resource"].as_str().unwrap_or_default();
+        let mut resource = base.to_string();
         if let Some(sub) = o["subresource"].as_str() {
             resource = format!("{resource}/{sub}");
         }
@@ -782,6 +877,11 @@ async fn audit(cp: &RbacCluster, mode: Mode) -> anyhow::Result<()> {
         let place = o["namespace"]
             .as_str()
             .map(String::from)
+            .or_else(|| {
+                CLUSTER_SCOPED_KINDS
+                    .contains(&base)
+                    .then(|| CLUSTER_SCOPED.into())
+            })
             .or_else(|| o["name"].as_str().map(|n| format!("(cluster) {n}")))
             .unwrap_or_else(|| "(all namespaces)".into());
         used.entry(key).or_default().insert(place);
@@ -799,9 +899,15 @@ async fn audit(cp: &RbacCluster, mode: Mode) -> anyhow::Result<()> {
             .map(|n| n.to_string())
             .chain([RELEASE_NS.to_string()])
             .chain(WATCHED.iter().map(|n| format!("(cluster) {n}")))
+            .chain([CLUSTER_SCOPED.to_string()])
             .collect();
         for (k, places) in &used {
-            let outside: Vec<_> = places.difference(&allowed).collect();
+            // Events about cluster-scoped objects land in namespace kube-system.
+            let events = k.starts_with("events.k8s.io|events|");
+            let outside: Vec<_> = places
+                .difference(&allowed)
+                .filter(|p| !(events && p.as_str() == "kube-system"))
+                .collect();
             ensure!(
                 outside.is_empty(),
                 "{k} used outside the watched namespaces: {outside:?}"
@@ -834,6 +940,7 @@ async fn granted_rules(c: &kube::Client, mode: Mode) -> anyhow::Result<BTreeSet<
     let mut roles = vec![(RELEASE_NS.to_string(), format!("{SA}-leader-election"))];
     if mode == Mode::Namespaced {
         roles.extend(WATCHED.iter().map(|n| (n.to_string(), SA.to_string())));
+        roles.push(("kube-system".into(), format!("{SA}-cluster-events")));
     }
     for (ns, name) in roles {
         let role = Api::<Role>::namespaced(c.clone(), &ns).get(&name).await?;
@@ -886,6 +993,8 @@ fn checks(mode: Mode) -> Vec<Check> {
     const APPS: &str = "m2mapplications.m2m.kinde-operator.io";
     const APIS: &str = "apiregistrations.m2m.kinde-operator.io";
     const GRANTS: &str = "apigrants.m2m.kinde-operator.io";
+    const CONNS: &str = "kindeconnections.m2m.kinde-operator.io";
+    const CLUSTER_CONNS: &str = "clusterkindeconnections.m2m.kinde-operator.io";
     const EVENTS: &str = "events.events.k8s.io";
     const LEASES: &str = "leases.coordination.k8s.io";
     const CRDS: &str = "customresourcedefinitions.apiextensions.k8s.io";
@@ -904,6 +1013,11 @@ fn checks(mode: Mode) -> Vec<Check> {
         yes("patch", GRANTS, acme),
         sub(yes("patch", APPS, acme), "status"),
         sub(yes("patch", APIS, Some("platform")), "status"),
+        yes("watch", CONNS, Some("platform")),
+        sub(yes("patch", CONNS, Some("platform")), "status"),
+        yes("list", CLUSTER_CONNS, None),
+        yes("patch", CLUSTER_CONNS, None),
+        sub(yes("patch", CLUSTER_CONNS, None), "status"),
         yes("create", EVENTS, acme),
         yes("patch", EVENTS, acme),
         yes("get", "namespaces/acme", None),
@@ -938,6 +1052,11 @@ fn checks(mode: Mode) -> Vec<Check> {
         // The Secret's ownerReference does not set blockOwnerDeletion.
         sub(no("update", APPS, acme), "finalizers"),
         no("delete", APIS, Some("platform")),
+        no("create", CONNS, Some("platform")),
+        no("delete", CONNS, Some("platform")),
+        no("create", CLUSTER_CONNS, None),
+        no("delete", CLUSTER_CONNS, None),
+        no("update", CLUSTER_CONNS, None),
         no("deletecollection", GRANTS, acme),
         no("patch", "nodes", None),
         no("list", LEASES, sys),
@@ -958,7 +1077,12 @@ fn checks(mode: Mode) -> Vec<Check> {
             no("patch", "secrets", Some("kube-system")),
             no("list", APPS, ALL),
             no("list", APPS, Some("outsider")),
+            no("list", CONNS, Some("outsider")),
             no("create", EVENTS, Some("outsider")),
+            // Events about ClusterKindeConnections, and nothing else there.
+            yes("create", EVENTS, Some("kube-system")),
+            no("get", "secrets", Some("kube-system")),
+            no("list", APPS, Some("kube-system")),
             no("get", "namespaces/outsider", None),
             no("get", "namespaces/kube-system", None),
         ]),

@@ -851,10 +851,15 @@ async fn second_request_queued(ctx: Ctx) -> anyhow::Result<()> {
 
 /// Paused: a request does nothing in Kinde; resuming performs it. Paused during the
 /// overlap: the predecessor is not retired; resuming retires it.
+///
+/// The pause must reach the operator within the overlap, between the rotation's status
+/// write and `retireAt`: 20 s, checked from the `Paused` condition's transition time (a
+/// 5 s overlap was too short on a loaded CI machine, and the predecessor was rightly
+/// retired before the pause arrived).
 async fn pause_and_resume(ctx: Ctx) -> anyhow::Result<()> {
     let (emu, op) = start(&ctx).await?;
     let app = "pz";
-    let old = setup(&ctx, &emu, rotating(app, "5s")).await?;
+    let old = setup(&ctx, &emu, rotating(app, "20s")).await?;
     let apps = ctx.api::<M2MApplication>();
     let paused = |on: bool| {
         let apps = &apps;
@@ -885,13 +890,23 @@ async fn pause_and_resume(ctx: Ctx) -> anyhow::Result<()> {
     paused(false).await?;
     let s = wait_handled(&ctx, app, "r1").await?;
     paused(true).await?;
-    wait_paused().await?;
+    let paused_at = wait_paused()
+        .await?
+        .condition("Synced")
+        .context("no Synced condition")?
+        .last_transition_time
+        .0;
     let retire_at = s
         .retiring
         .first()
         .context("no retiring entry")?
         .retire_at
         .clone();
+    ensure!(
+        paused_at < retire_at.0,
+        "precondition: the pause reached the operator at {paused_at}, after retireAt {}",
+        retire_at.0
+    );
     // Past retireAt (the operator requeues for it), the predecessor is still there.
     wait_for("a reconcile after retireAt", WAIT, || async {
         let before = reconciles(&op).await?;

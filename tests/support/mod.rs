@@ -50,9 +50,9 @@ pub use kinde::{
     strings,
 };
 pub use objects::{
-    Kind, KindStatus, POKE_ANNOTATION, WAIT, annotate, delete, delete_all, event_reasons,
-    events_about, merge_patch, poke, raw, wait_condition, wait_events, wait_gone,
-    wait_ready_current, wait_reason,
+    Kind, KindStatus, POKE_ANNOTATION, WAIT, annotate, cluster_connection_ready, delete,
+    delete_all, event_reasons, events_about, merge_patch, poke, raw, wait_condition, wait_events,
+    wait_gone, wait_ready_current, wait_reason,
 };
 
 /// Repository root (the crate's manifest dir).

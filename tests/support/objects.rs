@@ -7,8 +7,8 @@ use anyhow::{Context as _, anyhow};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kinde_m2m_operator::crd::{
-    ApiGrant, ApiGrantStatus, ApiRegistration, ApiRegistrationStatus, M2MApplication,
-    M2MApplicationStatus,
+    ApiGrant, ApiGrantStatus, ApiRegistration, ApiRegistrationStatus, ClusterKindeConnection,
+    ConnectionStatus, KindeConnection, M2MApplication, M2MApplicationStatus,
 };
 use kube::Resource;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -87,6 +87,7 @@ pub trait KindStatus: Clone + Default + std::fmt::Debug + Send + Sync {
 impl Kind for ApiRegistration {}
 impl Kind for M2MApplication {}
 impl Kind for ApiGrant {}
+impl Kind for KindeConnection {}
 
 macro_rules! kind_status {
     ($($status:ty),*) => {$(
@@ -100,7 +101,29 @@ macro_rules! kind_status {
         }
     )*};
 }
-kind_status!(ApiRegistrationStatus, M2MApplicationStatus, ApiGrantStatus);
+kind_status!(
+    ApiRegistrationStatus,
+    M2MApplicationStatus,
+    ApiGrantStatus,
+    ConnectionStatus
+);
+
+/// The `Ready` condition of a ClusterKindeConnection (cluster-scoped, so not a [`Kind`]), if
+/// the operator has written it.
+pub async fn cluster_connection_ready(
+    api: &Api<ClusterKindeConnection>,
+    name: &str,
+) -> anyhow::Result<Option<Condition>> {
+    Ok(api
+        .get(name)
+        .await
+        .with_context(|| format!("reading ClusterKindeConnection {name}"))?
+        .status
+        .unwrap_or_default()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready"))
+}
 
 /// `(status, reason)` of a condition, for failure messages.
 fn summary(c: Option<&Condition>) -> String {
@@ -140,10 +163,10 @@ pub async fn wait_condition<K: Kind>(
     .await
 }
 
-/// Waits until `name` has `Ready` with `reason`: `True` for `Reconciled`, `False` for any
-/// other reason. Returns the object.
+/// Waits until `name` has `Ready` with `reason`: `True` for `Reconciled` (and a
+/// connection's `Connected`), `False` for any other reason. Returns the object.
 pub async fn wait_reason<K: Kind>(api: &Api<K>, name: &str, reason: &str) -> anyhow::Result<K> {
-    let status = if reason == "Reconciled" {
+    let status = if reason == "Reconciled" || reason == "Connected" {
         "True"
     } else {
         "False"

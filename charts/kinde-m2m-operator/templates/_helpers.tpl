@@ -44,15 +44,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "kmo.namespacedRules" -}}
 # Watched (list + watch: the controllers' caches; no get by name), finalizers patched.
 - apiGroups: ["m2m.kinde-operator.io"]
-  resources: ["apiregistrations", "m2mapplications", "apigrants"]
+  resources: ["apiregistrations", "m2mapplications", "apigrants", "kindeconnections"]
   verbs: ["list", "watch", "patch"]
 - apiGroups: ["m2m.kinde-operator.io"]
-  resources: ["apiregistrations/status", "m2mapplications/status", "apigrants/status"]
+  resources: ["apiregistrations/status", "m2mapplications/status", "apigrants/status", "kindeconnections/status"]
   verbs: ["patch"]
 # No m2mapplications/finalizers: the Secret's ownerReference does not set blockOwnerDeletion
 # (with OwnerReferencesPermissionEnforcement that would need it; tests/e2e/rbac.rs runs with
 # that admission plugin on).
-# Credentials Secrets: read by name, watched (metadata only, by label), written with
+# Credentials Secrets: read by name (also a connection's management Secret, the only other
+# Secrets the operator reads), watched (metadata only, by label), written with
 # server-side apply only (`patch`, plus `create`: the API server authorizes an apply that
 # creates a missing Secret as a create). Never `update` or `delete` (garbage collection
 # removes them through the ownerReference).

@@ -10,7 +10,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::conditions::{self, reasons};
 use crate::controller::kernel::{Outcome, is_older};
-use crate::crd::{ApiGrant, ApiGrantStatus, ApiRegistration, M2MApplication};
+use crate::crd::{ApiGrant, ApiGrantStatus, ApiRegistration, M2MApplication, connection_label};
 
 /// The granted keys whose Kinde scope is still the one granted. A scope deleted and
 /// re-created in Kinde (a new id) lost the application's grant with it and must be granted
@@ -205,6 +205,17 @@ pub(super) fn references(
             reasons::CONFLICT,
             format!(
                 "ApiGrant {ns}/{winner} already grants {app_name} access to {api_ns}/{api_name}; delete one of them"
+            ),
+        ));
+    }
+    let (app_on, api_on) = (app.connection(), api.connection());
+    if app_on != api_on {
+        return Err(Outcome::not_ready(
+            reasons::CONNECTION_MISMATCH,
+            format!(
+                "M2MApplication {ns}/{app_name} is on {} and ApiRegistration {api_ns}/{api_name} on {}: a grant joins an application and an API of one Kinde business",
+                connection_label(app_on.as_ref()),
+                connection_label(api_on.as_ref())
             ),
         ));
     }
@@ -470,6 +481,14 @@ mod tests {
         };
         let g = grant_for(&["read"]);
         let all = &["read", "write"];
+        let mut app_on_staging = app_obj(true);
+        app_on_staging.spec.connection_ref = Some(crate::crd::ConnectionRef {
+            kind: crate::crd::ConnectionKind::KindeConnection,
+            name: "staging".into(),
+        });
+        if let Some(s) = app_on_staging.status.as_mut() {
+            s.connection = Some("KindeConnection/staging".into());
+        }
         let cases: Vec<(&str, Result<References, Outcome>)> = vec![
             (
                 "ApplicationNotFound",
@@ -510,6 +529,10 @@ mod tests {
                         unreported_age: None,
                     },
                 ),
+            ),
+            (
+                "ConnectionMismatch",
+                references(&g, &app_on_staging, &api_obj(true, all), &ok),
             ),
             (
                 "WaitingForApplication",

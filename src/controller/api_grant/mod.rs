@@ -36,6 +36,11 @@ impl Managed for ApiGrant {
         self.status.as_ref()
     }
 
+    /// The API's: a grant's calls go to the business its API lives in.
+    fn wanted_connection(&self, world: &World) -> Option<crate::crd::ConnectionRef> {
+        world.api_connection(self)
+    }
+
     async fn converge(&self, ctx: &Ctx, status: &mut Self::Status) -> Result<Outcome> {
         converge(self, ctx, status).await
     }
@@ -224,11 +229,11 @@ async fn converge(grant: &ApiGrant, ctx: &Ctx, status: &mut ApiGrantStatus) -> R
         }
     }
 
-    let snapshot = match ctx.kinde_apis.get(&r.api_id).await {
+    let snapshot = match ctx.business.kinde_apis.get(&r.api_id).await {
         Ok(s) => s,
         Err(e) if e.is_not_found() => {
             // Deleted in Kinde: the ApiRegistration re-creates it; wait for that.
-            ctx.kinde_apis.forget(&r.api_id).await;
+            ctx.business.kinde_apis.forget(&r.api_id).await;
             ctx.world
                 .wake_apis
                 .wake(&r.api.namespace().unwrap_or_default(), &r.api.name_any());
@@ -263,10 +268,12 @@ async fn converge(grant: &ApiGrant, ctx: &Ctx, status: &mut ApiGrantStatus) -> R
         // Record the pair before authorizing: a crash after the authorization (before the
         // final status) would otherwise leave deletion nothing to revoke.
         apply_status(ctx, grant, grant.status.as_ref(), status).await?;
-        ctx.authorizer
+        ctx.business
+            .authorizer
             .submit(&r.api_id, &r.app_id, Authorization::Authorize)
             .await?;
-        ctx.kinde_apis
+        ctx.business
+            .kinde_apis
             .note(&r.api_id, &r.app_id, Authorization::Authorize)
             .await;
         changes.push(format!(
@@ -275,7 +282,8 @@ async fn converge(grant: &ApiGrant, ctx: &Ctx, status: &mut ApiGrantStatus) -> R
         ));
     }
     for (key, id) in &to_add {
-        ctx.kinde
+        ctx.business
+            .kinde
             .add_api_application_scope(&r.api_id, &r.app_id, id)
             .await?;
         changes.push(format!("granted {key}"));
@@ -290,6 +298,7 @@ async fn converge(grant: &ApiGrant, ctx: &Ctx, status: &mut ApiGrantStatus) -> R
             .map(|s| s.id.clone());
         if let Some(id) = id {
             match ctx
+                .business
                 .kinde
                 .remove_api_application_scope(&r.api_id, &r.app_id, &id)
                 .await

@@ -39,6 +39,10 @@ impl Managed for ApiRegistration {
         self.status.as_ref()
     }
 
+    fn wanted_connection(&self, _world: &World) -> Option<crate::crd::ConnectionRef> {
+        self.spec.connection_ref.clone()
+    }
+
     async fn converge(&self, ctx: &Ctx, status: &mut Self::Status) -> Result<Outcome> {
         converge(self, ctx, status).await
     }
@@ -93,7 +97,7 @@ impl Managed for ApiRegistration {
             None => None,
         };
         if let (DeletionPolicy::Delete, Some(id)) = (policy, api_id) {
-            match ctx.kinde.delete_api(&id).await {
+            match ctx.business.kinde.delete_api(&id).await {
                 Ok(()) => {
                     record_change(
                         &ctx,
@@ -106,7 +110,7 @@ impl Managed for ApiRegistration {
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e.into()),
             }
-            ctx.kinde_apis.forget(&id).await;
+            ctx.business.kinde_apis.forget(&id).await;
         }
         Ok(Action::await_change())
     }
@@ -137,7 +141,7 @@ async fn unrecorded_api(ctx: &Ctx, obj: &ApiRegistration) -> Result<Option<Strin
     if !marked || obj.external_id().is_some() {
         return Ok(None);
     }
-    let apis = ctx.kinde.list_apis(false).await?;
+    let apis = ctx.business.kinde.list_apis(false).await?;
     Ok(apis
         .into_iter()
         .find(|a| a.audience == audience && !a.is_management_api)
@@ -153,7 +157,7 @@ async fn converge(
         return Ok(Outcome::not_ready(reasons::INVALID_SPEC, problem));
     }
     let audience = obj.spec.audience.as_str();
-    if audience.trim_end_matches('/') == ctx.kinde.management_audience() {
+    if audience.trim_end_matches('/') == ctx.business.kinde.management_audience() {
         return Ok(refuse_management(audience));
     }
     let paused = obj.is_paused();
@@ -165,7 +169,7 @@ async fn converge(
             Ok(id) => id,
             Err(stop) => return stop.into_result(),
         };
-        match ctx.kinde.list_api_scopes(&api_id).await {
+        match ctx.business.kinde.list_api_scopes(&api_id).await {
             Ok(scopes) => break (api_id, scopes),
             Err(e) if e.is_not_found() && !recreated => {
                 if obj.external_id().is_some() {
@@ -181,7 +185,7 @@ async fn converge(
                     format!("Kinde API {api_id} was deleted in Kinde; creating it again"),
                 )
                 .await;
-                ctx.kinde_apis.forget(&api_id).await;
+                ctx.business.kinde_apis.forget(&api_id).await;
                 status.api_id = None;
                 status.scopes.clear();
                 recreated = true;
@@ -248,7 +252,7 @@ async fn ensure_api(
         return Ok(id);
     }
     if let Some(ext) = external {
-        let api = match ctx.kinde_apis.refresh(ext).await {
+        let api = match ctx.business.kinde_apis.refresh(ext).await {
             Ok(api) => api,
             Err(e) if e.is_not_found() || matches!(e, KindeError::InvalidId { .. }) => {
                 return Err(Stop::Outcome(Outcome::not_ready(
@@ -264,7 +268,8 @@ async fn ensure_api(
             is_management_api: api.is_management_api,
         };
         let claims = claims_on(ctx, obj, status, ext, Some(&api.audience));
-        if let Err(refusal) = adoption::check_api(&facts, &ctx.kinde.management_audience(), &claims)
+        if let Err(refusal) =
+            adoption::check_api(&facts, &ctx.business.kinde.management_audience(), &claims)
         {
             return Err(Stop::Outcome(Outcome::refused(refusal)));
         }
@@ -291,7 +296,7 @@ async fn ensure_api(
         return Ok(ext.to_owned());
     }
 
-    let existing = ctx.kinde.list_apis(false).await?;
+    let existing = ctx.business.kinde.list_apis(false).await?;
     if let Some(found) = existing.iter().find(|a| a.audience == audience) {
         if found.is_management_api {
             return Err(Stop::Outcome(refuse_management(audience)));
@@ -346,7 +351,12 @@ async fn ensure_api(
     status.audience = Some(audience.to_owned());
     status.api_id = None;
     apply_status(ctx, obj, obj.status.as_ref(), status).await?;
-    let id = match ctx.kinde.create_api(&obj.display_name(), audience).await {
+    let id = match ctx
+        .business
+        .kinde
+        .create_api(&obj.display_name(), audience)
+        .await
+    {
         Ok(id) => id,
         Err(e) => {
             if e.created_nothing() {
@@ -420,7 +430,11 @@ async fn converge_scopes(
     }
     let mut changes = Vec::new();
     for (key, description) in &diff.add {
-        let id = ctx.kinde.create_api_scope(api_id, key, description).await?;
+        let id = ctx
+            .business
+            .kinde
+            .create_api_scope(api_id, key, description)
+            .await?;
         kinde.push(KindeScope {
             id,
             key: key.clone(),
@@ -429,14 +443,17 @@ async fn converge_scopes(
         changes.push(format!("added scope {key}"));
     }
     for (id, key, description) in &diff.describe {
-        ctx.kinde.update_api_scope(api_id, id, description).await?;
+        ctx.business
+            .kinde
+            .update_api_scope(api_id, id, description)
+            .await?;
         if let Some(have) = kinde.iter_mut().find(|s| &s.id == id) {
             have.description = Some(description.clone());
         }
         changes.push(format!("updated description of scope {key}"));
     }
     for (id, key) in &diff.remove {
-        match ctx.kinde.delete_api_scope(api_id, id).await {
+        match ctx.business.kinde.delete_api_scope(api_id, id).await {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e.into()),

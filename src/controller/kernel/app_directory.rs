@@ -20,7 +20,27 @@ use std::collections::HashMap;
 use tokio::time::Instant;
 
 use crate::adoption;
+use secrecy::SecretString;
+
 use crate::kinde::{KindeClient, KindeError};
+
+/// What the operator knows of a Kinde application it found or created (defined here, below
+/// the kinds, because the world's cache of recent reads holds them too).
+#[derive(Clone)]
+pub struct KindeApp {
+    pub id: String,
+    pub client_id: String,
+    pub name: String,
+    pub secret: SecretString,
+    /// Kinde's type (`m2m`, `reg`, ...) when known; adoption refuses anything but `m2m`.
+    pub app_type: Option<String>,
+    /// The access-token lifetime (seconds) if Kinde's read reported one (the spec's
+    /// `getApplication` does not: then `status.appliedTokens` is what is known).
+    pub access_token_lifetime: Option<u64>,
+    /// Created (or found after a create whose outcome was lost) by this reconcile, not yet
+    /// announced: its Event goes out once, with the Secret's when that is written too.
+    pub fresh: bool,
+}
 
 /// A listed application: id and name.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,12 +12,12 @@ use kube::{Resource, ResourceExt};
 use secrecy::ExposeSecret;
 
 use crate::conditions::reasons;
+pub(crate) use crate::controller::kernel::KindeApp;
 use crate::controller::kernel::rules::stable_hash;
 use crate::controller::kernel::{Error, Outcome, Result};
 use crate::crd::{AppliedTokens, M2MApplication, M2MApplicationStatus};
 use crate::secret;
 use crate::validation;
-use secrecy::SecretString;
 
 /// The object's UID, compacted: the stable part of every marker.
 pub(super) fn uid_marker_body(obj: &M2MApplication) -> Result<String> {
@@ -316,23 +316,6 @@ pub fn until_next(status: &M2MApplicationStatus, now: Timestamp) -> Option<Durat
     Duration::try_from(next.0.duration_since(now)).ok()
 }
 
-/// What the operator knows of its Kinde application after finding or creating it.
-#[derive(Clone)]
-pub(crate) struct KindeApp {
-    pub id: String,
-    pub client_id: String,
-    pub name: String,
-    pub secret: SecretString,
-    /// Kinde's type (`m2m`, `reg`, ...) when known; adoption refuses anything but `m2m`.
-    pub app_type: Option<String>,
-    /// The access-token lifetime (seconds) if Kinde's read reported one (the spec's
-    /// `getApplication` does not: then `status.appliedTokens` is what is known).
-    pub access_token_lifetime: Option<u64>,
-    /// Created (or found after a create whose outcome was lost) by this reconcile, not yet
-    /// announced: its Event goes out once, with the Secret's when that is written too.
-    pub fresh: bool,
-}
-
 /// The access-token lifetime to send to Kinde now, if any: the spec's (`desired`), unless
 /// it is already in place. Kinde's `getApplication` does not document the lifetime, so
 /// where Kinde reports it that is the truth (a dashboard edit is drift and is corrected);
@@ -357,6 +340,7 @@ pub(super) fn token_lifetime_to_apply(
 mod tests {
     use super::*;
     use crate::crd::RetiringCredentials;
+    use secrecy::SecretString;
 
     use crate::crd::M2MApplicationSpec;
 

@@ -22,16 +22,16 @@ use crate::kinde::KindeError;
 /// The ids of every application carrying one of this object's markers (creation or
 /// rotation: `[kmo:<uid body>...]`).
 pub(super) async fn find_all_marked(ctx: &Ctx, uid_body: &str) -> Result<Vec<String>> {
-    Ok(ctx.kinde_apps.find_all(uid_body, None).await?)
+    Ok(ctx.business.kinde_apps.find_all(uid_body, None).await?)
 }
 
 /// The application carrying `marker` in its name, if it still exists (the directory may
 /// know of one deleted behind our back).
 async fn find_marked(ctx: &Ctx, marker: &str) -> Result<Option<KindeApp>> {
-    for id in ctx.kinde_apps.find(marker).await? {
+    for id in ctx.business.kinde_apps.find(marker).await? {
         match read_app(ctx, &id).await {
             Ok(app) => return Ok(Some(app)),
-            Err(e) if e.is_not_found() => ctx.kinde_apps.gone(&id),
+            Err(e) if e.is_not_found() => ctx.business.kinde_apps.gone(&id),
             Err(e) => return Err(e.into()),
         }
     }
@@ -52,23 +52,24 @@ pub(super) async fn create_marked(
         return Ok(KindeApp { fresh: true, ..app });
     }
     let name = format!("{} {marker}", obj.display_name());
-    ctx.kinde_apps.attempting(marker);
+    ctx.business.kinde_apps.attempting(marker);
     let sent_at = tokio::time::Instant::now();
     let created = match ctx
+        .business
         .kinde
         .create_application(&name, obj.spec.organization_code.as_deref())
         .await
     {
         Ok(created) => created,
         Err(e) => {
-            ctx.kinde_apps.create_failed(marker, &e);
+            ctx.business.kinde_apps.create_failed(marker, &e);
             if matches!(e, KindeError::OutcomeUnknown { .. }) {
                 status.unconfirmed_create_since = Some(Time(Timestamp::now()));
             }
             return Err(e.into());
         }
     };
-    ctx.kinde_apps.created(marker, &created.id, &name);
+    ctx.business.kinde_apps.created(marker, &created.id, &name);
     let app = KindeApp {
         id: created.id,
         client_id: created.client_id,
@@ -99,7 +100,7 @@ pub(super) async fn sweep_unconfirmed(
     let in_use = used_application_ids(status);
     // A copy Kinde makes late only shows in a listing made now.
     let now = tokio::time::Instant::now();
-    for id in ctx.kinde_apps.find_all(&body, Some(now)).await? {
+    for id in ctx.business.kinde_apps.find_all(&body, Some(now)).await? {
         if !in_use.contains(&id) {
             delete_kinde_application(ctx, &id).await?;
             record_change(
@@ -123,7 +124,7 @@ pub(super) async fn sweep_unconfirmed(
 }
 
 pub(super) async fn read_app(ctx: &Ctx, id: &str) -> std::result::Result<KindeApp, KindeError> {
-    let app = ctx.kinde.get_application(id).await?;
+    let app = ctx.business.kinde.get_application(id).await?;
     let secret = app.client_secret.ok_or_else(|| KindeError::Decode {
         operation: "getApplication",
         detail: "response lacks `application.client_secret`".into(),
@@ -161,7 +162,7 @@ pub(super) async fn recover_owned(
     status: &mut M2MApplicationStatus,
 ) -> Result<Option<KindeApp>> {
     let ns = obj.namespace().unwrap_or_default();
-    let key = ctx.ownership.key(&ns, &obj.name_any());
+    let key = ctx.business.ownership.key(&ns, &obj.name_any());
     let held: HashSet<String> = ctx
         .world
         .apps
@@ -170,16 +171,27 @@ pub(super) async fn recover_owned(
         .filter_map(|other| other.status.as_ref())
         .flat_map(used_application_ids)
         .collect();
-    for id in ctx.kinde_apps.find_named(&obj.display_name()).await? {
+    for id in ctx
+        .business
+        .kinde_apps
+        .find_named(&obj.display_name())
+        .await?
+    {
         if held.contains(&id)
-            || ctx.ownership.owner_of(&ctx.kinde, &id).await?.as_deref() != Some(key.as_str())
+            || ctx
+                .business
+                .ownership
+                .owner_of(&ctx.business.kinde, &id)
+                .await?
+                .as_deref()
+                != Some(key.as_str())
         {
             continue;
         }
         let app = match read_app(ctx, &id).await {
             Ok(app) => app,
             Err(e) if e.is_not_found() => {
-                ctx.kinde_apps.gone(&id);
+                ctx.business.kinde_apps.gone(&id);
                 continue;
             }
             Err(e) => return Err(e.into()),
@@ -213,10 +225,11 @@ pub(super) async fn record_owner(
         return Ok(());
     }
     let ns = obj.namespace().unwrap_or_default();
-    let key = ctx.ownership.key(&ns, &obj.name_any());
+    let key = ctx.business.ownership.key(&ns, &obj.name_any());
     if ctx
+        .business
         .ownership
-        .record(&ctx.kinde, &app.id, Some(&key))
+        .record(&ctx.business.kinde, &app.id, Some(&key))
         .await?
         == OwnerRecord::Refused
     {
@@ -231,7 +244,12 @@ pub(super) async fn record_owner(
 /// Takes the owner key off application `id` (it is orphaned or replaced): a later object
 /// of the same name must not claim it. An application already gone counts as done.
 pub(super) async fn release_owner(ctx: &Ctx, id: &str) -> Result<()> {
-    match ctx.ownership.record(&ctx.kinde, id, None).await {
+    match ctx
+        .business
+        .ownership
+        .record(&ctx.business.kinde, id, None)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if e.is_not_found() => Ok(()),
         Err(e) => Err(e.into()),

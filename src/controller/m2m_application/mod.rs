@@ -52,6 +52,10 @@ impl Managed for M2MApplication {
         self.status.as_ref()
     }
 
+    fn wanted_connection(&self, _world: &World) -> Option<crate::crd::ConnectionRef> {
+        self.spec.connection_ref.clone()
+    }
+
     async fn converge(&self, ctx: &Ctx, status: &mut Self::Status) -> Result<Outcome> {
         converge(self, ctx, status).await
     }
@@ -216,8 +220,11 @@ async fn converge(
         if paused {
             return Ok(Outcome::Paused { ready: true });
         }
-        ctx.kinde.rename_application(&app.id, &display).await?;
-        ctx.kinde_apps.renamed(&app.id, &display);
+        ctx.business
+            .kinde
+            .rename_application(&app.id, &display)
+            .await?;
+        ctx.business.kinde_apps.renamed(&app.id, &display);
         ctx.world
             .app_reads
             .update(obj, |read| read.name.clone_from(&display));
@@ -266,7 +273,8 @@ async fn ensure_app(
     if let Some(id) = external.or(adopted.as_deref()) {
         adoption_admitted(ctx, obj).await?;
         let claims = claims_on(ctx, obj, status, id);
-        if let Err(refusal) = adoption::check_app_id(id, ctx.kinde.management_client_id(), &claims)
+        if let Err(refusal) =
+            adoption::check_app_id(id, &ctx.business.kinde.management_client_id(), &claims)
         {
             return Err(Stop::Outcome(Outcome::refused(refusal)));
         }
@@ -326,7 +334,7 @@ async fn ensure_app(
         };
         if let Err(refusal) = adoption::check_app(
             &facts,
-            ctx.kinde.management_client_id(),
+            &ctx.business.kinde.management_client_id(),
             &uid_marker_body(obj)?,
         ) {
             return Err(Stop::Outcome(Outcome::refused(refusal)));

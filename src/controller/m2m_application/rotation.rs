@@ -133,14 +133,17 @@ pub async fn rotate(
         apply_status(ctx, obj, obj.status.as_ref(), status).await?;
     }
     for (api_id, scope_ids) in grant_targets(ctx, obj) {
-        ctx.authorizer
+        ctx.business
+            .authorizer
             .submit(&api_id, &successor.client_id, Authorization::Authorize)
             .await?;
-        ctx.kinde_apis
+        ctx.business
+            .kinde_apis
             .note(&api_id, &successor.client_id, Authorization::Authorize)
             .await;
         for scope in scope_ids {
-            ctx.kinde
+            ctx.business
+                .kinde
                 .add_api_application_scope(&api_id, &successor.id, &scope)
                 .await?;
         }

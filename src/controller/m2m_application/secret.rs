@@ -115,8 +115,8 @@ pub(super) async fn ensure_secret(
     let owner = obj
         .controller_owner_ref(&())
         .ok_or(Error::MissingMetadata("uid"))?;
-    let domain = ctx.kinde.domain();
-    let token_url = ctx.kinde.token_url();
+    let domain = ctx.business.kinde.domain();
+    let token_url = ctx.business.kinde.token_url();
     let keys = secret::KeyNames::from_spec(&obj.spec.secret.keys);
     let desired = secret::build(
         &secret::Placement {

@@ -30,7 +30,10 @@ pub(super) async fn ensure_tokens(
     };
     let apply = token_lifetime_to_apply(Some(seconds), app, status.applied_tokens.as_ref());
     if let Some(apply) = apply {
-        ctx.kinde.update_application_tokens(&app.id, apply).await?;
+        ctx.business
+            .kinde
+            .update_application_tokens(&app.id, apply)
+            .await?;
         record_change(
             ctx,
             obj,
