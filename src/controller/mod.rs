@@ -300,10 +300,10 @@ pub async fn run(
     let mut runs = Vec::new();
     for slot in scope.slots() {
         let api = api_for::<KindeConnection>(&client, &slot);
-        runs.push(run_connections(api, &connection_ctx, shutdown.clone()).boxed());
+        runs.push(run_connections(api, slot, &connection_ctx, shutdown.clone()).boxed());
     }
     let cluster_api = Api::<ClusterKindeConnection>::all(client.clone());
-    runs.push(run_connections(cluster_api, &connection_ctx, shutdown.clone()).boxed());
+    runs.push(run_connections(cluster_api, None, &connection_ctx, shutdown.clone()).boxed());
     for (c, secret_stream) in apps.controllers.into_iter().zip(secrets) {
         let c = c
             .owns_stream(secret_stream)
@@ -352,13 +352,25 @@ pub async fn run(
 /// before any reconcile: a connection seen is known (objects naming it wait for its first
 /// check instead of reporting it missing), one deleted is gone, and each listing counts
 /// towards the start-up wait of the other kinds ([`Businesses::wait_listed`]). A new or
-/// deleted connection, or a changed selector, wakes the objects that name it.
+/// deleted connection, a changed selector, or this installation's finalizer added or
+/// removed wakes the objects that name it. Objects that want to use a connection this
+/// installation does not hold yet wake it (see [`Businesses::wake`]). `namespace`: the
+/// watch's (none: all).
 async fn run_connections<C: ConnectionObject>(
     api: Api<C>,
+    namespace: Option<String>,
     ctx: &Arc<ConnectionContext>,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let (reader, writer) = reflector::store();
+    let wake_ups = ctx
+        .shared
+        .businesses
+        .wake_ups(C::KIND, namespace)
+        .map(|key| match key.namespace {
+            Some(ns) => ObjectRef::<C>::new(&key.name).within(&ns),
+            None => ObjectRef::<C>::new(&key.name),
+        });
     let registry = ctx.clone();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
@@ -369,7 +381,8 @@ async fn run_connections<C: ConnectionObject>(
             let world = &registry.shared.world;
             match &event {
                 Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => {
-                    let users_changed = businesses.seen(c.key(), c.selector());
+                    let sighting = c.sighting(&registry.defaults.installation);
+                    let users_changed = businesses.seen(c.key(), sighting);
                     if users_changed {
                         world::wake_users_of_connection(world, &c.key());
                     }
@@ -388,7 +401,9 @@ async fn run_connections<C: ConnectionObject>(
         .applied_objects();
     // Unbounded: a connection whose business is slow to answer (a low pace, a 429 pause)
     // must not hold up the checks of the others.
-    let controller = Controller::for_stream(stream, reader).graceful_shutdown_on(shutdown);
+    let controller = Controller::for_stream(stream, reader)
+        .reconcile_on(wake_ups)
+        .graceful_shutdown_on(shutdown);
     drain(controller.run(
         connection::reconcile::<C>,
         connection::error_policy::<C>,

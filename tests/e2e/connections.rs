@@ -346,12 +346,30 @@ async fn cluster_connection_admits_selected_namespaces(ctx: Ctx) -> anyhow::Resu
     }))?;
     cluster.create(&PostParams::default(), &connection).await?;
     const CKC: &str = "ClusterKindeConnection";
-    ctx.apply_in(&admitted, &[&app_on("tenant", CKC, &name)?])
-        .await?;
-    ctx.apply(&[&app_on("outsider", CKC, &name)?]).await?;
+    let held_by = || async { anyhow::Ok(cluster.get(&name).await?.finalizers().to_vec()) };
     let r = async {
+        // Every operator of the run sees it, and none holds it while no object of its
+        // own uses it (an installation that never uses a connection, or was uninstalled,
+        // must not keep it from being deleted).
+        wait_for("the connection Ready", WAIT, || async {
+            Ok(support::cluster_connection_ready(&cluster, &name)
+                .await?
+                .is_some_and(|c| c.status == "True")
+                .then_some(()))
+        })
+        .await?;
+        let unused = held_by().await?;
+        ensure!(unused.is_empty(), "an unused connection is held by {unused:?}");
+        ctx.apply_in(&admitted, &[&app_on("tenant", CKC, &name)?])
+            .await?;
+        ctx.apply(&[&app_on("outsider", CKC, &name)?]).await?;
         let in_admitted: Api<M2MApplication> = ctx.api_in(&admitted);
         wait_reason(&in_admitted, "tenant", "Reconciled").await?;
+        let used = held_by().await?;
+        ensure!(
+            used == [format!("m2m.kinde-operator.io/{installation}")],
+            "the connection is held by {used:?}: only the installation whose objects use it may hold it"
+        );
         let tenant = support::credentials(&ctx.api_in(&admitted), "tenant-credentials").await?;
         ensure!(
             client_ids(&other).await?.contains(&tenant.client_id),

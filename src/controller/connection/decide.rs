@@ -123,9 +123,50 @@ pub fn rate_status(configured: Option<f64>, current: Option<f64>) -> RateStatus 
     }
 }
 
+/// What this installation does with its finalizer on a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    Add,
+    Release,
+    Keep,
+}
+
+/// The finalizer step (pure). `ours`: the connection carries this installation's
+/// finalizer. `wanted`: this installation's objects name the connection or were made
+/// through it. `in_use`: objects made through it (their Kinde objects are in its business)
+/// remain. Held while wanted; while deleting, released once nothing made through it
+/// remains (no finalizer can be added to an object being deleted).
+pub fn hold(ours: bool, deleting: bool, wanted: bool, in_use: bool) -> Hold {
+    match (deleting, ours) {
+        (true, true) if !in_use => Hold::Release,
+        (true, _) => Hold::Keep,
+        (false, false) if wanted => Hold::Add,
+        (false, true) if !wanted => Hold::Release,
+        (false, _) => Hold::Keep,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_installation_holds_a_connection_only_while_its_objects_want_it() {
+        // (ours, deleting, wanted, in_use)
+        assert_eq!(hold(false, false, true, false), Hold::Add);
+        assert_eq!(hold(false, false, true, true), Hold::Add);
+        assert_eq!(hold(true, false, true, true), Hold::Keep);
+        // Nothing of this installation names it or was made through it: let it go, so an
+        // installation that never used a connection never blocks its deletion.
+        assert_eq!(hold(true, false, false, false), Hold::Release);
+        assert_eq!(hold(false, false, false, false), Hold::Keep);
+        // Being deleted: kept while objects made through it remain, then released; never
+        // added (the API server refuses new finalizers on an object being deleted).
+        assert_eq!(hold(true, true, true, true), Hold::Keep);
+        assert_eq!(hold(true, true, true, false), Hold::Release);
+        assert_eq!(hold(true, true, false, false), Hold::Release);
+        assert_eq!(hold(false, true, true, true), Hold::Keep);
+    }
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
         pairs

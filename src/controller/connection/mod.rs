@@ -15,13 +15,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
-use super::kernel::business::Connection;
+use super::kernel::business::{Connection, Sighting};
 use super::kernel::rules::set_conditions;
 use super::kernel::{
     Business, ConnectionKey, Error, FIELD_MANAGER, Result, Shared, SlotLimits, publish,
@@ -87,6 +86,15 @@ pub trait ConnectionObject:
             name: self.name_any(),
         }
     }
+
+    /// What the operator's registry keeps of the object as its watch sees it.
+    fn sighting(&self, installation: &str) -> Sighting {
+        Sighting {
+            selector: self.selector(),
+            held: self.finalizers().contains(&finalizer_name(installation)),
+            deleting: self.meta().deletion_timestamp.is_some(),
+        }
+    }
 }
 
 impl ConnectionObject for KindeConnection {
@@ -129,23 +137,40 @@ impl ConnectionObject for ClusterKindeConnection {
     }
 }
 
-/// Reconciles one connection: its finalizer, then [`apply`] or [`cleanup`].
+/// How often a connection whose deletion waits on objects made through it looks whether
+/// they are gone (each look reads only the operator's stores).
+const IN_USE_RECHECK: Duration = Duration::from_secs(5);
+
+/// Reconciles one connection: this installation's finalizer ([`decide::hold`]), then
+/// [`apply`], or while it is being deleted, the report of who still uses it.
 pub async fn reconcile<C: ConnectionObject>(
     obj: Arc<C>,
     ctx: Arc<ConnectionContext>,
 ) -> Result<Action> {
     let span = tracing::info_span!("reconcile", kind = %C::KIND, namespace = ?obj.namespace(), name = %obj.name_any());
-    let api = C::api(&ctx.shared.client, &obj);
-    let name = finalizer_name(&ctx.defaults.installation);
-    finalizer(&api, &name, obj, |event| async {
-        match event {
-            FinalizerEvent::Apply(o) => apply(o, &ctx).await,
-            FinalizerEvent::Cleanup(o) => cleanup(o, &ctx).await,
+    async move {
+        let world = &ctx.shared.world;
+        // Who uses it is read from the stores: decide once they have listed (at start,
+        // empty stores would release a connection in use).
+        world.apps.wait_ready().await;
+        world.apis.wait_ready().await;
+        let finalizer = finalizer_name(&ctx.defaults.installation);
+        let ours = obj.finalizers().contains(&finalizer);
+        let deleting = obj.meta().deletion_timestamp.is_some();
+        let (made_through, wanted) = users(obj.as_ref(), world);
+        match decide::hold(ours, deleting, wanted, !made_through.is_empty()) {
+            decide::Hold::Add => set_finalizer(&ctx, obj.as_ref(), &finalizer, true).await?,
+            decide::Hold::Release => set_finalizer(&ctx, obj.as_ref(), &finalizer, false).await?,
+            decide::Hold::Keep => {}
         }
-    })
+        match (deleting, ours && !made_through.is_empty()) {
+            (false, _) => apply(obj, &ctx).await,
+            (true, true) => report_in_use(obj, &ctx, &made_through).await,
+            (true, false) => Ok(Action::await_change()),
+        }
+    }
     .instrument(span)
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
 /// The finalizer of one installation on a connection, `m2m.kinde-operator.io/<installation>`:
@@ -156,14 +181,48 @@ pub fn finalizer_name(installation: &str) -> String {
     format!("{GROUP}/{installation}")
 }
 
-/// After a failure: try again a little later.
+/// Adds or removes this installation's finalizer, on the version of the object the
+/// decision saw (a conflict means it changed: its watch event reconciles it again).
+async fn set_finalizer<C: ConnectionObject>(
+    ctx: &ConnectionContext,
+    obj: &C,
+    finalizer: &str,
+    held: bool,
+) -> Result<()> {
+    let mut finalizers: Vec<String> = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != finalizer)
+        .cloned()
+        .collect();
+    if held {
+        finalizers.push(finalizer.to_owned());
+    }
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": obj.resource_version(), "finalizers": finalizers},
+    });
+    C::api(&ctx.shared.client, obj)
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+/// After a failure: try again a little later (soon while a deletion waits on its users).
 pub fn error_policy<C: ConnectionObject>(
     obj: Arc<C>,
     err: &Error,
     _ctx: Arc<ConnectionContext>,
 ) -> Action {
     tracing::warn!(kind = %C::KIND, name = %obj.name_any(), reason = err.reason(), error = %super::kernel::error_note(err), "connection reconcile failed");
-    Action::requeue(RECHECK)
+    if err.reason() == reasons::IN_USE {
+        Action::requeue(IN_USE_RECHECK)
+    } else {
+        Action::requeue(RECHECK)
+    }
 }
 
 /// Reads the credentials, builds or updates the connection's business, checks its token and
@@ -175,15 +234,12 @@ async fn apply<C: ConnectionObject>(obj: Arc<C>, ctx: &ConnectionContext) -> Res
     let old = obj.connection_status().cloned().unwrap_or_default();
     let mut status = old.clone();
     let (business, ready) = connect(obj.as_ref(), ctx, known.as_ref(), &mut status).await?;
-    businesses.set(
+    businesses.checked(
         key,
-        Connection {
-            business: business.clone(),
-            ready: ready
-                .clone()
-                .map_err(|(reason, message)| (reason.to_owned(), message)),
-            selector: obj.selector(),
-        },
+        business.clone(),
+        ready
+            .clone()
+            .map_err(|(reason, message)| (reason.to_owned(), message)),
     );
     if let Some(b) = &business {
         status.rate = Some(decide::rate_status(
@@ -382,53 +438,59 @@ fn new_business<C: ConnectionObject>(
     )))
 }
 
-/// The objects whose Kinde object was made through this connection (`Kind namespace/name`):
-/// their status records it. An object that only names it holds nothing in its business and
-/// does not keep it (it reports `ConnectionNotFound` once the connection is gone).
-fn users<C: ConnectionObject>(obj: &C, world: &World) -> Vec<String> {
+/// This installation's users of the connection: the objects whose Kinde object was made
+/// through it (`Kind namespace/name`: their status records it), and whether any object
+/// names it or was made through it. An object that only names it holds nothing in its
+/// business and does not keep a deletion waiting (it reports `ConnectionNotFound` once the
+/// connection is gone), but it does make this installation hold the connection.
+fn users<C: ConnectionObject>(obj: &C, world: &World) -> (Vec<String>, bool) {
     let key = obj.key();
-    let on_it = |namespace: Option<String>, recorded: Option<&str>| {
-        concerns_connection(&key, namespace.as_deref(), None, recorded)
+    let mut wanted = false;
+    let mut made_through = Vec::new();
+    let mut look = |kind: &str,
+                    ns: Option<String>,
+                    name: String,
+                    spec: Option<&ConnectionRef>,
+                    recorded: Option<&str>| {
+        if concerns_connection(&key, ns.as_deref(), None, recorded) {
+            made_through.push(format!("{kind} {}/{name}", ns.unwrap_or_default()));
+            wanted = true;
+        } else if concerns_connection(&key, ns.as_deref(), spec, None) {
+            wanted = true;
+        }
     };
-    let name = |kind: &str, ns: Option<String>, name: String| {
-        format!("{kind} {}/{name}", ns.unwrap_or_default())
-    };
-    let mut users: Vec<String> = world
-        .apps
-        .find(|a| {
-            on_it(
-                a.namespace(),
-                a.status.as_ref().and_then(|s| s.connection.as_deref()),
-            )
-        })
-        .iter()
-        .map(|a| name("M2MApplication", a.namespace(), a.name_any()))
-        .collect();
-    users.extend(
-        world
-            .apis
-            .find(|a| {
-                on_it(
-                    a.namespace(),
-                    a.status.as_ref().and_then(|s| s.connection.as_deref()),
-                )
-            })
-            .iter()
-            .map(|a| name("ApiRegistration", a.namespace(), a.name_any())),
-    );
-    users.sort();
-    users
+    for a in world.apps.find(|_| true) {
+        let status = a.status.as_ref().and_then(|s| s.connection.as_deref());
+        look(
+            "M2MApplication",
+            a.namespace(),
+            a.name_any(),
+            a.spec.connection_ref.as_ref(),
+            status,
+        );
+    }
+    for a in world.apis.find(|_| true) {
+        let status = a.status.as_ref().and_then(|s| s.connection.as_deref());
+        look(
+            "ApiRegistration",
+            a.namespace(),
+            a.name_any(),
+            a.spec.connection_ref.as_ref(),
+            status,
+        );
+    }
+    made_through.sort();
+    (made_through, wanted)
 }
 
-/// Lets the connection go once nothing uses it; until then `Ready=False` with reason
-/// `InUse` names the users.
-async fn cleanup<C: ConnectionObject>(obj: Arc<C>, ctx: &ConnectionContext) -> Result<Action> {
-    let users = users(obj.as_ref(), &ctx.shared.world);
-    if users.is_empty() {
-        ctx.shared.businesses.remove(&obj.key());
-        return Ok(Action::await_change());
-    }
-    let message = decide::in_use_message(&users);
+/// While objects made through the connection remain, its deletion waits: `Ready=False`
+/// with reason `InUse` names them.
+async fn report_in_use<C: ConnectionObject>(
+    obj: Arc<C>,
+    ctx: &ConnectionContext,
+    users: &[String],
+) -> Result<Action> {
+    let message = decide::in_use_message(users);
     let old = obj.connection_status().cloned().unwrap_or_default();
     let mut status = old.clone();
     let generation = obj.meta().generation;

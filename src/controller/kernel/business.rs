@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -119,17 +120,32 @@ pub struct Connection {
     pub business: Option<Arc<Business>>,
     /// `Err((reason, message))` while not Ready.
     pub ready: Result<(), (String, String)>,
+    /// What its watch last saw of the object.
+    pub sighting: Sighting,
+}
+
+/// What a connection's watch saw of the object itself: who may use it and whether this
+/// installation holds it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sighting {
     /// ClusterKindeConnection: which namespaces may use it.
     pub selector: Option<LabelSelector>,
+    /// It carries this installation's finalizer. An object creates Kinde objects through
+    /// a connection only once it does, so a connection is never deleted under them; an
+    /// installation holds only the connections its own objects use, so one that never
+    /// uses a connection (or was uninstalled) never keeps it from being deleted.
+    pub held: bool,
+    /// Its deletion was asked for.
+    pub deleting: bool,
 }
 
 impl Connection {
     /// A connection seen but not reconciled yet.
-    pub fn seen(selector: Option<LabelSelector>) -> Self {
+    pub fn seen(sighting: Sighting) -> Self {
         Self {
             business: None,
             ready: Err((reasons::CONNECTING.into(), "not checked yet".into())),
-            selector,
+            sighting,
         }
     }
 }
@@ -144,7 +160,17 @@ pub enum Resolution {
         reason: &'static str,
         message: String,
     },
+    /// Ready, but this installation does not hold it yet: its controller is asked to
+    /// (see [`Sighting::held`]); look again soon.
+    Claim(ConnectionKey),
 }
+
+/// One connection watch's wake-up channel: its kind, its namespace (none: all).
+type ConnectionWaker = (
+    ConnectionKind,
+    Option<String>,
+    UnboundedSender<ConnectionKey>,
+);
 
 /// Every business the operator reaches.
 pub struct Businesses {
@@ -153,6 +179,8 @@ pub struct Businesses {
     /// How many connection watches have listed since start (resolution waits for all).
     listed: watch::Sender<usize>,
     watches: usize,
+    /// Each connection watch's wake-up channel: which kind, which namespace (none: all).
+    wakers: RwLock<Vec<ConnectionWaker>>,
 }
 
 impl Businesses {
@@ -163,6 +191,37 @@ impl Businesses {
             connections: RwLock::default(),
             listed: watch::Sender::new(0),
             watches,
+            wakers: RwLock::default(),
+        }
+    }
+
+    /// The wake-ups of one connection watch: of `kind`, in `namespace` (none: all).
+    pub fn wake_ups(
+        &self,
+        kind: ConnectionKind,
+        namespace: Option<String>,
+    ) -> UnboundedReceiver<ConnectionKey> {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        self.wakers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((kind, namespace, tx));
+        rx
+    }
+
+    /// Queues a reconcile of the connection (dropped when no watch of this operator covers
+    /// it).
+    pub fn wake(&self, key: &ConnectionKey) {
+        let wakers = self.wakers.read().unwrap_or_else(|p| p.into_inner());
+        let watch = wakers.iter().find(|(kind, ns, _)| {
+            *kind == key.kind
+                && ns
+                    .as_ref()
+                    .is_none_or(|n| key.namespace.as_ref() == Some(n))
+        });
+        if let Some((_, _, tx)) = watch {
+            // Fails only when that controller has stopped: nothing left to wake.
+            let _ = tx.unbounded_send(key.clone());
         }
     }
 
@@ -183,27 +242,45 @@ impl Businesses {
         let _ = rx.wait_for(|n| *n >= watches).await;
     }
 
-    /// Records what the controller (or the watch) knows of a connection.
-    pub fn set(&self, key: ConnectionKey, connection: Connection) {
-        self.write().insert(key, connection);
-    }
-
-    /// Records a connection the watch saw, keeping what is known of it already (its
-    /// selector is updated: a narrowed selector applies at once). True when that changes
-    /// who may use it: the connection is new, or its selector changed.
-    pub fn seen(&self, key: ConnectionKey, selector: Option<LabelSelector>) -> bool {
+    /// Records a connection the watch saw, keeping what the controller learnt of it (what
+    /// the watch saw applies at once: a narrowed selector, a finalizer added). True when
+    /// that changes who may use it: the connection is new, or its sighting changed.
+    pub fn seen(&self, key: ConnectionKey, sighting: Sighting) -> bool {
         let mut map = self.write();
         match map.get_mut(&key) {
-            Some(c) if c.selector == selector => false,
+            Some(c) if c.sighting == sighting => false,
             Some(c) => {
-                c.selector = selector;
+                c.sighting = sighting;
                 true
             }
             None => {
-                map.insert(key, Connection::seen(selector));
+                map.insert(key, Connection::seen(sighting));
                 true
             }
         }
+    }
+
+    /// Records what the connection's controller learnt (its business and readiness),
+    /// keeping what the watch saw.
+    pub fn checked(
+        &self,
+        key: ConnectionKey,
+        business: Option<Arc<Business>>,
+        ready: Result<(), (String, String)>,
+    ) {
+        let mut map = self.write();
+        let sighting = map
+            .get(&key)
+            .map(|c| c.sighting.clone())
+            .unwrap_or_default();
+        map.insert(
+            key,
+            Connection {
+                business,
+                ready,
+                sighting,
+            },
+        );
     }
 
     /// The connection went away: what was known of it.
@@ -234,34 +311,23 @@ impl Businesses {
 
 /// Whether a ClusterKindeConnection with `selector` needs the namespace's labels to decide.
 pub fn needs_labels(connection: &Connection) -> bool {
-    connection.selector.as_ref().is_some_and(|s| {
+    connection.sighting.selector.as_ref().is_some_and(|s| {
         s.match_labels.as_ref().is_some_and(|m| !m.is_empty())
             || s.match_expressions.as_ref().is_some_and(|e| !e.is_empty())
     })
 }
 
-/// The business an object in `namespace` referencing `reference` may use: the default
-/// one without a reference; otherwise the connection, if it exists, admits the namespace
-/// and is Ready. `labels` are the namespace's (needed only when [`needs_labels`]).
-pub fn resolve(
-    businesses: &Businesses,
-    namespace: &str,
-    reference: Option<&ConnectionRef>,
-    labels: &BTreeMap<String, String>,
-) -> Resolution {
-    let Some(reference) = reference else {
-        return Resolution::Use(businesses.default.clone());
-    };
-    let key = ConnectionKey::of(namespace, reference);
-    decide(businesses.get(&key).as_ref(), namespace, reference, labels)
-}
-
-/// [`resolve`] for one connection entry (pure).
+/// The business an object in `namespace` referencing `reference` may use (pure): the
+/// connection, if it exists, admits the namespace and is Ready. `labels` are the
+/// namespace's (needed only when [`needs_labels`]). `first_use`: the object has no Kinde
+/// object in the business yet and is not being deleted; it would make its first one, which
+/// needs the connection held by this installation and not being deleted.
 pub fn decide(
     connection: Option<&Connection>,
     namespace: &str,
     reference: &ConnectionRef,
     labels: &BTreeMap<String, String>,
+    first_use: bool,
 ) -> Resolution {
     let Some(connection) = connection else {
         let where_ = match reference.kind {
@@ -276,7 +342,7 @@ pub fn decide(
             ),
         };
     };
-    if let Some(selector) = &connection.selector {
+    if let Some(selector) = &connection.sighting.selector {
         let admitted = Selector::try_from(selector.clone())
             .map(|s| s.matches(labels))
             .unwrap_or(false);
@@ -291,6 +357,16 @@ pub fn decide(
         }
     }
     match (&connection.ready, &connection.business) {
+        (Ok(()), Some(_)) if first_use && connection.sighting.deleting => Resolution::Refuse {
+            reason: reasons::CONNECTION_NOT_READY,
+            message: format!(
+                "{} {} is being deleted: it serves the objects already made through it until they are gone, and no new ones",
+                reference.kind, reference.name
+            ),
+        },
+        (Ok(()), Some(_)) if first_use && !connection.sighting.held => {
+            Resolution::Claim(ConnectionKey::of(namespace, reference))
+        }
         (Ok(()), Some(business)) => Resolution::Use(business.clone()),
         (Err((reason, _)), _) if reason == reasons::CONNECTING => Resolution::Wait,
         (Err((reason, message)), _) => Resolution::Refuse {
@@ -355,11 +431,23 @@ mod tests {
         ))
     }
 
+    /// Ready and held by this installation.
     fn ready(selector: Option<LabelSelector>) -> Connection {
         Connection {
             business: Some(business()),
             ready: Ok(()),
+            sighting: Sighting {
+                selector,
+                held: true,
+                deleting: false,
+            },
+        }
+    }
+
+    fn sighting(selector: Option<LabelSelector>) -> Sighting {
+        Sighting {
             selector,
+            ..Default::default()
         }
     }
 
@@ -368,13 +456,14 @@ mod tests {
             Resolution::Refuse { reason, message } => (reason, message),
             Resolution::Use(_) => panic!("used"),
             Resolution::Wait => panic!("waits"),
+            Resolution::Claim(_) => panic!("claims"),
         }
     }
 
     #[test]
     fn a_missing_connection_is_named_with_where_it_was_looked_for() {
         let r = reference(ConnectionKind::KindeConnection, "staging");
-        let (reason, message) = refused(decide(None, "tenant-a", &r, &BTreeMap::new()));
+        let (reason, message) = refused(decide(None, "tenant-a", &r, &BTreeMap::new(), true));
         assert_eq!(reason, reasons::CONNECTION_NOT_FOUND);
         assert!(message.contains("KindeConnection staging"), "{message}");
         assert!(message.contains("tenant-a"), "{message}");
@@ -391,17 +480,17 @@ mod tests {
         let r = reference(ConnectionKind::ClusterKindeConnection, "prod");
         let prod = BTreeMap::from([("tier".to_owned(), "prod".to_owned())]);
         assert!(matches!(
-            decide(Some(&c), "a", &r, &prod),
+            decide(Some(&c), "a", &r, &prod, true),
             Resolution::Use(_)
         ));
-        let (reason, message) = refused(decide(Some(&c), "b", &r, &BTreeMap::new()));
+        let (reason, message) = refused(decide(Some(&c), "b", &r, &BTreeMap::new(), true));
         assert_eq!(reason, reasons::CONNECTION_NOT_PERMITTED);
         assert!(message.contains("namespace b"), "{message}");
         // `{}` admits every namespace.
         let all = ready(Some(LabelSelector::default()));
         assert!(!needs_labels(&all));
         assert!(matches!(
-            decide(Some(&all), "b", &r, &BTreeMap::new()),
+            decide(Some(&all), "b", &r, &BTreeMap::new(), true),
             Resolution::Use(_)
         ));
     }
@@ -411,13 +500,51 @@ mod tests {
         let r = reference(ConnectionKind::KindeConnection, "staging");
         let mut c = ready(None);
         c.ready = Err(("MissingScopes".into(), "lacks create:apis".into()));
-        let (reason, message) = refused(decide(Some(&c), "a", &r, &BTreeMap::new()));
+        let (reason, message) = refused(decide(Some(&c), "a", &r, &BTreeMap::new(), true));
         assert_eq!(reason, reasons::CONNECTION_NOT_READY);
         assert!(message.contains("MissingScopes") && message.contains("create:apis"));
         assert!(matches!(
-            decide(Some(&Connection::seen(None)), "a", &r, &BTreeMap::new()),
+            decide(
+                Some(&Connection::seen(Sighting::default())),
+                "a",
+                &r,
+                &BTreeMap::new(),
+                true
+            ),
             Resolution::Wait
         ));
+    }
+
+    #[test]
+    fn a_first_use_needs_the_connection_held_and_not_being_deleted() {
+        let r = reference(ConnectionKind::ClusterKindeConnection, "prod");
+        let mut c = ready(None);
+        c.sighting.held = false;
+        // Not held yet: the first Kinde object waits for this installation's finalizer.
+        match decide(Some(&c), "a", &r, &BTreeMap::new(), true) {
+            Resolution::Claim(key) => assert_eq!(key, ConnectionKey::of("a", &r)),
+            _ => panic!("a first use of a connection not held went ahead"),
+        }
+        // An object whose Kinde object is there already (or that is going) goes on.
+        assert!(matches!(
+            decide(Some(&c), "a", &r, &BTreeMap::new(), false),
+            Resolution::Use(_)
+        ));
+        // Being deleted: no first use, held or not; objects made through it go on.
+        for held in [false, true] {
+            c.sighting = Sighting {
+                held,
+                deleting: true,
+                ..Default::default()
+            };
+            let (reason, message) = refused(decide(Some(&c), "a", &r, &BTreeMap::new(), true));
+            assert_eq!(reason, reasons::CONNECTION_NOT_READY);
+            assert!(message.contains("being deleted"), "{message}");
+            assert!(matches!(
+                decide(Some(&c), "a", &r, &BTreeMap::new(), false),
+                Resolution::Use(_)
+            ));
+        }
     }
 
     #[test]
@@ -477,15 +604,27 @@ mod tests {
             match_labels: Some(BTreeMap::from([("tier".into(), "prod".into())])),
             ..Default::default()
         };
-        assert!(registry.seen(key.clone(), Some(prod.clone())), "new");
-        assert!(!registry.seen(key.clone(), Some(prod)), "the same again");
         assert!(
-            registry.seen(key.clone(), Some(LabelSelector::default())),
-            "selector changed"
+            registry.seen(key.clone(), sighting(Some(prod.clone()))),
+            "new"
         );
-        // What the controller learnt is kept across sightings.
-        registry.set(key.clone(), ready(Some(LabelSelector::default())));
-        assert!(!registry.seen(key.clone(), Some(LabelSelector::default())));
+        assert!(
+            !registry.seen(key.clone(), sighting(Some(prod))),
+            "the same again"
+        );
+        let all = sighting(Some(LabelSelector::default()));
+        assert!(registry.seen(key.clone(), all.clone()), "selector changed");
+        // What the controller learnt is kept across sightings, and what the watch saw
+        // across checks.
+        registry.checked(key.clone(), Some(business()), Ok(()));
+        assert!(!registry.seen(key.clone(), all.clone()));
         assert!(registry.get(&key).is_some_and(|c| c.business.is_some()));
+        let held = Sighting {
+            held: true,
+            ..all.clone()
+        };
+        assert!(registry.seen(key.clone(), held.clone()), "finalizer added");
+        registry.checked(key.clone(), Some(business()), Ok(()));
+        assert!(registry.get(&key).is_some_and(|c| c.sighting == held));
     }
 }

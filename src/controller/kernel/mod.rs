@@ -188,6 +188,10 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Shared<K::World>>) -> R
     let connected = Box::pin(connect(&ctx, obj.as_ref(), deleting)).await?;
     let (period, working_in) = match &connected {
         Resolution::Wait => return Ok(Action::requeue(CONNECTION_WAIT)),
+        Resolution::Claim(connection) => {
+            ctx.businesses.wake(connection);
+            return Ok(Action::requeue(CONNECTION_WAIT));
+        }
         Resolution::Use(business) => (resync_period(&ctx, business), business.clone()),
         Resolution::Refuse { .. } => (ctx.resync, ctx.businesses.default_business().clone()),
     };
@@ -225,7 +229,9 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Shared<K::World>>) -> R
                     report_unfinished_deletion(&ctx, o.as_ref(), &err).await;
                     Err(err)
                 }
-                (_, Resolution::Wait) => Ok(Action::requeue(CONNECTION_WAIT)),
+                (_, Resolution::Wait | Resolution::Claim(_)) => {
+                    Ok(Action::requeue(CONNECTION_WAIT))
+                }
             }
         })
         .instrument(span),
@@ -269,7 +275,8 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Shared<K::World>>) -> R
     result
 }
 
-/// How soon an object whose connection is not known yet looks again (no status written).
+/// How soon an object whose connection is not known yet, or not held by this installation
+/// yet, looks again (no status written).
 const CONNECTION_WAIT: Duration = Duration::from_secs(2);
 /// How soon an object refused its connection looks again (the connection may appear,
 /// turn Ready or admit the namespace; none of them wakes the object).
@@ -328,6 +335,7 @@ async fn connect<K: Managed>(
         &ns,
         &reference,
         &labels,
+        !bound && !deleting,
     ))
 }
 
