@@ -756,8 +756,9 @@ async fn behaviours(
 }
 
 /// A tenant's KindeConnection and a ClusterKindeConnection (to the same emulator, as a
-/// second business would be): each gets its finalizer, reads its Secret, connects and
-/// reports it in status; each deletion lifts the finalizer.
+/// second business would be): each reads its Secret, connects and reports it in status;
+/// an application on each makes the installation hold it (its finalizer, a patch), and
+/// once they are gone each deletion finishes.
 async fn connections(c: &kube::Client, emulator: &Emulator) -> anyhow::Result<()> {
     create_credentials_secret(
         c,
@@ -815,6 +816,33 @@ async fn connections(c: &kube::Client, emulator: &Emulator) -> anyhow::Result<()
             .then_some(()))
     })
     .await?;
+    // An application on each: the connection is held while it is there.
+    let users = [
+        ("platform", "on-partner", "KindeConnection", "partner"),
+        ("acme", "on-shared", "ClusterKindeConnection", "rbac-shared"),
+    ];
+    for (ns, name, kind, connection) in users {
+        let mut app = m2m_application(name);
+        app.spec.connection_ref = Some(serde_json::from_value(
+            json!({"kind": kind, "name": connection}),
+        )?);
+        let apps = Api::<M2MApplication>::namespaced(c.clone(), ns);
+        apps.create(&PostParams::default(), &app).await?;
+        wait_ready::<M2MApplication>(c, ns, name, "True", Some("Reconciled")).await?;
+    }
+    let held = [
+        tenants.get("partner").await?.finalizers().to_vec(),
+        cluster.get("rbac-shared").await?.finalizers().to_vec(),
+    ];
+    ensure!(
+        held.iter().all(|f| f.len() == 1),
+        "each connection in use is held by this installation only: {held:?}"
+    );
+    for (ns, name, _, _) in users {
+        let apps = Api::<M2MApplication>::namespaced(c.clone(), ns);
+        support::delete(&apps, name).await?;
+        wait_gone(&apps, name).await?;
+    }
     support::delete(&tenants, "partner").await?;
     wait_gone(&tenants, "partner").await?;
     cluster.delete("rbac-shared", &Default::default()).await?;

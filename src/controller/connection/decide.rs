@@ -134,10 +134,13 @@ pub enum Hold {
 /// The finalizer step (pure). `ours`: the connection carries this installation's
 /// finalizer. `wanted`: this installation's objects name the connection or were made
 /// through it. `in_use`: objects made through it (their Kinde objects are in its business)
-/// remain. Held while wanted; while deleting, released once nothing made through it
-/// remains (no finalizer can be added to an object being deleted).
-pub fn hold(ours: bool, deleting: bool, wanted: bool, in_use: bool) -> Hold {
+/// remain. `users_known`: the stores those come from have listed (at start they may not
+/// have yet, and would miss users). Held while wanted; while deleting, released once
+/// nothing made through it remains (no finalizer can be added to an object being
+/// deleted); never released on users not known yet.
+pub fn hold(ours: bool, deleting: bool, wanted: bool, in_use: bool, users_known: bool) -> Hold {
     match (deleting, ours) {
+        (_, true) if !users_known => Hold::Keep,
         (true, true) if !in_use => Hold::Release,
         (true, _) => Hold::Keep,
         (false, false) if wanted => Hold::Add,
@@ -152,20 +155,25 @@ mod tests {
 
     #[test]
     fn an_installation_holds_a_connection_only_while_its_objects_want_it() {
-        // (ours, deleting, wanted, in_use)
-        assert_eq!(hold(false, false, true, false), Hold::Add);
-        assert_eq!(hold(false, false, true, true), Hold::Add);
-        assert_eq!(hold(true, false, true, true), Hold::Keep);
+        // (ours, deleting, wanted, in_use, users_known)
+        assert_eq!(hold(false, false, true, false, true), Hold::Add);
+        assert_eq!(hold(false, false, true, true, true), Hold::Add);
+        assert_eq!(hold(true, false, true, true, true), Hold::Keep);
         // Nothing of this installation names it or was made through it: let it go, so an
         // installation that never used a connection never blocks its deletion.
-        assert_eq!(hold(true, false, false, false), Hold::Release);
-        assert_eq!(hold(false, false, false, false), Hold::Keep);
+        assert_eq!(hold(true, false, false, false, true), Hold::Release);
+        assert_eq!(hold(false, false, false, false, true), Hold::Keep);
         // Being deleted: kept while objects made through it remain, then released; never
         // added (the API server refuses new finalizers on an object being deleted).
-        assert_eq!(hold(true, true, true, true), Hold::Keep);
-        assert_eq!(hold(true, true, true, false), Hold::Release);
-        assert_eq!(hold(true, true, false, false), Hold::Release);
-        assert_eq!(hold(false, true, true, true), Hold::Keep);
+        assert_eq!(hold(true, true, true, true, true), Hold::Keep);
+        assert_eq!(hold(true, true, true, false, true), Hold::Release);
+        assert_eq!(hold(true, true, false, false, true), Hold::Release);
+        assert_eq!(hold(false, true, true, true, true), Hold::Keep);
+        // Before the stores have listed, no user seen proves nothing: never released then
+        // (a user found may still be held).
+        assert_eq!(hold(true, false, false, false, false), Hold::Keep);
+        assert_eq!(hold(true, true, false, false, false), Hold::Keep);
+        assert_eq!(hold(false, false, true, false, false), Hold::Add);
     }
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, ByteString> {

@@ -150,23 +150,23 @@ pub async fn reconcile<C: ConnectionObject>(
     let span = tracing::info_span!("reconcile", kind = %C::KIND, namespace = ?obj.namespace(), name = %obj.name_any());
     async move {
         let world = &ctx.shared.world;
-        // Who uses it is read from the stores: decide once they have listed (at start,
-        // empty stores would release a connection in use).
-        world.apps.wait_ready().await;
-        world.apis.wait_ready().await;
         let finalizer = finalizer_name(&ctx.defaults.installation);
         let ours = obj.finalizers().contains(&finalizer);
         let deleting = obj.meta().deletion_timestamp.is_some();
+        // Who uses it is read from the stores, which at start may not have listed yet.
+        let users_known = world.apps.is_ready() && world.apis.is_ready();
         let (made_through, wanted) = users(obj.as_ref(), world);
-        match decide::hold(ours, deleting, wanted, !made_through.is_empty()) {
+        let in_use = !made_through.is_empty();
+        match decide::hold(ours, deleting, wanted, in_use, users_known) {
             decide::Hold::Add => set_finalizer(&ctx, obj.as_ref(), &finalizer, true).await?,
             decide::Hold::Release => set_finalizer(&ctx, obj.as_ref(), &finalizer, false).await?,
             decide::Hold::Keep => {}
         }
-        match (deleting, ours && !made_through.is_empty()) {
-            (false, _) => apply(obj, &ctx).await,
-            (true, true) => report_in_use(obj, &ctx, &made_through).await,
-            (true, false) => Ok(Action::await_change()),
+        match (deleting, ours, in_use, users_known) {
+            (false, ..) => apply(obj, &ctx).await,
+            (true, true, true, _) => report_in_use(obj, &ctx, &made_through).await,
+            (true, true, false, false) => Ok(Action::requeue(IN_USE_RECHECK)),
+            (true, ..) => Ok(Action::await_change()),
         }
     }
     .instrument(span)

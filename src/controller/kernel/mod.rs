@@ -187,8 +187,12 @@ pub async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Shared<K::World>>) -> R
     let deleting = obj.meta().deletion_timestamp.is_some();
     let connected = Box::pin(connect(&ctx, obj.as_ref(), deleting)).await?;
     let (period, working_in) = match &connected {
-        Resolution::Wait => return Ok(Action::requeue(CONNECTION_WAIT)),
+        Resolution::Wait => {
+            tracing::debug!(kind = K::KIND, namespace = %ns, name = %name, "waiting for the first check of its connection");
+            return Ok(Action::requeue(CONNECTION_WAIT));
+        }
         Resolution::Claim(connection) => {
+            tracing::debug!(kind = K::KIND, namespace = %ns, name = %name, connection = %connection.metric_label(), "waiting for this installation to hold its connection");
             ctx.businesses.wake(connection);
             return Ok(Action::requeue(CONNECTION_WAIT));
         }

@@ -67,6 +67,16 @@ impl<K: Resource<DynamicType = ()> + Clone + 'static> StoreSet<K> {
             .collect()
     }
 
+    /// Whether every store has received its first complete list.
+    pub fn is_ready(&self) -> bool {
+        self.slots.iter().all(|(_, s)| {
+            matches!(
+                futures::FutureExt::now_or_never(s.wait_until_ready()),
+                Some(Ok(()))
+            )
+        })
+    }
+
     /// Resolves once every store has received its first complete list.
     pub async fn wait_ready(&self) {
         for (_, s) in self.slots.iter() {
