@@ -23,7 +23,8 @@ use tracing::Instrument;
 use super::kernel::business::{Connection, Sighting};
 use super::kernel::rules::set_conditions;
 use super::kernel::{
-    Business, ConnectionKey, Error, FIELD_MANAGER, Result, Shared, SlotLimits, publish,
+    Bound, Business, ConnectionKey, Error, FIELD_MANAGER, Managed, Result, Shared, SlotLimits,
+    publish,
 };
 use super::world::{World, concerns_connection};
 use crate::conditions::{self, reasons};
@@ -445,42 +446,36 @@ fn new_business<C: ConnectionObject>(
 /// connection is gone), but it does make this installation hold the connection.
 fn users<C: ConnectionObject>(obj: &C, world: &World) -> (Vec<String>, bool) {
     let key = obj.key();
-    let mut wanted = false;
-    let mut made_through = Vec::new();
-    let mut look = |kind: &str,
-                    ns: Option<String>,
-                    name: String,
-                    spec: Option<&ConnectionRef>,
-                    recorded: Option<&str>| {
-        if concerns_connection(&key, ns.as_deref(), None, recorded) {
-            made_through.push(format!("{kind} {}/{name}", ns.unwrap_or_default()));
-            wanted = true;
-        } else if concerns_connection(&key, ns.as_deref(), spec, None) {
-            wanted = true;
+    let mut users = (Vec::new(), false);
+    scan(&world.apps.find(|_| true), world, &key, &mut users);
+    scan(&world.apis.find(|_| true), world, &key, &mut users);
+    users.0.sort();
+    users
+}
+
+/// [`users`] among objects of one kind.
+fn scan<K: Managed<World = World>>(
+    objs: &[Arc<K>],
+    world: &World,
+    key: &ConnectionKey,
+    (made_through, wanted): &mut (Vec<String>, bool),
+) {
+    for o in objs {
+        let ns = o.namespace();
+        let recorded = o.current_status().and_then(|s| s.connection());
+        let named = o.wanted_connection(world);
+        if concerns_connection(key, ns.as_deref(), None, recorded) {
+            made_through.push(format!(
+                "{} {}/{}",
+                K::KIND,
+                ns.unwrap_or_default(),
+                o.name_any()
+            ));
+            *wanted = true;
+        } else if concerns_connection(key, ns.as_deref(), named.as_ref(), None) {
+            *wanted = true;
         }
-    };
-    for a in world.apps.find(|_| true) {
-        let status = a.status.as_ref().and_then(|s| s.connection.as_deref());
-        look(
-            "M2MApplication",
-            a.namespace(),
-            a.name_any(),
-            a.spec.connection_ref.as_ref(),
-            status,
-        );
     }
-    for a in world.apis.find(|_| true) {
-        let status = a.status.as_ref().and_then(|s| s.connection.as_deref());
-        look(
-            "ApiRegistration",
-            a.namespace(),
-            a.name_any(),
-            a.spec.connection_ref.as_ref(),
-            status,
-        );
-    }
-    made_through.sort();
-    (made_through, wanted)
 }
 
 /// While objects made through the connection remain, its deletion waits: `Ready=False`
