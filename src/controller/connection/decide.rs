@@ -123,6 +123,15 @@ pub fn rate_status(configured: Option<f64>, current: Option<f64>) -> RateStatus 
     }
 }
 
+/// Whether this installation writes the connection's status and Events: when it holds the
+/// connection, or when no installation does (each one that sees it reports then; they
+/// agree while each is healthy). With several installations in a cluster, a connection in
+/// use is reported by those whose objects use it, not by every one that sees it (whose
+/// paces differ, and whose Events would repeat each other).
+pub fn reports(ours: bool, held_by_any: bool) -> bool {
+    ours || !held_by_any
+}
+
 /// What this installation does with its finalizer on a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hold {
@@ -152,6 +161,13 @@ pub fn hold(ours: bool, deleting: bool, wanted: bool, in_use: bool, users_known:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_is_reported_by_its_holders_or_by_all_when_none_holds_it() {
+        assert!(reports(true, true));
+        assert!(reports(false, false));
+        assert!(!reports(false, true));
+    }
 
     #[test]
     fn an_installation_holds_a_connection_only_while_its_objects_want_it() {

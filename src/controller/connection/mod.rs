@@ -163,8 +163,12 @@ pub async fn reconcile<C: ConnectionObject>(
             decide::Hold::Release => set_finalizer(&ctx, obj.as_ref(), &finalizer, false).await?,
             decide::Hold::Keep => {}
         }
+        let held_by_any = obj
+            .finalizers()
+            .iter()
+            .any(|f| f.starts_with(&finalizer_name("")));
         match (deleting, ours, in_use, users_known) {
-            (false, ..) => apply(obj, &ctx).await,
+            (false, ..) => apply(obj, &ctx, decide::reports(ours, held_by_any)).await,
             (true, true, true, _) => report_in_use(obj, &ctx, &made_through).await,
             (true, true, false, false) => Ok(Action::requeue(IN_USE_RECHECK)),
             (true, ..) => Ok(Action::await_change()),
@@ -227,16 +231,25 @@ pub fn error_policy<C: ConnectionObject>(
 }
 
 /// Reads the credentials, builds or updates the connection's business, checks its token and
-/// records what was found in the registry and the status.
-async fn apply<C: ConnectionObject>(obj: Arc<C>, ctx: &ConnectionContext) -> Result<Action> {
+/// records what was found in the registry, and when this installation `reports` it
+/// ([`decide::reports`]), in the status and an Event.
+async fn apply<C: ConnectionObject>(
+    obj: Arc<C>,
+    ctx: &ConnectionContext,
+    reports: bool,
+) -> Result<Action> {
     let key = obj.key();
     let businesses = &ctx.shared.businesses;
     let known = businesses.get(&key);
+    let known_reason = known.as_ref().map(|c| match &c.ready {
+        Ok(()) => reasons::CONNECTED.to_owned(),
+        Err((reason, _)) => reason.clone(),
+    });
     let old = obj.connection_status().cloned().unwrap_or_default();
     let mut status = old.clone();
     let (business, ready) = connect(obj.as_ref(), ctx, known.as_ref(), &mut status).await?;
     businesses.checked(
-        key,
+        key.clone(),
         business.clone(),
         ready
             .clone()
@@ -264,14 +277,19 @@ async fn apply<C: ConnectionObject>(obj: Arc<C>, ctx: &ConnectionContext) -> Res
         (ok, reason, message.clone()),
     );
     status.observed_generation = generation;
+    if known_reason.as_deref() != Some(reason) {
+        // This installation's objects waiting for it, or refused by it, learn at once.
+        super::world::wake_users_of_connection(&ctx.shared.world, &key);
+    }
+    if !reports {
+        return Ok(Action::requeue(RECHECK));
+    }
     write_status(ctx, obj.as_ref(), &old, &status).await?;
     let was = conditions::find_condition(&old.conditions, conditions::READY)
         .map(|c| (c.status.clone(), c.reason.clone()));
     let now = conditions::find_condition(&status.conditions, conditions::READY)
         .map(|c| (c.status.clone(), c.reason.clone()));
     if was != now {
-        // Objects waiting for it, or refused by it, learn at once.
-        super::world::wake_users_of_connection(&ctx.shared.world, &obj.key());
         let kind = if ok {
             EventType::Normal
         } else {
