@@ -19,6 +19,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::channel::mpsc::UnboundedReceiver;
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -30,8 +31,8 @@ use kube::{Client, Resource};
 
 use connection::{ClientDefaults, ConnectionContext, ConnectionObject};
 use kernel::{
-    Business, Businesses, FailureCounts, Recent, ResyncsDue, Router, SlotLimits, StoreSet,
-    WrittenVersions, error_policy, reconcile,
+    Business, Businesses, ConnectionRouters, FailureCounts, Recent, ResyncsDue, Router, SlotLimits,
+    StoreSet, WrittenVersions, error_policy, reconcile,
 };
 pub use kernel::{Context, Error, FIELD_MANAGER, FINALIZER, Managed, Result, Shared};
 use world::World;
@@ -136,14 +137,29 @@ impl SeriesJanitor {
     }
 }
 
+/// One wake-up channel per namespace slot: the router that sends into them, and each slot's
+/// receiving end (for its controller's `reconcile_on`), in the order of `slots`.
+fn wake_channels<K: Resource<DynamicType = ()> + 'static>(
+    slots: Vec<Option<String>>,
+) -> (Router<K>, Vec<UnboundedReceiver<ObjectRef<K>>>) {
+    let (senders, receivers) = slots
+        .into_iter()
+        .map(|slot| {
+            let (tx, rx) = futures::channel::mpsc::unbounded::<ObjectRef<K>>();
+            ((slot, tx), rx)
+        })
+        .unzip();
+    (Router::new(senders), receivers)
+}
+
 fn build<K>(client: &Client, scope: &Scope, metrics: &Metrics) -> Built<K>
 where
     K: Managed,
 {
     let mut controllers = Vec::new();
     let mut stores = Vec::new();
-    let mut senders = Vec::new();
-    for slot in scope.slots() {
+    let (router, wake_ups) = wake_channels::<K>(scope.slots());
+    for (slot, rx) in scope.slots().into_iter().zip(wake_ups) {
         let (reader, writer) = reflector::store();
         let mut janitor = SeriesJanitor {
             metrics: metrics.clone(),
@@ -166,7 +182,6 @@ where
         })
         .applied_objects()
         .predicate_filter(meaningful_change::<K>, Default::default());
-        let (tx, rx) = futures::channel::mpsc::unbounded::<ObjectRef<K>>();
         let controller = Controller::for_stream(stream, reader.clone())
             .reconcile_on(rx)
             .with_config(
@@ -175,13 +190,12 @@ where
                 kube::runtime::controller::Config::default().debounce(Duration::from_millis(200)),
             );
         controllers.push(controller);
-        stores.push((slot.clone(), reader));
-        senders.push((slot, tx));
+        stores.push((slot, reader));
     }
     Built {
         controllers,
         stores: StoreSet::new(stores),
-        router: Router::new(senders),
+        router,
     }
 }
 
@@ -263,9 +277,16 @@ pub async fn run(
     ));
     // One KindeConnection watch per namespace slot, one ClusterKindeConnection watch.
     let connection_watches = scope.slots().len() + 1;
+    let (tenant_router, tenant_wake_ups) = wake_channels::<KindeConnection>(scope.slots());
+    let (cluster_router, mut cluster_wake_ups) =
+        wake_channels::<ClusterKindeConnection>(vec![None]);
+    let routers = ConnectionRouters {
+        tenant: tenant_router,
+        cluster: cluster_router,
+    };
     let ctx = Arc::new(Shared {
         client: client.clone(),
-        businesses: Businesses::new(default_business, connection_watches),
+        businesses: Businesses::new(default_business, connection_watches, routers),
         events,
         metrics,
         resync,
@@ -298,12 +319,16 @@ pub async fn run(
         },
     });
     let mut runs = Vec::new();
-    for slot in scope.slots() {
+    for (slot, wake_ups) in scope.slots().into_iter().zip(tenant_wake_ups) {
         let api = api_for::<KindeConnection>(&client, &slot);
-        runs.push(run_connections(api, slot, &connection_ctx, shutdown.clone()).boxed());
+        runs.push(run_connections(api, wake_ups, &connection_ctx, shutdown.clone()).boxed());
     }
     let cluster_api = Api::<ClusterKindeConnection>::all(client.clone());
-    runs.push(run_connections(cluster_api, None, &connection_ctx, shutdown.clone()).boxed());
+    if let Some(wake_ups) = cluster_wake_ups.pop() {
+        runs.push(
+            run_connections(cluster_api, wake_ups, &connection_ctx, shutdown.clone()).boxed(),
+        );
+    }
     for (c, secret_stream) in apps.controllers.into_iter().zip(secrets) {
         let c = c
             .owns_stream(secret_stream)
@@ -354,23 +379,14 @@ pub async fn run(
 /// towards the start-up wait of the other kinds ([`Businesses::wait_listed`]). A new or
 /// deleted connection, a changed selector, or this installation's finalizer added or
 /// removed wakes the objects that name it. Objects that want to use a connection this
-/// installation does not hold yet wake it (see [`Businesses::wake`]). `namespace`: the
-/// watch's (none: all).
+/// installation does not hold yet wake it (`wake_ups`, see [`Businesses::wake`]).
 async fn run_connections<C: ConnectionObject>(
     api: Api<C>,
-    namespace: Option<String>,
+    wake_ups: UnboundedReceiver<ObjectRef<C>>,
     ctx: &Arc<ConnectionContext>,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let (reader, writer) = reflector::store();
-    let wake_ups = ctx
-        .shared
-        .businesses
-        .wake_ups(C::KIND, namespace)
-        .map(|key| match key.namespace {
-            Some(ns) => ObjectRef::<C>::new(&key.name).within(&ns),
-            None => ObjectRef::<C>::new(&key.name),
-        });
     let registry = ctx.clone();
     let stream = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()

@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -16,8 +15,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use super::app_directory::AppDirectory;
 use super::kinde_state::{ApiSnapshots, AuthorizeBatcher};
 use super::ownership::Ownership;
+use super::stores::Router;
 use crate::conditions::reasons;
-use crate::crd::{ConnectionKind, ConnectionRef, connection_label};
+use crate::crd::{
+    ClusterKindeConnection, ConnectionKind, ConnectionRef, KindeConnection, connection_label,
+};
 use crate::kinde::KindeClient;
 
 /// One Kinde business and what the operator keeps for it.
@@ -165,13 +167,6 @@ pub enum Resolution {
     Claim(ConnectionKey),
 }
 
-/// One connection watch's wake-up channel: its kind, its namespace (none: all).
-type ConnectionWaker = (
-    ConnectionKind,
-    Option<String>,
-    UnboundedSender<ConnectionKey>,
-);
-
 /// Every business the operator reaches.
 pub struct Businesses {
     default: Arc<Business>,
@@ -179,49 +174,36 @@ pub struct Businesses {
     /// How many connection watches have listed since start (resolution waits for all).
     listed: watch::Sender<usize>,
     watches: usize,
-    /// Each connection watch's wake-up channel: which kind, which namespace (none: all).
-    wakers: RwLock<Vec<ConnectionWaker>>,
+    wake: ConnectionRouters,
+}
+
+/// The wake-ups of the connection controllers, one router per kind.
+pub struct ConnectionRouters {
+    pub tenant: Router<KindeConnection>,
+    pub cluster: Router<ClusterKindeConnection>,
 }
 
 impl Businesses {
     /// `watches`: how many connection watches resolution waits to have listed once.
-    pub fn new(default: Arc<Business>, watches: usize) -> Self {
+    pub fn new(default: Arc<Business>, watches: usize, wake: ConnectionRouters) -> Self {
         Self {
             default,
             connections: RwLock::default(),
             listed: watch::Sender::new(0),
             watches,
-            wakers: RwLock::default(),
+            wake,
         }
-    }
-
-    /// The wake-ups of one connection watch: of `kind`, in `namespace` (none: all).
-    pub fn wake_ups(
-        &self,
-        kind: ConnectionKind,
-        namespace: Option<String>,
-    ) -> UnboundedReceiver<ConnectionKey> {
-        let (tx, rx) = futures::channel::mpsc::unbounded();
-        self.wakers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((kind, namespace, tx));
-        rx
     }
 
     /// Queues a reconcile of the connection (dropped when no watch of this operator covers
     /// it).
     pub fn wake(&self, key: &ConnectionKey) {
-        let wakers = self.wakers.read().unwrap_or_else(|p| p.into_inner());
-        let watch = wakers.iter().find(|(kind, ns, _)| {
-            *kind == key.kind
-                && ns
-                    .as_ref()
-                    .is_none_or(|n| key.namespace.as_ref() == Some(n))
-        });
-        if let Some((_, _, tx)) = watch {
-            // Fails only when that controller has stopped: nothing left to wake.
-            let _ = tx.unbounded_send(key.clone());
+        match (&key.namespace, key.kind) {
+            (Some(ns), ConnectionKind::KindeConnection) => self.wake.tenant.wake(ns, &key.name),
+            (_, ConnectionKind::ClusterKindeConnection) => {
+                self.wake.cluster.wake_cluster_scoped(&key.name)
+            }
+            (None, ConnectionKind::KindeConnection) => {}
         }
     }
 
@@ -598,7 +580,11 @@ mod tests {
 
     #[test]
     fn seeing_a_connection_says_whether_who_may_use_it_changed() {
-        let registry = Businesses::new(business(), 1);
+        let wake = ConnectionRouters {
+            tenant: Router::new(Vec::new()),
+            cluster: Router::new(Vec::new()),
+        };
+        let registry = Businesses::new(business(), 1, wake);
         let key = ConnectionKey::of("a", &reference(ConnectionKind::ClusterKindeConnection, "x"));
         let prod = LabelSelector {
             match_labels: Some(BTreeMap::from([("tier".into(), "prod".into())])),

@@ -36,7 +36,9 @@ use tracing::Instrument;
 pub use app_directory::{AppDirectory, KindeApp};
 pub use bookkeeping::{FailureCounts, ResyncsDue, WrittenVersions};
 use bookkeeping::{current_copy, object_key};
-pub use business::{Business, Businesses, ConnectionKey, Resolution, SlotLimits};
+pub use business::{
+    Business, Businesses, ConnectionKey, ConnectionRouters, Resolution, SlotLimits,
+};
 pub use error::{Error, Result};
 pub use kinde_state::{ApiSnapshots, AuthorizeBatcher};
 pub use outcome::{Outcome, Step, Stop};

@@ -110,13 +110,28 @@ impl<K: Resource<DynamicType = ()> + 'static> Router<K> {
 
     /// Queues a reconcile of `namespace/name` (dropped if that namespace is not watched).
     pub(crate) fn wake(&self, namespace: &str, name: &str) {
-        if let Some((_, tx)) = self
-            .slots
-            .iter()
-            .find(|(ns, _)| ns.as_deref().is_none_or(|n| n == namespace))
-        {
+        self.send(Some(namespace), name);
+    }
+
+    /// Queues a reconcile of the cluster-scoped object `name` (its watch is the slot of all
+    /// namespaces).
+    pub(crate) fn wake_cluster_scoped(&self, name: &str) {
+        self.send(None, name);
+    }
+
+    fn send(&self, namespace: Option<&str>, name: &str) {
+        let slot = self.slots.iter().find(|(ns, _)| match ns {
+            None => true,
+            Some(n) => namespace == Some(n.as_str()),
+        });
+        if let Some((_, tx)) = slot {
+            let object = ObjectRef::new(name);
+            let object = match namespace {
+                Some(ns) => object.within(ns),
+                None => object,
+            };
             // Fails only when the controller has stopped: nothing left to wake.
-            let _ = tx.unbounded_send(ObjectRef::new(name).within(namespace));
+            let _ = tx.unbounded_send(object);
         }
     }
 
@@ -127,5 +142,30 @@ impl<K: Resource<DynamicType = ()> + 'static> Router<K> {
                 self.wake(&ns, &o.name_any());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ClusterKindeConnection, KindeConnection};
+
+    #[test]
+    fn a_wake_up_goes_to_the_slot_that_watches_it() {
+        let (a, mut rx_a) = futures::channel::mpsc::unbounded();
+        let router = Router::<KindeConnection>::new(vec![(Some("a".into()), a)]);
+        router.wake("a", "x");
+        router.wake("b", "y");
+        router.wake_cluster_scoped("z");
+        assert_eq!(rx_a.try_recv().ok(), Some(ObjectRef::new("x").within("a")));
+        assert!(
+            rx_a.try_recv().is_err(),
+            "only a/x reaches namespace a's watch"
+        );
+
+        let (all, mut rx_all) = futures::channel::mpsc::unbounded();
+        let cluster = Router::<ClusterKindeConnection>::new(vec![(None, all)]);
+        cluster.wake_cluster_scoped("shared");
+        assert_eq!(rx_all.try_recv().ok(), Some(ObjectRef::new("shared")));
     }
 }
