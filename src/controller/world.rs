@@ -9,7 +9,8 @@ use kube::{Resource, ResourceExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
 use super::kernel::{
-    Bound, ConnectionKey, Context, Fleet, HasConditions, KindeApp, Recent, Router, StoreSet,
+    Bound, ConnectionKey, Context, Fleet, HasConditions, KindeApp, Managed, Recent, Router,
+    StoreSet,
 };
 use crate::crd::{ApiGrant, ApiRegistration, ConnectionRef, M2MApplication, connection_label};
 
@@ -137,22 +138,29 @@ impl World {
 /// or turns Ready or not, so they report that at once instead of at their next recheck.
 /// Their grants follow through [`wake_dependants_of_app`] and [`wake_dependants_of_api`].
 pub fn wake_users_of_connection(world: &World, key: &ConnectionKey) {
-    world.wake_apps.wake_all(&world.apps.find(|a| {
+    world
+        .wake_apps
+        .wake_all(&concerning(&world.apps, world, key));
+    world
+        .wake_apis
+        .wake_all(&concerning(&world.apis, world, key));
+}
+
+/// The objects of one kind that concern the connection `key` ([`concerns_connection`] on
+/// the connection the spec asks for and the one the status records).
+pub fn concerning<K: Managed<World = World>>(
+    objects: &StoreSet<K>,
+    world: &World,
+    key: &ConnectionKey,
+) -> Vec<Arc<K>> {
+    objects.find(|o| {
         concerns_connection(
             key,
-            a.namespace().as_deref(),
-            a.spec.connection_ref.as_ref(),
-            a.status.as_ref().and_then(|s| s.connection.as_deref()),
+            o.namespace().as_deref(),
+            o.wanted_connection(world).as_ref(),
+            o.current_status().and_then(|s| s.connection()),
         )
-    }));
-    world.wake_apis.wake_all(&world.apis.find(|a| {
-        concerns_connection(
-            key,
-            a.namespace().as_deref(),
-            a.spec.connection_ref.as_ref(),
-            a.status.as_ref().and_then(|s| s.connection.as_deref()),
-        )
-    }));
+    })
 }
 
 /// Whether an object in `namespace` that names `wanted` in its spec and has `recorded` in

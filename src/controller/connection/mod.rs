@@ -26,7 +26,7 @@ use super::kernel::{
     Bound, Business, ConnectionKey, Error, FIELD_MANAGER, Managed, Result, Shared, SlotLimits,
     publish,
 };
-use super::world::{World, concerns_connection};
+use super::world::{World, concerning, concerns_connection};
 use crate::conditions::{self, reasons};
 use crate::crd::{
     BusinessSpec, ClusterKindeConnection, ConnectionKind, ConnectionRef, ConnectionStatus, GROUP,
@@ -464,36 +464,32 @@ fn new_business<C: ConnectionObject>(
 /// connection is gone), but it does make this installation hold the connection.
 fn users<C: ConnectionObject>(obj: &C, world: &World) -> (Vec<String>, bool) {
     let key = obj.key();
-    let mut users = (Vec::new(), false);
-    scan(&world.apps.find(|_| true), world, &key, &mut users);
-    scan(&world.apis.find(|_| true), world, &key, &mut users);
-    users.0.sort();
-    users
+    let apps = concerning(&world.apps, world, &key);
+    let apis = concerning(&world.apis, world, &key);
+    let wanted = !apps.is_empty() || !apis.is_empty();
+    let mut made_through = made_through_of(&apps, &key);
+    made_through.extend(made_through_of(&apis, &key));
+    made_through.sort();
+    (made_through, wanted)
 }
 
-/// [`users`] among objects of one kind.
-fn scan<K: Managed<World = World>>(
-    objs: &[Arc<K>],
-    world: &World,
-    key: &ConnectionKey,
-    (made_through, wanted): &mut (Vec<String>, bool),
-) {
-    for o in objs {
-        let ns = o.namespace();
-        let recorded = o.current_status().and_then(|s| s.connection());
-        let named = o.wanted_connection(world);
-        if concerns_connection(key, ns.as_deref(), None, recorded) {
-            made_through.push(format!(
+/// Of the objects that concern the connection, those made through it (`Kind ns/name`).
+fn made_through_of<K: Managed>(objects: &[Arc<K>], key: &ConnectionKey) -> Vec<String> {
+    objects
+        .iter()
+        .filter(|o| {
+            let recorded = o.current_status().and_then(|s| s.connection());
+            concerns_connection(key, o.namespace().as_deref(), None, recorded)
+        })
+        .map(|o| {
+            format!(
                 "{} {}/{}",
                 K::KIND,
-                ns.unwrap_or_default(),
+                o.namespace().unwrap_or_default(),
                 o.name_any()
-            ));
-            *wanted = true;
-        } else if concerns_connection(key, ns.as_deref(), named.as_ref(), None) {
-            *wanted = true;
-        }
-    }
+            )
+        })
+        .collect()
 }
 
 /// While objects made through the connection remain, its deletion waits: `Ready=False`
