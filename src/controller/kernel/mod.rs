@@ -313,10 +313,7 @@ async fn connect<K: Managed>(
     let wanted = obj.wanted_connection(&shared.world);
     let reference = match business::binding(wanted.as_ref(), recorded, bound) {
         Ok(reference) => reference,
-        Err(_) if deleting => match recorded.map(crate::crd::parse_connection_label) {
-            Some(Some(reference)) => reference,
-            _ => None,
-        },
+        Err(_) if deleting => crate::crd::connection_of(recorded, bound, wanted.as_ref()),
         Err(message) => {
             return Ok(Resolution::Refuse {
                 reason: conditions::reasons::CONNECTION_CHANGED,
